@@ -1,0 +1,79 @@
+//! Audit events (PCI DSS 10.2): who did what, to which resource, when, from where, and with what
+//! outcome. Card data appears only masked. Events are written in the same transaction as the
+//! operation they record (see `store::vault`), so an operation whose event cannot be written
+//! does not happen.
+
+use uuid::Uuid;
+
+use crate::auth::Principal;
+
+/// Where a request came from; carried into every audit event it causes.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub request_id: Option<String>,
+    pub client_addr: Option<String>,
+}
+
+/// One audit event. `error_code: None` means success.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub request_id: Option<String>,
+    pub actor_id: Option<Uuid>,
+    /// `connector`, `api`, `operator` (the CLI) or `anonymous` (failed authentication).
+    pub actor_kind: &'static str,
+    pub action: &'static str,
+    pub error_code: Option<String>,
+    pub client_addr: Option<String>,
+    pub token: Option<String>,
+    pub transaction_id: Option<String>,
+    pub masked_data: Option<String>,
+    pub amount_minor: Option<i64>,
+    pub currency: Option<String>,
+    pub details: serde_json::Value,
+}
+
+impl AuditEvent {
+    /// An event by an authenticated caller.
+    pub fn by(principal: &Principal, origin: &Origin, action: &'static str) -> Self {
+        Self {
+            actor_id: Some(principal.id),
+            actor_kind: principal.kind.as_str(),
+            ..Self::new(origin, "anonymous", action)
+        }
+    }
+
+    pub fn new(origin: &Origin, actor_kind: &'static str, action: &'static str) -> Self {
+        Self {
+            request_id: origin.request_id.clone(),
+            actor_id: None,
+            actor_kind,
+            action,
+            error_code: None,
+            client_addr: origin.client_addr.clone(),
+            token: None,
+            transaction_id: None,
+            masked_data: None,
+            amount_minor: None,
+            currency: None,
+            details: serde_json::Value::Object(Default::default()),
+        }
+    }
+
+    pub fn failed(mut self, code: impl Into<String>) -> Self {
+        self.error_code = Some(code.into());
+        self
+    }
+
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    pub fn outcome(&self) -> &'static str {
+        if self.error_code.is_some() {
+            "failure"
+        } else {
+            "success"
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Operator actions on credentials (`payvault credentials ...`). Each is audited in the same
+//! transaction as the change, and announces itself so running instances drop cached secrets.
+
+use chrono::Utc;
+use sqlx::PgPool;
+
+use super::credential::{CredentialKind, NewCredential, Scope};
+use crate::audit::{AuditEvent, Origin};
+use crate::domain::SecretText;
+use crate::store;
+use crate::store::credentials::CredentialRow;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("an active credential named `{0}` already exists")]
+    NameTaken(String),
+    #[error("invalid name: {0}")]
+    InvalidName(&'static str),
+    #[error("an api credential needs --scopes (for example tokens:read,tokens:charge)")]
+    NoScopes,
+    #[error("no active credential with username or name `{0}`")]
+    NotFound(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A created credential with its secret, which exists only in this value.
+#[derive(Debug)]
+pub struct CreatedCredential {
+    pub row: CredentialRow,
+    pub secret: SecretText,
+}
+
+/// The operator running the CLI, as recorded in audit events.
+fn operator_event(action: &'static str) -> AuditEvent {
+    let mut event = AuditEvent::new(&Origin::default(), "operator", action);
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default();
+    event.details = serde_json::json!({ "os_user": user, "via": "cli" });
+    event
+}
+
+fn check_name(name: &str) -> Result<(), AdminError> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(AdminError::InvalidName("must be 1 to 64 characters"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        return Err(AdminError::InvalidName("use letters, digits, '-', '_' and '.'"));
+    }
+    if name.starts_with("pvc_") || name.starts_with("pvk_") {
+        return Err(AdminError::InvalidName("pvc_ and pvk_ are reserved for usernames"));
+    }
+    Ok(())
+}
+
+pub async fn create_credential(
+    pool: &PgPool,
+    name: &str,
+    kind: CredentialKind,
+    scopes: Option<Vec<Scope>>,
+) -> Result<CreatedCredential, AdminError> {
+    check_name(name)?;
+    let mut scopes = scopes.unwrap_or_else(|| kind.default_scopes());
+    scopes.sort();
+    scopes.dedup();
+    if scopes.is_empty() {
+        return Err(AdminError::NoScopes);
+    }
+    // Argon2 hashing is CPU-heavy; keep it off the async runtime.
+    let generated = tokio::task::spawn_blocking(move || NewCredential::generate(kind))
+        .await
+        .map_err(|e| AdminError::Database(sqlx::Error::Io(std::io::Error::other(e))))?;
+    let row = CredentialRow {
+        id: generated.id,
+        username: generated.username,
+        name: name.to_owned(),
+        kind: kind.as_str().to_owned(),
+        scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+        secret_hash: generated.secret_hash,
+        created_at: Utc::now(),
+        revoked_at: None,
+    };
+    let mut event = operator_event("credential_create");
+    event.details["credential_id"] = row.id.to_string().into();
+    event.details["username"] = row.username.clone().into();
+    event.details["name"] = row.name.clone().into();
+    event.details["kind"] = row.kind.clone().into();
+    event.details["scopes"] = row.scopes.clone().into();
+
+    let mut tx = pool.begin().await?;
+    store::credentials::insert_credential(&mut *tx, &row)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.constraint() == Some("credentials_active_name_key") => {
+                AdminError::NameTaken(name.to_owned())
+            }
+            _ => AdminError::Database(e),
+        })?;
+    store::audit::insert_audit_event(&mut *tx, &event).await?;
+    tx.commit().await?;
+    Ok(CreatedCredential { row, secret: generated.secret })
+}
+
+pub async fn revoke_credential(pool: &PgPool, username_or_name: &str) -> Result<CredentialRow, AdminError> {
+    let mut tx = pool.begin().await?;
+    let row = store::credentials::revoke_credential(&mut *tx, username_or_name)
+        .await?
+        .ok_or_else(|| AdminError::NotFound(username_or_name.to_owned()))?;
+    let mut event = operator_event("credential_revoke");
+    event.details["credential_id"] = row.id.to_string().into();
+    event.details["username"] = row.username.clone().into();
+    event.details["name"] = row.name.clone().into();
+    store::audit::insert_audit_event(&mut *tx, &event).await?;
+    store::credentials::notify_credentials_changed(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+pub async fn list_credentials(pool: &PgPool, include_revoked: bool) -> Result<Vec<CredentialRow>, AdminError> {
+    Ok(store::credentials::list_credentials(pool, include_revoked).await?)
+}

@@ -1,0 +1,209 @@
+//! The `payvault` command line.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::ExposeSecret;
+
+use crate::auth::admin;
+use crate::auth::{CredentialKind, Scope};
+use crate::config::{self, ServeConfig};
+use crate::crypto::{KeyRing, MasterKey};
+use crate::startup::{shutdown_signal, Application, Settings};
+use crate::store;
+
+#[derive(Debug, Parser)]
+#[command(name = "payvault", version, about = "Card and bank-account tokenization vault for Twilio <Pay>")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP service (applies pending migrations first unless --no-migrate).
+    Serve {
+        /// Do not apply pending migrations on start.
+        #[arg(long, env = "PAYVAULT_NO_MIGRATE")]
+        no_migrate: bool,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage the credentials callers use.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+    /// Master key operations.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CredentialsCommand {
+    /// Create a credential; prints its username and secret once.
+    Create {
+        /// A label for the credential, e.g. `twilio-prod`.
+        #[arg(long)]
+        name: String,
+        /// `connector` (Twilio, HTTP Basic) or `api` (merchant backend).
+        #[arg(long, value_parser = parse_kind)]
+        kind: CredentialKind,
+        /// Comma-separated scopes (default for connector: `connector`).
+        #[arg(long, value_delimiter = ',', value_parser = parse_scope)]
+        scopes: Option<Vec<Scope>>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// List credentials (never their secrets).
+    List {
+        /// Include revoked credentials.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Revoke a credential by username or name; takes effect on running instances at once.
+    Revoke { username_or_name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print a fresh random master key, alone on the last line, in the form
+    /// PAYVAULT_MASTER_KEY accepts.
+    Generate {
+        /// Version number of the new key.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
+        version: i32,
+    },
+}
+
+#[derive(Debug, Args)]
+struct FormatArg {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn parse_kind(s: &str) -> Result<CredentialKind, String> {
+    s.parse()
+}
+
+fn parse_scope(s: &str) -> Result<Scope, String> {
+    s.trim().parse().map_err(|e: crate::auth::ScopeParseError| e.to_string())
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { no_migrate } => serve(no_migrate).await,
+        Command::Migrate => {
+            let pool = store::connect(&config::database_url()?, 2).await.context("cannot connect to the database")?;
+            store::migrate(&pool).await.context("migration failed")?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Credentials(cmd) => credentials(cmd).await,
+        Command::Keys(KeysCommand::Generate { version }) => {
+            let key = MasterKey::generate(version);
+            println!("# New payvault master key (version {version}). Keep it in a secret manager, never in the database.");
+            println!("# Set it as PAYVAULT_MASTER_KEY, or put it in a file named by PAYVAULT_MASTER_KEY_FILE.");
+            println!("{}", key.encode().as_str());
+            Ok(())
+        }
+    }
+}
+
+async fn serve(no_migrate: bool) -> anyhow::Result<()> {
+    let cfg = ServeConfig::from_env()?;
+    let keys = KeyRing::parse(cfg.master_key.expose_secret()).context("PAYVAULT_MASTER_KEY")?;
+    let pool = store::connect(&cfg.database_url, cfg.db_max_connections)
+        .await
+        .context("cannot connect to the database")?;
+    if !no_migrate {
+        store::migrate(&pool).await.context("migration failed")?;
+    }
+    let settings = Settings {
+        listen: cfg.listen,
+        max_body_bytes: cfg.max_body_bytes,
+        auth_cache_ttl: cfg.auth_cache_ttl,
+    };
+    let versions: Vec<i32> = keys.versions().collect();
+    let app = Application::build(&settings, pool, Arc::new(keys))
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    tracing::info!(addr = %app.local_addr()?, key_versions = ?versions, "payvault listening");
+    app.run(shutdown_signal()).await?;
+    tracing::info!("payvault stopped");
+    Ok(())
+}
+
+async fn credentials(cmd: CredentialsCommand) -> anyhow::Result<()> {
+    let pool = store::connect(&config::database_url()?, 2).await.context("cannot connect to the database")?;
+    match cmd {
+        CredentialsCommand::Create { name, kind, scopes, format } => {
+            let created = admin::create_credential(&pool, &name, kind, scopes).await?;
+            let row = &created.row;
+            match format.format {
+                Format::Json => {
+                    let out = serde_json::json!({
+                        "id": row.id,
+                        "name": row.name,
+                        "kind": row.kind,
+                        "username": row.username,
+                        // The one place a secret is ever printed: at creation, on request.
+                        "secret": created.secret.expose(),
+                        "scopes": row.scopes,
+                        "created_at": row.created_at,
+                    });
+                    println!("{out}");
+                }
+                Format::Text => {
+                    println!("Created {} credential `{}` ({})", row.kind, row.name, row.id);
+                    println!("  username: {}", row.username);
+                    println!("  secret:   {}", created.secret.expose());
+                    println!("  scopes:   {}", row.scopes.join(","));
+                    println!("Store the secret now: payvault keeps only its hash and cannot show it again.");
+                }
+            }
+        }
+        CredentialsCommand::List { all, format } => {
+            let rows = admin::list_credentials(&pool, all).await?;
+            match format.format {
+                Format::Json => {
+                    for row in rows {
+                        let out = serde_json::json!({
+                            "id": row.id, "name": row.name, "kind": row.kind,
+                            "username": row.username, "scopes": row.scopes,
+                            "created_at": row.created_at, "revoked_at": row.revoked_at,
+                        });
+                        println!("{out}");
+                    }
+                }
+                Format::Text => {
+                    println!("{:<26} {:<20} {:<10} {:<40} {:<25} REVOKED", "USERNAME", "NAME", "KIND", "SCOPES", "CREATED");
+                    for row in rows {
+                        println!(
+                            "{:<26} {:<20} {:<10} {:<40} {:<25} {}",
+                            row.username,
+                            row.name,
+                            row.kind,
+                            row.scopes.join(","),
+                            row.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                            row.revoked_at.map_or("-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+                        );
+                    }
+                }
+            }
+        }
+        CredentialsCommand::Revoke { username_or_name } => {
+            let row = admin::revoke_credential(&pool, &username_or_name).await?;
+            println!("Revoked {} credential `{}` ({})", row.kind, row.name, row.username);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! Configuration from the environment (12-factor). Every secret can also come from a file named
+//! by the same variable with a `_FILE` suffix, for Docker secrets. The README's configuration
+//! table lists every variable read here.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is required")]
+    Missing(&'static str),
+    #[error("set either {0} or {0}_FILE, not both")]
+    Both(&'static str),
+    #[error("cannot read {name}_FILE ({path}): {source}")]
+    File {
+        name: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// Reads a plain variable; unset and empty are the same.
+pub fn var(name: &'static str) -> Result<Option<String>, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) if v.is_empty() => Ok(None),
+        Ok(v) => Ok(Some(v)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::Invalid {
+            name,
+            reason: "not valid UTF-8".into(),
+        }),
+    }
+}
+
+/// Reads a secret from `NAME` or from the file named by `NAME_FILE` (trailing newline removed).
+pub fn secret_var(name: &'static str) -> Result<Option<SecretString>, ConfigError> {
+    let file_var = format!("{name}_FILE");
+    let direct = var(name)?;
+    let file = std::env::var(&file_var).ok().filter(|v| !v.is_empty());
+    match (direct, file) {
+        (Some(_), Some(_)) => Err(ConfigError::Both(name)),
+        (Some(v), None) => Ok(Some(SecretString::from(v))),
+        (None, Some(path)) => {
+            let mut text = std::fs::read_to_string(&path)
+                .map_err(|source| ConfigError::File { name, path, source })?;
+            let trimmed_len = text.trim_end_matches(['\n', '\r']).len();
+            text.truncate(trimmed_len);
+            Ok(Some(SecretString::from(text)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn parsed<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match var(name)? {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|e: T::Err| ConfigError::Invalid {
+            name,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// The database URL (`DATABASE_URL` or `DATABASE_URL_FILE`).
+pub fn database_url() -> Result<SecretString, ConfigError> {
+    secret_var("DATABASE_URL")?.ok_or(ConfigError::Missing("DATABASE_URL"))
+}
+
+/// Settings of `payvault serve`. `Debug` shows no secret: the URL and key ring redact themselves.
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub database_url: SecretString,
+    pub listen: SocketAddr,
+    pub master_key: SecretString,
+    pub max_body_bytes: usize,
+    pub auth_cache_ttl: Duration,
+    pub db_max_connections: u32,
+}
+
+impl ServeConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            database_url: database_url()?,
+            listen: parsed("PAYVAULT_LISTEN", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+            master_key: secret_var("PAYVAULT_MASTER_KEY")?
+                .ok_or(ConfigError::Missing("PAYVAULT_MASTER_KEY (or PAYVAULT_MASTER_KEY_FILE)"))?,
+            max_body_bytes: parsed("PAYVAULT_MAX_BODY_BYTES", 16 * 1024)?,
+            auth_cache_ttl: Duration::from_secs(parsed("PAYVAULT_AUTH_CACHE_TTL_SECS", 60)?),
+            db_max_connections: parsed("PAYVAULT_DB_MAX_CONNECTIONS", 16)?,
+        })
+    }
+}

@@ -1,0 +1,259 @@
+//! The master key ring. Master keys come from the environment (`PAYVAULT_MASTER_KEY` or
+//! `PAYVAULT_MASTER_KEY_FILE`), never from the database (PCI DSS 3.6.1).
+//!
+//! Each master key version is expanded with HKDF-SHA256 into independent keys, one per purpose,
+//! so that the key wrapping data keys is never also used as a MAC key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use aes_gcm::aead::rand_core::RngCore;
+use aes_gcm::aead::OsRng;
+use aes_gcm::{Aes256Gcm, KeyInit};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::CryptoError;
+
+pub type HmacSha256 = Hmac<Sha256>;
+
+const PREFIX: &str = "pvmk";
+
+/// 32 bytes of master key material with its version. Zeroized on drop, redacted in `Debug`.
+pub struct MasterKey {
+    version: i32,
+    bytes: Zeroizing<[u8; 32]>,
+}
+
+impl MasterKey {
+    /// A fresh random master key.
+    pub fn generate(version: i32) -> Self {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(bytes.as_mut());
+        Self { version, bytes }
+    }
+
+    pub fn version(&self) -> i32 {
+        self.version
+    }
+
+    /// The text form accepted by `PAYVAULT_MASTER_KEY`. Returned zeroizing: it is the key.
+    pub fn encode(&self) -> Zeroizing<String> {
+        let mut out = Zeroizing::new(String::with_capacity(64));
+        out.push_str(PREFIX);
+        out.push('.');
+        out.push_str(&self.version.to_string());
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(self.bytes.as_ref(), &mut out);
+        out
+    }
+
+    fn parse(text: &str) -> Result<Self, KeyRingError> {
+        let mut parts = text.trim().splitn(3, '.');
+        let (Some(PREFIX), Some(version), Some(material)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(KeyRingError::Format);
+        };
+        let version: i32 = version
+            .parse()
+            .ok()
+            .filter(|v| *v >= 1)
+            .ok_or(KeyRingError::Format)?;
+        let mut decoded = Zeroizing::new(Vec::with_capacity(33));
+        URL_SAFE_NO_PAD
+            .decode_vec(material, &mut decoded)
+            .map_err(|_| KeyRingError::Format)?;
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        if decoded.len() != 32 {
+            return Err(KeyRingError::Length);
+        }
+        bytes.copy_from_slice(&decoded);
+        Ok(Self { version, bytes })
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MasterKey(v{}, [REDACTED])", self.version)
+    }
+}
+
+/// Why a master key could not be loaded. Never includes the key text.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyRingError {
+    #[error("master key is not in the form pvmk.<version>.<base64url key> (run `payvault keys generate`)")]
+    Format,
+    #[error("master key must decode to exactly 32 bytes")]
+    Length,
+    #[error("no master key given")]
+    Empty,
+    #[error("master key version {0} appears twice")]
+    DuplicateVersion(i32),
+}
+
+/// Keys derived from one master key version, one per purpose.
+pub(crate) struct DerivedKeys {
+    /// Wraps per-entry data keys.
+    pub(crate) kek: Aes256Gcm,
+    /// Keyed fingerprint of card and account numbers, for dedup and lookup.
+    pub(crate) fingerprint: HmacSha256,
+    /// MAC over normalised requests, to recognise an idempotent retry.
+    pub(crate) request_mac: HmacSha256,
+}
+
+impl DerivedKeys {
+    fn derive(master: &MasterKey) -> Self {
+        let hk = Hkdf::<Sha256>::new(Some(b"payvault master key v1"), master.bytes.as_ref());
+        let expand = |info: &[u8]| {
+            let mut okm = Zeroizing::new([0u8; 32]);
+            // 32 bytes is far below HKDF-SHA256's 8160-byte limit, so this cannot fail.
+            if hk.expand(info, okm.as_mut()).is_err() {
+                unreachable!("HKDF output length is valid");
+            }
+            okm
+        };
+        let kek = expand(b"payvault/kek");
+        let fingerprint = expand(b"payvault/fingerprint");
+        let request_mac = expand(b"payvault/request-mac");
+        Self {
+            kek: Aes256Gcm::new(kek.as_ref().into()),
+            fingerprint: new_hmac(fingerprint.as_ref()),
+            request_mac: new_hmac(request_mac.as_ref()),
+        }
+    }
+}
+
+fn new_hmac(key: &[u8]) -> HmacSha256 {
+    match <HmacSha256 as Mac>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("HMAC accepts keys of any length"),
+    }
+}
+
+/// All loaded master key versions; the highest is current for new entries.
+pub struct KeyRing {
+    current: i32,
+    keys: BTreeMap<i32, DerivedKeys>,
+}
+
+impl KeyRing {
+    /// Parses one or more comma-separated master keys.
+    pub fn parse(text: &str) -> Result<Self, KeyRingError> {
+        let mut keys = Vec::new();
+        for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+            keys.push(MasterKey::parse(part)?);
+        }
+        Self::from_keys(keys)
+    }
+
+    pub fn from_keys(keys: Vec<MasterKey>) -> Result<Self, KeyRingError> {
+        let mut map = BTreeMap::new();
+        for key in keys {
+            if map.insert(key.version, DerivedKeys::derive(&key)).is_some() {
+                return Err(KeyRingError::DuplicateVersion(key.version));
+            }
+        }
+        let current = *map.keys().next_back().ok_or(KeyRingError::Empty)?;
+        Ok(Self { current, keys: map })
+    }
+
+    pub fn current_version(&self) -> i32 {
+        self.current
+    }
+
+    pub fn versions(&self) -> impl Iterator<Item = i32> + '_ {
+        self.keys.keys().copied()
+    }
+
+    pub(crate) fn current(&self) -> &DerivedKeys {
+        &self.keys[&self.current]
+    }
+
+    pub(crate) fn get(&self, version: i32) -> Result<&DerivedKeys, CryptoError> {
+        self.keys
+            .get(&version)
+            .ok_or(CryptoError::UnknownKeyVersion(version))
+    }
+
+    /// HMAC-SHA256 fingerprint of `parts` (length-prefixed, so field boundaries are unambiguous)
+    /// under the current version's fingerprint key.
+    pub fn fingerprint(&self, parts: &[&[u8]]) -> [u8; 32] {
+        mac_parts(&self.current().fingerprint, parts)
+    }
+
+    /// MAC of a normalised request under the given version's request-MAC key.
+    pub fn request_mac(&self, version: i32, parts: &[&[u8]]) -> Result<[u8; 32], CryptoError> {
+        Ok(mac_parts(&self.get(version)?.request_mac, parts))
+    }
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("current", &self.current)
+            .field("versions", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn mac_parts(keyed: &HmacSha256, parts: &[&[u8]]) -> [u8; 32] {
+    // Cloning a keyed HMAC reuses its precomputed pads instead of re-keying per call.
+    let mut mac = keyed.clone();
+    for part in parts {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    let mut out = mac.finalize().into_bytes();
+    let bytes: [u8; 32] = out.into();
+    out.zeroize();
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_key_round_trips_through_its_text_form() {
+        let key = MasterKey::generate(3);
+        let text = key.encode();
+        assert!(text.starts_with("pvmk.3."));
+        let parsed = MasterKey::parse(&text).unwrap();
+        assert_eq!(parsed.version, 3);
+        assert_eq!(parsed.bytes.as_ref(), key.bytes.as_ref());
+        assert_eq!(format!("{parsed:?}"), "MasterKey(v3, [REDACTED])");
+    }
+
+    #[test]
+    fn key_ring_takes_highest_version_as_current() {
+        let text = format!("{},{}", MasterKey::generate(1).encode().as_str(), MasterKey::generate(2).encode().as_str());
+        let ring = KeyRing::parse(&text).unwrap();
+        assert_eq!(ring.current_version(), 2);
+        assert_eq!(ring.versions().collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn rejects_malformed_keys_without_echoing_them() {
+        for bad in ["", "pvmk.1", "pvmk.0.AAAA", "xx.1.AAAA", "pvmk.1.!!!!", "pvmk.1.AAAA"] {
+            let err = KeyRing::parse(bad).unwrap_err().to_string();
+            assert!(!bad.is_empty() && !err.contains(bad) || bad.is_empty(), "{err}");
+        }
+        let k = MasterKey::generate(1).encode();
+        let dup = format!("{},{}", k.as_str(), k.as_str());
+        assert!(matches!(KeyRing::parse(&dup), Err(KeyRingError::DuplicateVersion(1))));
+    }
+
+    #[test]
+    fn fingerprint_is_keyed_and_stable() {
+        let a = KeyRing::from_keys(vec![MasterKey::generate(1)]).unwrap();
+        let b = KeyRing::from_keys(vec![MasterKey::generate(1)]).unwrap();
+        let pan: &[u8] = b"4111111111111111";
+        assert_eq!(a.fingerprint(&[b"card", pan]), a.fingerprint(&[b"card", pan]));
+        assert_ne!(a.fingerprint(&[b"card", pan]), b.fingerprint(&[b"card", pan]));
+        assert_ne!(a.fingerprint(&[b"ca", b"rd4111111111111111"]), a.fingerprint(&[b"card", pan]));
+    }
+}

@@ -1,0 +1,30 @@
+//! Keys and cryptography: the master key ring, envelope encryption of vault entries, keyed
+//! fingerprints and request MACs.
+//!
+//! Stored formats (documented here because they outlive any one release):
+//! - master key: `pvmk.<version>.<base64url(32 random bytes)>`; a key ring is one or more of
+//!   these separated by commas, the highest version being current for new entries.
+//! - `vault_entries.wrapped_key`: `nonce(12) || AES-256-GCM(KEK_v, data key) || tag(16)` with
+//!   associated data `payvault/dek/v1|<token>|<version>`.
+//! - `vault_entries.ciphertext`: `nonce(12) || AES-256-GCM(data key, payload) || tag(16)` with
+//!   associated data `payvault/entry/v1|<token>|<version>`.
+//!
+//! The associated data binds each ciphertext to its row and key version: swapping ciphertexts
+//! between rows, or relabelling the version, makes decryption fail.
+
+mod envelope;
+mod keyring;
+
+pub use envelope::SealedEntry;
+pub use keyring::{HmacSha256, KeyRing, KeyRingError, MasterKey};
+
+/// A decryption or key lookup failed. Deliberately carries no detail an attacker could use.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("master key version {0} is not loaded")]
+    UnknownKeyVersion(i32),
+    #[error("ciphertext failed authentication (tampered, misplaced or wrong key)")]
+    Authentication,
+    #[error("stored ciphertext is malformed")]
+    Malformed,
+}

@@ -1,0 +1,16 @@
+//! Domain types: card and bank data, tokens, transaction ids. Nothing here knows about HTTP or
+//! SQL; sensitive values are newtypes that zeroize on drop and never print in clear.
+
+pub mod bank;
+pub mod card;
+pub mod invalid;
+pub mod payment;
+pub mod secret;
+pub mod token;
+
+pub use bank::{AccountNumber, BankAccount, RoutingNumber};
+pub use card::{Brand, Card, CardNumber, Cvv, Expiry, PostalCode};
+pub use invalid::InvalidInput;
+pub use payment::{PaymentMethod, TransactionId};
+pub use secret::SecretText;
+pub use token::Token;

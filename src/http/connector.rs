@@ -1,0 +1,222 @@
+//! The Twilio Generic Pay Connector endpoint: `POST /` (method in the body) and the legacy
+//! `POST /tokenize` and `POST /charge` (method from the path).
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::header::WWW_AUTHENTICATE;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use zeroize::Zeroizing;
+
+use super::auth::{basic_credentials, loggable_username, CHALLENGE};
+use super::twilio::{self, IdKey, Method, Reply};
+use super::AppState;
+use crate::audit::{AuditEvent, Origin};
+use crate::auth::{AuthError, Principal, Scope};
+use crate::domain::{InvalidInput, TransactionId};
+
+pub async fn root(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    connector(app, None, peer, headers, body).await
+}
+
+pub async fn legacy_tokenize(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    connector(app, Some(Method::Tokenize), peer, headers, body).await
+}
+
+pub async fn legacy_charge(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    connector(app, Some(Method::Charge), peer, headers, body).await
+}
+
+/// Answer when payvault itself failed. Tokenize is atomic, so nothing was stored and a retry
+/// with the same transaction id is safe.
+fn internal_error(key: IdKey) -> Reply {
+    Reply::error(
+        key,
+        "internal_error",
+        "payvault could not complete the request and stored nothing; retry with the same transaction_id",
+    )
+    .with_status(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+async fn connector(
+    app: AppState,
+    path_method: Option<Method>,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let origin = Origin {
+        request_id: super::request_id(&headers),
+        client_addr: Some(peer.ip().to_string()),
+    };
+    let key = path_method.map_or(IdKey::Both, IdKey::from);
+
+    let principal = match authenticate(&app, &headers, &origin).await {
+        Ok(p) => p,
+        Err(response) => return response,
+    };
+    if !principal.has_scope(Scope::Connector) {
+        let event = AuditEvent::by(&principal, &origin, "connector");
+        let msg = "this credential lacks the `connector` scope";
+        let reply = refuse(&app, event, key, "forbidden", msg).await;
+        return reply.with_status(StatusCode::FORBIDDEN).into_response();
+    }
+
+    // The body holds card data: it lives in a zeroizing buffer and is wiped when this returns.
+    let reply = match read_body(body, app.max_body_bytes).await {
+        Ok(buf) => handle(&app, &principal, &origin, path_method, &buf).await,
+        Err(invalid) => reject(&app, &principal, &origin, key, None, None, invalid).await,
+    };
+    reply.into_response()
+}
+
+/// Authenticates the caller, answering 401 (and auditing the attempt) on failure. Unknown user,
+/// wrong secret, revoked credential and missing header get the same answer.
+async fn authenticate(
+    app: &AppState,
+    headers: &HeaderMap,
+    origin: &Origin,
+) -> Result<std::sync::Arc<Principal>, Response> {
+    let presented = basic_credentials(headers);
+    let result = match &presented {
+        Some((user, secret)) => app.auth.authenticate(user, secret).await,
+        None => Err(AuthError::Invalid),
+    };
+    match result {
+        Ok(principal) => Ok(principal),
+        Err(AuthError::Invalid) => {
+            let mut event = AuditEvent::new(origin, "anonymous", "authenticate").failed("unauthorized");
+            let user = presented.as_ref().and_then(|(u, _)| loggable_username(u));
+            event.details = serde_json::json!({
+                "scheme": "basic",
+                "username": user,
+                "header_present": presented.is_some() || headers.contains_key(axum::http::header::AUTHORIZATION),
+            });
+            if let Err(e) = app.vault.record_failure(&event).await {
+                tracing::error!(error = %super::error_chain(&e), "audit write failed");
+                return Err(internal_error(IdKey::Both).into_response());
+            }
+            tracing::info!(error_code = "unauthorized", "authentication failed");
+            let mut response = Reply::error(IdKey::Both, "unauthorized", "invalid or missing credentials")
+                .with_status(StatusCode::UNAUTHORIZED)
+                .into_response();
+            response.headers_mut().insert(WWW_AUTHENTICATE, CHALLENGE);
+            Err(response)
+        }
+        Err(AuthError::Database(e)) => {
+            tracing::error!(error = %super::error_chain(&e), "credential lookup failed");
+            Err(internal_error(IdKey::Both).into_response())
+        }
+    }
+}
+
+/// Reads the body into a buffer allocated once at the size limit, so it never reallocates and
+/// leaves a copy behind; the buffer is zeroized on drop. hyper's own read buffers are outside
+/// our control and are not wiped (see README, "Memory hygiene").
+async fn read_body(mut body: Body, limit: usize) -> Result<Zeroizing<Vec<u8>>, InvalidInput> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(limit));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| InvalidInput::BodyUnreadable)?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(InvalidInput::BodyTooLarge { limit });
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf)
+}
+
+async fn handle(
+    app: &AppState,
+    principal: &Principal,
+    origin: &Origin,
+    path_method: Option<Method>,
+    body: &[u8],
+) -> Reply {
+    let default_key = path_method.map_or(IdKey::Both, IdKey::from);
+    let request = match twilio::parse(body) {
+        Ok(r) => r,
+        Err(invalid) => return reject(app, principal, origin, default_key, None, None, invalid).await,
+    };
+    let txn = request.transaction_id().ok();
+    let method = match request.method(path_method) {
+        Ok(m) => m,
+        Err(invalid) => return reject(app, principal, origin, default_key, None, txn, invalid).await,
+    };
+    let key = IdKey::from(method);
+    match method {
+        Method::Tokenize => {
+            let req = match request.into_tokenize(chrono::Utc::now().date_naive()) {
+                Ok(r) => r,
+                Err(invalid) => return reject(app, principal, origin, key, Some(method), txn, invalid).await,
+            };
+            match app.vault.tokenize(principal, origin, &req).await {
+                Ok(t) => {
+                    tracing::info!(method = "tokenize", replayed = t.replayed, "tokenized");
+                    Reply::ok(key, &t.token)
+                }
+                Err(e) if e.code() == "internal_error" => {
+                    tracing::error!(error = %super::error_chain(&e), "tokenize failed");
+                    internal_error(key)
+                }
+                Err(e) => {
+                    tracing::info!(method = "tokenize", error_code = e.code(), "tokenize refused");
+                    Reply::error(key, e.code(), &e.to_string())
+                }
+            }
+        }
+        Method::Charge => {
+            let mut event = AuditEvent::by(principal, origin, "charge");
+            event.transaction_id = txn.map(|t| t.as_str().to_owned());
+            let msg = "method `charge` is not available in this version of payvault";
+            refuse(app, event, key, "method_not_supported", msg).await
+        }
+    }
+}
+
+/// Answers a request that failed validation, after auditing it. Messages come from
+/// [`InvalidInput`], which never quotes a value.
+async fn reject(
+    app: &AppState,
+    principal: &Principal,
+    origin: &Origin,
+    key: IdKey,
+    method: Option<Method>,
+    txn: Option<TransactionId>,
+    invalid: InvalidInput,
+) -> Reply {
+    let mut event = AuditEvent::by(principal, origin, method.map_or("connector", Method::as_str));
+    event.transaction_id = txn.map(|t| t.as_str().to_owned());
+    refuse(app, event, key, invalid.code(), &invalid.to_string()).await
+}
+
+/// Audits a refused request and answers it in Twilio's shape. If the audit event cannot be
+/// written the request fails as a whole (PCI DSS 10: no unlogged access).
+async fn refuse(app: &AppState, event: AuditEvent, key: IdKey, code: &str, message: &str) -> Reply {
+    let event = event.failed(code);
+    if let Err(e) = app.vault.record_failure(&event).await {
+        tracing::error!(error = %super::error_chain(&e), "audit write failed");
+        return internal_error(key);
+    }
+    tracing::info!(action = event.action, error_code = code, "request refused");
+    Reply::error(key, code, message)
+}

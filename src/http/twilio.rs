@@ -1,0 +1,345 @@
+//! Twilio's Generic Pay Connector wire format (see shared/docs/twilio-contract.md).
+//!
+//! Parsing is deliberately lenient where Twilio is inconsistent (Content-Type ignored, numbers
+//! accepted where strings are expected, `description` of any shape, unknown keys ignored, empty
+//! strings treated as absent) and strict where it matters (every value is validated into a
+//! domain type before use).
+//!
+//! Error messages never quote a value: serde's own messages can echo the input (a card number
+//! sent as a JSON number, say), so they are never shown; we report the field path instead.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::NaiveDate;
+use serde::de::{self, Deserializer, IgnoredAny, Visitor};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::domain::{
+    AccountNumber, BankAccount, Card, CardNumber, Cvv, Expiry, InvalidInput, PaymentMethod,
+    PostalCode, RoutingNumber, SecretText, TransactionId,
+};
+use crate::vault::TokenizeRequest;
+
+/// The operation a connector request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Tokenize,
+    Charge,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Tokenize => "tokenize",
+            Method::Charge => "charge",
+        }
+    }
+}
+
+/// A connector request as it arrives. Card and bank numbers go straight into zeroizing
+/// [`SecretText`]; nothing else here is sensitive.
+#[derive(Deserialize)]
+pub struct WireRequest {
+    method: Option<Text>,
+    transaction_id: Option<Text>,
+    cardnumber: Option<Secret>,
+    cvv: Option<Secret>,
+    expiry_month: Option<Text>,
+    expiry_year: Option<Text>,
+    postal_code: Option<Text>,
+    bankaccountnumber: Option<Secret>,
+    routingnumber: Option<Text>,
+    #[allow(dead_code)] // validated by the charge flow
+    amount: Option<Text>,
+    #[allow(dead_code)] // validated by the charge flow
+    currency_code: Option<Text>,
+    /// Free text, or an object/null when unset: accepted in any shape and not kept.
+    #[allow(dead_code)]
+    description: Option<IgnoredAny>,
+    #[allow(dead_code)] // read by later flows (e.g. token expiry)
+    parameters: Option<BTreeMap<String, Text>>,
+}
+
+impl fmt::Debug for WireRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WireRequest")
+            .field("method", &self.method)
+            .field("transaction_id", &self.transaction_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses a request body. The body buffer is the caller's to zeroize.
+pub fn parse(body: &[u8]) -> Result<WireRequest, InvalidInput> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let req: WireRequest = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        classify(err.into_inner(), Some(path))
+    })?;
+    de.end().map_err(|e| classify(e, None))?;
+    Ok(req)
+}
+
+fn classify(err: serde_json::Error, path: Option<String>) -> InvalidInput {
+    match (err.classify(), path) {
+        (serde_json::error::Category::Data, Some(path)) if path != "." => {
+            InvalidInput::InvalidFieldType(path)
+        }
+        (serde_json::error::Category::Data, _) => InvalidInput::NotAnObject,
+        _ => InvalidInput::MalformedJson { line: err.line(), column: err.column() },
+    }
+}
+
+impl WireRequest {
+    /// The requested operation: the `method` field, or the legacy path (`/tokenize`,
+    /// `/charge`), which must agree when both are present.
+    pub fn method(&self, from_path: Option<Method>) -> Result<Method, InvalidInput> {
+        let named = match present(&self.method).map(|m| m.trim().to_ascii_lowercase()) {
+            None => None,
+            Some(m) if m == "tokenize" => Some(Method::Tokenize),
+            Some(m) if m == "charge" => Some(Method::Charge),
+            Some(_) => return Err(InvalidInput::UnknownMethod),
+        };
+        match (named, from_path) {
+            (Some(n), Some(p)) if n != p => Err(InvalidInput::MethodPathMismatch),
+            (Some(m), _) | (None, Some(m)) => Ok(m),
+            (None, None) => Err(InvalidInput::MissingField("method")),
+        }
+    }
+
+    /// The transaction id, if present and well-formed (audit events record it even when the
+    /// rest of the request is invalid).
+    pub fn transaction_id(&self) -> Result<TransactionId, InvalidInput> {
+        TransactionId::parse(required(&self.transaction_id, "transaction_id")?)
+    }
+
+    /// Validates a tokenize request.
+    pub fn into_tokenize(self, today: NaiveDate) -> Result<TokenizeRequest, InvalidInput> {
+        let transaction_id = self.transaction_id()?;
+        let method = self.into_payment_method(today)?;
+        Ok(TokenizeRequest { transaction_id, method })
+    }
+
+    /// Card or bank account, decided by which fields are present.
+    fn into_payment_method(self, today: NaiveDate) -> Result<PaymentMethod, InvalidInput> {
+        match (secret(self.cardnumber), secret(self.bankaccountnumber)) {
+            (Some(_), Some(_)) => Err(InvalidInput::AmbiguousPaymentMethod),
+            (None, None) => Err(InvalidInput::MissingPaymentMethod),
+            (Some(pan), None) => {
+                let number = CardNumber::parse(pan)?;
+                let month = required(&self.expiry_month, "expiry_month")?;
+                let year = required(&self.expiry_year, "expiry_year")?;
+                let expiry = Expiry::parse(month, year, today)?;
+                let cvv = secret(self.cvv).map(Cvv::parse).transpose()?;
+                let postal_code = present(&self.postal_code).map(PostalCode::parse).transpose()?;
+                Ok(PaymentMethod::Card(Card { number, expiry, cvv, postal_code }))
+            }
+            (None, Some(account)) => {
+                let routing = RoutingNumber::parse(required(&self.routingnumber, "routingnumber")?)?;
+                let account = AccountNumber::parse(account)?;
+                Ok(PaymentMethod::Bank(BankAccount { routing, account }))
+            }
+        }
+    }
+}
+
+/// A text field's value; an empty string counts as absent (Twilio sends `""` for data it did
+/// not collect).
+fn present(field: &Option<Text>) -> Option<&str> {
+    field.as_ref().map(|t| t.0.as_str()).filter(|s| !s.is_empty())
+}
+
+fn required<'a>(field: &'a Option<Text>, name: &'static str) -> Result<&'a str, InvalidInput> {
+    present(field).ok_or(InvalidInput::MissingField(name))
+}
+
+fn secret(field: Option<Secret>) -> Option<SecretText> {
+    field.map(|s| s.0).filter(|s| !s.expose().is_empty())
+}
+
+/// A scalar field, kept as text. Numbers are accepted and turned into their decimal text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Text(String);
+
+/// A scalar field holding card or bank data.
+struct Secret(SecretText);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor).map(Text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor).map(|s| Secret(SecretText::new(s)))
+    }
+}
+
+struct ScalarVisitor;
+
+impl Visitor<'_> for ScalarVisitor {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+        Ok(v)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+}
+
+/// Which id key a reply carries: `token_id`, `charge_id`, or both when the method is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKey {
+    Token,
+    Charge,
+    Both,
+}
+
+impl From<Method> for IdKey {
+    fn from(m: Method) -> Self {
+        match m {
+            Method::Tokenize => IdKey::Token,
+            Method::Charge => IdKey::Charge,
+        }
+    }
+}
+
+/// A reply in Twilio's shape: the id key is always present (`null` on error) next to
+/// `error_code` and `error_message`.
+#[derive(Debug)]
+pub struct Reply {
+    status: StatusCode,
+    body: Map<String, Value>,
+}
+
+impl Reply {
+    pub fn ok(key: IdKey, id: &str) -> Self {
+        Self::build(StatusCode::OK, key, Some(id), None)
+    }
+
+    /// A refusal Twilio should pass to the merchant as `ConnectorError`. Twilio reads the body
+    /// only of a 200, so business errors (validation, duplicates, declines) answer 200.
+    pub fn error(key: IdKey, code: &str, message: &str) -> Self {
+        Self::build(StatusCode::OK, key, None, Some((code, message)))
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    fn build(status: StatusCode, key: IdKey, id: Option<&str>, error: Option<(&str, &str)>) -> Self {
+        let mut body = Map::new();
+        let id = id.map_or(Value::Null, Value::from);
+        if matches!(key, IdKey::Charge | IdKey::Both) {
+            body.insert("charge_id".into(), id.clone());
+        }
+        if matches!(key, IdKey::Token | IdKey::Both) {
+            body.insert("token_id".into(), id);
+        }
+        body.insert("error_code".into(), error.map_or(Value::Null, |e| e.0.into()));
+        body.insert("error_message".into(), error.map_or(Value::Null, |e| e.1.into()));
+        Self { status, body }
+    }
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        (self.status, Json(Value::Object(self.body))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 23).unwrap()
+    }
+
+    #[test]
+    fn parse_errors_never_quote_the_input() {
+        let bodies: [&[u8]; 4] = [
+            br#"4111111111111111"#,
+            br#"{"cardnumber": 4111111111111111.5}"#,
+            br#"{"cardnumber": ["4111111111111111"]}"#,
+            br#"{"cardnumber": "4111111111111111""#,
+        ];
+        for body in bodies {
+            let err = parse(body).unwrap_err();
+            assert!(!err.to_string().contains("4111"), "{err}");
+        }
+        assert_eq!(
+            parse(br#"{"cardnumber": true}"#).unwrap_err(),
+            InvalidInput::InvalidFieldType("cardnumber".into())
+        );
+        assert_eq!(
+            parse(br#"{"parameters": {"a": {"b": 1}}}"#).unwrap_err(),
+            InvalidInput::InvalidFieldType("parameters.a".into())
+        );
+        assert_eq!(parse(b"[1]").unwrap_err(), InvalidInput::NotAnObject);
+        assert!(matches!(parse(b"{} x").unwrap_err(), InvalidInput::MalformedJson { .. }));
+    }
+
+    #[test]
+    fn numbers_empty_strings_and_odd_descriptions_are_tolerated() {
+        let req = parse(
+            br#"{"method":"tokenize","transaction_id":"t1","cardnumber":4111111111111111,
+                "expiry_month":8,"expiry_year":"2027","cvv":"","postal_code":"",
+                "description":{},"parameters":{"n":"1"},"token_type":"reusable"}"#,
+        )
+        .unwrap();
+        assert_eq!(req.method(None).unwrap(), Method::Tokenize);
+        let tok = req.into_tokenize(today()).unwrap();
+        let PaymentMethod::Card(card) = tok.method else { panic!("expected a card") };
+        assert!(card.cvv.is_none() && card.postal_code.is_none());
+        assert_eq!(card.expiry.month(), 8);
+    }
+
+    #[test]
+    fn method_from_field_or_path() {
+        let req = |m: &str| parse(format!(r#"{{"method":"{m}"}}"#).as_bytes()).unwrap();
+        let bare = parse(b"{}").unwrap();
+        assert_eq!(bare.method(Some(Method::Charge)).unwrap(), Method::Charge);
+        assert_eq!(bare.method(None).unwrap_err(), InvalidInput::MissingField("method"));
+        assert_eq!(req("Tokenize").method(None).unwrap(), Method::Tokenize);
+        assert_eq!(req("refund").method(None).unwrap_err(), InvalidInput::UnknownMethod);
+        assert_eq!(
+            req("charge").method(Some(Method::Tokenize)).unwrap_err(),
+            InvalidInput::MethodPathMismatch
+        );
+    }
+
+    #[test]
+    fn reply_shape_always_has_the_id_key() {
+        let body = |r: Reply| Value::Object(r.body).to_string();
+        assert_eq!(
+            body(Reply::ok(IdKey::Token, "tok_x")),
+            r#"{"error_code":null,"error_message":null,"token_id":"tok_x"}"#
+        );
+        assert_eq!(
+            body(Reply::error(IdKey::Both, "unknown_method", "m")),
+            r#"{"charge_id":null,"error_code":"unknown_method","error_message":"m","token_id":null}"#
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! Builds and runs the HTTP service. One code path for production and tests: tests bind port 0
+//! and pass their own shutdown future.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::auth::Authenticator;
+use crate::crypto::KeyRing;
+use crate::http::{router, AppState};
+use crate::vault::Vault;
+
+/// Runtime settings the service needs once configuration is parsed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub auth_cache_ttl: std::time::Duration,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    auth: Arc<Authenticator>,
+}
+
+impl Application {
+    /// Binds the listener; nothing is served until [`Application::run`].
+    pub async fn build(settings: &Settings, pool: PgPool, keys: Arc<KeyRing>) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(settings.listen).await?;
+        let auth = Arc::new(Authenticator::new(pool.clone(), settings.auth_cache_ttl));
+        let state = AppState {
+            vault: Vault::new(pool, keys),
+            auth: auth.clone(),
+            max_body_bytes: settings.max_body_bytes,
+        };
+        Ok(Self { listener, router: router(state), auth })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let follower = tokio::spawn(self.auth.clone().follow_changes());
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(self.listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        follower.abort();
+        result
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}

@@ -1,0 +1,38 @@
+//! Every SQL statement payvault runs lives under this module, checked at compile time against
+//! the schema in `migrations/` (offline data in `.sqlx/`). Functions are named for intent and
+//! take an executor, so they compose inside a caller's transaction.
+
+pub mod audit;
+pub mod credentials;
+pub mod vault;
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// Opens a connection pool. Connections are opened lazily, so this succeeds with the database
+/// down; `/readyz` and the first query tell.
+pub fn connect_lazy(url: &SecretString, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.expose_secret().parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options))
+}
+
+/// Opens a pool and checks the database answers.
+pub async fn connect(url: &SecretString, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let pool = connect_lazy(url, max_connections)?;
+    pool.acquire().await?;
+    Ok(pool)
+}
+
+/// Applies pending migrations. Safe to run from several instances at once: sqlx takes an
+/// advisory lock.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}

@@ -1,0 +1,184 @@
+//! The vault's operations, composed from `crypto` and `store`. This is where the tokenize flow
+//! reads top to bottom.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::audit::{AuditEvent, Origin};
+use crate::auth::Principal;
+use crate::crypto::{CryptoError, KeyRing};
+use crate::domain::{PaymentMethod, Token, TransactionId};
+use crate::store;
+use crate::store::vault::{NewEntry, NewIdempotency};
+
+/// Shared handle on the vault: the database and the master key ring.
+#[derive(Debug, Clone)]
+pub struct Vault {
+    pool: PgPool,
+    keys: Arc<KeyRing>,
+}
+
+/// A validated tokenize request.
+#[derive(Debug)]
+pub struct TokenizeRequest {
+    pub transaction_id: TransactionId,
+    pub method: PaymentMethod,
+}
+
+/// The token for a tokenize request; `replayed` when an earlier identical request created it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokenized {
+    pub token: String,
+    pub replayed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizeError {
+    #[error("transaction_id was already used for a different request")]
+    DuplicateTransaction,
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("key error")]
+    Crypto(#[from] CryptoError),
+}
+
+impl TokenizeError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenizeError::DuplicateTransaction => "duplicate_transaction",
+            TokenizeError::Database(_) | TokenizeError::Crypto(_) => "internal_error",
+        }
+    }
+}
+
+impl Vault {
+    pub fn new(pool: PgPool, keys: Arc<KeyRing>) -> Self {
+        Self { pool, keys }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// Encrypts a card or bank account into the vault and returns its token.
+    ///
+    /// Exactly once per (credential, transaction id): Twilio retries a request that took over
+    /// 10 s with the same `transaction_id`, and the retry must get the original token rather
+    /// than a second entry. The idempotency record, the entry and the audit event are inserted
+    /// in one atomic statement; the database's primary key decides which of several concurrent
+    /// duplicates wins.
+    pub async fn tokenize(
+        &self,
+        who: &Principal,
+        origin: &Origin,
+        req: &TokenizeRequest,
+    ) -> Result<Tokenized, TokenizeError> {
+        let keys = &self.keys;
+        let mac_input = req.method.request_mac_input();
+        let mac_version = keys.current_version();
+        let request_mac = keys.request_mac(mac_version, &[b"tokenize", &mac_input])?;
+
+        let token = Token::generate();
+        let sealed = keys.seal(token.as_str(), &req.method.secret_payload());
+        let fingerprint = keys.fingerprint(&req.method.fingerprint_parts());
+        let (brand, bin, exp_month, exp_year, last4) = match &req.method {
+            PaymentMethod::Card(c) => (
+                Some(c.number.brand().as_str()),
+                Some(c.number.bin()),
+                Some(i16::from(c.expiry.month())),
+                i16::try_from(c.expiry.year()).ok(),
+                c.number.last4(),
+            ),
+            PaymentMethod::Bank(b) => (None, None, None, None, b.account.last4()),
+        };
+        let audit = self.tokenize_event(who, origin, req).with_token(token.as_str());
+
+        let inserted = store::vault::insert_tokenized_entry(
+            &self.pool,
+            &NewIdempotency {
+                credential_id: who.id,
+                key: req.transaction_id.as_str(),
+                request_mac: &request_mac,
+                mac_key_version: mac_version,
+            },
+            &NewEntry {
+                token: token.as_str(),
+                created_by: who.id,
+                kind: req.method.kind(),
+                sealed: &sealed,
+                fingerprint: &fingerprint,
+                brand,
+                bin,
+                last4,
+                exp_month,
+                exp_year,
+            },
+            &audit,
+        )
+        .await?;
+        if inserted {
+            return Ok(Tokenized { token: token.into_string(), replayed: false });
+        }
+
+        // The transaction id is taken: an identical retry gets the original token, anything
+        // else is a conflicting reuse.
+        let earlier = store::vault::find_idempotency_record(
+            &self.pool,
+            who.id,
+            req.transaction_id.as_str(),
+        )
+        .await?;
+        let replay = match earlier {
+            Some(rec) if rec.operation == "tokenize" && rec.state == "succeeded" => {
+                let mac = keys.request_mac(rec.mac_key_version, &[b"tokenize", &mac_input])?;
+                let same: bool = mac.ct_eq(rec.request_mac.as_slice()).into();
+                rec.token.filter(|_| same)
+            }
+            _ => None,
+        };
+        match replay {
+            Some(token) => {
+                let mut event = self.tokenize_event(who, origin, req).with_token(&token);
+                event.details["replayed"] = true.into();
+                store::audit::insert_audit_event(&self.pool, &event).await?;
+                Ok(Tokenized { token, replayed: true })
+            }
+            None => {
+                let err = TokenizeError::DuplicateTransaction;
+                let event = self.tokenize_event(who, origin, req).failed(err.code());
+                store::audit::insert_audit_event(&self.pool, &event).await?;
+                Err(err)
+            }
+        }
+    }
+
+    fn tokenize_event(&self, who: &Principal, origin: &Origin, req: &TokenizeRequest) -> AuditEvent {
+        let mut event = AuditEvent::by(who, origin, "tokenize");
+        event.transaction_id = Some(req.transaction_id.as_str().to_owned());
+        event.masked_data = Some(req.method.masked());
+        event.details = serde_json::json!({ "kind": req.method.kind() });
+        event
+    }
+
+    /// Decrypts the entry behind `token`, in memory only. `Ok(None)` when no such entry exists;
+    /// an error when its ciphertext does not authenticate (tampered, moved between rows, or
+    /// relabelled with another key version).
+    pub async fn open_entry(&self, token: &str) -> Result<Option<Zeroizing<Vec<u8>>>, TokenizeError> {
+        let Some(sealed) = store::vault::find_sealed_entry(&self.pool, token).await? else {
+            return Ok(None);
+        };
+        Ok(Some(self.keys.open(token, &sealed)?))
+    }
+
+    /// Records a request that failed before reaching the vault (validation, scope).
+    pub async fn record_failure(&self, event: &AuditEvent) -> Result<(), sqlx::Error> {
+        store::audit::insert_audit_event(&self.pool, event).await
+    }
+}
