@@ -14,7 +14,11 @@ use crate::startup::{shutdown_signal, Application, Settings};
 use crate::store;
 
 #[derive(Debug, Parser)]
-#[command(name = "payvault", version, about = "Card and bank-account tokenization vault for Twilio <Pay>")]
+#[command(
+    name = "payvault",
+    version,
+    about = "Card and bank-account tokenization vault for Twilio <Pay>"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,14 +99,18 @@ fn parse_kind(s: &str) -> Result<CredentialKind, String> {
 }
 
 fn parse_scope(s: &str) -> Result<Scope, String> {
-    s.trim().parse().map_err(|e: crate::auth::ScopeParseError| e.to_string())
+    s.trim()
+        .parse()
+        .map_err(|e: crate::auth::ScopeParseError| e.to_string())
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { no_migrate } => serve(no_migrate).await,
         Command::Migrate => {
-            let pool = store::connect(&config::database_url()?, 2).await.context("cannot connect to the database")?;
+            let pool = store::connect(&config::database_url()?, 2)
+                .await
+                .context("cannot connect to the database")?;
             store::migrate(&pool).await.context("migration failed")?;
             println!("migrations applied");
             Ok(())
@@ -143,9 +151,16 @@ async fn serve(no_migrate: bool) -> anyhow::Result<()> {
 }
 
 async fn credentials(cmd: CredentialsCommand) -> anyhow::Result<()> {
-    let pool = store::connect(&config::database_url()?, 2).await.context("cannot connect to the database")?;
+    let pool = store::connect(&config::database_url()?, 2)
+        .await
+        .context("cannot connect to the database")?;
     match cmd {
-        CredentialsCommand::Create { name, kind, scopes, format } => {
+        CredentialsCommand::Create {
+            name,
+            kind,
+            scopes,
+            format,
+        } => {
             let created = admin::create_credential(&pool, &name, kind, scopes).await?;
             let row = &created.row;
             match format.format {
@@ -163,7 +178,10 @@ async fn credentials(cmd: CredentialsCommand) -> anyhow::Result<()> {
                     println!("{out}");
                 }
                 Format::Text => {
-                    println!("Created {} credential `{}` ({})", row.kind, row.name, row.id);
+                    println!(
+                        "Created {} credential `{}` ({})",
+                        row.kind, row.name, row.id
+                    );
                     println!("  username: {}", row.username);
                     println!("  secret:   {}", created.secret.expose());
                     println!("  scopes:   {}", row.scopes.join(","));
@@ -185,7 +203,10 @@ async fn credentials(cmd: CredentialsCommand) -> anyhow::Result<()> {
                     }
                 }
                 Format::Text => {
-                    println!("{:<26} {:<20} {:<10} {:<40} {:<25} REVOKED", "USERNAME", "NAME", "KIND", "SCOPES", "CREATED");
+                    println!(
+                        "{:<26} {:<20} {:<10} {:<40} {:<25} REVOKED",
+                        "USERNAME", "NAME", "KIND", "SCOPES", "CREATED"
+                    );
                     for row in rows {
                         println!(
                             "{:<26} {:<20} {:<10} {:<40} {:<25} {}",
@@ -194,7 +215,9 @@ async fn credentials(cmd: CredentialsCommand) -> anyhow::Result<()> {
                             row.kind,
                             row.scopes.join(","),
                             row.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                            row.revoked_at.map_or("-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+                            row.revoked_at.map_or("-".to_owned(), |t| t
+                                .format("%Y-%m-%d %H:%M:%S UTC")
+                                .to_string()),
                         );
                     }
                 }
@@ -202,7 +225,10 @@ async fn credentials(cmd: CredentialsCommand) -> anyhow::Result<()> {
         }
         CredentialsCommand::Revoke { username_or_name } => {
             let row = admin::revoke_credential(&pool, &username_or_name).await?;
-            println!("Revoked {} credential `{}` ({})", row.kind, row.name, row.username);
+            println!(
+                "Revoked {} credential `{}` ({})",
+                row.kind, row.name, row.username
+            );
         }
     }
     Ok(())

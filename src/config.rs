@@ -45,8 +45,11 @@ pub fn secret_var(name: &'static str) -> Result<Option<SecretString>, ConfigErro
         (Some(_), Some(_)) => Err(ConfigError::Both(name)),
         (Some(v), None) => Ok(Some(SecretString::from(v))),
         (None, Some(path)) => {
-            let mut text = std::fs::read_to_string(&path)
-                .map_err(|source| ConfigError::File { name, path, source })?;
+            let mut text = std::fs::read_to_string(&path).map_err(|source| ConfigError::File {
+                name,
+                path,
+                source,
+            })?;
             let trimmed_len = text.trim_end_matches(['\n', '\r']).len();
             text.truncate(trimmed_len);
             Ok(Some(SecretString::from(text)))
@@ -89,8 +92,9 @@ impl ServeConfig {
         Ok(Self {
             database_url: database_url()?,
             listen: parsed("PAYVAULT_LISTEN", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
-            master_key: secret_var("PAYVAULT_MASTER_KEY")?
-                .ok_or(ConfigError::Missing("PAYVAULT_MASTER_KEY (or PAYVAULT_MASTER_KEY_FILE)"))?,
+            master_key: secret_var("PAYVAULT_MASTER_KEY")?.ok_or(ConfigError::Missing(
+                "PAYVAULT_MASTER_KEY (or PAYVAULT_MASTER_KEY_FILE)",
+            ))?,
             max_body_bytes: parsed("PAYVAULT_MAX_BODY_BYTES", 16 * 1024)?,
             auth_cache_ttl: Duration::from_secs(parsed("PAYVAULT_AUTH_CACHE_TTL_SECS", 60)?),
             db_max_connections: parsed("PAYVAULT_DB_MAX_CONNECTIONS", 16)?,

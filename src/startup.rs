@@ -30,7 +30,11 @@ pub struct Application {
 
 impl Application {
     /// Binds the listener; nothing is served until [`Application::run`].
-    pub async fn build(settings: &Settings, pool: PgPool, keys: Arc<KeyRing>) -> std::io::Result<Self> {
+    pub async fn build(
+        settings: &Settings,
+        pool: PgPool,
+        keys: Arc<KeyRing>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.listen).await?;
         let auth = Arc::new(Authenticator::new(pool.clone(), settings.auth_cache_ttl));
         let state = AppState {
@@ -38,7 +42,11 @@ impl Application {
             auth: auth.clone(),
             max_body_bytes: settings.max_body_bytes,
         };
-        Ok(Self { listener, router: router(state), auth })
+        Ok(Self {
+            listener,
+            router: router(state),
+            auth,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -46,7 +54,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let follower = tokio::spawn(self.auth.clone().follow_changes());
         let service = self
             .router

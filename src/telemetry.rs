@@ -18,7 +18,13 @@ pub fn init() {
 /// of a vault process would hold card data and keys (PCI DSS 3.3.1 lists crash dumps).
 pub fn harden_process() -> std::io::Result<()> {
     use rustix::process::{setrlimit, Resource, Rlimit};
-    setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) })?;
+    setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    )?;
     #[cfg(target_os = "linux")]
     rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
     Ok(())

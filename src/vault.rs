@@ -98,7 +98,9 @@ impl Vault {
             ),
             PaymentMethod::Bank(b) => (None, None, None, None, b.account.last4()),
         };
-        let audit = self.tokenize_event(who, origin, req).with_token(token.as_str());
+        let audit = self
+            .tokenize_event(who, origin, req)
+            .with_token(token.as_str());
 
         let inserted = store::vault::insert_tokenized_entry(
             &self.pool,
@@ -124,17 +126,17 @@ impl Vault {
         )
         .await?;
         if inserted {
-            return Ok(Tokenized { token: token.into_string(), replayed: false });
+            return Ok(Tokenized {
+                token: token.into_string(),
+                replayed: false,
+            });
         }
 
         // The transaction id is taken: an identical retry gets the original token, anything
         // else is a conflicting reuse.
-        let earlier = store::vault::find_idempotency_record(
-            &self.pool,
-            who.id,
-            req.transaction_id.as_str(),
-        )
-        .await?;
+        let earlier =
+            store::vault::find_idempotency_record(&self.pool, who.id, req.transaction_id.as_str())
+                .await?;
         let replay = match earlier {
             Some(rec) if rec.operation == "tokenize" && rec.state == "succeeded" => {
                 let mac = keys.request_mac(rec.mac_key_version, &[b"tokenize", &mac_input])?;
@@ -148,7 +150,10 @@ impl Vault {
                 let mut event = self.tokenize_event(who, origin, req).with_token(&token);
                 event.details["replayed"] = true.into();
                 store::audit::insert_audit_event(&self.pool, &event).await?;
-                Ok(Tokenized { token, replayed: true })
+                Ok(Tokenized {
+                    token,
+                    replayed: true,
+                })
             }
             None => {
                 let err = TokenizeError::DuplicateTransaction;
@@ -159,7 +164,12 @@ impl Vault {
         }
     }
 
-    fn tokenize_event(&self, who: &Principal, origin: &Origin, req: &TokenizeRequest) -> AuditEvent {
+    fn tokenize_event(
+        &self,
+        who: &Principal,
+        origin: &Origin,
+        req: &TokenizeRequest,
+    ) -> AuditEvent {
         let mut event = AuditEvent::by(who, origin, "tokenize");
         event.transaction_id = Some(req.transaction_id.as_str().to_owned());
         event.masked_data = Some(req.method.masked());
@@ -170,7 +180,10 @@ impl Vault {
     /// Decrypts the entry behind `token`, in memory only. `Ok(None)` when no such entry exists;
     /// an error when its ciphertext does not authenticate (tampered, moved between rows, or
     /// relabelled with another key version).
-    pub async fn open_entry(&self, token: &str) -> Result<Option<Zeroizing<Vec<u8>>>, TokenizeError> {
+    pub async fn open_entry(
+        &self,
+        token: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, TokenizeError> {
         let Some(sealed) = store::vault::find_sealed_entry(&self.pool, token).await? else {
             return Ok(None);
         };

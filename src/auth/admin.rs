@@ -34,7 +34,9 @@ pub struct CreatedCredential {
 /// The operator running the CLI, as recorded in audit events.
 fn operator_event(action: &'static str) -> AuditEvent {
     let mut event = AuditEvent::new(&Origin::default(), "operator", action);
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default();
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_default();
     event.details = serde_json::json!({ "os_user": user, "via": "cli" });
     event
 }
@@ -43,11 +45,18 @@ fn check_name(name: &str) -> Result<(), AdminError> {
     if name.is_empty() || name.len() > 64 {
         return Err(AdminError::InvalidName("must be 1 to 64 characters"));
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-        return Err(AdminError::InvalidName("use letters, digits, '-', '_' and '.'"));
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(AdminError::InvalidName(
+            "use letters, digits, '-', '_' and '.'",
+        ));
     }
     if name.starts_with("pvc_") || name.starts_with("pvk_") {
-        return Err(AdminError::InvalidName("pvc_ and pvk_ are reserved for usernames"));
+        return Err(AdminError::InvalidName(
+            "pvc_ and pvk_ are reserved for usernames",
+        ));
     }
     Ok(())
 }
@@ -97,10 +106,16 @@ pub async fn create_credential(
         })?;
     store::audit::insert_audit_event(&mut *tx, &event).await?;
     tx.commit().await?;
-    Ok(CreatedCredential { row, secret: generated.secret })
+    Ok(CreatedCredential {
+        row,
+        secret: generated.secret,
+    })
 }
 
-pub async fn revoke_credential(pool: &PgPool, username_or_name: &str) -> Result<CredentialRow, AdminError> {
+pub async fn revoke_credential(
+    pool: &PgPool,
+    username_or_name: &str,
+) -> Result<CredentialRow, AdminError> {
     let mut tx = pool.begin().await?;
     let row = store::credentials::revoke_credential(&mut *tx, username_or_name)
         .await?
@@ -115,6 +130,9 @@ pub async fn revoke_credential(pool: &PgPool, username_or_name: &str) -> Result<
     Ok(row)
 }
 
-pub async fn list_credentials(pool: &PgPool, include_revoked: bool) -> Result<Vec<CredentialRow>, AdminError> {
+pub async fn list_credentials(
+    pool: &PgPool,
+    include_revoked: bool,
+) -> Result<Vec<CredentialRow>, AdminError> {
     Ok(store::credentials::list_credentials(pool, include_revoked).await?)
 }

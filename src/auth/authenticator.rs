@@ -51,7 +51,9 @@ pub struct Authenticator {
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator").field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("Authenticator")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 
@@ -96,7 +98,9 @@ impl Authenticator {
 
         let row = store::credentials::find_credential_by_username(&self.pool, username).await?;
         let active = row.filter(|r| r.revoked_at.is_none());
-        let hash = active.as_ref().map_or(self.dummy_hash.clone(), |r| r.secret_hash.clone());
+        let hash = active
+            .as_ref()
+            .map_or(self.dummy_hash.clone(), |r| r.secret_hash.clone());
         let verified = self.verify_off_runtime(hash, secret).await && active.is_some();
         let Some(row) = active.filter(|_| verified) else {
             return Err(AuthError::Invalid);
@@ -107,11 +111,19 @@ impl Authenticator {
             username: row.username,
             name: row.name,
             kind: row.kind.parse().unwrap_or(CredentialKind::Api),
-            scopes: row.scopes.iter().filter_map(|s| s.parse::<Scope>().ok()).collect(),
+            scopes: row
+                .scopes
+                .iter()
+                .filter_map(|s| s.parse::<Scope>().ok())
+                .collect(),
         });
         self.lock_cache().insert(
             username.to_owned(),
-            Cached { principal: principal.clone(), secret_mac, expires: Instant::now() + self.ttl },
+            Cached {
+                principal: principal.clone(),
+                secret_mac,
+                expires: Instant::now() + self.ttl,
+            },
         );
         Ok(principal)
     }
@@ -159,7 +171,11 @@ impl Authenticator {
         loop {
             match PgListener::connect_with(&self.pool).await {
                 Ok(mut listener) => {
-                    if listener.listen(store::credentials::CHANGED_CHANNEL).await.is_ok() {
+                    if listener
+                        .listen(store::credentials::CHANGED_CHANNEL)
+                        .await
+                        .is_ok()
+                    {
                         self.clear_cache();
                         loop {
                             match listener.try_recv().await {

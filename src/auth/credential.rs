@@ -54,7 +54,9 @@ impl FromStr for CredentialKind {
         match s {
             "connector" => Ok(Self::Connector),
             "api" => Ok(Self::Api),
-            other => Err(format!("unknown credential kind `{other}` (expected connector or api)")),
+            other => Err(format!(
+                "unknown credential kind `{other}` (expected connector or api)"
+            )),
         }
     }
 }
@@ -95,7 +97,9 @@ impl Scope {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown scope `{0}` (known: connector, tokens:read, tokens:charge, tokens:delete, audit:read)")]
+#[error(
+    "unknown scope `{0}` (known: connector, tokens:read, tokens:charge, tokens:delete, audit:read)"
+)]
 pub struct ScopeParseError(pub String);
 
 impl FromStr for Scope {
@@ -157,7 +161,12 @@ impl NewCredential {
         URL_SAFE_NO_PAD.encode_string(secret_bytes.as_ref(), &mut secret);
         let secret = SecretText::new(secret);
         let secret_hash = hash_secret(&secret);
-        Self { id: Uuid::new_v4(), username, secret, secret_hash }
+        Self {
+            id: Uuid::new_v4(),
+            username,
+            secret,
+            secret_hash,
+        }
     }
 }
 
@@ -190,6 +199,8 @@ mod tests {
         assert!(c.secret.expose().starts_with("pvs_"));
         assert!(c.secret_hash.starts_with("$argon2id$"));
         assert!(!c.secret_hash.contains(c.secret.expose()));
-        assert!(NewCredential::generate(CredentialKind::Api).username.starts_with("pvk_"));
+        assert!(NewCredential::generate(CredentialKind::Api)
+            .username
+            .starts_with("pvk_"));
     }
 }

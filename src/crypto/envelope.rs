@@ -35,7 +35,11 @@ fn encrypt(cipher: &Aes256Gcm, msg: &[u8], aad: &[u8]) -> Vec<u8> {
     out
 }
 
-fn decrypt(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+fn decrypt(
+    cipher: &Aes256Gcm,
+    sealed: &[u8],
+    aad: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     if sealed.len() < NONCE_LEN + 16 {
         return Err(CryptoError::Malformed);
     }
@@ -55,14 +59,22 @@ impl KeyRing {
         let cipher = Aes256Gcm::new(data_key.as_ref().into());
         SealedEntry {
             key_version: version,
-            wrapped_key: encrypt(&self.current().kek, data_key.as_ref(), &aad("dek", token, version)),
+            wrapped_key: encrypt(
+                &self.current().kek,
+                data_key.as_ref(),
+                &aad("dek", token, version),
+            ),
             ciphertext: encrypt(&cipher, plaintext, &aad("entry", token, version)),
         }
     }
 
     /// Decrypts the entry `token`. Fails if any byte, the token or the key version differs from
     /// what was sealed.
-    pub fn open(&self, token: &str, entry: &SealedEntry) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    pub fn open(
+        &self,
+        token: &str,
+        entry: &SealedEntry,
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let version = entry.key_version;
         let kek = &self.get(version)?.kek;
         let data_key = decrypt(kek, &entry.wrapped_key, &aad("dek", token, version))?;
@@ -88,8 +100,14 @@ mod tests {
         let ring = ring(&[1]);
         let sealed = ring.seal("tok_a", b"4111111111111111");
         assert_eq!(sealed.key_version, 1);
-        assert!(!sealed.ciphertext.windows(16).any(|w| w == b"4111111111111111"));
-        assert_eq!(ring.open("tok_a", &sealed).unwrap().as_slice(), b"4111111111111111");
+        assert!(!sealed
+            .ciphertext
+            .windows(16)
+            .any(|w| w == b"4111111111111111"));
+        assert_eq!(
+            ring.open("tok_a", &sealed).unwrap().as_slice(),
+            b"4111111111111111"
+        );
     }
 
     #[test]
@@ -99,12 +117,18 @@ mod tests {
         for i in 0..sealed.ciphertext.len() {
             let mut bad = sealed.clone();
             bad.ciphertext[i] ^= 0x01;
-            assert!(matches!(ring.open("tok_a", &bad), Err(CryptoError::Authentication)), "byte {i}");
+            assert!(
+                matches!(ring.open("tok_a", &bad), Err(CryptoError::Authentication)),
+                "byte {i}"
+            );
         }
         for i in 0..sealed.wrapped_key.len() {
             let mut bad = sealed.clone();
             bad.wrapped_key[i] ^= 0x80;
-            assert!(matches!(ring.open("tok_a", &bad), Err(CryptoError::Authentication)), "byte {i}");
+            assert!(
+                matches!(ring.open("tok_a", &bad), Err(CryptoError::Authentication)),
+                "byte {i}"
+            );
         }
     }
 
@@ -115,7 +139,10 @@ mod tests {
         let b = ring.seal("tok_b", b"5555555555554444");
         assert!(ring.open("tok_b", &a).is_err());
         // Swapping only the payload (keeping b's wrapped key) fails too.
-        let swapped = SealedEntry { ciphertext: a.ciphertext.clone(), ..b.clone() };
+        let swapped = SealedEntry {
+            ciphertext: a.ciphertext.clone(),
+            ..b.clone()
+        };
         assert!(ring.open("tok_b", &swapped).is_err());
     }
 
@@ -124,10 +151,22 @@ mod tests {
         let ring = ring(&[1, 2]);
         let sealed = ring.seal("tok_a", b"secret");
         assert_eq!(sealed.key_version, 2);
-        let relabelled = SealedEntry { key_version: 1, ..sealed.clone() };
-        assert!(matches!(ring.open("tok_a", &relabelled), Err(CryptoError::Authentication)));
-        let unknown = SealedEntry { key_version: 7, ..sealed };
-        assert!(matches!(ring.open("tok_a", &unknown), Err(CryptoError::UnknownKeyVersion(7))));
+        let relabelled = SealedEntry {
+            key_version: 1,
+            ..sealed.clone()
+        };
+        assert!(matches!(
+            ring.open("tok_a", &relabelled),
+            Err(CryptoError::Authentication)
+        ));
+        let unknown = SealedEntry {
+            key_version: 7,
+            ..sealed
+        };
+        assert!(matches!(
+            ring.open("tok_a", &unknown),
+            Err(CryptoError::UnknownKeyVersion(7))
+        ));
     }
 
     #[test]
@@ -135,6 +174,9 @@ mod tests {
         let ring = ring(&[1]);
         let mut sealed = ring.seal("tok_a", b"secret");
         sealed.ciphertext.truncate(10);
-        assert!(matches!(ring.open("tok_a", &sealed), Err(CryptoError::Malformed)));
+        assert!(matches!(
+            ring.open("tok_a", &sealed),
+            Err(CryptoError::Malformed)
+        ));
     }
 }

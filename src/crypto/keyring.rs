@@ -54,7 +54,8 @@ impl MasterKey {
 
     fn parse(text: &str) -> Result<Self, KeyRingError> {
         let mut parts = text.trim().splitn(3, '.');
-        let (Some(PREFIX), Some(version), Some(material)) = (parts.next(), parts.next(), parts.next())
+        let (Some(PREFIX), Some(version), Some(material)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             return Err(KeyRingError::Format);
         };
@@ -230,7 +231,11 @@ mod tests {
 
     #[test]
     fn key_ring_takes_highest_version_as_current() {
-        let text = format!("{},{}", MasterKey::generate(1).encode().as_str(), MasterKey::generate(2).encode().as_str());
+        let text = format!(
+            "{},{}",
+            MasterKey::generate(1).encode().as_str(),
+            MasterKey::generate(2).encode().as_str()
+        );
         let ring = KeyRing::parse(&text).unwrap();
         assert_eq!(ring.current_version(), 2);
         assert_eq!(ring.versions().collect::<Vec<_>>(), vec![1, 2]);
@@ -238,13 +243,26 @@ mod tests {
 
     #[test]
     fn rejects_malformed_keys_without_echoing_them() {
-        for bad in ["", "pvmk.1", "pvmk.0.AAAA", "xx.1.AAAA", "pvmk.1.!!!!", "pvmk.1.AAAA"] {
+        for bad in [
+            "",
+            "pvmk.1",
+            "pvmk.0.AAAA",
+            "xx.1.AAAA",
+            "pvmk.1.!!!!",
+            "pvmk.1.AAAA",
+        ] {
             let err = KeyRing::parse(bad).unwrap_err().to_string();
-            assert!(!bad.is_empty() && !err.contains(bad) || bad.is_empty(), "{err}");
+            assert!(
+                !bad.is_empty() && !err.contains(bad) || bad.is_empty(),
+                "{err}"
+            );
         }
         let k = MasterKey::generate(1).encode();
         let dup = format!("{},{}", k.as_str(), k.as_str());
-        assert!(matches!(KeyRing::parse(&dup), Err(KeyRingError::DuplicateVersion(1))));
+        assert!(matches!(
+            KeyRing::parse(&dup),
+            Err(KeyRingError::DuplicateVersion(1))
+        ));
     }
 
     #[test]
@@ -252,8 +270,17 @@ mod tests {
         let a = KeyRing::from_keys(vec![MasterKey::generate(1)]).unwrap();
         let b = KeyRing::from_keys(vec![MasterKey::generate(1)]).unwrap();
         let pan: &[u8] = b"4111111111111111";
-        assert_eq!(a.fingerprint(&[b"card", pan]), a.fingerprint(&[b"card", pan]));
-        assert_ne!(a.fingerprint(&[b"card", pan]), b.fingerprint(&[b"card", pan]));
-        assert_ne!(a.fingerprint(&[b"ca", b"rd4111111111111111"]), a.fingerprint(&[b"card", pan]));
+        assert_eq!(
+            a.fingerprint(&[b"card", pan]),
+            a.fingerprint(&[b"card", pan])
+        );
+        assert_ne!(
+            a.fingerprint(&[b"card", pan]),
+            b.fingerprint(&[b"card", pan])
+        );
+        assert_ne!(
+            a.fingerprint(&[b"ca", b"rd4111111111111111"]),
+            a.fingerprint(&[b"card", pan])
+        );
     }
 }

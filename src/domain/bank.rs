@@ -82,9 +82,16 @@ mod tests {
         for ok in ["011000015", "121000358", "021000021", "122105155"] {
             assert!(RoutingNumber::parse(ok).is_ok(), "{ok}");
         }
-        assert_eq!(RoutingNumber::parse("121000359").unwrap_err(), InvalidInput::RoutingNumberChecksum);
+        assert_eq!(
+            RoutingNumber::parse("121000359").unwrap_err(),
+            InvalidInput::RoutingNumberChecksum
+        );
         for bad in ["12100035", "1210003580", "12100035a", ""] {
-            assert_eq!(RoutingNumber::parse(bad).unwrap_err(), InvalidInput::RoutingNumberFormat, "{bad}");
+            assert_eq!(
+                RoutingNumber::parse(bad).unwrap_err(),
+                InvalidInput::RoutingNumberFormat,
+                "{bad}"
+            );
         }
     }
 
@@ -96,7 +103,10 @@ mod tests {
         assert_eq!(format!("{acct:?}"), "AccountNumber(*****6789)");
         assert!(AccountNumber::parse("12345678".into()).is_ok());
         for bad in ["123", "123456789012345678", "1234a678"] {
-            assert_eq!(AccountNumber::parse(bad.into()).unwrap_err(), InvalidInput::AccountNumber);
+            assert_eq!(
+                AccountNumber::parse(bad.into()).unwrap_err(),
+                InvalidInput::AccountNumber
+            );
         }
     }
 }

@@ -5,9 +5,9 @@
 
 use std::fmt;
 
-use chrono::{Datelike, NaiveDate};
 use super::invalid::InvalidInput;
 use super::secret::SecretText;
+use chrono::{Datelike, NaiveDate};
 
 /// Card networks recognised from the BIN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,18 +273,36 @@ mod tests {
     fn twilio_published_diners_number_fails_luhn() {
         // Twilio's docs list 3065930009020004 as the Diners test card, but its check digit is
         // wrong (Luhn sum = 1 mod 10). We keep the Luhn rule for every brand; the README says so.
-        assert_eq!(pan("3065930009020004").unwrap_err(), InvalidInput::CardNumberLuhn);
+        assert_eq!(
+            pan("3065930009020004").unwrap_err(),
+            InvalidInput::CardNumberLuhn
+        );
         assert_eq!(pan("3065930009020003").unwrap().brand(), Brand::DinersClub);
     }
 
     #[test]
     fn rejects_bad_numbers_with_specific_errors() {
-        assert_eq!(pan("4111a11111111111").unwrap_err(), InvalidInput::CardNumberNotNumeric);
+        assert_eq!(
+            pan("4111a11111111111").unwrap_err(),
+            InvalidInput::CardNumberNotNumeric
+        );
         assert_eq!(pan("").unwrap_err(), InvalidInput::CardNumberNotNumeric);
-        assert_eq!(pan("4111 1111 1111 1111").unwrap_err(), InvalidInput::CardNumberNotNumeric);
-        assert_eq!(pan("42424242424").unwrap_err(), InvalidInput::CardNumberLength);
-        assert_eq!(pan("42424242424242424242").unwrap_err(), InvalidInput::CardNumberLength);
-        assert_eq!(pan("4111111111111112").unwrap_err(), InvalidInput::CardNumberLuhn);
+        assert_eq!(
+            pan("4111 1111 1111 1111").unwrap_err(),
+            InvalidInput::CardNumberNotNumeric
+        );
+        assert_eq!(
+            pan("42424242424").unwrap_err(),
+            InvalidInput::CardNumberLength
+        );
+        assert_eq!(
+            pan("42424242424242424242").unwrap_err(),
+            InvalidInput::CardNumberLength
+        );
+        assert_eq!(
+            pan("4111111111111112").unwrap_err(),
+            InvalidInput::CardNumberLuhn
+        );
     }
 
     #[test]
@@ -308,23 +326,55 @@ mod tests {
         for bad in ["12", "12345", "12a", ""] {
             assert_eq!(Cvv::parse(bad.into()).unwrap_err(), InvalidInput::Cvv);
         }
-        assert_eq!(format!("{:?}", Cvv::parse("123".into()).unwrap()), "Cvv([REDACTED])");
+        assert_eq!(
+            format!("{:?}", Cvv::parse("123".into()).unwrap()),
+            "Cvv([REDACTED])"
+        );
     }
 
     #[test]
     fn expiry_accepts_two_and_four_digit_years_through_end_of_month() {
         let today = NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
-        assert_eq!(Expiry::parse("11", "26", today).unwrap(), Expiry { month: 11, year: 2026 });
-        assert_eq!(Expiry::parse("8", "2027", today).unwrap(), Expiry { month: 8, year: 2027 });
-        assert_eq!(Expiry::parse("10", "26", today).unwrap_err(), InvalidInput::CardExpired);
-        assert_eq!(Expiry::parse("12", "2025", today).unwrap_err(), InvalidInput::CardExpired);
+        assert_eq!(
+            Expiry::parse("11", "26", today).unwrap(),
+            Expiry {
+                month: 11,
+                year: 2026
+            }
+        );
+        assert_eq!(
+            Expiry::parse("8", "2027", today).unwrap(),
+            Expiry {
+                month: 8,
+                year: 2027
+            }
+        );
+        assert_eq!(
+            Expiry::parse("10", "26", today).unwrap_err(),
+            InvalidInput::CardExpired
+        );
+        assert_eq!(
+            Expiry::parse("12", "2025", today).unwrap_err(),
+            InvalidInput::CardExpired
+        );
         for m in ["0", "13", "00", "1a", "", "123"] {
-            assert_eq!(Expiry::parse(m, "27", today).unwrap_err(), InvalidInput::ExpiryMonth, "{m}");
+            assert_eq!(
+                Expiry::parse(m, "27", today).unwrap_err(),
+                InvalidInput::ExpiryMonth,
+                "{m}"
+            );
         }
         for y in ["7", "027", "20277", "2a", ""] {
-            assert_eq!(Expiry::parse("08", y, today).unwrap_err(), InvalidInput::ExpiryYear, "{y}");
+            assert_eq!(
+                Expiry::parse("08", y, today).unwrap_err(),
+                InvalidInput::ExpiryYear,
+                "{y}"
+            );
         }
-        assert_eq!(Expiry::parse("08", "2099", today).unwrap_err(), InvalidInput::ExpiryTooFar);
+        assert_eq!(
+            Expiry::parse("08", "2099", today).unwrap_err(),
+            InvalidInput::ExpiryTooFar
+        );
     }
 
     #[test]
@@ -332,6 +382,9 @@ mod tests {
         assert!(PostalCode::parse("94111").is_ok());
         assert!(PostalCode::parse("SW1A 1AA").is_ok());
         assert_eq!(PostalCode::parse("").unwrap_err(), InvalidInput::PostalCode);
-        assert_eq!(PostalCode::parse("<script>").unwrap_err(), InvalidInput::PostalCode);
+        assert_eq!(
+            PostalCode::parse("<script>").unwrap_err(),
+            InvalidInput::PostalCode
+        );
     }
 }

@@ -24,7 +24,9 @@ pub enum InvalidInput {
     MethodPathMismatch,
     #[error("field `transaction_id` must be 1 to 255 printable ASCII characters")]
     InvalidTransactionId,
-    #[error("send either card fields (`cardnumber`) or bank fields (`bankaccountnumber`), not both")]
+    #[error(
+        "send either card fields (`cardnumber`) or bank fields (`bankaccountnumber`), not both"
+    )]
     AmbiguousPaymentMethod,
     #[error("field `cardnumber` or `bankaccountnumber` is required")]
     MissingPaymentMethod,

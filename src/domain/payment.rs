@@ -47,7 +47,9 @@ impl PaymentMethod {
     /// Display form: `visa 411111******1111` or `bank_account *****6789`.
     pub fn masked(&self) -> String {
         match self {
-            PaymentMethod::Card(c) => format!("{} {}", c.number.brand().as_str(), c.number.masked()),
+            PaymentMethod::Card(c) => {
+                format!("{} {}", c.number.brand().as_str(), c.number.masked())
+            }
             PaymentMethod::Bank(b) => format!("bank_account {}", b.account.masked()),
         }
     }
@@ -101,7 +103,11 @@ impl PaymentMethod {
                 field(c.number.digits().as_bytes());
                 field(&[c.expiry.month()]);
                 field(&c.expiry.year().to_be_bytes());
-                field(c.postal_code.as_ref().map_or(b"", |p| p.as_str().as_bytes()));
+                field(
+                    c.postal_code
+                        .as_ref()
+                        .map_or(b"", |p| p.as_str().as_bytes()),
+                );
             }
             PaymentMethod::Bank(b) => {
                 field(b"bank_account");

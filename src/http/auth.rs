@@ -9,7 +9,8 @@ use zeroize::Zeroizing;
 use crate::domain::SecretText;
 
 /// `WWW-Authenticate` challenge sent with every 401.
-pub const CHALLENGE: HeaderValue = HeaderValue::from_static(r#"Basic realm="payvault", charset="UTF-8""#);
+pub const CHALLENGE: HeaderValue =
+    HeaderValue::from_static(r#"Basic realm="payvault", charset="UTF-8""#);
 
 /// Username and secret from an `Authorization: Basic` header, or `None` when the header is
 /// missing or malformed. The decoded buffer is zeroized.
@@ -34,7 +35,6 @@ pub fn loggable_username(user: &str) -> Option<&str> {
         && user[4..].bytes().all(|b| b.is_ascii_hexdigit());
     ok.then_some(user)
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -103,7 +103,8 @@ async fn authenticate(
     match result {
         Ok(principal) => Ok(principal),
         Err(AuthError::Invalid) => {
-            let mut event = AuditEvent::new(origin, "anonymous", "authenticate").failed("unauthorized");
+            let mut event =
+                AuditEvent::new(origin, "anonymous", "authenticate").failed("unauthorized");
             let user = presented.as_ref().and_then(|(u, _)| loggable_username(u));
             event.details = serde_json::json!({
                 "scheme": "basic",
@@ -115,9 +116,13 @@ async fn authenticate(
                 return Err(internal_error(IdKey::Both).into_response());
             }
             tracing::info!(error_code = "unauthorized", "authentication failed");
-            let mut response = Reply::error(IdKey::Both, "unauthorized", "invalid or missing credentials")
-                .with_status(StatusCode::UNAUTHORIZED)
-                .into_response();
+            let mut response = Reply::error(
+                IdKey::Both,
+                "unauthorized",
+                "invalid or missing credentials",
+            )
+            .with_status(StatusCode::UNAUTHORIZED)
+            .into_response();
             response.headers_mut().insert(WWW_AUTHENTICATE, CHALLENGE);
             Err(response)
         }
@@ -155,19 +160,25 @@ async fn handle(
     let default_key = path_method.map_or(IdKey::Both, IdKey::from);
     let request = match twilio::parse(body) {
         Ok(r) => r,
-        Err(invalid) => return reject(app, principal, origin, default_key, None, None, invalid).await,
+        Err(invalid) => {
+            return reject(app, principal, origin, default_key, None, None, invalid).await
+        }
     };
     let txn = request.transaction_id().ok();
     let method = match request.method(path_method) {
         Ok(m) => m,
-        Err(invalid) => return reject(app, principal, origin, default_key, None, txn, invalid).await,
+        Err(invalid) => {
+            return reject(app, principal, origin, default_key, None, txn, invalid).await
+        }
     };
     let key = IdKey::from(method);
     match method {
         Method::Tokenize => {
             let req = match request.into_tokenize(chrono::Utc::now().date_naive()) {
                 Ok(r) => r,
-                Err(invalid) => return reject(app, principal, origin, key, Some(method), txn, invalid).await,
+                Err(invalid) => {
+                    return reject(app, principal, origin, key, Some(method), txn, invalid).await
+                }
             };
             match app.vault.tokenize(principal, origin, &req).await {
                 Ok(t) => {
@@ -179,7 +190,11 @@ async fn handle(
                     internal_error(key)
                 }
                 Err(e) => {
-                    tracing::info!(method = "tokenize", error_code = e.code(), "tokenize refused");
+                    tracing::info!(
+                        method = "tokenize",
+                        error_code = e.code(),
+                        "tokenize refused"
+                    );
                     Reply::error(key, e.code(), &e.to_string())
                 }
             }
@@ -204,7 +219,11 @@ async fn reject(
     txn: Option<TransactionId>,
     invalid: InvalidInput,
 ) -> Reply {
-    let mut event = AuditEvent::by(principal, origin, method.map_or("connector", Method::as_str));
+    let mut event = AuditEvent::by(
+        principal,
+        origin,
+        method.map_or("connector", Method::as_str),
+    );
     event.transaction_id = txn.map(|t| t.as_str().to_owned());
     refuse(app, event, key, invalid.code(), &invalid.to_string()).await
 }

@@ -41,7 +41,11 @@ pub fn router(state: AppState) -> Router {
         .layer(
             ServiceBuilder::new()
                 // Credentials print as "Sensitive" in any debug output of the headers.
-                .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE]))
+                .layer(SetSensitiveRequestHeadersLayer::new([
+                    AUTHORIZATION,
+                    PROXY_AUTHORIZATION,
+                    COOKIE,
+                ]))
                 .layer(axum::middleware::map_request(assign_request_id))
                 .layer(
                     TraceLayer::new_for_http()

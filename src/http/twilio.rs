@@ -91,7 +91,10 @@ fn classify(err: serde_json::Error, path: Option<String>) -> InvalidInput {
             InvalidInput::InvalidFieldType(path)
         }
         (serde_json::error::Category::Data, _) => InvalidInput::NotAnObject,
-        _ => InvalidInput::MalformedJson { line: err.line(), column: err.column() },
+        _ => InvalidInput::MalformedJson {
+            line: err.line(),
+            column: err.column(),
+        },
     }
 }
 
@@ -122,7 +125,10 @@ impl WireRequest {
     pub fn into_tokenize(self, today: NaiveDate) -> Result<TokenizeRequest, InvalidInput> {
         let transaction_id = self.transaction_id()?;
         let method = self.into_payment_method(today)?;
-        Ok(TokenizeRequest { transaction_id, method })
+        Ok(TokenizeRequest {
+            transaction_id,
+            method,
+        })
     }
 
     /// Card or bank account, decided by which fields are present.
@@ -136,11 +142,19 @@ impl WireRequest {
                 let year = required(&self.expiry_year, "expiry_year")?;
                 let expiry = Expiry::parse(month, year, today)?;
                 let cvv = secret(self.cvv).map(Cvv::parse).transpose()?;
-                let postal_code = present(&self.postal_code).map(PostalCode::parse).transpose()?;
-                Ok(PaymentMethod::Card(Card { number, expiry, cvv, postal_code }))
+                let postal_code = present(&self.postal_code)
+                    .map(PostalCode::parse)
+                    .transpose()?;
+                Ok(PaymentMethod::Card(Card {
+                    number,
+                    expiry,
+                    cvv,
+                    postal_code,
+                }))
             }
             (None, Some(account)) => {
-                let routing = RoutingNumber::parse(required(&self.routingnumber, "routingnumber")?)?;
+                let routing =
+                    RoutingNumber::parse(required(&self.routingnumber, "routingnumber")?)?;
                 let account = AccountNumber::parse(account)?;
                 Ok(PaymentMethod::Bank(BankAccount { routing, account }))
             }
@@ -151,7 +165,10 @@ impl WireRequest {
 /// A text field's value; an empty string counts as absent (Twilio sends `""` for data it did
 /// not collect).
 fn present(field: &Option<Text>) -> Option<&str> {
-    field.as_ref().map(|t| t.0.as_str()).filter(|s| !s.is_empty())
+    field
+        .as_ref()
+        .map(|t| t.0.as_str())
+        .filter(|s| !s.is_empty())
 }
 
 fn required<'a>(field: &'a Option<Text>, name: &'static str) -> Result<&'a str, InvalidInput> {
@@ -177,7 +194,8 @@ impl<'de> Deserialize<'de> for Text {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ScalarVisitor).map(|s| Secret(SecretText::new(s)))
+        d.deserialize_any(ScalarVisitor)
+            .map(|s| Secret(SecretText::new(s)))
     }
 }
 
@@ -248,7 +266,12 @@ impl Reply {
         self
     }
 
-    fn build(status: StatusCode, key: IdKey, id: Option<&str>, error: Option<(&str, &str)>) -> Self {
+    fn build(
+        status: StatusCode,
+        key: IdKey,
+        id: Option<&str>,
+        error: Option<(&str, &str)>,
+    ) -> Self {
         let mut body = Map::new();
         let id = id.map_or(Value::Null, Value::from);
         if matches!(key, IdKey::Charge | IdKey::Both) {
@@ -257,8 +280,14 @@ impl Reply {
         if matches!(key, IdKey::Token | IdKey::Both) {
             body.insert("token_id".into(), id);
         }
-        body.insert("error_code".into(), error.map_or(Value::Null, |e| e.0.into()));
-        body.insert("error_message".into(), error.map_or(Value::Null, |e| e.1.into()));
+        body.insert(
+            "error_code".into(),
+            error.map_or(Value::Null, |e| e.0.into()),
+        );
+        body.insert(
+            "error_message".into(),
+            error.map_or(Value::Null, |e| e.1.into()),
+        );
         Self { status, body }
     }
 }
@@ -298,7 +327,10 @@ mod tests {
             InvalidInput::InvalidFieldType("parameters.a".into())
         );
         assert_eq!(parse(b"[1]").unwrap_err(), InvalidInput::NotAnObject);
-        assert!(matches!(parse(b"{} x").unwrap_err(), InvalidInput::MalformedJson { .. }));
+        assert!(matches!(
+            parse(b"{} x").unwrap_err(),
+            InvalidInput::MalformedJson { .. }
+        ));
     }
 
     #[test]
@@ -311,7 +343,9 @@ mod tests {
         .unwrap();
         assert_eq!(req.method(None).unwrap(), Method::Tokenize);
         let tok = req.into_tokenize(today()).unwrap();
-        let PaymentMethod::Card(card) = tok.method else { panic!("expected a card") };
+        let PaymentMethod::Card(card) = tok.method else {
+            panic!("expected a card")
+        };
         assert!(card.cvv.is_none() && card.postal_code.is_none());
         assert_eq!(card.expiry.month(), 8);
     }
@@ -321,9 +355,15 @@ mod tests {
         let req = |m: &str| parse(format!(r#"{{"method":"{m}"}}"#).as_bytes()).unwrap();
         let bare = parse(b"{}").unwrap();
         assert_eq!(bare.method(Some(Method::Charge)).unwrap(), Method::Charge);
-        assert_eq!(bare.method(None).unwrap_err(), InvalidInput::MissingField("method"));
+        assert_eq!(
+            bare.method(None).unwrap_err(),
+            InvalidInput::MissingField("method")
+        );
         assert_eq!(req("Tokenize").method(None).unwrap(), Method::Tokenize);
-        assert_eq!(req("refund").method(None).unwrap_err(), InvalidInput::UnknownMethod);
+        assert_eq!(
+            req("refund").method(None).unwrap_err(),
+            InvalidInput::UnknownMethod
+        );
         assert_eq!(
             req("charge").method(Some(Method::Tokenize)).unwrap_err(),
             InvalidInput::MethodPathMismatch

@@ -4,7 +4,10 @@ use sqlx::PgExecutor;
 
 use crate::audit::AuditEvent;
 
-pub async fn insert_audit_event(db: impl PgExecutor<'_>, event: &AuditEvent) -> Result<(), sqlx::Error> {
+pub async fn insert_audit_event(
+    db: impl PgExecutor<'_>,
+    event: &AuditEvent,
+) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"
         INSERT INTO audit_events

@@ -1,6 +1,6 @@
 //! Test harness: every test gets its own freshly migrated database and its own payvault server
 //! on a loopback port, and talks to it over HTTP like Twilio does.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -39,7 +39,10 @@ struct Capture;
 
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.get_or_init(Default::default).lock().unwrap().extend_from_slice(buf);
+        LOGS.get_or_init(Default::default)
+            .lock()
+            .unwrap()
+            .extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -68,15 +71,15 @@ pub struct TestDb {
 impl TestDb {
     pub async fn new() -> Self {
         let name = format!("payvault_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&admin_url())
-            .await
-            .expect("tests need PostgreSQL: set PAYVAULT_TEST_DATABASE_URL or run one on 127.0.0.1:5432");
+        let mut admin = PgConnection::connect(&admin_url()).await.expect(
+            "tests need PostgreSQL: set PAYVAULT_TEST_DATABASE_URL or run one on 127.0.0.1:5432",
+        );
         sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
             .execute(&mut admin)
             .await
             .unwrap();
         let pool = PgPoolOptions::new()
-            .max_connections(30)
+            .max_connections(5)
             .connect(&url_for(&name))
             .await
             .unwrap();
@@ -94,12 +97,16 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop runs inside the test's runtime (possibly while unwinding); use a thread of our own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
-                    let _ = sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
-                        .execute(&mut admin)
-                        .await;
+                    let _ =
+                        sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
+                            .execute(&mut admin)
+                            .await;
                 }
             });
         })
@@ -130,7 +137,10 @@ impl TestApp {
     pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.client
             .post(self.url(path))
-            .basic_auth(&self.connector.row.username, Some(self.connector.secret.expose()))
+            .basic_auth(
+                &self.connector.row.username,
+                Some(self.connector.secret.expose()),
+            )
             .body(body)
             .send()
             .await
@@ -144,12 +154,22 @@ impl TestApp {
         (status, resp.json().await.unwrap())
     }
 
-    pub async fn create_credential(&self, name: &str, kind: CredentialKind, scopes: Option<Vec<Scope>>) -> CreatedCredential {
-        admin::create_credential(self.pool(), name, kind, scopes).await.unwrap()
+    pub async fn create_credential(
+        &self,
+        name: &str,
+        kind: CredentialKind,
+        scopes: Option<Vec<Scope>>,
+    ) -> CreatedCredential {
+        admin::create_credential(self.pool(), name, kind, scopes)
+            .await
+            .unwrap()
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar::<_, i64>(sql).fetch_one(self.pool()).await.unwrap()
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(self.pool())
+            .await
+            .unwrap()
     }
 }
 
@@ -178,16 +198,27 @@ pub async fn spawn_app_with(db: Arc<TestDb>, keys: Arc<KeyRing>) -> TestApp {
         max_body_bytes: 16 * 1024,
         auth_cache_ttl: Duration::from_secs(60),
     };
-    let pool = PgPoolOptions::new().max_connections(20).connect(&db.url()).await.unwrap();
-    let app = Application::build(&settings, pool, keys.clone()).await.unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(10)
+        .connect(&db.url())
+        .await
+        .unwrap();
+    let app = Application::build(&settings, pool, keys.clone())
+        .await
+        .unwrap();
     let addr = app.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run(async move {
         let _ = stopped.await;
     }));
-    let connector = admin::create_credential(&db.pool, &format!("twilio-{}", addr.port()), CredentialKind::Connector, None)
-        .await
-        .unwrap();
+    let connector = admin::create_credential(
+        &db.pool,
+        &format!("twilio-{}", addr.port()),
+        CredentialKind::Connector,
+        None,
+    )
+    .await
+    .unwrap();
     TestApp {
         addr,
         db,

@@ -1,0 +1,284 @@
+//! The `payvault` binary as an operator runs it: key generation, credential management, and
+//! `serve` from start to SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{card_tokenize, new_txn, TestDb};
+use payvault::crypto::KeyRing;
+use serde_json::Value;
+
+fn payvault(db: Option<&TestDb>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_payvault"));
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("DATABASE_URL_FILE");
+    if let Some(db) = db {
+        cmd.env("DATABASE_URL", db.url());
+    }
+    cmd.output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+#[test]
+fn keys_generate_prints_a_fresh_usable_key_on_its_last_line() {
+    let a = stdout(&payvault(None, &["keys", "generate"]));
+    let b = stdout(&payvault(None, &["keys", "generate"]));
+    let (ka, kb) = (a.lines().last().unwrap(), b.lines().last().unwrap());
+    assert!(
+        ka.starts_with("pvmk.1.") && ka.len() == "pvmk.1.".len() + 43,
+        "{ka}"
+    );
+    assert_ne!(ka, kb);
+    assert_eq!(KeyRing::parse(ka).unwrap().current_version(), 1);
+    let v3 = stdout(&payvault(None, &["keys", "generate", "--version", "3"]));
+    assert!(v3.lines().last().unwrap().starts_with("pvmk.3."));
+}
+
+#[tokio::test]
+async fn credentials_create_list_revoke() {
+    let db = TestDb::new().await;
+    let created: Value = serde_json::from_str(&stdout(&payvault(
+        Some(&db),
+        &[
+            "credentials",
+            "create",
+            "--name",
+            "twilio",
+            "--kind",
+            "connector",
+            "--format",
+            "json",
+        ],
+    )))
+    .unwrap();
+    let username = created["username"].as_str().unwrap();
+    let secret = created["secret"].as_str().unwrap();
+    assert!(username.starts_with("pvc_"));
+    assert!(secret.starts_with("pvs_"));
+    assert_eq!(created["scopes"], serde_json::json!(["connector"]));
+
+    let text = stdout(&payvault(
+        Some(&db),
+        &[
+            "credentials",
+            "create",
+            "--name",
+            "billing",
+            "--kind",
+            "api",
+            "--scopes",
+            "tokens:read,tokens:charge",
+        ],
+    ));
+    assert!(
+        text.contains("secret:   pvs_") && text.contains("tokens:read,tokens:charge"),
+        "{text}"
+    );
+
+    let list = stdout(&payvault(Some(&db), &["credentials", "list"]));
+    assert!(
+        list.contains(username) && list.contains("billing"),
+        "{list}"
+    );
+    assert!(!list.contains(secret), "list never shows secrets");
+    let stored: String =
+        sqlx::query_scalar("SELECT secret_hash FROM credentials WHERE username = $1")
+            .bind(username)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(stored.starts_with("$argon2id$") && !stored.contains(secret));
+
+    let dup = payvault(
+        Some(&db),
+        &[
+            "credentials",
+            "create",
+            "--name",
+            "twilio",
+            "--kind",
+            "connector",
+        ],
+    );
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+    let no_scopes = payvault(
+        Some(&db),
+        &["credentials", "create", "--name", "x", "--kind", "api"],
+    );
+    assert!(String::from_utf8_lossy(&no_scopes.stderr).contains("--scopes"));
+    let bad_scope = payvault(
+        Some(&db),
+        &[
+            "credentials",
+            "create",
+            "--name",
+            "x",
+            "--kind",
+            "api",
+            "--scopes",
+            "all",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&bad_scope.stderr).contains("unknown scope `all`"));
+
+    stdout(&payvault(Some(&db), &["credentials", "revoke", "twilio"]));
+    let list = stdout(&payvault(
+        Some(&db),
+        &["credentials", "list", "--format", "json"],
+    ));
+    assert!(
+        !list.contains(username),
+        "revoked credentials are hidden by default"
+    );
+    let all = stdout(&payvault(
+        Some(&db),
+        &["credentials", "list", "--all", "--format", "json"],
+    ));
+    assert!(all.contains(username));
+    let again = payvault(Some(&db), &["credentials", "revoke", "twilio"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no active credential"));
+
+    let events: Vec<String> = sqlx::query_scalar("SELECT action FROM audit_events ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        events,
+        [
+            "credential_create",
+            "credential_create",
+            "credential_revoke"
+        ]
+    );
+}
+
+#[test]
+fn missing_configuration_is_reported_clearly() {
+    let out = payvault(None, &["credentials", "list"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DATABASE_URL is required"));
+    let out = Command::new(env!("CARGO_BIN_EXE_payvault"))
+        .args(["serve"])
+        .env("DATABASE_URL", "postgres://127.0.0.1:1/x")
+        .env("PAYVAULT_MASTER_KEY", "pvmk.1.not-a-key-4111111111111111")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("PAYVAULT_MASTER_KEY"), "{err}");
+    assert!(
+        !err.contains("4111111111111111"),
+        "the key text is never echoed: {err}"
+    );
+}
+
+#[tokio::test]
+async fn serve_migrates_answers_twilio_and_stops_on_sigterm() {
+    let db = TestDb::new().await;
+    let key = stdout(&payvault(None, &["keys", "generate"]))
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let key_file = std::env::temp_dir().join(format!("payvault-key-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+    let created: Value = serde_json::from_str(&stdout(&payvault(
+        Some(&db),
+        &[
+            "credentials",
+            "create",
+            "--name",
+            "twilio",
+            "--kind",
+            "connector",
+            "--format",
+            "json",
+        ],
+    )))
+    .unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_payvault"))
+        .arg("serve")
+        .env("DATABASE_URL", db.url())
+        .env("PAYVAULT_MASTER_KEY_FILE", &key_file)
+        .env("PAYVAULT_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "payvault serve did not come up");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "payvault serve exited early"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp: Value = client
+        .post(format!("{base}/"))
+        .basic_auth(
+            created["username"].as_str().unwrap(),
+            created["secret"].as_str(),
+        )
+        .body(card_tokenize(&new_txn(), "4111111111111111").to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        resp["token_id"].as_str().unwrap().starts_with("tok_"),
+        "{resp}"
+    );
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "payvault serve ignored SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("payvault listening") && stderr.contains("payvault stopped"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("4111111111111111")
+            && !stderr.contains(created["secret"].as_str().unwrap())
+    );
+    assert!(
+        !stderr.contains(&key[7..]),
+        "the master key never reaches the log"
+    );
+    std::fs::remove_file(key_file).unwrap();
+}

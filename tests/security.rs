@@ -1,0 +1,573 @@
+//! Security properties: nothing sensitive at rest or in logs, tamper detection, authentication,
+//! and the audit trail that every request leaves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{
+    bank_tokenize, captured_logs, card_tokenize, new_txn, spawn_app, spawn_app_with, TestDb,
+};
+use payvault::auth::{CredentialKind, Scope};
+use payvault::crypto::{CryptoError, KeyRing, MasterKey};
+use payvault::vault::{TokenizeError, Vault};
+use serde_json::{json, Value};
+
+const PANS: [&str; 8] = [
+    "4111111111111111",
+    "5555555555554444",
+    "378282246310005",
+    "6011111111111117",
+    "30569309025904",
+    "3566002020360505",
+    "6200000000000005",
+    "6771798021000008",
+];
+const ACCOUNTS: [&str; 2] = ["12345678", "123456789"];
+const CVVS: [&str; 2] = ["7294", "863"];
+
+/// `needle` occurring in `hay` as a whole token (not inside a longer run of letters/digits).
+fn contains_word(hay: &str, needle: &str) -> bool {
+    hay.match_indices(needle).any(|(i, _)| {
+        let before = hay[..i].chars().next_back();
+        let after = hay[i + needle.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric())
+            && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+    })
+}
+
+/// Replaces UUIDs (request ids, credential ids) so random hex groups cannot look like a CVV.
+fn strip_uuids(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let shape = [8, 4, 4, 4, 12];
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    'outer: while i < bytes.len() {
+        let mut j = i;
+        for (n, len) in shape.iter().enumerate() {
+            if j + len > bytes.len() || !bytes[j..j + len].iter().all(u8::is_ascii_hexdigit) {
+                out.push(bytes[i] as char);
+                i += 1;
+                continue 'outer;
+            }
+            j += len;
+            if n < 4 {
+                if bytes.get(j) != Some(&b'-') {
+                    out.push(bytes[i] as char);
+                    i += 1;
+                    continue 'outer;
+                }
+                j += 1;
+            }
+        }
+        out.push_str("<uuid>");
+        i = j;
+    }
+    out
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn no_card_or_bank_number_anywhere_in_the_database_or_logs() {
+    let app = spawn_app().await;
+    for (i, pan) in PANS.iter().enumerate() {
+        let mut body = card_tokenize(&new_txn(), pan);
+        body["cvv"] = json!(CVVS[i % 2]);
+        let (_, resp) = app
+            .post(if i % 2 == 0 { "/" } else { "/tokenize" }, &body)
+            .await;
+        assert!(resp["token_id"].is_string(), "{resp}");
+        // An idempotent retry and a rejected request with the same card.
+        app.post("/", &body).await;
+        let mut bad = body.clone();
+        bad["expiry_month"] = json!("13");
+        app.post("/", &bad).await;
+    }
+    for acct in ACCOUNTS {
+        let (_, resp) = app.post("/", &bank_tokenize(&new_txn(), acct)).await;
+        assert!(resp["token_id"].is_string(), "{resp}");
+    }
+    // Invalid requests carrying card data: a Luhn failure and a charge (not yet supported).
+    let (_, resp) = app
+        .post("/", &card_tokenize(&new_txn(), "4111111111111112"))
+        .await;
+    assert_eq!(resp["error_code"], "invalid_card_number_checksum");
+    let mut charge = card_tokenize(&new_txn(), "4111111111111111");
+    charge["method"] = json!("charge");
+    app.post("/", &charge).await;
+    // Failed authentication with a card number as the password.
+    app.client
+        .post(app.url("/"))
+        .basic_auth(&app.connector.row.username, Some("4111111111111111"))
+        .body(card_tokenize(&new_txn(), "4111111111111111").to_string())
+        .send()
+        .await
+        .unwrap();
+
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    assert!(tables.len() >= 4, "{tables:?}");
+    let mut everything = String::new();
+    for table in &tables {
+        let rows: Vec<String> =
+            sqlx::query_scalar(&format!(r#"SELECT row_to_json(t)::text FROM "{table}" t"#))
+                .fetch_all(app.pool())
+                .await
+                .unwrap();
+        everything.push_str(&rows.join("\n"));
+    }
+    assert!(everything.len() > 1000, "the scan saw data");
+    let logs = captured_logs();
+    assert!(logs.contains("tokenized"), "the scan saw logs");
+    let secrets = PANS
+        .iter()
+        .chain(ACCOUNTS.iter())
+        .chain(["4111111111111112"].iter());
+    for secret in secrets {
+        assert!(
+            !everything.contains(secret),
+            "{secret} found in the database"
+        );
+        assert!(
+            !everything.contains(&hex(secret)),
+            "{secret} found hex-encoded in the database"
+        );
+        assert!(!logs.contains(secret), "{secret} found in the logs");
+    }
+
+    // CVVs are short, so look for them as whole words in text columns and logs, UUIDs aside.
+    let text_columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns
+         WHERE table_schema = 'public' AND data_type IN ('text', 'jsonb', 'ARRAY', 'character varying')",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    let mut text = String::new();
+    for (table, column) in text_columns {
+        let values: Vec<Option<String>> =
+            sqlx::query_scalar(&format!(r#"SELECT "{column}"::text FROM "{table}""#))
+                .fetch_all(app.pool())
+                .await
+                .unwrap();
+        text.extend(values.into_iter().flatten().map(|v| v + "\n"));
+    }
+    let (text, logs) = (strip_uuids(&text), strip_uuids(&logs));
+    for cvv in CVVS {
+        assert!(
+            !contains_word(&text, cvv),
+            "CVV {cvv} found in a text column"
+        );
+        assert!(!contains_word(&logs, cvv), "CVV {cvv} found in the logs");
+    }
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns WHERE table_schema = 'public'",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    assert!(
+        !columns
+            .iter()
+            .any(|c| c.contains("cvv") || c.contains("security_code")),
+        "{columns:?}"
+    );
+
+    // Not even encrypted: every ciphertext decrypts to the PAN or bank data alone.
+    let vault = Vault::new(app.pool().clone(), app.keys.clone());
+    let tokens: Vec<String> = sqlx::query_scalar("SELECT token FROM vault_entries")
+        .fetch_all(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(tokens.len(), PANS.len() + ACCOUNTS.len());
+    for token in tokens {
+        let plain = vault.open_entry(&token).await.unwrap().unwrap();
+        let plain = String::from_utf8_lossy(&plain[2..]).into_owned();
+        assert!(
+            PANS.contains(&plain.as_str()) || ACCOUNTS.iter().any(|a| plain.ends_with(a)),
+            "{plain}"
+        );
+        assert!(CVVS.iter().all(|c| !plain.ends_with(c) || plain.len() > 12));
+    }
+}
+
+#[test]
+fn uuid_stripping_and_word_search_work() {
+    assert_eq!(
+        strip_uuids("id=0c8e7294-1a2b-4c3d-8e9f-001122334455!"),
+        "id=<uuid>!"
+    );
+    assert!(contains_word(r#"{"cvv":"7294"}"#, "7294"));
+    assert!(!contains_word("a17294b", "7294"));
+}
+
+async fn tampering_fixture() -> (common::TestApp, Vault, String, String) {
+    let app = spawn_app().await;
+    let (_, a) = app
+        .post("/", &card_tokenize(&new_txn(), "4111111111111111"))
+        .await;
+    let (_, b) = app
+        .post("/", &card_tokenize(&new_txn(), "5555555555554444"))
+        .await;
+    let vault = Vault::new(app.pool().clone(), app.keys.clone());
+    let (a, b) = (
+        a["token_id"].as_str().unwrap().to_owned(),
+        b["token_id"].as_str().unwrap().to_owned(),
+    );
+    assert!(vault.open_entry(&a).await.unwrap().is_some());
+    (app, vault, a, b)
+}
+
+fn is_auth_failure(r: Result<Option<zeroize::Zeroizing<Vec<u8>>>, TokenizeError>) -> bool {
+    matches!(r, Err(TokenizeError::Crypto(CryptoError::Authentication)))
+}
+
+#[tokio::test]
+async fn a_changed_ciphertext_byte_fails_to_decrypt() {
+    let (app, vault, a, _) = tampering_fixture().await;
+    sqlx::query("UPDATE vault_entries SET ciphertext = set_byte(ciphertext, 20, get_byte(ciphertext, 20) # 1) WHERE token = $1")
+        .bind(&a)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    assert!(is_auth_failure(vault.open_entry(&a).await));
+    sqlx::query("UPDATE vault_entries SET wrapped_key = set_byte(wrapped_key, 13, get_byte(wrapped_key, 13) # 1) WHERE token = $1")
+        .bind(&a)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    assert!(is_auth_failure(vault.open_entry(&a).await));
+}
+
+#[tokio::test]
+async fn ciphertexts_swapped_between_rows_fail_to_decrypt() {
+    let (app, vault, a, b) = tampering_fixture().await;
+    sqlx::query(
+        "UPDATE vault_entries v SET ciphertext = o.ciphertext, wrapped_key = o.wrapped_key
+         FROM vault_entries o WHERE v.token = $1 AND o.token = $2",
+    )
+    .bind(&a)
+    .bind(&b)
+    .execute(app.pool())
+    .await
+    .unwrap();
+    assert!(is_auth_failure(vault.open_entry(&a).await));
+    assert!(
+        vault.open_entry(&b).await.unwrap().is_some(),
+        "the untouched row still decrypts"
+    );
+}
+
+#[tokio::test]
+async fn wrong_key_version_or_wrong_master_key_fails_to_decrypt() {
+    let db = Arc::new(TestDb::new().await);
+    let v1 = MasterKey::generate(1).encode();
+    let v2 = MasterKey::generate(2).encode();
+    let ring = Arc::new(KeyRing::parse(&format!("{},{}", v1.as_str(), v2.as_str())).unwrap());
+    let app = spawn_app_with(db.clone(), ring.clone()).await;
+    let (_, a) = app
+        .post("/", &card_tokenize(&new_txn(), "4111111111111111"))
+        .await;
+    let a = a["token_id"].as_str().unwrap().to_owned();
+    let vault = Vault::new(app.pool().clone(), ring);
+    assert!(vault.open_entry(&a).await.unwrap().is_some());
+    assert_eq!(
+        app.count("SELECT max(key_version)::bigint FROM vault_entries")
+            .await,
+        2
+    );
+
+    // Relabelled as version 1: the associated data no longer matches.
+    sqlx::query("UPDATE vault_entries SET key_version = 1")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    assert!(is_auth_failure(vault.open_entry(&a).await));
+    // A version that is not loaded at all.
+    sqlx::query("UPDATE vault_entries SET key_version = 9")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    assert!(matches!(
+        vault.open_entry(&a).await,
+        Err(TokenizeError::Crypto(CryptoError::UnknownKeyVersion(9)))
+    ));
+    // Right version number, different master key.
+    sqlx::query("UPDATE vault_entries SET key_version = 2")
+        .execute(app.pool())
+        .await
+        .unwrap();
+    let impostor = Vault::new(
+        app.pool().clone(),
+        Arc::new(KeyRing::from_keys(vec![MasterKey::generate(2)]).unwrap()),
+    );
+    assert!(is_auth_failure(impostor.open_entry(&a).await));
+}
+
+async fn send_with_auth(
+    app: &common::TestApp,
+    auth: Option<(&str, &str)>,
+    raw_header: Option<&str>,
+) -> reqwest::Response {
+    let mut req = app
+        .client
+        .post(app.url("/"))
+        .body(card_tokenize(&new_txn(), "4111111111111111").to_string());
+    if let Some((user, pass)) = auth {
+        req = req.basic_auth(user, Some(pass));
+    }
+    if let Some(h) = raw_header {
+        req = req.header("authorization", h);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn authentication_failures_are_401_and_indistinguishable() {
+    let app = spawn_app().await;
+    let user = app.connector.row.username.clone();
+    let revoked = app
+        .create_credential("old", CredentialKind::Connector, None)
+        .await;
+    payvault::auth::admin::revoke_credential(app.pool(), "old")
+        .await
+        .unwrap();
+
+    type Case<'a> = (&'a str, Option<(&'a str, &'a str)>, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        ("missing header", None, None),
+        ("wrong password", Some((&user, "pvs_wrong")), None),
+        (
+            "unknown user",
+            Some(("pvc_00000000000000000000", "pvs_wrong")),
+            None,
+        ),
+        (
+            "revoked credential",
+            Some((&revoked.row.username, revoked.secret.expose())),
+            None,
+        ),
+        ("malformed header", None, Some("Basic not-base64!")),
+        ("bearer instead of basic", None, Some("Bearer pvs_abc")),
+    ];
+    let mut bodies = Vec::new();
+    for (name, auth, raw) in cases {
+        let resp = send_with_auth(&app, auth, raw).await;
+        assert_eq!(resp.status(), 401, "{name}");
+        assert_eq!(
+            resp.headers()["www-authenticate"],
+            r#"Basic realm="payvault", charset="UTF-8""#,
+            "{name}"
+        );
+        bodies.push(resp.json::<Value>().await.unwrap());
+    }
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "same answer for every failure: {bodies:?}"
+    );
+    assert_eq!(bodies[0]["error_code"], "unauthorized");
+    assert_eq!(bodies[0]["token_id"], Value::Null);
+    assert_eq!(app.count("SELECT count(*) FROM vault_entries").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM audit_events WHERE action = 'authenticate' AND outcome = 'failure' AND actor_kind = 'anonymous'").await,
+        6
+    );
+    let logged_user: Option<String> = sqlx::query_scalar(
+        "SELECT details->>'username' FROM audit_events WHERE action = 'authenticate' AND details->>'username' = $1",
+    )
+    .bind(&user)
+    .fetch_optional(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        logged_user.as_deref(),
+        Some(user.as_str()),
+        "payvault-shaped usernames are recorded"
+    );
+}
+
+#[tokio::test]
+async fn revocation_takes_effect_on_a_running_server_without_waiting_for_the_cache() {
+    let app = spawn_app().await;
+    let (status, _) = app
+        .post("/", &card_tokenize(&new_txn(), "4111111111111111"))
+        .await;
+    assert_eq!(status, 200, "the credential works and is now cached");
+    payvault::auth::admin::revoke_credential(app.pool(), &app.connector.row.username)
+        .await
+        .unwrap();
+    // The cache TTL is 60 s; the NOTIFY must clear it well before then.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = app
+            .post_raw(
+                "/",
+                card_tokenize(&new_txn(), "4111111111111111").to_string(),
+            )
+            .await;
+        if resp.status() == 401 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "revoked credential still accepted after 10 s"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn a_credential_without_the_connector_scope_is_forbidden() {
+    let app = spawn_app().await;
+    let api = app
+        .create_credential(
+            "billing",
+            CredentialKind::Api,
+            Some(vec![Scope::TokensRead]),
+        )
+        .await;
+    let resp = send_with_auth(&app, Some((&api.row.username, api.secret.expose())), None).await;
+    assert_eq!(resp.status(), 403);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error_code"], "forbidden");
+    assert_eq!(app.count("SELECT count(*) FROM vault_entries").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM audit_events WHERE error_code = 'forbidden'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn every_request_leaves_one_audit_event_with_who_what_when_where() {
+    let app = spawn_app().await;
+    let txn = new_txn();
+    let resp = app
+        .post_raw("/", card_tokenize(&txn, "4111111111111111").to_string())
+        .await;
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let token = resp.json::<Value>().await.unwrap()["token_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    #[derive(sqlx::FromRow)]
+    struct Event {
+        actor_id: Option<uuid::Uuid>,
+        actor_kind: String,
+        action: String,
+        outcome: String,
+        error_code: Option<String>,
+        client_addr: Option<String>,
+        token: Option<String>,
+        transaction_id: Option<String>,
+        masked_data: Option<String>,
+    }
+    let row: Event = sqlx::query_as(
+        "SELECT actor_id, actor_kind, action, outcome, error_code, client_addr, token, transaction_id, masked_data
+         FROM audit_events WHERE request_id = $1",
+    )
+    .bind(&request_id)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(row.actor_id, Some(app.connector.row.id));
+    assert_eq!(
+        (
+            row.actor_kind.as_str(),
+            row.action.as_str(),
+            row.outcome.as_str()
+        ),
+        ("connector", "tokenize", "success")
+    );
+    assert_eq!(row.error_code, None);
+    assert_eq!(row.client_addr.as_deref(), Some("127.0.0.1"));
+    assert_eq!(row.token.as_deref(), Some(token.as_str()));
+    assert_eq!(row.transaction_id.as_deref(), Some(txn.as_str()));
+    assert_eq!(row.masked_data.as_deref(), Some("visa 411111******1111"));
+
+    // A rejected request is recorded too, with its error code.
+    let mut bad = card_tokenize(&new_txn(), "4111111111111111");
+    bad["cvv"] = json!("1");
+    let resp = app.post_raw("/", bad.to_string()).await;
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let (outcome, code): (String, Option<String>) =
+        sqlx::query_as("SELECT outcome, error_code FROM audit_events WHERE request_id = $1")
+            .bind(&request_id)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        (outcome.as_str(), code.as_deref()),
+        ("failure", Some("invalid_cvv"))
+    );
+}
+
+#[tokio::test]
+async fn a_client_supplied_request_id_is_replaced() {
+    let app = spawn_app().await;
+    let resp = app
+        .client
+        .post(app.url("/"))
+        .basic_auth(
+            &app.connector.row.username,
+            Some(app.connector.secret.expose()),
+        )
+        .header("x-request-id", "4111111111111111")
+        .body(card_tokenize(&new_txn(), "4111111111111111").to_string())
+        .send()
+        .await
+        .unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap();
+    assert_ne!(id, "4111111111111111");
+    assert!(uuid::Uuid::parse_str(id).is_ok());
+}
+
+#[tokio::test]
+async fn the_audit_table_refuses_update_and_delete() {
+    let app = spawn_app().await;
+    app.post("/", &card_tokenize(&new_txn(), "4111111111111111"))
+        .await;
+    for sql in [
+        "UPDATE audit_events SET outcome = 'failure', error_code = 'x'",
+        "DELETE FROM audit_events",
+        "TRUNCATE audit_events",
+    ] {
+        let err = sqlx::query(sql).execute(app.pool()).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    assert!(app.count("SELECT count(*) FROM audit_events").await >= 1);
+}
+
+#[tokio::test]
+async fn a_tokenize_whose_audit_event_cannot_be_written_does_not_happen() {
+    let app = spawn_app().await;
+    // Inject a failure into audit writes only.
+    sqlx::raw_sql(
+        "CREATE FUNCTION fail_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected audit failure'; END $$;
+         CREATE TRIGGER fail_audit BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION fail_audit();",
+    )
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let (status, body) = app
+        .post("/", &card_tokenize(&new_txn(), "4111111111111111"))
+        .await;
+    assert_eq!(status, 500);
+    assert_eq!(body["error_code"], "internal_error");
+    assert_eq!(body["token_id"], Value::Null);
+    assert_eq!(app.count("SELECT count(*) FROM vault_entries").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM idempotency_records").await,
+        0
+    );
+}
