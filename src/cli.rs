@@ -1,6 +1,7 @@
 //! The `payvault` command line.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -8,8 +9,11 @@ use secrecy::ExposeSecret;
 
 use crate::auth::admin;
 use crate::auth::{CredentialKind, Scope};
-use crate::config::{self, ServeConfig};
+use crate::config::{self, ProcessorConfig, ServeConfig};
 use crate::crypto::{KeyRing, MasterKey};
+use crate::processor::generic::{GenericConfig, GenericProcessor};
+use crate::processor::sandbox::Sandbox;
+use crate::processor::{Processor, Unconfigured};
 use crate::startup::{shutdown_signal, Application, Settings};
 use crate::store;
 
@@ -40,6 +44,19 @@ enum Command {
     /// Master key operations.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Run the built-in fake payment processor (for demos and tests; no money moves).
+    Sandbox {
+        /// Address to listen on.
+        #[arg(
+            long,
+            env = "PAYVAULT_SANDBOX_LISTEN",
+            default_value = "127.0.0.1:9090"
+        )]
+        listen: std::net::SocketAddr,
+        /// How long the slow test case takes, in milliseconds.
+        #[arg(long, env = "PAYVAULT_SANDBOX_SLOW_MS", default_value_t = 12_000)]
+        slow_ms: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +133,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Credentials(cmd) => credentials(cmd).await,
+        Command::Sandbox { listen, slow_ms } => {
+            let sandbox = Arc::new(Sandbox::new(Duration::from_millis(slow_ms), Duration::MAX));
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            tracing::warn!(addr = %listener.local_addr()?, "payvault SANDBOX processor listening: no real money moves");
+            axum::serve(listener, crate::http::sandbox::router(sandbox))
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+            Ok(())
+        }
         Command::Keys(KeysCommand::Generate { version }) => {
             let key = MasterKey::generate(version);
             println!("# New payvault master key (version {version}). Keep it in a secret manager, never in the database.");
@@ -135,10 +163,29 @@ async fn serve(no_migrate: bool) -> anyhow::Result<()> {
     if !no_migrate {
         store::migrate(&pool).await.context("migration failed")?;
     }
+    let processor: Arc<dyn Processor> = match cfg.processor {
+        ProcessorConfig::None => Arc::new(Unconfigured),
+        ProcessorConfig::Sandbox => {
+            tracing::warn!("using the built-in SANDBOX processor: no real money moves");
+            Arc::new(Sandbox::new(cfg.sandbox_slow, cfg.processor_timeout))
+        }
+        ProcessorConfig::Generic { url, auth } => Arc::new(
+            GenericProcessor::new(GenericConfig {
+                url,
+                auth,
+                connect_timeout: cfg.processor_connect_timeout,
+                timeout: cfg.processor_timeout,
+            })
+            .context("cannot set up the processor client")?,
+        ),
+    };
     let settings = Settings {
         listen: cfg.listen,
         max_body_bytes: cfg.max_body_bytes,
         auth_cache_ttl: cfg.auth_cache_ttl,
+        processor,
+        processor_timeout: cfg.processor_timeout,
+        idempotency_wait: cfg.idempotency_wait,
     };
     let versions: Vec<i32> = keys.versions().collect();
     let app = Application::build(&settings, pool, Arc::new(keys))

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use crate::processor::generic::ProcessorAuth;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{0} is required")]
@@ -85,6 +87,92 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     pub auth_cache_ttl: Duration,
     pub db_max_connections: u32,
+    pub processor: ProcessorConfig,
+    pub processor_connect_timeout: Duration,
+    pub processor_timeout: Duration,
+    pub idempotency_wait: Duration,
+    pub sandbox_slow: Duration,
+}
+
+/// Which payment processor charges go to.
+#[derive(Debug)]
+pub enum ProcessorConfig {
+    /// None configured: tokenize works, charges answer `processor_not_configured`.
+    None,
+    /// The built-in fake processor, in-process.
+    Sandbox,
+    /// Generic Pay Connector JSON to this URL.
+    Generic {
+        url: reqwest::Url,
+        auth: ProcessorAuth,
+    },
+}
+
+fn processor_config() -> Result<ProcessorConfig, ConfigError> {
+    let url = var("PAYVAULT_PROCESSOR_URL")?;
+    let kind = var("PAYVAULT_PROCESSOR")?
+        .unwrap_or_else(|| if url.is_some() { "generic" } else { "none" }.into());
+    match kind.as_str() {
+        "none" => Ok(ProcessorConfig::None),
+        "sandbox" => Ok(ProcessorConfig::Sandbox),
+        "generic" => {
+            let url = url.ok_or(ConfigError::Missing(
+                "PAYVAULT_PROCESSOR_URL (for PAYVAULT_PROCESSOR=generic)",
+            ))?;
+            let url = reqwest::Url::parse(&url).map_err(|e| ConfigError::Invalid {
+                name: "PAYVAULT_PROCESSOR_URL",
+                reason: e.to_string(),
+            })?;
+            if !matches!(url.scheme(), "https" | "http") {
+                return Err(ConfigError::Invalid {
+                    name: "PAYVAULT_PROCESSOR_URL",
+                    reason: "must be http(s)".into(),
+                });
+            }
+            Ok(ProcessorConfig::Generic {
+                url,
+                auth: processor_auth()?,
+            })
+        }
+        other => Err(ConfigError::Invalid {
+            name: "PAYVAULT_PROCESSOR",
+            reason: format!("`{other}` is not one of none, sandbox, generic"),
+        }),
+    }
+}
+
+fn processor_auth() -> Result<ProcessorAuth, ConfigError> {
+    let secret = || {
+        secret_var("PAYVAULT_PROCESSOR_SECRET")?
+            .ok_or(ConfigError::Missing("PAYVAULT_PROCESSOR_SECRET (or _FILE)"))
+    };
+    match var("PAYVAULT_PROCESSOR_AUTH")?.as_deref().unwrap_or("none") {
+        "none" => Ok(ProcessorAuth::None),
+        "basic" => Ok(ProcessorAuth::Basic {
+            username: var("PAYVAULT_PROCESSOR_USERNAME")?
+                .ok_or(ConfigError::Missing("PAYVAULT_PROCESSOR_USERNAME"))?,
+            password: secret()?,
+        }),
+        "bearer" => Ok(ProcessorAuth::Bearer(secret()?)),
+        "header" => {
+            let name = var("PAYVAULT_PROCESSOR_HEADER")?
+                .ok_or(ConfigError::Missing("PAYVAULT_PROCESSOR_HEADER"))?;
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                ConfigError::Invalid {
+                    name: "PAYVAULT_PROCESSOR_HEADER",
+                    reason: "not a valid header name".into(),
+                }
+            })?;
+            Ok(ProcessorAuth::Header {
+                name,
+                value: secret()?,
+            })
+        }
+        other => Err(ConfigError::Invalid {
+            name: "PAYVAULT_PROCESSOR_AUTH",
+            reason: format!("`{other}` is not one of none, basic, bearer, header"),
+        }),
+    }
 }
 
 impl ServeConfig {
@@ -98,6 +186,17 @@ impl ServeConfig {
             max_body_bytes: parsed("PAYVAULT_MAX_BODY_BYTES", 16 * 1024)?,
             auth_cache_ttl: Duration::from_secs(parsed("PAYVAULT_AUTH_CACHE_TTL_SECS", 60)?),
             db_max_connections: parsed("PAYVAULT_DB_MAX_CONNECTIONS", 16)?,
+            processor: processor_config()?,
+            processor_connect_timeout: Duration::from_millis(parsed(
+                "PAYVAULT_PROCESSOR_CONNECT_TIMEOUT_MS",
+                3_000,
+            )?),
+            processor_timeout: Duration::from_millis(parsed(
+                "PAYVAULT_PROCESSOR_TIMEOUT_MS",
+                15_000,
+            )?),
+            idempotency_wait: Duration::from_millis(parsed("PAYVAULT_IDEMPOTENCY_WAIT_MS", 9_000)?),
+            sandbox_slow: Duration::from_millis(parsed("PAYVAULT_SANDBOX_SLOW_MS", 12_000)?),
         })
     }
 }

@@ -7,11 +7,13 @@
 
 pub mod audit;
 pub mod auth;
+pub mod charge;
 pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod http;
+pub mod processor;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -4,23 +4,34 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
+use crate::charge::Charger;
 use crate::crypto::KeyRing;
 use crate::http::{router, AppState};
+use crate::processor::Processor;
 use crate::vault::Vault;
 
 /// Runtime settings the service needs once configuration is parsed.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
-    pub auth_cache_ttl: std::time::Duration,
+    pub auth_cache_ttl: Duration,
+    pub processor: Arc<dyn Processor>,
+    /// Total processor timeout; in-flight leases last this plus a margin.
+    pub processor_timeout: Duration,
+    /// How long a retry waits for an in-flight attempt (below Twilio's 10 s).
+    pub idempotency_wait: Duration,
 }
+
+/// Margin added to the processor timeout before an in-flight attempt is presumed dead.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 pub struct Application {
     listener: TcpListener,
@@ -37,8 +48,16 @@ impl Application {
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.listen).await?;
         let auth = Arc::new(Authenticator::new(pool.clone(), settings.auth_cache_ttl));
+        let vault = Vault::new(pool, keys);
+        let charger = Charger {
+            vault: vault.clone(),
+            processor: settings.processor.clone(),
+            wait: settings.idempotency_wait,
+            lease: settings.processor_timeout + LEASE_MARGIN,
+        };
         let state = AppState {
-            vault: Vault::new(pool, keys),
+            vault,
+            charger,
             auth: auth.clone(),
             max_body_bytes: settings.max_body_bytes,
         };

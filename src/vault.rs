@@ -85,22 +85,10 @@ impl Vault {
         let mac_version = keys.current_version();
         let request_mac = keys.request_mac(mac_version, &[b"tokenize", &mac_input])?;
 
-        let token = Token::generate();
-        let sealed = keys.seal(token.as_str(), &req.method.secret_payload());
-        let fingerprint = keys.fingerprint(&req.method.fingerprint_parts());
-        let (brand, bin, exp_month, exp_year, last4) = match &req.method {
-            PaymentMethod::Card(c) => (
-                Some(c.number.brand().as_str()),
-                Some(c.number.bin()),
-                Some(i16::from(c.expiry.month())),
-                i16::try_from(c.expiry.year()).ok(),
-                c.number.last4(),
-            ),
-            PaymentMethod::Bank(b) => (None, None, None, None, b.account.last4()),
-        };
+        let prepared = self.prepare_entry(&req.method);
         let audit = self
             .tokenize_event(who, origin, req)
-            .with_token(token.as_str());
+            .with_token(prepared.token.as_str());
 
         let inserted = store::vault::insert_tokenized_entry(
             &self.pool,
@@ -110,24 +98,13 @@ impl Vault {
                 request_mac: &request_mac,
                 mac_key_version: mac_version,
             },
-            &NewEntry {
-                token: token.as_str(),
-                created_by: who.id,
-                kind: req.method.kind(),
-                sealed: &sealed,
-                fingerprint: &fingerprint,
-                brand,
-                bin,
-                last4,
-                exp_month,
-                exp_year,
-            },
+            &prepared.as_new_entry(who),
             &audit,
         )
         .await?;
         if inserted {
             return Ok(Tokenized {
-                token: token.into_string(),
+                token: prepared.token.into_string(),
                 replayed: false,
             });
         }
@@ -177,6 +154,46 @@ impl Vault {
         event
     }
 
+    /// Encrypts a payment method under a fresh token, ready to insert.
+    fn prepare_entry(&self, method: &PaymentMethod) -> PreparedEntry {
+        let token = Token::generate();
+        let sealed = self.keys.seal(token.as_str(), &method.secret_payload());
+        let fingerprint = self.keys.fingerprint(&method.fingerprint_parts());
+        let (brand, bin, exp_month, exp_year, last4) = match method {
+            PaymentMethod::Card(c) => (
+                Some(c.number.brand().as_str()),
+                Some(c.number.bin().to_owned()),
+                Some(i16::from(c.expiry.month())),
+                i16::try_from(c.expiry.year()).ok(),
+                c.number.last4().to_owned(),
+            ),
+            PaymentMethod::Bank(b) => (None, None, None, None, b.account.last4().to_owned()),
+        };
+        PreparedEntry {
+            token,
+            kind: method.kind(),
+            sealed,
+            fingerprint,
+            brand,
+            bin,
+            last4,
+            exp_month,
+            exp_year,
+        }
+    }
+
+    /// Vaults a payment method inside the caller's transaction and returns its token.
+    pub async fn insert_entry(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        who: &Principal,
+        method: &PaymentMethod,
+    ) -> Result<String, sqlx::Error> {
+        let prepared = self.prepare_entry(method);
+        store::vault::insert_entry(conn, &prepared.as_new_entry(who)).await?;
+        Ok(prepared.token.into_string())
+    }
+
     /// Decrypts the entry behind `token`, in memory only. `Ok(None)` when no such entry exists;
     /// an error when its ciphertext does not authenticate (tampered, moved between rows, or
     /// relabelled with another key version).
@@ -193,5 +210,35 @@ impl Vault {
     /// Records a request that failed before reaching the vault (validation, scope).
     pub async fn record_failure(&self, event: &AuditEvent) -> Result<(), sqlx::Error> {
         store::audit::insert_audit_event(&self.pool, event).await
+    }
+}
+
+/// A sealed entry and its display metadata, before insertion.
+struct PreparedEntry {
+    token: Token,
+    kind: &'static str,
+    sealed: crate::crypto::SealedEntry,
+    fingerprint: [u8; 32],
+    brand: Option<&'static str>,
+    bin: Option<String>,
+    last4: String,
+    exp_month: Option<i16>,
+    exp_year: Option<i16>,
+}
+
+impl PreparedEntry {
+    fn as_new_entry(&self, who: &Principal) -> NewEntry<'_> {
+        NewEntry {
+            token: self.token.as_str(),
+            created_by: who.id,
+            kind: self.kind,
+            sealed: &self.sealed,
+            fingerprint: &self.fingerprint,
+            brand: self.brand,
+            bin: self.bin.as_deref(),
+            last4: &self.last4,
+            exp_month: self.exp_month,
+            exp_year: self.exp_year,
+        }
     }
 }

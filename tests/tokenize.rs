@@ -463,23 +463,6 @@ async fn malformed_json_and_oversized_bodies_get_clear_errors() {
 }
 
 #[tokio::test]
-async fn charge_is_refused_clearly_until_supported() {
-    let app = spawn_app().await;
-    let mut body = card_tokenize(&new_txn(), "4111111111111111");
-    body["method"] = json!("charge");
-    body["amount"] = json!("10.00");
-    body["currency_code"] = json!("USD");
-    for path in ["/", "/charge"] {
-        let (status, resp) = app.post(path, &body).await;
-        assert_eq!(status, 200);
-        assert_eq!(resp["error_code"], "method_not_supported", "{resp}");
-        assert_eq!(resp["charge_id"], Value::Null);
-        assert!(resp.get("token_id").is_none(), "{resp}");
-    }
-    assert_eq!(app.count("SELECT count(*) FROM vault_entries").await, 0);
-}
-
-#[tokio::test]
 async fn retry_with_same_transaction_id_returns_same_token() {
     let app = spawn_app().await;
     let txn = new_txn();
@@ -555,7 +538,7 @@ async fn twenty_concurrent_duplicates_create_exactly_one_entry() {
     let txn = new_txn();
     let body = card_tokenize(&txn, "4111111111111111");
     let requests = (0..20).map(|_| app.post("/", &body));
-    let responses = futures_join_all(requests).await;
+    let responses = common::join_all(requests).await;
     let tokens: std::collections::HashSet<String> = responses
         .iter()
         .map(|(status, body)| {
@@ -569,35 +552,6 @@ async fn twenty_concurrent_duplicates_create_exactly_one_entry() {
         app.count("SELECT count(*) FROM idempotency_records").await,
         1
     );
-}
-
-/// Runs futures concurrently on the current task (no extra dependency for `join_all`).
-async fn futures_join_all<F: std::future::Future>(
-    futs: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(Box::pin(f));
-    }
-    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in set.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().map(|o| o.unwrap()).collect()
 }
 
 #[tokio::test]

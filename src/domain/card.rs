@@ -193,6 +193,16 @@ impl Expiry {
         Ok(expiry)
     }
 
+    /// An expiry read back from the vault (validated when it was stored).
+    pub fn from_stored(month: u8, year: u16) -> Option<Self> {
+        (1..=12).contains(&month).then_some(Self { month, year })
+    }
+
+    /// True once the last day of the expiry month has passed.
+    pub fn is_expired(self, today: NaiveDate) -> bool {
+        (i32::from(self.year), u32::from(self.month)) < (today.year(), today.month())
+    }
+
     pub fn month(self) -> u8 {
         self.month
     }

@@ -54,6 +54,22 @@ pub enum InvalidInput {
     RoutingNumberChecksum,
     #[error("field `bankaccountnumber` must be 4 to 17 digits")]
     AccountNumber,
+    #[error("field `amount` must be a decimal number such as 10.00")]
+    AmountFormat,
+    #[error("field `amount` must be greater than zero")]
+    AmountNotPositive,
+    #[error("field `amount` has more decimal places than the currency allows")]
+    AmountPrecision,
+    #[error("field `amount` exceeds the maximum of 1,000,000")]
+    AmountTooLarge,
+    #[error("field `currency_code` is not a payable ISO 4217 currency")]
+    UnknownCurrency,
+    #[error("field `token` is not a payvault token")]
+    TokenFormat,
+    #[error("send either card or bank fields, or a `token`, not both")]
+    TokenWithCardData,
+    #[error("the stored card has expired")]
+    StoredCardExpired,
 }
 
 impl InvalidInput {
@@ -82,6 +98,14 @@ impl InvalidInput {
             Self::RoutingNumberFormat => "invalid_routing_number",
             Self::RoutingNumberChecksum => "invalid_routing_number_checksum",
             Self::AccountNumber => "invalid_account_number",
+            Self::AmountFormat => "invalid_amount",
+            Self::AmountNotPositive => "amount_not_positive",
+            Self::AmountPrecision => "amount_too_precise",
+            Self::AmountTooLarge => "amount_too_large",
+            Self::UnknownCurrency => "unknown_currency",
+            Self::TokenFormat => "invalid_token",
+            Self::TokenWithCardData => "ambiguous_payment_method",
+            Self::StoredCardExpired => "card_expired",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Domain types: card and bank data, tokens, transaction ids. Nothing here knows about HTTP or
 //! SQL; sensitive values are newtypes that zeroize on drop and never print in clear.
 
+pub mod amount;
 pub mod bank;
 pub mod card;
 pub mod invalid;
@@ -8,6 +9,7 @@ pub mod payment;
 pub mod secret;
 pub mod token;
 
+pub use amount::Amount;
 pub use bank::{AccountNumber, BankAccount, RoutingNumber};
 pub use card::{Brand, Card, CardNumber, Cvv, Expiry, PostalCode};
 pub use invalid::InvalidInput;

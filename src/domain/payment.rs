@@ -2,9 +2,10 @@
 
 use zeroize::Zeroizing;
 
-use super::bank::BankAccount;
-use super::card::Card;
+use super::bank::{AccountNumber, BankAccount, RoutingNumber};
+use super::card::{Card, CardNumber, Expiry};
 use super::invalid::InvalidInput;
+use super::secret::SecretText;
 
 /// Twilio's `transaction_id`: the idempotency key of a connector request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +75,29 @@ impl PaymentMethod {
         out
     }
 
+    /// Rebuilds a payment method from a decrypted vault payload (the inverse of
+    /// [`PaymentMethod::secret_payload`]). Cards get their expiry from the entry's metadata and
+    /// no CVV: it was never stored.
+    pub fn from_secret_payload(payload: &[u8], expiry: Option<Expiry>) -> Option<Self> {
+        let secret = |bytes: &[u8]| std::str::from_utf8(bytes).ok().map(SecretText::from);
+        match payload {
+            [PAYLOAD_V1, b'C', pan @ ..] => Some(PaymentMethod::Card(Card {
+                number: CardNumber::parse(secret(pan)?).ok()?,
+                expiry: expiry?,
+                cvv: None,
+                postal_code: None,
+            })),
+            [PAYLOAD_V1, b'B', rest @ ..] if rest.len() > 9 => {
+                let (routing, account) = rest.split_at(9);
+                Some(PaymentMethod::Bank(BankAccount {
+                    routing: RoutingNumber::parse(std::str::from_utf8(routing).ok()?).ok()?,
+                    account: AccountNumber::parse(secret(account)?).ok()?,
+                }))
+            }
+            _ => None,
+        }
+    }
+
     /// Inputs of the keyed fingerprint: the same card (or account) always gives the same
     /// fingerprint under one key, whatever its expiry.
     pub fn fingerprint_parts(&self) -> [&[u8]; 3] {
@@ -116,5 +140,40 @@ impl PaymentMethod {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trips_without_cvv() {
+        let card = PaymentMethod::Card(Card {
+            number: CardNumber::parse("4111111111111111".into()).unwrap(),
+            expiry: Expiry::from_stored(8, 2030).unwrap(),
+            cvv: Some(super::super::card::Cvv::parse("123".into()).unwrap()),
+            postal_code: None,
+        });
+        let payload = card.secret_payload();
+        assert!(
+            !payload.windows(3).any(|w| w == b"123"),
+            "CVV is not in the payload"
+        );
+        let back =
+            PaymentMethod::from_secret_payload(&payload, Expiry::from_stored(8, 2030)).unwrap();
+        assert_eq!(back.masked(), "visa 411111******1111");
+        let PaymentMethod::Card(c) = back else {
+            panic!()
+        };
+        assert!(c.cvv.is_none());
+
+        let bank = PaymentMethod::Bank(BankAccount {
+            routing: RoutingNumber::parse("121000358").unwrap(),
+            account: AccountNumber::parse("123456789".into()).unwrap(),
+        });
+        let back = PaymentMethod::from_secret_payload(&bank.secret_payload(), None).unwrap();
+        assert_eq!(back.masked(), "bank_account *****6789");
+        assert!(PaymentMethod::from_secret_payload(b"\x02C4111111111111111", None).is_none());
     }
 }

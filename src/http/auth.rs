@@ -6,11 +6,71 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use zeroize::Zeroizing;
 
+use std::sync::Arc;
+
+use super::AppState;
+use crate::audit::{AuditEvent, Origin};
+use crate::auth::{AuthError, Principal};
 use crate::domain::SecretText;
 
 /// `WWW-Authenticate` challenge sent with every 401.
 pub const CHALLENGE: HeaderValue =
     HeaderValue::from_static(r#"Basic realm="payvault", charset="UTF-8""#);
+
+/// Why a request was not let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// Missing, malformed, unknown, wrong or revoked credentials: all answered alike.
+    Unauthorized,
+    /// The credential store could not be reached.
+    Internal,
+}
+
+/// Authenticates the caller from `Authorization` (Basic `username:secret`, or Bearer
+/// `username.secret`), auditing every failure (PCI DSS 10.2.1.4: invalid access attempts).
+pub async fn authenticate(
+    app: &AppState,
+    headers: &HeaderMap,
+    origin: &Origin,
+) -> Result<Arc<Principal>, Denied> {
+    let presented = presented_credentials(headers);
+    let result = match &presented {
+        Some((user, secret)) => app.auth.authenticate(user, secret).await,
+        None => Err(AuthError::Invalid),
+    };
+    match result {
+        Ok(principal) => Ok(principal),
+        Err(AuthError::Invalid) => {
+            let mut event =
+                AuditEvent::new(origin, "anonymous", "authenticate").failed("unauthorized");
+            event.details = serde_json::json!({
+                "username": presented.as_ref().and_then(|(u, _)| loggable_username(u)),
+                "header_present": headers.contains_key(AUTHORIZATION),
+            });
+            if let Err(e) = app.vault.record_failure(&event).await {
+                tracing::error!(error = %super::error_chain(&e), "audit write failed");
+                return Err(Denied::Internal);
+            }
+            tracing::info!(error_code = "unauthorized", "authentication failed");
+            Err(Denied::Unauthorized)
+        }
+        Err(AuthError::Database(e)) => {
+            tracing::error!(error = %super::error_chain(&e), "credential lookup failed");
+            Err(Denied::Internal)
+        }
+    }
+}
+
+/// Username and secret from `Authorization`, or `None` when missing or malformed.
+fn presented_credentials(headers: &HeaderMap) -> Option<(String, SecretText)> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        let (user, secret) = rest.trim().split_once('.')?;
+        return Some((user.to_owned(), SecretText::from(secret)));
+    }
+    basic_credentials(headers)
+}
 
 /// Username and secret from an `Authorization: Basic` header, or `None` when the header is
 /// missing or malformed. The decoded buffer is zeroized.
@@ -55,6 +115,9 @@ mod tests {
         assert!(basic_credentials(&headers("Basic !!!")).is_none());
         assert!(basic_credentials(&headers("Basic dXNlcg==")).is_none());
         assert!(basic_credentials(&HeaderMap::new()).is_none());
+        let (user, secret) = presented_credentials(&headers("Bearer pvk_abc.pvs_x-y_z")).unwrap();
+        assert_eq!((user.as_str(), secret.expose()), ("pvk_abc", "pvs_x-y_z"));
+        assert!(presented_credentials(&headers("Bearer nodot")).is_none());
     }
 
     #[test]

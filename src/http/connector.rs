@@ -2,6 +2,7 @@
 //! `POST /tokenize` and `POST /charge` (method from the path).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -11,11 +12,12 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use zeroize::Zeroizing;
 
-use super::auth::{basic_credentials, loggable_username, CHALLENGE};
+use super::auth::{Denied, CHALLENGE};
 use super::twilio::{self, IdKey, Method, Reply};
 use super::AppState;
 use crate::audit::{AuditEvent, Origin};
-use crate::auth::{AuthError, Principal, Scope};
+use crate::auth::{Principal, Scope};
+use crate::charge::ChargeError;
 use crate::domain::{InvalidInput, TransactionId};
 
 pub async fn root(
@@ -45,13 +47,13 @@ pub async fn legacy_charge(
     connector(app, Some(Method::Charge), peer, headers, body).await
 }
 
-/// Answer when payvault itself failed. Tokenize is atomic, so nothing was stored and a retry
+/// Answer when payvault itself failed. Tokenize is atomic and charges are idempotent, so a retry
 /// with the same transaction id is safe.
 fn internal_error(key: IdKey) -> Reply {
     Reply::error(
         key,
         "internal_error",
-        "payvault could not complete the request and stored nothing; retry with the same transaction_id",
+        "payvault could not complete the request; retrying with the same transaction_id is safe",
     )
     .with_status(StatusCode::INTERNAL_SERVER_ERROR)
 }
@@ -88,49 +90,28 @@ async fn connector(
     reply.into_response()
 }
 
-/// Authenticates the caller, answering 401 (and auditing the attempt) on failure. Unknown user,
-/// wrong secret, revoked credential and missing header get the same answer.
+/// Authenticates a connector request; failures answer in Twilio's shape.
 async fn authenticate(
     app: &AppState,
     headers: &HeaderMap,
     origin: &Origin,
-) -> Result<std::sync::Arc<Principal>, Response> {
-    let presented = basic_credentials(headers);
-    let result = match &presented {
-        Some((user, secret)) => app.auth.authenticate(user, secret).await,
-        None => Err(AuthError::Invalid),
-    };
-    match result {
-        Ok(principal) => Ok(principal),
-        Err(AuthError::Invalid) => {
-            let mut event =
-                AuditEvent::new(origin, "anonymous", "authenticate").failed("unauthorized");
-            let user = presented.as_ref().and_then(|(u, _)| loggable_username(u));
-            event.details = serde_json::json!({
-                "scheme": "basic",
-                "username": user,
-                "header_present": presented.is_some() || headers.contains_key(axum::http::header::AUTHORIZATION),
-            });
-            if let Err(e) = app.vault.record_failure(&event).await {
-                tracing::error!(error = %super::error_chain(&e), "audit write failed");
-                return Err(internal_error(IdKey::Both).into_response());
+) -> Result<Arc<Principal>, Response> {
+    super::auth::authenticate(app, headers, origin)
+        .await
+        .map_err(|denied| match denied {
+            Denied::Unauthorized => {
+                let mut response = Reply::error(
+                    IdKey::Both,
+                    "unauthorized",
+                    "invalid or missing credentials",
+                )
+                .with_status(StatusCode::UNAUTHORIZED)
+                .into_response();
+                response.headers_mut().insert(WWW_AUTHENTICATE, CHALLENGE);
+                response
             }
-            tracing::info!(error_code = "unauthorized", "authentication failed");
-            let mut response = Reply::error(
-                IdKey::Both,
-                "unauthorized",
-                "invalid or missing credentials",
-            )
-            .with_status(StatusCode::UNAUTHORIZED)
-            .into_response();
-            response.headers_mut().insert(WWW_AUTHENTICATE, CHALLENGE);
-            Err(response)
-        }
-        Err(AuthError::Database(e)) => {
-            tracing::error!(error = %super::error_chain(&e), "credential lookup failed");
-            Err(internal_error(IdKey::Both).into_response())
-        }
-    }
+            Denied::Internal => internal_error(IdKey::Both).into_response(),
+        })
 }
 
 /// Reads the body into a buffer allocated once at the size limit, so it never reallocates and
@@ -200,10 +181,43 @@ async fn handle(
             }
         }
         Method::Charge => {
-            let mut event = AuditEvent::by(principal, origin, "charge");
-            event.transaction_id = txn.map(|t| t.as_str().to_owned());
-            let msg = "method `charge` is not available in this version of payvault";
-            refuse(app, event, key, "method_not_supported", msg).await
+            let started = std::time::Instant::now();
+            let req = match request.into_charge(chrono::Utc::now().date_naive()) {
+                Ok(r) => r,
+                Err(invalid) => {
+                    return reject(app, principal, origin, key, Some(method), txn, invalid).await
+                }
+            };
+            match app.charger.charge(principal, origin, &req, started).await {
+                Ok(charged) => {
+                    let o = charged.outcome;
+                    tracing::info!(
+                        method = "charge",
+                        replayed = charged.replayed,
+                        error_code = o.error_code.as_deref(),
+                        "charge answered"
+                    );
+                    match (&o.charge_id, &o.error_code) {
+                        (Some(id), None) => Reply::ok(key, id),
+                        (_, code) => Reply::error(
+                            key,
+                            code.as_deref().unwrap_or("processor_bad_response"),
+                            o.error_message
+                                .as_deref()
+                                .unwrap_or("the payment processor declined the charge"),
+                        ),
+                    }
+                    .with_parameters(o.parameters)
+                }
+                Err(e @ (ChargeError::Database(_) | ChargeError::Crypto(_))) => {
+                    tracing::error!(error = %super::error_chain(&e), "charge failed");
+                    internal_error(key)
+                }
+                Err(e) => {
+                    tracing::info!(method = "charge", error_code = e.code(), "charge refused");
+                    Reply::error(key, e.code(), &e.to_string())
+                }
+            }
         }
     }
 }

@@ -1,8 +1,10 @@
 //! HTTP: routing, the middleware stack, extractors and response formats. Everything that knows
 //! about axum lives here.
 
+mod api;
 mod auth;
 mod connector;
+pub mod sandbox;
 pub mod twilio;
 
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::auth::Authenticator;
+use crate::charge::Charger;
 use crate::vault::Vault;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -27,6 +30,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub vault: Vault,
+    pub charger: Charger,
     pub auth: Arc<Authenticator>,
     pub max_body_bytes: usize,
 }
@@ -36,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", post(connector::root))
         .route("/tokenize", post(connector::legacy_tokenize))
         .route("/charge", post(connector::legacy_charge))
+        .route("/v1/tokens/{token}/charges", post(api::charge_token))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
         .layer(

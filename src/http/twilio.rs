@@ -15,15 +15,20 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::NaiveDate;
-use serde::de::{self, Deserializer, IgnoredAny, Visitor};
+use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::charge::{ChargeRequest, Source};
 use crate::domain::{
     AccountNumber, BankAccount, Card, CardNumber, Cvv, Expiry, InvalidInput, PaymentMethod,
     PostalCode, RoutingNumber, SecretText, TransactionId,
 };
+use crate::domain::{Amount, Token};
 use crate::vault::TokenizeRequest;
+
+/// The `<Parameter>` name that asks a charge to also vault the card.
+pub const SAVE_CARD_PARAMETER: &str = "save_card";
 
 /// The operation a connector request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,14 +59,13 @@ pub struct WireRequest {
     postal_code: Option<Text>,
     bankaccountnumber: Option<Secret>,
     routingnumber: Option<Text>,
-    #[allow(dead_code)] // validated by the charge flow
     amount: Option<Text>,
-    #[allow(dead_code)] // validated by the charge flow
     currency_code: Option<Text>,
-    /// Free text, or an object/null when unset: accepted in any shape and not kept.
-    #[allow(dead_code)]
-    description: Option<IgnoredAny>,
-    #[allow(dead_code)] // read by later flows (e.g. token expiry)
+    /// A stored token to charge instead of card data (payvault's extension of the format).
+    token: Option<Text>,
+    /// Free text, or an object/null when unset: only a string is kept (forwarded to the
+    /// processor, never stored).
+    description: Option<Value>,
     parameters: Option<BTreeMap<String, Text>>,
 }
 
@@ -128,6 +132,47 @@ impl WireRequest {
         Ok(TokenizeRequest {
             transaction_id,
             method,
+        })
+    }
+
+    /// Validates a charge request: card, bank account or stored token, plus amount and currency.
+    pub fn into_charge(mut self, today: NaiveDate) -> Result<ChargeRequest, InvalidInput> {
+        let key = self.transaction_id()?.as_str().to_owned();
+        let amount = Amount::parse(
+            required(&self.amount, "amount")?,
+            required(&self.currency_code, "currency_code")?,
+        )?;
+        let parameters: BTreeMap<String, String> = self
+            .parameters
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        // `<Parameter name="save_card" value="true">` also vaults the card.
+        let save_card = parameters
+            .get(SAVE_CARD_PARAMETER)
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let description = self
+            .description
+            .take()
+            .and_then(|d| d.as_str().map(str::to_owned));
+        let source = match present(&self.token).map(str::to_owned) {
+            Some(token) => {
+                if self.cardnumber.is_some() || self.bankaccountnumber.is_some() {
+                    return Err(InvalidInput::TokenWithCardData);
+                }
+                Source::Token(Token::parse(&token).ok_or(InvalidInput::TokenFormat)?)
+            }
+            None => Source::Payment(self.into_payment_method(today)?),
+        };
+        Ok(ChargeRequest {
+            key,
+            source,
+            amount,
+            save_card,
+            description,
+            parameters,
         })
     }
 
@@ -259,6 +304,15 @@ impl Reply {
     /// only of a 200, so business errors (validation, duplicates, declines) answer 200.
     pub fn error(key: IdKey, code: &str, message: &str) -> Self {
         Self::build(StatusCode::OK, key, None, Some((code, message)))
+    }
+
+    /// Extra results for the merchant's action URL (Twilio prefixes them `PayConnector_`).
+    pub fn with_parameters(mut self, parameters: Map<String, Value>) -> Self {
+        if !parameters.is_empty() {
+            self.body
+                .insert("parameters".into(), Value::Object(parameters));
+        }
+        self
     }
 
     pub fn with_status(mut self, status: StatusCode) -> Self {

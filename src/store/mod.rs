@@ -3,6 +3,7 @@
 //! take an executor, so they compose inside a caller's transaction.
 
 pub mod audit;
+pub mod charges;
 pub mod credentials;
 pub mod vault;
 

@@ -126,6 +126,70 @@ pub async fn find_idempotency_record(
     .await
 }
 
+/// Inserts a vault entry on its own (the charge flow vaults a card inside its own transaction).
+pub async fn insert_entry(
+    db: impl PgExecutor<'_>,
+    entry: &NewEntry<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"
+        INSERT INTO vault_entries
+            (token, created_by, kind, key_version, wrapped_key, ciphertext, fingerprint,
+             brand, bin, last4, exp_month, exp_year)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        "#,
+        entry.token,
+        entry.created_by,
+        entry.kind,
+        entry.sealed.key_version,
+        entry.sealed.wrapped_key,
+        entry.sealed.ciphertext,
+        entry.fingerprint,
+        entry.brand,
+        entry.bin,
+        entry.last4,
+        entry.exp_month,
+        entry.exp_year,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// An entry as the charge flow needs it: ciphertexts plus the expiry kept in clear.
+#[derive(Debug, Clone)]
+pub struct StoredEntry {
+    pub sealed: SealedEntry,
+    pub kind: String,
+    pub exp_month: Option<i16>,
+    pub exp_year: Option<i16>,
+}
+
+pub async fn find_entry(
+    db: impl PgExecutor<'_>,
+    token: &str,
+) -> Result<Option<StoredEntry>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"
+        SELECT key_version, wrapped_key, ciphertext, kind, exp_month, exp_year
+        FROM vault_entries WHERE token = $1
+        "#,
+        token,
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| StoredEntry {
+        sealed: SealedEntry {
+            key_version: r.key_version,
+            wrapped_key: r.wrapped_key,
+            ciphertext: r.ciphertext,
+        },
+        kind: r.kind,
+        exp_month: r.exp_month,
+        exp_year: r.exp_year,
+    }))
+}
+
 /// Loads an entry's ciphertexts (for decryption when charging a stored token).
 pub async fn find_sealed_entry(
     db: impl PgExecutor<'_>,

@@ -10,6 +10,9 @@ use std::time::Duration;
 use payvault::auth::admin::{self, CreatedCredential};
 use payvault::auth::{CredentialKind, Scope};
 use payvault::crypto::{KeyRing, MasterKey};
+use payvault::processor::generic::{GenericConfig, GenericProcessor, ProcessorAuth};
+use payvault::processor::sandbox::Sandbox;
+use payvault::processor::Processor;
 use payvault::startup::{Application, Settings};
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
@@ -165,6 +168,25 @@ impl TestApp {
             .unwrap()
     }
 
+    /// POSTs `body` to `path` with the given credential (Basic auth).
+    pub async fn post_as(
+        &self,
+        cred: &CreatedCredential,
+        path: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(self.url(path))
+            .basic_auth(&cred.row.username, Some(cred.secret.expose()))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar::<_, i64>(sql)
             .fetch_one(self.pool())
@@ -185,6 +207,43 @@ pub fn test_keys() -> Arc<KeyRing> {
     Arc::new(KeyRing::from_keys(vec![MasterKey::generate(1)]).unwrap())
 }
 
+/// How a test server charges.
+pub struct Options {
+    pub processor: Arc<dyn Processor>,
+    pub processor_timeout: Duration,
+    pub idempotency_wait: Duration,
+}
+
+impl Default for Options {
+    /// The in-process sandbox, with a 1 s "slow" case and a 2 s processor timeout.
+    fn default() -> Self {
+        let timeout = Duration::from_secs(2);
+        Self {
+            processor: Arc::new(Sandbox::new(Duration::from_secs(1), timeout)),
+            processor_timeout: timeout,
+            idempotency_wait: Duration::from_secs(9),
+        }
+    }
+}
+
+impl Options {
+    /// The generic adapter pointed at `url`, with bearer auth `stub-secret`.
+    pub fn generic(url: &str, timeout: Duration) -> Self {
+        let processor = GenericProcessor::new(GenericConfig {
+            url: url.parse().unwrap(),
+            auth: ProcessorAuth::Bearer(secrecy::SecretString::from("stub-secret")),
+            connect_timeout: Duration::from_secs(1),
+            timeout,
+        })
+        .unwrap();
+        Self {
+            processor: Arc::new(processor),
+            processor_timeout: timeout,
+            idempotency_wait: Duration::from_secs(9),
+        }
+    }
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(Arc::new(TestDb::new().await), test_keys()).await
 }
@@ -192,11 +251,18 @@ pub async fn spawn_app() -> TestApp {
 /// Starts a server against an existing database: two calls with the same database make two
 /// instances sharing it.
 pub async fn spawn_app_with(db: Arc<TestDb>, keys: Arc<KeyRing>) -> TestApp {
+    spawn_app_opts(db, keys, Options::default()).await
+}
+
+pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) -> TestApp {
     init_logging();
     let settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         max_body_bytes: 16 * 1024,
         auth_cache_ttl: Duration::from_secs(60),
+        processor: opts.processor,
+        processor_timeout: opts.processor_timeout,
+        idempotency_wait: opts.idempotency_wait,
     };
     let pool = PgPoolOptions::new()
         .max_connections(10)
@@ -256,6 +322,157 @@ pub fn bank_tokenize(txn: &str, account: &str) -> Value {
     })
 }
 
+/// A valid Twilio card charge request.
+pub fn card_charge(txn: &str, pan: &str, amount: &str) -> Value {
+    let mut v = card_tokenize(txn, pan);
+    v["method"] = "charge".into();
+    v["amount"] = amount.into();
+    v["currency_code"] = "USD".into();
+    v
+}
+
 pub fn new_txn() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+/// A scripted answer of the [`Stub`] processor.
+#[derive(Clone, Debug)]
+pub enum StubAnswer {
+    Json {
+        status: u16,
+        body: Value,
+        delay: Duration,
+    },
+    Raw {
+        status: u16,
+        body: String,
+    },
+}
+
+impl StubAnswer {
+    pub fn approve(id: &str) -> Self {
+        Self::Json {
+            status: 200,
+            body: serde_json::json!({"charge_id": id, "error_code": null, "error_message": null}),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn slow(id: &str, delay: Duration) -> Self {
+        let Self::Json { status, body, .. } = Self::approve(id) else {
+            unreachable!()
+        };
+        Self::Json {
+            status,
+            body,
+            delay,
+        }
+    }
+}
+
+/// A request as the processor saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+}
+
+type Script = Arc<dyn Fn(usize, &Value) -> StubAnswer + Send + Sync>;
+
+/// A payment processor stub on a loopback port: records every call and answers by script
+/// (the script gets the call number, from 1, and the request body).
+pub struct Stub {
+    pub url: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Stub {
+    pub async fn start(
+        script: impl Fn(usize, &Value) -> StubAnswer + Send + Sync + 'static,
+    ) -> Self {
+        use axum::extract::State;
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let script: Script = Arc::new(script);
+        let state = (seen.clone(), script);
+        let app = axum::Router::new()
+            .route(
+                "/charge",
+                axum::routing::post(
+                    |State((seen, script)): State<(Arc<Mutex<Vec<Seen>>>, Script)>,
+                     headers: axum::http::HeaderMap,
+                     body: axum::body::Bytes| async move {
+                        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        let n = {
+                            let mut seen = seen.lock().unwrap();
+                            seen.push(Seen {
+                                headers: headers
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (k.to_string(), v.to_str().unwrap_or("").to_owned())
+                                    })
+                                    .collect(),
+                                body: body.clone(),
+                            });
+                            seen.len()
+                        };
+                        let answer = script(n, &body);
+                        use axum::response::IntoResponse;
+                        match answer {
+                            StubAnswer::Json {
+                                status,
+                                body,
+                                delay,
+                            } => {
+                                tokio::time::sleep(delay).await;
+                                (
+                                    axum::http::StatusCode::from_u16(status).unwrap(),
+                                    axum::Json(body),
+                                )
+                                    .into_response()
+                            }
+                            StubAnswer::Raw { status, body } => {
+                                (axum::http::StatusCode::from_u16(status).unwrap(), body)
+                                    .into_response()
+                            }
+                        }
+                    },
+                ),
+            )
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/charge", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, seen }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Runs futures concurrently on the current task.
+pub async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.unwrap()).collect()
 }

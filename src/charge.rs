@@ -1,0 +1,496 @@
+//! The charge flow: forward a card (or a card resolved from a token) to the processor exactly
+//! once per (credential, idempotency key), across any number of payvault instances.
+//!
+//! State machine of a charge's idempotency record (all transitions in Postgres):
+//!
+//! ```text
+//!   (none) --claim--> in_flight --processor approved--> succeeded   (final, replayed)
+//!                         |      --processor declined--> failed      (final, replayed)
+//!                         |      --timeout / 5xx / bad answer / unreachable--> unknown
+//!                         +-- lease expired (instance died) --+
+//!   unknown | expired in_flight --retry takes over--> in_flight (same processor key)
+//! ```
+//!
+//! - A retry of a final record gets the stored outcome: the same `charge_id`, byte for byte.
+//! - A retry while another attempt is in flight waits for it, polling the record, for at most
+//!   `wait` (below Twilio's 10 s), and never calls the processor itself.
+//! - A retry of an `unknown` outcome re-sends with the same processor idempotency key, fixed at
+//!   the first attempt, so a processor that honours it cannot charge twice.
+//! - The same key with a different payload is refused as a duplicate.
+//!
+//! Every attempt and every outcome is audited in the transaction that records it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use subtle::ConstantTimeEq;
+
+use crate::audit::{AuditEvent, Origin};
+use crate::auth::Principal;
+use crate::crypto::CryptoError;
+use crate::domain::{Amount, Expiry, InvalidInput, PaymentMethod, Token};
+use crate::processor::{Processor, ProcessorError, ProcessorReply, ProcessorRequest};
+use crate::store;
+use crate::store::charges::NewCharge;
+use crate::vault::Vault;
+
+/// Where the money comes from.
+#[derive(Debug)]
+pub enum Source {
+    /// Card or bank data in the request.
+    Payment(PaymentMethod),
+    /// A stored token (recurring billing: no CVV).
+    Token(Token),
+}
+
+/// A validated charge request.
+#[derive(Debug)]
+pub struct ChargeRequest {
+    /// Twilio's `transaction_id`, or the merchant's `Idempotency-Key`.
+    pub key: String,
+    pub source: Source,
+    pub amount: Amount,
+    /// Also vault the card and return its token (`<Parameter name="save_card" value="true">`).
+    pub save_card: bool,
+    pub description: Option<String>,
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// A charge's result as stored for replay and rendered by each interface. Never card data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChargeOutcome {
+    pub charge_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+    /// The token of a card vaulted by this charge, or the token charged.
+    pub token_id: Option<String>,
+}
+
+impl ChargeOutcome {
+    pub fn approved(&self) -> bool {
+        self.charge_id.is_some() && self.error_code.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charged {
+    pub outcome: ChargeOutcome,
+    pub replayed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChargeError {
+    #[error("{0}")]
+    Invalid(InvalidInput),
+    #[error("no such token")]
+    UnknownToken,
+    #[error("this idempotency key was already used for a different request")]
+    Duplicate,
+    #[error("an earlier attempt with this idempotency key is still in progress; retry shortly")]
+    InProgress,
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("key error")]
+    Crypto(#[from] CryptoError),
+}
+
+impl ChargeError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ChargeError::Invalid(i) => i.code(),
+            ChargeError::UnknownToken => "unknown_token",
+            ChargeError::Duplicate => "duplicate_transaction",
+            ChargeError::InProgress => "transaction_in_progress",
+            ChargeError::Database(_) | ChargeError::Crypto(_) => "internal_error",
+        }
+    }
+}
+
+/// Charges through a processor.
+#[derive(Debug, Clone)]
+pub struct Charger {
+    pub vault: Vault,
+    pub processor: Arc<dyn Processor>,
+    /// How long a retry waits for an in-flight attempt before answering `transaction_in_progress`.
+    pub wait: Duration,
+    /// How long an in-flight attempt is presumed alive: the processor timeout plus a margin.
+    pub lease: Duration,
+}
+
+const POLL_START: Duration = Duration::from_millis(10);
+const POLL_MAX: Duration = Duration::from_millis(200);
+
+impl Charger {
+    pub async fn charge(
+        &self,
+        who: &Principal,
+        origin: &Origin,
+        req: &ChargeRequest,
+        started: Instant,
+    ) -> Result<Charged, ChargeError> {
+        let base_event = self.base_event(who, origin, req);
+        let result = self.charge_inner(who, req, started, &base_event).await;
+        if let Err(e) = &result {
+            if !matches!(e, ChargeError::Database(_)) {
+                let event = base_event.clone().failed(e.code());
+                store::audit::insert_audit_event(self.vault.pool(), &event).await?;
+            }
+        }
+        result
+    }
+
+    fn base_event(&self, who: &Principal, origin: &Origin, req: &ChargeRequest) -> AuditEvent {
+        let mut event = AuditEvent::by(who, origin, "charge");
+        event.transaction_id = Some(req.key.clone());
+        event.amount_minor = Some(req.amount.minor_units());
+        event.currency = Some(req.amount.currency().to_owned());
+        match &req.source {
+            Source::Payment(m) => event.masked_data = Some(m.masked()),
+            Source::Token(t) => event.token = Some(t.as_str().to_owned()),
+        }
+        event
+    }
+
+    async fn charge_inner(
+        &self,
+        who: &Principal,
+        req: &ChargeRequest,
+        started: Instant,
+        base_event: &AuditEvent,
+    ) -> Result<Charged, ChargeError> {
+        let keys = self.vault.keys();
+        // Resolve a token first: an unknown or expired token is refused without claiming the key.
+        let resolved;
+        let method = match &req.source {
+            Source::Payment(m) => m,
+            Source::Token(token) => {
+                resolved = self.resolve(token).await?;
+                &resolved
+            }
+        };
+        let mut event = base_event.clone();
+        if event.masked_data.is_none() {
+            event.masked_data = Some(method.masked());
+        }
+
+        let mac_version = keys.current_version();
+        let mac_input = self.mac_input(req);
+        let request_mac = keys.request_mac(mac_version, &[b"charge", &mac_input])?;
+        let processor_key = self.processor_key(who, req)?;
+
+        let (attempt, processor_key) = loop {
+            if let Some(attempt) = self
+                .claim(who, req, &request_mac, mac_version, &processor_key, &event)
+                .await?
+            {
+                break (attempt, processor_key.clone());
+            }
+            let Some(rec) =
+                store::charges::find_charge_record(self.vault.pool(), who.id, &req.key).await?
+            else {
+                continue; // The claim we lost to was rolled back: try again.
+            };
+            let same = rec.operation == "charge" && {
+                let mac = keys.request_mac(rec.mac_key_version, &[b"charge", &mac_input])?;
+                bool::from(mac.ct_eq(rec.request_mac.as_slice()))
+            };
+            if !same {
+                return Err(ChargeError::Duplicate);
+            }
+            match rec.state.as_str() {
+                "succeeded" | "failed" => {
+                    let outcome: ChargeOutcome = rec
+                        .outcome
+                        .and_then(|o| serde_json::from_value(o).ok())
+                        .ok_or(ChargeError::Crypto(CryptoError::Malformed))?;
+                    let mut replay = event.clone();
+                    replay.details =
+                        serde_json::json!({ "replayed": true, "charge_id": outcome.charge_id });
+                    if let Some(code) = &outcome.error_code {
+                        replay = replay.failed(code.clone());
+                    }
+                    store::audit::insert_audit_event(self.vault.pool(), &replay).await?;
+                    return Ok(Charged {
+                        outcome,
+                        replayed: true,
+                    });
+                }
+                "unknown" => {}
+                _ if rec.lease_expired => {}
+                _ => {
+                    // In flight elsewhere: wait for it rather than calling the processor again.
+                    if started.elapsed() >= self.wait {
+                        return Err(ChargeError::InProgress);
+                    }
+                    self.wait_for_change(who, &req.key, rec.attempts, started)
+                        .await?;
+                    continue;
+                }
+            }
+            if let Some(attempt) = store::charges::take_over_charge(
+                self.vault.pool(),
+                who.id,
+                &req.key,
+                rec.attempts,
+                self.lease,
+            )
+            .await?
+            {
+                let mut retry = event.clone();
+                retry.action = "charge_attempt";
+                retry.details =
+                    serde_json::json!({ "attempt": attempt, "resumed_from": rec.state });
+                store::audit::insert_audit_event(self.vault.pool(), &retry).await?;
+                break (attempt, rec.processor_key.unwrap_or(processor_key.clone()));
+            }
+        };
+
+        let params = req.parameters.clone();
+        let call = ProcessorRequest {
+            transaction_id: &req.key,
+            idempotency_key: &processor_key,
+            method,
+            amount: &req.amount,
+            description: req.description.as_deref(),
+            parameters: &params,
+        };
+        let call_started = Instant::now();
+        let result = self.processor.charge(&call).await;
+        let latency_ms = call_started.elapsed().as_millis() as u64;
+        self.record(who, req, method, attempt, result, latency_ms, event)
+            .await
+    }
+
+    /// Inserts the claim and the attempt's audit event together. `Some(1)` when claimed.
+    async fn claim(
+        &self,
+        who: &Principal,
+        req: &ChargeRequest,
+        request_mac: &[u8],
+        mac_version: i32,
+        processor_key: &str,
+        event: &AuditEvent,
+    ) -> Result<Option<i32>, ChargeError> {
+        let mut tx = self.vault.pool().begin().await?;
+        let claimed = store::charges::claim_new_charge(
+            &mut *tx,
+            &NewCharge {
+                credential_id: who.id,
+                key: &req.key,
+                request_mac,
+                mac_key_version: mac_version,
+                processor_key,
+                lease: self.lease,
+            },
+        )
+        .await?;
+        if !claimed {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        if let Source::Token(token) = &req.source {
+            let mut resolve = event.clone();
+            resolve.action = "token_resolve";
+            resolve.token = Some(token.as_str().to_owned());
+            store::audit::insert_audit_event(&mut *tx, &resolve).await?;
+        }
+        let mut attempt = event.clone();
+        attempt.action = "charge_attempt";
+        attempt.details = serde_json::json!({ "attempt": 1 });
+        store::audit::insert_audit_event(&mut *tx, &attempt).await?;
+        tx.commit().await?;
+        Ok(Some(1))
+    }
+
+    /// Polls the record until its attempt counter or state moves, or the wait runs out.
+    async fn wait_for_change(
+        &self,
+        who: &Principal,
+        key: &str,
+        attempts: i32,
+        started: Instant,
+    ) -> Result<(), ChargeError> {
+        let mut delay = POLL_START;
+        while started.elapsed() < self.wait {
+            tokio::time::sleep(delay.min(self.wait.saturating_sub(started.elapsed()))).await;
+            delay = (delay * 2).min(POLL_MAX);
+            let rec = store::charges::find_charge_record(self.vault.pool(), who.id, key).await?;
+            match rec {
+                Some(r) if r.state == "in_flight" && r.attempts == attempts && !r.lease_expired => {
+                }
+                _ => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the attempt's outcome, its audit event, and (for `save_card`) the new vault
+    /// entry, in one transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
+        &self,
+        who: &Principal,
+        req: &ChargeRequest,
+        method: &PaymentMethod,
+        attempt: i32,
+        result: Result<ProcessorReply, ProcessorError>,
+        latency_ms: u64,
+        mut event: AuditEvent,
+    ) -> Result<Charged, ChargeError> {
+        let (state, mut outcome) = match result {
+            Ok(reply) if reply.approved() => (
+                "succeeded",
+                ChargeOutcome {
+                    charge_id: reply.charge_id,
+                    error_code: None,
+                    error_message: None,
+                    parameters: reply.parameters,
+                    token_id: None,
+                },
+            ),
+            Ok(reply) => (
+                "failed",
+                ChargeOutcome {
+                    charge_id: None,
+                    error_code: reply.error_code,
+                    error_message: reply.error_message,
+                    parameters: reply.parameters,
+                    token_id: None,
+                },
+            ),
+            Err(e) => (
+                "unknown",
+                ChargeOutcome {
+                    charge_id: None,
+                    error_code: Some(e.code().to_owned()),
+                    error_message: Some(e.to_string()),
+                    parameters: Map::new(),
+                    token_id: None,
+                },
+            ),
+        };
+
+        let mut tx = self.vault.pool().begin().await?;
+        let mut saved = None;
+        match &req.source {
+            Source::Token(t) => outcome.token_id = Some(t.as_str().to_owned()),
+            Source::Payment(m) if req.save_card && outcome.approved() => {
+                let token = self.vault.insert_entry(&mut tx, who, m).await?;
+                // Ours are added without clobbering the processor's parameters.
+                let key = if outcome.parameters.contains_key("token_id") {
+                    "payvault_token_id"
+                } else {
+                    "token_id"
+                };
+                outcome
+                    .parameters
+                    .insert(key.to_owned(), Value::String(token.clone()));
+                outcome.token_id = Some(token.clone());
+                saved = Some(token);
+            }
+            Source::Payment(_) => {}
+        }
+        let stored = serde_json::to_value(&outcome).unwrap_or(Value::Null);
+        store::charges::finish_charge(
+            &mut *tx,
+            who.id,
+            &req.key,
+            attempt,
+            state,
+            &stored,
+            saved.as_deref(),
+        )
+        .await?;
+
+        event.details = serde_json::json!({
+            "attempt": attempt,
+            "state": state,
+            "charge_id": outcome.charge_id,
+            "processor_latency_ms": latency_ms,
+            "kind": method.kind(),
+            "saved_token": saved,
+        });
+        if let Some(token) = &outcome.token_id {
+            event.token = Some(token.clone());
+        }
+        if let Some(code) = &outcome.error_code {
+            event = event.failed(code.clone());
+        }
+        store::audit::insert_audit_event(&mut *tx, &event).await?;
+        tx.commit().await?;
+        tracing::info!(
+            state,
+            attempt,
+            latency_ms,
+            error_code = outcome.error_code.as_deref(),
+            "charge recorded"
+        );
+        Ok(Charged {
+            outcome,
+            replayed: false,
+        })
+    }
+
+    /// Decrypts a stored token's card or bank account, in memory only, for one outbound call.
+    async fn resolve(&self, token: &Token) -> Result<PaymentMethod, ChargeError> {
+        let entry = store::vault::find_entry(self.vault.pool(), token.as_str())
+            .await?
+            .ok_or(ChargeError::UnknownToken)?;
+        let plain = self.vault.keys().open(token.as_str(), &entry.sealed)?;
+        let expiry = match (entry.exp_month, entry.exp_year) {
+            (Some(m), Some(y)) => {
+                Expiry::from_stored(u8::try_from(m).unwrap_or(0), u16::try_from(y).unwrap_or(0))
+            }
+            _ => None,
+        };
+        let method = PaymentMethod::from_secret_payload(&plain, expiry)
+            .ok_or(ChargeError::Crypto(CryptoError::Malformed))?;
+        if let PaymentMethod::Card(c) = &method {
+            if c.expiry.is_expired(chrono::Utc::now().date_naive()) {
+                return Err(ChargeError::Invalid(InvalidInput::StoredCardExpired));
+            }
+        }
+        Ok(method)
+    }
+
+    /// What makes two charge requests "the same" for idempotency. Not the CVV.
+    fn mac_input(&self, req: &ChargeRequest) -> zeroize::Zeroizing<Vec<u8>> {
+        let mut input = match &req.source {
+            Source::Payment(m) => m.request_mac_input(),
+            Source::Token(t) => {
+                zeroize::Zeroizing::new(format!("token:{}", t.as_str()).into_bytes())
+            }
+        };
+        input.extend_from_slice(&req.amount.minor_units().to_be_bytes());
+        input.extend_from_slice(req.amount.currency().as_bytes());
+        input.push(u8::from(req.save_card));
+        input
+    }
+
+    /// The processor's idempotency key: derived from (credential, key) under the request-MAC
+    /// key, so it is stable across retries and instances and reveals nothing. Stored with the
+    /// claim, so a later key rotation cannot change it.
+    fn processor_key(&self, who: &Principal, req: &ChargeRequest) -> Result<String, ChargeError> {
+        let keys = self.vault.keys();
+        let mac = keys.request_mac(
+            keys.current_version(),
+            &[
+                b"processor-idempotency-key",
+                who.id.as_bytes(),
+                req.key.as_bytes(),
+            ],
+        )?;
+        Ok(format!(
+            "pv_{}",
+            mac[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ))
+    }
+}

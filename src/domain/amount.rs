@@ -1,0 +1,168 @@
+//! Charge amounts: Twilio's decimal string in major units, turned into integer minor units by
+//! the currency's ISO 4217 exponent (JPY 0, USD 2, KWD 3).
+
+use iso_currency::Currency;
+
+use super::invalid::InvalidInput;
+
+/// `<Pay chargeAmount>` allows up to 1,000,000 in major units.
+const MAX_MAJOR_UNITS: i64 = 1_000_000;
+
+/// A positive amount in a payable currency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Amount {
+    minor: i64,
+    currency: Currency,
+    exponent: u32,
+}
+
+impl Amount {
+    /// Parses `amount` ("10", "10.0", "10.00") in `currency` (ISO 4217, any case).
+    pub fn parse(amount: &str, currency: &str) -> Result<Self, InvalidInput> {
+        let code = currency.trim().to_ascii_uppercase();
+        let currency = Currency::from_code(&code)
+            .filter(|c| !c.is_fund())
+            .ok_or(InvalidInput::UnknownCurrency)?;
+        let exponent = u32::from(currency.exponent().ok_or(InvalidInput::UnknownCurrency)?);
+
+        let amount = amount.trim();
+        if amount.starts_with('-') {
+            return Err(InvalidInput::AmountNotPositive);
+        }
+        let (whole, frac) = amount.split_once('.').unwrap_or((amount, ""));
+        let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty()
+            || !digits(whole)
+            || !digits(frac)
+            || (amount.contains('.') && frac.is_empty())
+        {
+            return Err(InvalidInput::AmountFormat);
+        }
+        let frac_trimmed = frac.trim_end_matches('0');
+        if frac_trimmed.len() > exponent as usize {
+            return Err(InvalidInput::AmountPrecision);
+        }
+        let scale = 10i64.pow(exponent);
+        let whole: i64 = whole
+            .trim_start_matches('0')
+            .parse::<i64>()
+            .or_else(|e| {
+                if whole.trim_start_matches('0').is_empty() {
+                    Ok(0)
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|_| InvalidInput::AmountTooLarge)?;
+        if whole > MAX_MAJOR_UNITS {
+            return Err(InvalidInput::AmountTooLarge);
+        }
+        let mut frac_minor: i64 = 0;
+        for (i, b) in frac_trimmed.bytes().enumerate() {
+            frac_minor += i64::from(b - b'0') * 10i64.pow(exponent - 1 - i as u32);
+        }
+        let minor = whole * scale + frac_minor;
+        if minor == 0 {
+            return Err(InvalidInput::AmountNotPositive);
+        }
+        if minor > MAX_MAJOR_UNITS * scale {
+            return Err(InvalidInput::AmountTooLarge);
+        }
+        Ok(Self {
+            minor,
+            currency,
+            exponent,
+        })
+    }
+
+    pub fn minor_units(&self) -> i64 {
+        self.minor
+    }
+
+    /// Upper-case ISO 4217 code.
+    pub fn currency(&self) -> &'static str {
+        self.currency.code()
+    }
+
+    /// Canonical decimal string in major units with the currency's digits: `10.00`, `500`, `1.250`.
+    pub fn to_decimal(&self) -> String {
+        if self.exponent == 0 {
+            return self.minor.to_string();
+        }
+        let scale = 10i64.pow(self.exponent);
+        format!(
+            "{}.{:0width$}",
+            self.minor / scale,
+            self.minor % scale,
+            width = self.exponent as usize
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_by_currency_exponent() {
+        let a = Amount::parse("10.0", "usd").unwrap();
+        assert_eq!(
+            (a.minor_units(), a.currency(), a.to_decimal().as_str()),
+            (1000, "USD", "10.00")
+        );
+        let a = Amount::parse("500", "JPY").unwrap();
+        assert_eq!((a.minor_units(), a.to_decimal().as_str()), (500, "500"));
+        let a = Amount::parse("1.25", "KWD").unwrap();
+        assert_eq!((a.minor_units(), a.to_decimal().as_str()), (1250, "1.250"));
+        assert_eq!(Amount::parse("0.01", "USD").unwrap().minor_units(), 1);
+        assert_eq!(
+            Amount::parse("1000000", "USD").unwrap().minor_units(),
+            100_000_000
+        );
+        assert_eq!(
+            Amount::parse("1000000.00", "USD").unwrap().minor_units(),
+            100_000_000
+        );
+        assert_eq!(
+            Amount::parse("500.0", "JPY").unwrap().minor_units(),
+            500,
+            "trailing zeros are fine"
+        );
+        assert_eq!(Amount::parse("007.50", "EUR").unwrap().minor_units(), 750);
+    }
+
+    #[test]
+    fn rejects_bad_amounts_precisely() {
+        use InvalidInput::*;
+        let cases = [
+            ("0", "USD", AmountNotPositive),
+            ("0.00", "USD", AmountNotPositive),
+            ("-1.00", "USD", AmountNotPositive),
+            ("1.001", "USD", AmountPrecision),
+            ("1.5", "JPY", AmountPrecision),
+            ("1.0001", "KWD", AmountPrecision),
+            ("1000000.01", "USD", AmountTooLarge),
+            ("1000001", "JPY", AmountTooLarge),
+            ("99999999999999999999999", "USD", AmountTooLarge),
+            ("", "USD", AmountFormat),
+            ("ten", "USD", AmountFormat),
+            ("1,00", "USD", AmountFormat),
+            ("1e3", "USD", AmountFormat),
+            (".5", "USD", AmountFormat),
+            ("5.", "USD", AmountFormat),
+            ("+5", "USD", AmountFormat),
+            ("1.2.3", "USD", AmountFormat),
+            ("10.00", "ZZZ", UnknownCurrency),
+            ("10.00", "XAU", UnknownCurrency),
+            ("10.00", "BOV", UnknownCurrency),
+            ("10.00", "", UnknownCurrency),
+        ];
+        for (amount, currency, err) in cases {
+            assert_eq!(
+                Amount::parse(amount, currency).unwrap_err(),
+                err,
+                "{amount} {currency}"
+            );
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The merchant API (`/v1/...`): JSON in, JSON out, errors as
+//! `{"error": {"code": "...", "message": "..."}}` with a stable `code`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::header::WWW_AUTHENTICATE;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::auth::{Denied, CHALLENGE};
+use super::AppState;
+use crate::audit::{AuditEvent, Origin};
+use crate::auth::{Principal, Scope};
+use crate::charge::{ChargeError, ChargeRequest, Source};
+use crate::domain::{Amount, InvalidInput, Token, TransactionId};
+
+/// An error answer of the merchant API.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: String,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    fn invalid(invalid: &InvalidInput) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, invalid.code(), invalid.to_string())
+    }
+
+    fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "payvault could not complete the request; retrying with the same Idempotency-Key is safe",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(json!({ "error": { "code": self.code, "message": self.message } })),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(WWW_AUTHENTICATE, CHALLENGE);
+        }
+        response
+    }
+}
+
+/// Authenticates and checks `scope`, auditing a refusal.
+async fn authorize(
+    app: &AppState,
+    headers: &HeaderMap,
+    origin: &Origin,
+    scope: Scope,
+    action: &'static str,
+) -> Result<Arc<Principal>, ApiError> {
+    let principal = super::auth::authenticate(app, headers, origin)
+        .await
+        .map_err(|d| match d {
+            Denied::Unauthorized => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "invalid or missing credentials",
+            ),
+            Denied::Internal => ApiError::internal(),
+        })?;
+    if !principal.has_scope(scope) {
+        let event = AuditEvent::by(&principal, origin, action).failed("forbidden");
+        app.vault
+            .record_failure(&event)
+            .await
+            .map_err(|_| ApiError::internal())?;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this credential lacks the `{scope}` scope"),
+        ));
+    }
+    Ok(principal)
+}
+
+fn origin(headers: &HeaderMap, peer: SocketAddr) -> Origin {
+    Origin {
+        request_id: super::request_id(headers),
+        client_addr: Some(peer.ip().to_string()),
+    }
+}
+
+/// A JSON scalar as text: `"10.00"` and `10.00` both read as "10.00".
+fn text(body: &Value, field: &'static str) -> Result<Option<String>, InvalidInput> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(InvalidInput::InvalidFieldType(field.to_owned())),
+    }
+}
+
+/// `POST /v1/tokens/{token}/charges`: charges a stored token (recurring billing, no CVV).
+/// Requires the `tokens:charge` scope and an `Idempotency-Key` header.
+pub async fn charge_token(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let origin = origin(&headers, peer);
+    let principal = authorize(&app, &headers, &origin, Scope::TokensCharge, "charge").await?;
+
+    let refuse = |invalid: InvalidInput| {
+        let app = app.clone();
+        let principal = principal.clone();
+        let origin = origin.clone();
+        async move {
+            let event = AuditEvent::by(&principal, &origin, "charge").failed(invalid.code());
+            app.vault
+                .record_failure(&event)
+                .await
+                .map_err(|_| ApiError::internal())?;
+            Err::<Response, _>(ApiError::invalid(&invalid))
+        }
+    };
+    let key = match headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(TransactionId::parse))
+    {
+        Some(Ok(Ok(key))) => key,
+        None => {
+            let e = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "missing_idempotency_key",
+                "send an Idempotency-Key header (1 to 255 printable ASCII characters)",
+            );
+            return Err(e);
+        }
+        Some(_) => return refuse(InvalidInput::InvalidTransactionId).await,
+    };
+    let Some(token) = Token::parse(&token) else {
+        return refuse(InvalidInput::TokenFormat).await;
+    };
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => return refuse(InvalidInput::NotAnObject).await,
+    };
+    let parsed = (|| {
+        let amount = text(&body, "amount")?.ok_or(InvalidInput::MissingField("amount"))?;
+        let currency = text(&body, "currency")?.ok_or(InvalidInput::MissingField("currency"))?;
+        Ok::<_, InvalidInput>((
+            Amount::parse(&amount, &currency)?,
+            text(&body, "description")?,
+        ))
+    })();
+    let (amount, description) = match parsed {
+        Ok(p) => p,
+        Err(invalid) => return refuse(invalid).await,
+    };
+    let req = ChargeRequest {
+        key: key.as_str().to_owned(),
+        source: Source::Token(token.clone()),
+        amount,
+        save_card: false,
+        description,
+        parameters: Default::default(),
+    };
+    let charged = app
+        .charger
+        .charge(&principal, &origin, &req, started)
+        .await
+        .map_err(|e| {
+            let status = match &e {
+                ChargeError::Invalid(_) => StatusCode::BAD_REQUEST,
+                ChargeError::UnknownToken => StatusCode::NOT_FOUND,
+                ChargeError::Duplicate | ChargeError::InProgress => StatusCode::CONFLICT,
+                ChargeError::Database(_) | ChargeError::Crypto(_) => {
+                    tracing::error!(error = %super::error_chain(&e), "token charge failed");
+                    return ApiError::internal();
+                }
+            };
+            ApiError::new(status, e.code(), e.to_string())
+        })?;
+
+    let o = charged.outcome;
+    let common = json!({
+        "token": token.as_str(),
+        "amount": amount.to_decimal(),
+        "currency": amount.currency(),
+        "parameters": o.parameters,
+    });
+    let (status, mut out) = match (&o.charge_id, &o.error_code) {
+        (Some(id), None) => (
+            StatusCode::OK,
+            json!({ "charge_id": id, "status": "succeeded" }),
+        ),
+        (_, code) => {
+            let code = code
+                .clone()
+                .unwrap_or_else(|| "processor_bad_response".into());
+            let unknown = code.starts_with("processor_");
+            let status = match code.as_str() {
+                "processor_timeout" => StatusCode::GATEWAY_TIMEOUT,
+                _ if unknown => StatusCode::BAD_GATEWAY,
+                _ => StatusCode::PAYMENT_REQUIRED,
+            };
+            let body = json!({
+                "charge_id": null,
+                "status": if unknown { "unknown" } else { "declined" },
+                "error": { "code": code, "message": o.error_message },
+            });
+            (status, body)
+        }
+    };
+    if let (Value::Object(out), Value::Object(common)) = (&mut out, common) {
+        out.extend(common);
+    }
+    Ok((status, Json(out)).into_response())
+}

@@ -1,0 +1,161 @@
+//! Outbound payment processor adapters, behind one trait.
+//!
+//! - [`generic::GenericProcessor`] POSTs Twilio's Generic Pay Connector JSON to
+//!   `PAYVAULT_PROCESSOR_URL`, so any gateway that already speaks that format works behind payvault.
+//! - [`sandbox::Sandbox`] is a built-in fake processor with deterministic outcomes, used
+//!   in-process or served on its own by `payvault sandbox`.
+
+pub mod generic;
+pub mod sandbox;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use serde_json::{Map, Value};
+
+use crate::domain::{Amount, PaymentMethod};
+
+/// What payvault asks the processor to do. Holds card data: it lives for one call.
+#[derive(Debug)]
+pub struct ProcessorRequest<'a> {
+    pub transaction_id: &'a str,
+    /// Sent as the `Idempotency-Key` header: the same for every attempt of one transaction, so a
+    /// processor that honours it never charges twice.
+    pub idempotency_key: &'a str,
+    pub method: &'a PaymentMethod,
+    pub amount: &'a Amount,
+    pub description: Option<&'a str>,
+    pub parameters: &'a BTreeMap<String, String>,
+}
+
+/// The processor's definitive answer: approved (`charge_id`) or declined (`error_code`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessorReply {
+    pub charge_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub parameters: Map<String, Value>,
+}
+
+impl ProcessorReply {
+    pub fn approved(&self) -> bool {
+        self.charge_id.is_some() && self.error_code.is_none()
+    }
+}
+
+/// The call failed without a definitive answer. Except for `Unreachable` the processor may have
+/// charged; a retry re-sends with the same idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProcessorError {
+    #[error("the payment processor refused the connection or could not be reached")]
+    Unreachable,
+    #[error("the payment processor did not answer in time; the outcome is unknown")]
+    Timeout,
+    #[error("the payment processor answered with HTTP {0}; the outcome is unknown")]
+    ServerError(u16),
+    #[error(
+        "the payment processor's answer could not be understood ({0}); the outcome is unknown"
+    )]
+    BadResponse(&'static str),
+    #[error("no payment processor is configured (set PAYVAULT_PROCESSOR_URL or PAYVAULT_PROCESSOR=sandbox)")]
+    NotConfigured,
+}
+
+impl ProcessorError {
+    /// Stable `error_code` for each failure kind.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProcessorError::Unreachable => "processor_unreachable",
+            ProcessorError::Timeout => "processor_timeout",
+            ProcessorError::ServerError(_) => "processor_error",
+            ProcessorError::BadResponse(_) => "processor_bad_response",
+            ProcessorError::NotConfigured => "processor_not_configured",
+        }
+    }
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A payment processor.
+pub trait Processor: Send + Sync + std::fmt::Debug {
+    /// Charges once. Implementations enforce their own total timeout.
+    fn charge<'a>(
+        &'a self,
+        req: &'a ProcessorRequest<'a>,
+    ) -> BoxFuture<'a, Result<ProcessorReply, ProcessorError>>;
+}
+
+/// Used when no processor is configured: every charge fails clearly, tokenize still works.
+#[derive(Debug)]
+pub struct Unconfigured;
+
+impl Processor for Unconfigured {
+    fn charge<'a>(
+        &'a self,
+        _req: &'a ProcessorRequest<'a>,
+    ) -> BoxFuture<'a, Result<ProcessorReply, ProcessorError>> {
+        Box::pin(async { Err(ProcessorError::NotConfigured) })
+    }
+}
+
+/// Replaces every run of 12 or more digits with `[redacted]`. Applied to whatever text a
+/// processor sends back before it reaches Twilio, a log or the database, in case the processor
+/// echoes a card or account number.
+pub fn scrub(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 12 {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+/// [`scrub`] applied to every string in a JSON value.
+pub fn scrub_value(v: Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(scrub(&s)),
+        Value::Number(n) if n.to_string().len() >= 12 => Value::String("[redacted]".into()),
+        Value::Array(a) => Value::Array(a.into_iter().map(scrub_value).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| (scrub(&k), scrub_value(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_removes_long_digit_runs_only() {
+        assert_eq!(
+            scrub("card 4111111111111111 declined"),
+            "card [redacted] declined"
+        );
+        assert_eq!(scrub("4111111111111111"), "[redacted]");
+        assert_eq!(scrub("order 12345, zip 94111"), "order 12345, zip 94111");
+        let v = serde_json::json!({"a": "x 5555555555554444", "b": 4111111111111111u64, "c": 42});
+        assert_eq!(
+            scrub_value(v),
+            serde_json::json!({"a": "x [redacted]", "b": "[redacted]", "c": 42})
+        );
+    }
+}
