@@ -164,7 +164,27 @@ impl Charger {
         base_event: &AuditEvent,
     ) -> Result<Charged, ChargeError> {
         let keys = self.vault.keys();
-        // Resolve a token first: an unknown or expired token is refused without claiming the key.
+        let mac_version = keys.current_version();
+        let mac_input = self.mac_input(req);
+        let request_mac = keys.request_mac(mac_version, &[b"charge", &mac_input])?;
+        let processor_key = self.processor_key(who, req)?;
+
+        // A retry of a finished token charge is answered from the record, even if the token
+        // has been deleted since.
+        if matches!(req.source, Source::Token(_)) {
+            if let Some(rec) =
+                store::charges::find_charge_record(self.vault.pool(), who.id, &req.key).await?
+            {
+                if matches!(rec.state.as_str(), "succeeded" | "failed")
+                    && self.same_request(&rec, &mac_input)?
+                {
+                    return self.replay(rec, base_event.clone()).await;
+                }
+            }
+        }
+
+        // Resolve a token before claiming: an unknown or expired token is refused without
+        // taking the key.
         let resolved;
         let method = match &req.source {
             Source::Payment(m) => m,
@@ -178,11 +198,6 @@ impl Charger {
             event.masked_data = Some(method.masked());
         }
 
-        let mac_version = keys.current_version();
-        let mac_input = self.mac_input(req);
-        let request_mac = keys.request_mac(mac_version, &[b"charge", &mac_input])?;
-        let processor_key = self.processor_key(who, req)?;
-
         let (attempt, processor_key) = loop {
             if let Some(attempt) = self
                 .claim(who, req, &request_mac, mac_version, &processor_key, &event)
@@ -195,31 +210,11 @@ impl Charger {
             else {
                 continue; // The claim we lost to was rolled back: try again.
             };
-            let same = rec.operation == "charge" && {
-                let mac = keys.request_mac(rec.mac_key_version, &[b"charge", &mac_input])?;
-                bool::from(mac.ct_eq(rec.request_mac.as_slice()))
-            };
-            if !same {
+            if !self.same_request(&rec, &mac_input)? {
                 return Err(ChargeError::Duplicate);
             }
             match rec.state.as_str() {
-                "succeeded" | "failed" => {
-                    let outcome: ChargeOutcome = rec
-                        .outcome
-                        .and_then(|o| serde_json::from_value(o).ok())
-                        .ok_or(ChargeError::Crypto(CryptoError::Malformed))?;
-                    let mut replay = event.clone();
-                    replay.details =
-                        serde_json::json!({ "replayed": true, "charge_id": outcome.charge_id });
-                    if let Some(code) = &outcome.error_code {
-                        replay = replay.failed(code.clone());
-                    }
-                    store::audit::insert_audit_event(self.vault.pool(), &replay).await?;
-                    return Ok(Charged {
-                        outcome,
-                        replayed: true,
-                    });
-                }
+                "succeeded" | "failed" => return self.replay(rec, event).await,
                 "unknown" => {}
                 _ if rec.lease_expired => {}
                 _ => {
@@ -232,22 +227,29 @@ impl Charger {
                     continue;
                 }
             }
-            if let Some(attempt) = store::charges::take_over_charge(
-                self.vault.pool(),
+            // Take over, auditing the new attempt in the same transaction.
+            let mut tx = self.vault.pool().begin().await?;
+            let taken = store::charges::take_over_charge(
+                &mut *tx,
                 who.id,
                 &req.key,
                 rec.attempts,
                 self.lease,
             )
-            .await?
-            {
+            .await?;
+            if let Some(attempt) = taken {
                 let mut retry = event.clone();
                 retry.action = "charge_attempt";
                 retry.details =
                     serde_json::json!({ "attempt": attempt, "resumed_from": rec.state });
-                store::audit::insert_audit_event(self.vault.pool(), &retry).await?;
-                break (attempt, rec.processor_key.unwrap_or(processor_key.clone()));
+                store::audit::insert_audit_event(&mut *tx, &retry).await?;
+                tx.commit().await?;
+                break (
+                    attempt,
+                    rec.processor_key.unwrap_or_else(|| processor_key.clone()),
+                );
             }
+            tx.rollback().await?;
         };
 
         let params = req.parameters.clone();
@@ -264,6 +266,42 @@ impl Charger {
         let latency_ms = call_started.elapsed().as_millis() as u64;
         self.record(who, req, method, attempt, result, latency_ms, event)
             .await
+    }
+
+    fn same_request(
+        &self,
+        rec: &store::charges::ChargeRecord,
+        mac_input: &[u8],
+    ) -> Result<bool, ChargeError> {
+        if rec.operation != "charge" {
+            return Ok(false);
+        }
+        let mac = self
+            .vault
+            .keys()
+            .request_mac(rec.mac_key_version, &[b"charge", mac_input])?;
+        Ok(bool::from(mac.ct_eq(rec.request_mac.as_slice())))
+    }
+
+    /// Answers from a finished record, auditing the replay.
+    async fn replay(
+        &self,
+        rec: store::charges::ChargeRecord,
+        mut event: AuditEvent,
+    ) -> Result<Charged, ChargeError> {
+        let outcome: ChargeOutcome = rec
+            .outcome
+            .and_then(|o| serde_json::from_value(o).ok())
+            .ok_or(ChargeError::Crypto(CryptoError::Malformed))?;
+        event.details = serde_json::json!({ "replayed": true, "charge_id": outcome.charge_id });
+        if let Some(code) = &outcome.error_code {
+            event = event.failed(code.clone());
+        }
+        store::audit::insert_audit_event(self.vault.pool(), &event).await?;
+        Ok(Charged {
+            outcome,
+            replayed: true,
+        })
     }
 
     /// Inserts the claim and the attempt's audit event together. `Some(1)` when claimed.

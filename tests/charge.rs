@@ -594,10 +594,18 @@ async fn a_stored_token_is_charged_without_cvv_on_root_and_merchant_api() {
 async fn charging_an_unknown_or_deleted_token_fails_cleanly() {
     let app = spawn_app().await;
     let token = tokenize(&app, "4111111111111111").await;
+    let paid = json!({"method": "charge", "transaction_id": new_txn(), "token": token, "amount": "5", "currency_code": "USD"});
+    let (_, before) = app.post("/", &paid).await;
+    assert_charged(&before);
     sqlx::query("DELETE FROM vault_entries")
         .execute(app.pool())
         .await
         .unwrap();
+    let (_, retried) = app.post("/", &paid).await;
+    assert_eq!(
+        retried, before,
+        "a retry of a finished charge is answered even after the token is gone"
+    );
     for t in [token.as_str(), "tok_AAAAAAAAAAAAAAAAAAAAAA"] {
         let body = json!({"method": "charge", "transaction_id": new_txn(), "token": t, "amount": "5", "currency_code": "USD"});
         let (status, resp) = app.post("/", &body).await;
@@ -616,7 +624,7 @@ async fn charging_an_unknown_or_deleted_token_fails_cleanly() {
     assert_eq!(
         app.count("SELECT count(*) FROM idempotency_records WHERE operation = 'charge'")
             .await,
-        0
+        1
     );
 }
 
@@ -754,4 +762,64 @@ async fn every_charge_attempt_and_outcome_is_audited_with_amount_and_latency() {
     assert_eq!(rows[1].details["charge_id"], charge_id.as_str());
     assert!(rows[1].details["processor_latency_ms"].is_u64());
     assert_eq!(rows[2].details["replayed"], true);
+}
+
+#[tokio::test]
+async fn charge_traffic_leaves_no_card_data_anywhere_but_the_processor_body() {
+    // The processor echoes the card number back in its decline message and parameters.
+    let stub = Stub::start(|n, body| {
+        if n % 2 == 0 {
+            StubAnswer::approve(&format!("ch_{n}"))
+        } else {
+            let pan = body["cardnumber"].as_str().unwrap_or("").to_owned();
+            StubAnswer::Json {
+                status: 200,
+                body: json!({"charge_id": null, "error_code": "do_not_honor",
+                             "error_message": format!("card {pan} refused"), "parameters": {"echo": pan}}),
+                delay: Duration::ZERO,
+            }
+        }
+    })
+    .await;
+    let app = with_stub(&stub, Duration::from_secs(2)).await;
+    let pans = ["4111111111111111", "5555555555554444", "378282246310005"];
+    let cvvs = ["0729", "086"]; // leading zeros: cannot be a latency or count
+    for (i, pan) in pans.iter().enumerate() {
+        let mut body = card_charge(&new_txn(), pan, "10.00");
+        body["cvv"] = json!(cvvs[i % 2]);
+        body["parameters"] = json!({"save_card": "true"});
+        let (_, resp) = app.post("/", &body).await;
+        assert!(!resp.to_string().contains(pan), "{resp}");
+        app.post("/", &body).await;
+    }
+    let ach = json!({"method": "charge", "transaction_id": new_txn(), "bankaccountnumber": "123456789",
+                     "routingnumber": "121000358", "amount": "25", "currency_code": "USD"});
+    app.post("/", &ach).await;
+    let token = tokenize(&app, "6011111111111117").await;
+    let by_token = json!({"method": "charge", "transaction_id": new_txn(), "token": token, "amount": "1", "currency_code": "USD"});
+    app.post("/", &by_token).await;
+
+    let mut long: Vec<&str> = pans.to_vec();
+    long.extend(["123456789", "6011111111111117"]);
+    common::assert_no_leaks(app.pool(), &long, &cvvs, &common::captured_logs()).await;
+
+    // The processor saw card data in the body only: never in a header.
+    let seen = stub.seen();
+    assert!(seen.len() >= 5);
+    for s in &seen {
+        for (name, value) in &s.headers {
+            for secret in &long {
+                assert!(
+                    !value.contains(secret),
+                    "{secret} in processor header {name}"
+                );
+            }
+            for cvv in &cvvs {
+                assert!(
+                    !common::contains_word(value, cvv),
+                    "CVV {cvv} in processor header {name}"
+                );
+            }
+        }
+    }
 }

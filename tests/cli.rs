@@ -282,3 +282,96 @@ async fn serve_migrates_answers_twilio_and_stops_on_sigterm() {
     );
     std::fs::remove_file(key_file).unwrap();
 }
+
+/// Kills the child process when dropped, so a failing test leaves nothing running.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn payvault_sandbox_serves_the_generic_format() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _sandbox = Child(
+        Command::new(env!("CARGO_BIN_EXE_payvault"))
+            .args([
+                "sandbox",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--slow-ms",
+                "100",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "payvault sandbox did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let opts = common::Options::generic(
+        &format!("http://127.0.0.1:{port}/charge"),
+        Duration::from_secs(2),
+    );
+    let app = common::spawn_app_opts(
+        std::sync::Arc::new(TestDb::new().await),
+        common::test_keys(),
+        opts,
+    )
+    .await;
+    let cases = [
+        ("10.00", None),
+        ("10.12", None),
+        ("10.02", Some("card_declined")),
+        ("10.51", Some("insufficient_funds")),
+        ("10.05", Some("processor_error")),
+    ];
+    for (amount, code) in cases {
+        let (_, body) = app
+            .post(
+                "/",
+                &common::card_charge(&new_txn(), "4111111111111111", amount),
+            )
+            .await;
+        match code {
+            None => assert!(
+                body["charge_id"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("ch_sandbox_"),
+                "{body}"
+            ),
+            Some(code) => assert_eq!(body["error_code"], code, "{body}"),
+        }
+    }
+    // The sandbox honours Idempotency-Key like a real processor.
+    let send = |key: &str| {
+        client
+            .post(format!("http://127.0.0.1:{port}/"))
+            .header("idempotency-key", key)
+            .body(common::card_charge("t1", "4111111111111111", "1.00").to_string())
+            .send()
+    };
+    let a: Value = send("k").await.unwrap().json().await.unwrap();
+    let b: Value = send("k").await.unwrap().json().await.unwrap();
+    assert_eq!(a, b);
+}

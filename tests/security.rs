@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    bank_tokenize, captured_logs, card_tokenize, new_txn, spawn_app, spawn_app_with, TestDb,
+    assert_no_leaks, bank_tokenize, captured_logs, card_tokenize, new_txn, spawn_app,
+    spawn_app_with, TestDb,
 };
 use payvault::auth::{CredentialKind, Scope};
 use payvault::crypto::{CryptoError, KeyRing, MasterKey};
@@ -26,51 +27,8 @@ const PANS: [&str; 8] = [
     "6771798021000008",
 ];
 const ACCOUNTS: [&str; 2] = ["12345678", "123456789"];
-const CVVS: [&str; 2] = ["7294", "863"];
-
-/// `needle` occurring in `hay` as a whole token (not inside a longer run of letters/digits).
-fn contains_word(hay: &str, needle: &str) -> bool {
-    hay.match_indices(needle).any(|(i, _)| {
-        let before = hay[..i].chars().next_back();
-        let after = hay[i + needle.len()..].chars().next();
-        !before.is_some_and(|c| c.is_ascii_alphanumeric())
-            && !after.is_some_and(|c| c.is_ascii_alphanumeric())
-    })
-}
-
-/// Replaces UUIDs (request ids, credential ids) so random hex groups cannot look like a CVV.
-fn strip_uuids(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let shape = [8, 4, 4, 4, 12];
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    'outer: while i < bytes.len() {
-        let mut j = i;
-        for (n, len) in shape.iter().enumerate() {
-            if j + len > bytes.len() || !bytes[j..j + len].iter().all(u8::is_ascii_hexdigit) {
-                out.push(bytes[i] as char);
-                i += 1;
-                continue 'outer;
-            }
-            j += len;
-            if n < 4 {
-                if bytes.get(j) != Some(&b'-') {
-                    out.push(bytes[i] as char);
-                    i += 1;
-                    continue 'outer;
-                }
-                j += 1;
-            }
-        }
-        out.push_str("<uuid>");
-        i = j;
-    }
-    out
-}
-
-fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
-}
+// Leading zeros: no number our code prints (latencies, counts) can look like these.
+const CVVS: [&str; 2] = ["0729", "086"];
 
 #[tokio::test]
 async fn no_card_or_bank_number_anywhere_in_the_database_or_logs() {
@@ -109,78 +67,11 @@ async fn no_card_or_bank_number_anywhere_in_the_database_or_logs() {
         .await
         .unwrap();
 
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-    )
-    .fetch_all(app.pool())
-    .await
-    .unwrap();
-    assert!(tables.len() >= 4, "{tables:?}");
-    let mut everything = String::new();
-    for table in &tables {
-        let rows: Vec<String> =
-            sqlx::query_scalar(&format!(r#"SELECT row_to_json(t)::text FROM "{table}" t"#))
-                .fetch_all(app.pool())
-                .await
-                .unwrap();
-        everything.push_str(&rows.join("\n"));
-    }
-    assert!(everything.len() > 1000, "the scan saw data");
     let logs = captured_logs();
     assert!(logs.contains("tokenized"), "the scan saw logs");
-    let secrets = PANS
-        .iter()
-        .chain(ACCOUNTS.iter())
-        .chain(["4111111111111112"].iter());
-    for secret in secrets {
-        assert!(
-            !everything.contains(secret),
-            "{secret} found in the database"
-        );
-        assert!(
-            !everything.contains(&hex(secret)),
-            "{secret} found hex-encoded in the database"
-        );
-        assert!(!logs.contains(secret), "{secret} found in the logs");
-    }
-
-    // CVVs are short, so look for them as whole words in text columns and logs, UUIDs aside.
-    let text_columns: Vec<(String, String)> = sqlx::query_as(
-        "SELECT table_name::text, column_name::text FROM information_schema.columns
-         WHERE table_schema = 'public' AND data_type IN ('text', 'jsonb', 'ARRAY', 'character varying')",
-    )
-    .fetch_all(app.pool())
-    .await
-    .unwrap();
-    let mut text = String::new();
-    for (table, column) in text_columns {
-        let values: Vec<Option<String>> =
-            sqlx::query_scalar(&format!(r#"SELECT "{column}"::text FROM "{table}""#))
-                .fetch_all(app.pool())
-                .await
-                .unwrap();
-        text.extend(values.into_iter().flatten().map(|v| v + "\n"));
-    }
-    let (text, logs) = (strip_uuids(&text), strip_uuids(&logs));
-    for cvv in CVVS {
-        assert!(
-            !contains_word(&text, cvv),
-            "CVV {cvv} found in a text column"
-        );
-        assert!(!contains_word(&logs, cvv), "CVV {cvv} found in the logs");
-    }
-    let columns: Vec<String> = sqlx::query_scalar(
-        "SELECT column_name::text FROM information_schema.columns WHERE table_schema = 'public'",
-    )
-    .fetch_all(app.pool())
-    .await
-    .unwrap();
-    assert!(
-        !columns
-            .iter()
-            .any(|c| c.contains("cvv") || c.contains("security_code")),
-        "{columns:?}"
-    );
+    let mut long: Vec<&str> = PANS.iter().chain(ACCOUNTS.iter()).copied().collect();
+    long.push("4111111111111112");
+    assert_no_leaks(app.pool(), &long, &CVVS, &logs).await;
 
     // Not even encrypted: every ciphertext decrypts to the PAN or bank data alone.
     let vault = Vault::new(app.pool().clone(), app.keys.clone());
@@ -192,22 +83,13 @@ async fn no_card_or_bank_number_anywhere_in_the_database_or_logs() {
     for token in tokens {
         let plain = vault.open_entry(&token).await.unwrap().unwrap();
         let plain = String::from_utf8_lossy(&plain[2..]).into_owned();
+        // Exactly the PAN, or routing + account number: nothing else, so no CVV.
         assert!(
-            PANS.contains(&plain.as_str()) || ACCOUNTS.iter().any(|a| plain.ends_with(a)),
+            PANS.contains(&plain.as_str())
+                || ACCOUNTS.iter().any(|a| plain == format!("121000358{a}")),
             "{plain}"
         );
-        assert!(CVVS.iter().all(|c| !plain.ends_with(c) || plain.len() > 12));
     }
-}
-
-#[test]
-fn uuid_stripping_and_word_search_work() {
-    assert_eq!(
-        strip_uuids("id=0c8e7294-1a2b-4c3d-8e9f-001122334455!"),
-        "id=<uuid>!"
-    );
-    assert!(contains_word(r#"{"cvv":"7294"}"#, "7294"));
-    assert!(!contains_word("a17294b", "7294"));
 }
 
 async fn tampering_fixture() -> (common::TestApp, Vault, String, String) {

@@ -140,3 +140,62 @@ impl Processor for Sandbox {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Card, CardNumber, Expiry};
+
+    fn card(pan: &str) -> PaymentMethod {
+        PaymentMethod::Card(Card {
+            number: CardNumber::parse(pan.into()).unwrap_or_else(|e| panic!("{pan}: {e}")),
+            expiry: Expiry::from_stored(8, 2035).unwrap(),
+            cvv: None,
+            postal_code: None,
+        })
+    }
+
+    #[test]
+    fn documented_cards_and_amounts_choose_their_outcome() {
+        let usd = |a: &str| Amount::parse(a, "USD").unwrap();
+        let cases = [
+            (
+                "4000000000000002",
+                Outcome::Decline("card_declined", "The card was declined."),
+            ),
+            (
+                "4000000000009995",
+                Outcome::Decline("insufficient_funds", "The card has insufficient funds."),
+            ),
+            (
+                "4000000000000069",
+                Outcome::Decline("expired_card", "The card has expired."),
+            ),
+            ("4000000000000119", Outcome::ProcessingError),
+            ("4000000000000259", Outcome::Slow),
+            ("4000000000000341", Outcome::Hang),
+            ("4111111111111111", Outcome::Approve),
+        ];
+        for (pan, outcome) in cases {
+            assert_eq!(decide(&card(pan), &usd("10.00")), outcome, "{pan}");
+        }
+        let visa = card("4111111111111111");
+        assert_eq!(decide(&visa, &usd("3.02")), cases[0].1);
+        assert_eq!(decide(&visa, &usd("3.99")), Outcome::Hang);
+        assert_eq!(decide(&visa, &usd("3.12")), Outcome::Slow);
+        assert_eq!(
+            decide(&visa, &Amount::parse("1002", "JPY").unwrap()),
+            cases[0].1
+        );
+    }
+
+    #[tokio::test]
+    async fn same_idempotency_key_same_charge_id() {
+        let sandbox = Sandbox::new(Duration::ZERO, Duration::from_secs(1));
+        let a = sandbox.answer("k", Outcome::Approve).await.unwrap();
+        let b = sandbox.answer("k", Outcome::Approve).await.unwrap();
+        let c = sandbox.answer("other", Outcome::Approve).await.unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a.charge_id, c.charge_id);
+    }
+}
