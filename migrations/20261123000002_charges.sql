@@ -11,3 +11,8 @@ ALTER TABLE idempotency_records
     -- parameters, token_id. Never card data.
     ADD COLUMN outcome          jsonb,
     ADD CONSTRAINT idempotency_records_lease_check CHECK (state <> 'in_flight' OR operation <> 'charge' OR lease_expires_at IS NOT NULL);
+
+-- Short bank account numbers show fewer than four trailing digits (never more than half).
+ALTER TABLE vault_entries
+    DROP CONSTRAINT vault_entries_last4_check,
+    ADD CONSTRAINT vault_entries_last4_check CHECK (last4 ~ '^[0-9]{0,4}$');

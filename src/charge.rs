@@ -32,7 +32,9 @@ use crate::audit::{AuditEvent, Origin};
 use crate::auth::Principal;
 use crate::crypto::CryptoError;
 use crate::domain::{Amount, Expiry, InvalidInput, PaymentMethod, Token};
-use crate::processor::{Processor, ProcessorError, ProcessorReply, ProcessorRequest};
+use crate::processor::{
+    scrub_value_with, scrub_with, Processor, ProcessorError, ProcessorReply, ProcessorRequest,
+};
 use crate::store;
 use crate::store::charges::NewCharge;
 use crate::vault::Vault;
@@ -120,7 +122,12 @@ pub struct Charger {
     pub wait: Duration,
     /// How long an in-flight attempt is presumed alive: the processor timeout plus a margin.
     pub lease: Duration,
+    /// Total time allowed for a first attempt's processor call.
+    pub processor_timeout: Duration,
 }
+
+/// The least time a re-sent attempt gets, however little is left of the caller's wait.
+const MIN_RESEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 const POLL_START: Duration = Duration::from_millis(10);
 const POLL_MAX: Duration = Duration::from_millis(200);
@@ -198,12 +205,12 @@ impl Charger {
             event.masked_data = Some(method.masked());
         }
 
-        let (attempt, processor_key) = loop {
+        let (attempt, processor_key, timeout) = loop {
             if let Some(attempt) = self
                 .claim(who, req, &request_mac, mac_version, &processor_key, &event)
                 .await?
             {
-                break (attempt, processor_key.clone());
+                break (attempt, processor_key.clone(), self.processor_timeout);
             }
             let Some(rec) =
                 store::charges::find_charge_record(self.vault.pool(), who.id, &req.key).await?
@@ -244,10 +251,15 @@ impl Charger {
                     serde_json::json!({ "attempt": attempt, "resumed_from": rec.state });
                 store::audit::insert_audit_event(&mut *tx, &retry).await?;
                 tx.commit().await?;
-                break (
-                    attempt,
-                    rec.processor_key.unwrap_or_else(|| processor_key.clone()),
-                );
+                // A re-send must finish within this caller's window, or its answer would reach
+                // no one and the next retry would find it still in flight. The processor
+                // deduplicates on the key, so a short re-send is safe.
+                let remaining = self
+                    .wait
+                    .saturating_sub(started.elapsed())
+                    .max(MIN_RESEND_TIMEOUT);
+                let key = rec.processor_key.unwrap_or_else(|| processor_key.clone());
+                break (attempt, key, remaining.min(self.processor_timeout));
             }
             tx.rollback().await?;
         };
@@ -260,6 +272,7 @@ impl Charger {
             amount: &req.amount,
             description: req.description.as_deref(),
             parameters: &params,
+            timeout,
         };
         let call_started = Instant::now();
         let result = self.processor.charge(&call).await;
@@ -413,6 +426,23 @@ impl Charger {
             ),
         };
 
+        // Whatever the processor sent back must not carry this request's card data.
+        let known = method.secret_digits();
+        // Charge ids are often numbers: only a full card or account number is redacted there.
+        let long_known: Vec<&str> = known.iter().copied().filter(|k| k.len() >= 8).collect();
+        outcome.charge_id = outcome
+            .charge_id
+            .map(|c| scrub_with(&c, &long_known, false));
+        outcome.error_code = outcome.error_code.map(|c| scrub_with(&c, &known, true));
+        outcome.error_message = outcome.error_message.map(|m| scrub_with(&m, &known, true));
+        outcome.parameters = match scrub_value_with(
+            Value::Object(std::mem::take(&mut outcome.parameters)),
+            &known,
+        ) {
+            Value::Object(p) => p,
+            _ => Map::new(),
+        };
+
         let mut tx = self.vault.pool().begin().await?;
         let mut saved = None;
         match &req.source {
@@ -434,7 +464,7 @@ impl Charger {
             Source::Payment(_) => {}
         }
         let stored = serde_json::to_value(&outcome).unwrap_or(Value::Null);
-        store::charges::finish_charge(
+        let finished = store::charges::finish_charge(
             &mut *tx,
             who.id,
             &req.key,
@@ -444,6 +474,18 @@ impl Charger {
             saved.as_deref(),
         )
         .await?;
+        if !finished {
+            // This attempt outlived its lease and another took over: that one's outcome stands.
+            tx.rollback().await?;
+            return match store::charges::find_charge_record(self.vault.pool(), who.id, &req.key)
+                .await?
+            {
+                Some(rec) if matches!(rec.state.as_str(), "succeeded" | "failed") => {
+                    self.replay(rec, event).await
+                }
+                _ => Err(ChargeError::InProgress),
+            };
+        }
 
         event.details = serde_json::json!({
             "attempt": attempt,

@@ -134,7 +134,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Credentials(cmd) => credentials(cmd).await,
         Command::Sandbox { listen, slow_ms } => {
-            let sandbox = Arc::new(Sandbox::new(Duration::from_millis(slow_ms), Duration::MAX));
+            let sandbox = Arc::new(Sandbox::new(Duration::from_millis(slow_ms)));
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
@@ -167,7 +167,7 @@ async fn serve(no_migrate: bool) -> anyhow::Result<()> {
         ProcessorConfig::None => Arc::new(Unconfigured),
         ProcessorConfig::Sandbox => {
             tracing::warn!("using the built-in SANDBOX processor: no real money moves");
-            Arc::new(Sandbox::new(cfg.sandbox_slow, cfg.processor_timeout))
+            Arc::new(Sandbox::new(cfg.sandbox_slow))
         }
         ProcessorConfig::Generic { url, auth } => Arc::new(
             GenericProcessor::new(GenericConfig {

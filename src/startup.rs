@@ -54,6 +54,7 @@ impl Application {
             processor: settings.processor.clone(),
             wait: settings.idempotency_wait,
             lease: settings.processor_timeout + LEASE_MARGIN,
+            processor_timeout: settings.processor_timeout,
         };
         let state = AppState {
             vault,

@@ -508,6 +508,16 @@ async fn save_card_vaults_the_card_and_returns_its_token_in_parameters() {
     assert_eq!(app.count("SELECT count(*) FROM vault_entries").await, 1);
 }
 
+/// A merchant backend that may also charge stored tokens through the connector endpoint.
+async fn backend(app: &TestApp) -> payvault::auth::admin::CreatedCredential {
+    app.create_credential(
+        "backend",
+        CredentialKind::Connector,
+        Some(vec![Scope::Connector, Scope::TokensCharge]),
+    )
+    .await
+}
+
 async fn tokenize(app: &TestApp, pan: &str) -> String {
     let (_, body) = app.post("/", &common::card_tokenize(&new_txn(), pan)).await;
     body["token_id"].as_str().unwrap().to_owned()
@@ -522,6 +532,11 @@ async fn a_stored_token_is_charged_without_cvv_on_root_and_merchant_api() {
     // Root endpoint: `token` in place of card data.
     let body = json!({"method": "charge", "transaction_id": new_txn(), "token": token, "amount": "9.99", "currency_code": "USD"});
     let (_, resp) = app.post("/", &body).await;
+    assert_eq!(
+        resp["error_code"], "forbidden",
+        "a plain connector credential cannot charge tokens"
+    );
+    let (_, resp) = app.post_as(&backend(&app).await, "/", &body).await;
     assert_eq!(assert_charged(&resp), "ch_1");
     let sent = &stub.seen()[0].body;
     assert_eq!(sent["cardnumber"], "4111111111111111");
@@ -594,21 +609,22 @@ async fn a_stored_token_is_charged_without_cvv_on_root_and_merchant_api() {
 async fn charging_an_unknown_or_deleted_token_fails_cleanly() {
     let app = spawn_app().await;
     let token = tokenize(&app, "4111111111111111").await;
+    let backend = backend(&app).await;
     let paid = json!({"method": "charge", "transaction_id": new_txn(), "token": token, "amount": "5", "currency_code": "USD"});
-    let (_, before) = app.post("/", &paid).await;
+    let (_, before) = app.post_as(&backend, "/", &paid).await;
     assert_charged(&before);
     sqlx::query("DELETE FROM vault_entries")
         .execute(app.pool())
         .await
         .unwrap();
-    let (_, retried) = app.post("/", &paid).await;
+    let (_, retried) = app.post_as(&backend, "/", &paid).await;
     assert_eq!(
         retried, before,
         "a retry of a finished charge is answered even after the token is gone"
     );
     for t in [token.as_str(), "tok_AAAAAAAAAAAAAAAAAAAAAA"] {
         let body = json!({"method": "charge", "transaction_id": new_txn(), "token": t, "amount": "5", "currency_code": "USD"});
-        let (status, resp) = app.post("/", &body).await;
+        let (status, resp) = app.post_as(&backend, "/", &body).await;
         assert_eq!(status, 200);
         assert_eq!(resp["error_code"], "unknown_token", "{resp}");
         assert_eq!(resp["charge_id"], Value::Null);
@@ -797,7 +813,7 @@ async fn charge_traffic_leaves_no_card_data_anywhere_but_the_processor_body() {
     app.post("/", &ach).await;
     let token = tokenize(&app, "6011111111111117").await;
     let by_token = json!({"method": "charge", "transaction_id": new_txn(), "token": token, "amount": "1", "currency_code": "USD"});
-    app.post("/", &by_token).await;
+    app.post_as(&backend(&app).await, "/", &by_token).await;
 
     let mut long: Vec<&str> = pans.to_vec();
     long.extend(["123456789", "6011111111111117"]);
@@ -822,4 +838,93 @@ async fn charge_traffic_leaves_no_card_data_anywhere_but_the_processor_body() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn generic_adapter_supports_basic_and_named_header_auth() {
+    use payvault::processor::generic::{GenericConfig, GenericProcessor, ProcessorAuth};
+    let cases = [
+        (
+            ProcessorAuth::Basic {
+                username: "merchant".into(),
+                password: "s3cret".to_owned().into(),
+            },
+            "authorization",
+            "Basic bWVyY2hhbnQ6czNjcmV0",
+        ),
+        (
+            ProcessorAuth::Header {
+                name: "x-api-key".parse().unwrap(),
+                value: "k-123".to_owned().into(),
+            },
+            "x-api-key",
+            "k-123",
+        ),
+    ];
+    for (auth, header, expected) in cases {
+        let stub = Stub::start(|_, _| StubAnswer::approve("ch_1")).await;
+        let processor = GenericProcessor::new(GenericConfig {
+            url: stub.url.parse().unwrap(),
+            auth,
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+        })
+        .unwrap();
+        let opts = Options {
+            processor: Arc::new(processor),
+            processor_timeout: Duration::from_secs(2),
+            idempotency_wait: Duration::from_secs(9),
+        };
+        let app = spawn_app_opts(Arc::new(TestDb::new().await), test_keys(), opts).await;
+        let (_, body) = app
+            .post("/", &card_charge(&new_txn(), "4111111111111111", "1.00"))
+            .await;
+        assert_charged(&body);
+        let seen = stub.seen();
+        let value = seen[0]
+            .headers
+            .iter()
+            .find(|(k, _)| k == header)
+            .map(|(_, v)| v.as_str());
+        assert_eq!(value, Some(expected));
+    }
+}
+
+#[tokio::test]
+async fn a_charge_completes_and_is_recorded_even_if_the_caller_hangs_up() {
+    let stub =
+        Stub::start(|n, _| StubAnswer::slow(&format!("ch_{n}"), Duration::from_millis(800))).await;
+    let app = with_stub(&stub, Duration::from_secs(5)).await;
+    let body = card_charge(&new_txn(), "4111111111111111", "10.00");
+    // Twilio gives up on a connection after 10 s; here the client gives up after 200 ms.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let hung_up = impatient
+        .post(app.url("/"))
+        .basic_auth(
+            &app.connector.row.username,
+            Some(app.connector.secret.expose()),
+        )
+        .body(body.to_string())
+        .send()
+        .await;
+    assert!(hung_up.is_err(), "the client gave up before the answer");
+    // The charge still finishes and is recorded; the retry gets it without a second call.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app
+        .count("SELECT count(*) FROM idempotency_records WHERE state = 'succeeded'")
+        .await
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned charge was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, retry) = app.post("/", &body).await;
+    assert_eq!(assert_charged(&retry), "ch_1");
+    assert_eq!(stub.calls(), 1);
 }

@@ -219,6 +219,7 @@ async fn serve_migrates_answers_twilio_and_stops_on_sigterm() {
         .env("DATABASE_URL", db.url())
         .env("PAYVAULT_MASTER_KEY_FILE", &key_file)
         .env("PAYVAULT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PAYVAULT_PROCESSOR", "sandbox")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -1,6 +1,7 @@
 //! Verifies presented credentials, caching successful verifications.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,6 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
-use uuid::Uuid;
 
 use super::credential::{hash_secret, CredentialKind, Principal, Scope};
 use crate::crypto::HmacSha256;
@@ -47,6 +47,9 @@ pub struct Authenticator {
     argon_permits: Semaphore,
     /// Verified against when the username is unknown, so that case costs the same time.
     dummy_hash: String,
+    /// Bumped by every cache clear. A verification only caches its result if no clear happened
+    /// since it read the credential, so a revocation that lands mid-verification sticks.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -73,6 +76,7 @@ impl Authenticator {
             ttl,
             argon_permits: Semaphore::new(permits),
             dummy_hash: hash_secret(&SecretText::from("payvault-dummy-secret")),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -96,6 +100,7 @@ impl Authenticator {
             return Ok(principal);
         }
 
+        let generation = self.generation.load(Ordering::SeqCst);
         let row = store::credentials::find_credential_by_username(&self.pool, username).await?;
         let active = row.filter(|r| r.revoked_at.is_none());
         let hash = active
@@ -117,7 +122,12 @@ impl Authenticator {
                 .filter_map(|s| s.parse::<Scope>().ok())
                 .collect(),
         });
-        self.lock_cache().insert(
+        let mut cache = self.lock_cache();
+        if self.generation.load(Ordering::SeqCst) != generation {
+            // Credentials changed while we verified: answer this request, cache nothing.
+            return Ok(principal);
+        }
+        cache.insert(
             username.to_owned(),
             Cached {
                 principal: principal.clone(),
@@ -160,7 +170,9 @@ impl Authenticator {
 
     /// Forgets every cached verification.
     pub fn clear_cache(&self) {
-        self.lock_cache().clear();
+        let mut cache = self.lock_cache();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        cache.clear();
     }
 
     /// Follows credential changes announced by any instance (or the CLI) and clears the cache,
@@ -193,10 +205,5 @@ impl Authenticator {
             // Until the listener is back, cached entries still expire after the TTL.
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-    }
-
-    /// The credential ids currently cached, for tests and diagnostics.
-    pub fn cached_ids(&self) -> Vec<Uuid> {
-        self.lock_cache().values().map(|c| c.principal.id).collect()
     }
 }

@@ -49,13 +49,20 @@ impl AccountNumber {
         self.0.expose()
     }
 
+    /// Trailing digits safe to display: four, but at least four digits always stay hidden, so a
+    /// 4-digit account shows none and a 6-digit one shows two.
     pub fn last4(&self) -> &str {
         let d = self.digits();
-        &d[d.len() - 4..]
+        let shown = 4.min(d.len() - 4);
+        &d[d.len() - shown..]
     }
 
     pub fn masked(&self) -> String {
-        format!("{}{}", "*".repeat(self.digits().len() - 4), self.last4())
+        format!(
+            "{}{}",
+            "*".repeat(self.digits().len() - self.last4().len()),
+            self.last4()
+        )
     }
 }
 
@@ -102,6 +109,12 @@ mod tests {
         assert_eq!(acct.masked(), "*****6789");
         assert_eq!(format!("{acct:?}"), "AccountNumber(*****6789)");
         assert!(AccountNumber::parse("12345678".into()).is_ok());
+        let short = AccountNumber::parse("12345".into()).unwrap();
+        assert_eq!((short.last4(), short.masked().as_str()), ("5", "****5"));
+        assert_eq!(
+            AccountNumber::parse("1234".into()).unwrap().masked(),
+            "****"
+        );
         for bad in ["123", "123456789012345678", "1234a678"] {
             assert_eq!(
                 AccountNumber::parse(bad.into()).unwrap_err(),

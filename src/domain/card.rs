@@ -146,7 +146,6 @@ impl Cvv {
         }
     }
 
-    #[allow(dead_code)] // forwarded to the processor by the charge flow
     pub(crate) fn digits(&self) -> &str {
         self.0.expose()
     }

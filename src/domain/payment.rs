@@ -75,6 +75,19 @@ impl PaymentMethod {
         out
     }
 
+    /// The sensitive digit strings of this payment method (PAN and CVV, or account number), for
+    /// redacting them from anything a processor sends back.
+    pub(crate) fn secret_digits(&self) -> Vec<&str> {
+        match self {
+            PaymentMethod::Card(c) => {
+                let mut v = vec![c.number.digits()];
+                v.extend(c.cvv.as_ref().map(|c| c.digits()));
+                v
+            }
+            PaymentMethod::Bank(b) => vec![b.account.digits()],
+        }
+    }
+
     /// Rebuilds a payment method from a decrypted vault payload (the inverse of
     /// [`PaymentMethod::secret_payload`]). Cards get their expiry from the entry's metadata and
     /// no CVV: it was never stored.

@@ -182,22 +182,25 @@ pub async fn charge_token(
         description,
         parameters: Default::default(),
     };
-    let charged = app
-        .charger
-        .charge(&principal, &origin, &req, started)
-        .await
-        .map_err(|e| {
-            let status = match &e {
-                ChargeError::Invalid(_) => StatusCode::BAD_REQUEST,
-                ChargeError::UnknownToken => StatusCode::NOT_FOUND,
-                ChargeError::Duplicate | ChargeError::InProgress => StatusCode::CONFLICT,
-                ChargeError::Database(_) | ChargeError::Crypto(_) => {
-                    tracing::error!(error = %super::error_chain(&e), "token charge failed");
-                    return ApiError::internal();
-                }
-            };
-            ApiError::new(status, e.code(), e.to_string())
-        })?;
+    // Run to completion even if the client hangs up (see the connector endpoint).
+    let (charger, who, from) = (app.charger.clone(), principal.clone(), origin.clone());
+    let task = tokio::spawn(async move { charger.charge(&who, &from, &req, started).await });
+    let result = task.await.map_err(|e| {
+        tracing::error!(error = %e, "request task failed");
+        ApiError::internal()
+    })?;
+    let charged = result.map_err(|e| {
+        let status = match &e {
+            ChargeError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ChargeError::UnknownToken => StatusCode::NOT_FOUND,
+            ChargeError::Duplicate | ChargeError::InProgress => StatusCode::CONFLICT,
+            ChargeError::Database(_) | ChargeError::Crypto(_) => {
+                tracing::error!(error = %super::error_chain(&e), "token charge failed");
+                return ApiError::internal();
+            }
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    })?;
 
     let o = charged.outcome;
     let common = json!({

@@ -17,7 +17,7 @@ use super::twilio::{self, IdKey, Method, Reply};
 use super::AppState;
 use crate::audit::{AuditEvent, Origin};
 use crate::auth::{Principal, Scope};
-use crate::charge::ChargeError;
+use crate::charge::{ChargeError, Source};
 use crate::domain::{InvalidInput, TransactionId};
 
 pub async fn root(
@@ -47,15 +47,16 @@ pub async fn legacy_charge(
     connector(app, Some(Method::Charge), peer, headers, body).await
 }
 
-/// Answer when payvault itself failed. Tokenize is atomic and charges are idempotent, so a retry
-/// with the same transaction id is safe.
+/// Answer when payvault itself failed. HTTP 200 like every other refusal, because Twilio reads
+/// only a 200's body and would otherwise tell the caller "malformed response" instead of passing
+/// `internal_error` on. Tokenize is atomic and charges are idempotent, so a retry with the same
+/// transaction id is safe.
 fn internal_error(key: IdKey) -> Reply {
     Reply::error(
         key,
         "internal_error",
         "payvault could not complete the request; retrying with the same transaction_id is safe",
     )
-    .with_status(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 async fn connector(
@@ -82,9 +83,22 @@ async fn connector(
         return reply.with_status(StatusCode::FORBIDDEN).into_response();
     }
 
-    // The body holds card data: it lives in a zeroizing buffer and is wiped when this returns.
+    // The body holds card data: it lives in a zeroizing buffer and is wiped when the task ends.
     let reply = match read_body(body, app.max_body_bytes).await {
-        Ok(buf) => handle(&app, &principal, &origin, path_method, &buf).await,
+        // Run to completion even if Twilio hangs up at its 10 s timeout (hyper drops a handler
+        // whose client disconnects): its retry must find the outcome recorded, not an attempt
+        // cut off between the processor's approval and our bookkeeping.
+        Ok(buf) => {
+            let (app, principal, origin) = (app.clone(), principal.clone(), origin.clone());
+            let task =
+                tokio::spawn(
+                    async move { handle(&app, &principal, &origin, path_method, &buf).await },
+                );
+            task.await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "request task failed");
+                internal_error(key)
+            })
+        }
         Err(invalid) => reject(&app, &principal, &origin, key, None, None, invalid).await,
     };
     reply.into_response()
@@ -188,6 +202,13 @@ async fn handle(
                     return reject(app, principal, origin, key, Some(method), txn, invalid).await
                 }
             };
+            // Charging a stored token is a merchant-backend privilege, not a connector's.
+            if matches!(req.source, Source::Token(_)) && !principal.has_scope(Scope::TokensCharge) {
+                let mut event = AuditEvent::by(principal, origin, "charge");
+                event.transaction_id = txn.map(|t| t.as_str().to_owned());
+                let msg = "charging a stored token needs the `tokens:charge` scope";
+                return refuse(app, event, key, "forbidden", msg).await;
+            }
             match app.charger.charge(principal, origin, &req, started).await {
                 Ok(charged) => {
                     let o = charged.outcome;

@@ -66,7 +66,8 @@ pub struct WireRequest {
     /// Free text, or an object/null when unset: only a string is kept (forwarded to the
     /// processor, never stored).
     description: Option<Value>,
-    parameters: Option<BTreeMap<String, Text>>,
+    /// `<Parameter>` values; a `null` value counts as absent.
+    parameters: Option<BTreeMap<String, Option<Text>>>,
 }
 
 impl fmt::Debug for WireRequest {
@@ -147,7 +148,7 @@ impl WireRequest {
             .take()
             .unwrap_or_default()
             .into_iter()
-            .map(|(k, v)| (k, v.0))
+            .filter_map(|(k, v)| Some((k, v?.0)))
             .collect();
         // `<Parameter name="save_card" value="true">` also vaults the card.
         let save_card = parameters
@@ -233,18 +234,23 @@ struct Secret(SecretText);
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ScalarVisitor).map(Text)
+        d.deserialize_any(ScalarVisitor { lenient: true }).map(Text)
     }
 }
 
 impl<'de> Deserialize<'de> for Secret {
+    /// Card and account numbers: strings or integers only (a float would round the digits).
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ScalarVisitor)
+        d.deserialize_any(ScalarVisitor { lenient: false })
             .map(|s| Secret(SecretText::new(s)))
     }
 }
 
-struct ScalarVisitor;
+/// Reads a JSON scalar as text. `lenient` also accepts fractions (`"amount": 10.5`) and
+/// booleans (`<Parameter>` values), for fields that are not card data.
+struct ScalarVisitor {
+    lenient: bool,
+}
 
 impl Visitor<'_> for ScalarVisitor {
     type Value = String;
@@ -267,6 +273,22 @@ impl Visitor<'_> for ScalarVisitor {
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
         Ok(v.to_string())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+        if self.lenient && v.is_finite() {
+            Ok(v.to_string())
+        } else {
+            Err(E::invalid_type(de::Unexpected::Other("a fraction"), &self))
+        }
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
+        if self.lenient {
+            Ok(v.to_string())
+        } else {
+            Err(E::invalid_type(de::Unexpected::Other("a boolean"), &self))
+        }
     }
 }
 
@@ -372,6 +394,7 @@ mod tests {
             let err = parse(body).unwrap_err();
             assert!(!err.to_string().contains("4111"), "{err}");
         }
+        assert!(parse(br#"{"amount": 10.5, "parameters": {"a": null, "b": true}}"#).is_ok());
         assert_eq!(
             parse(br#"{"cardnumber": true}"#).unwrap_err(),
             InvalidInput::InvalidFieldType("cardnumber".into())

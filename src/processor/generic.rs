@@ -211,6 +211,7 @@ impl Processor for GenericProcessor {
                 .post(self.url.clone())
                 .header(CONTENT_TYPE, "application/json")
                 .header("Idempotency-Key", req.idempotency_key)
+                .timeout(req.timeout)
                 .body(body);
             request = match &self.auth {
                 ProcessorAuth::None => request,

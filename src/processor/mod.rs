@@ -27,6 +27,8 @@ pub struct ProcessorRequest<'a> {
     pub amount: &'a Amount,
     pub description: Option<&'a str>,
     pub parameters: &'a BTreeMap<String, String>,
+    /// Total time allowed for this call; past it the outcome is unknown.
+    pub timeout: std::time::Duration,
 }
 
 /// The processor's definitive answer: approved (`charge_id`) or declined (`error_code`).
@@ -79,7 +81,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A payment processor.
 pub trait Processor: Send + Sync + std::fmt::Debug {
-    /// Charges once. Implementations enforce their own total timeout.
+    /// Charges once, within `req.timeout`.
     fn charge<'a>(
         &'a self,
         req: &'a ProcessorRequest<'a>,
@@ -99,41 +101,79 @@ impl Processor for Unconfigured {
     }
 }
 
-/// Replaces every run of 12 or more digits with `[redacted]`. Applied to whatever text a
-/// processor sends back before it reaches Twilio, a log or the database, in case the processor
-/// echoes a card or account number.
+/// Replaces every run of 12 or more digits (spaces and dashes between digits allowed) with
+/// `[redacted]`. Applied to whatever text a processor sends back before it reaches Twilio, a log
+/// or the database, in case the processor echoes a card or account number.
 pub fn scrub(text: &str) -> String {
+    scrub_with(text, &[], true)
+}
+
+/// Like [`scrub`], and also redacts digit groups equal to one of `known` (the request's own
+/// PAN, CVV and account number), or containing one of at least 8 digits. With `long_runs`
+/// false only `known` values are redacted (for charge ids, which may be long numbers).
+pub fn scrub_with(text: &str, known: &[&str], long_runs: bool) -> String {
+    let b = text.as_bytes();
     let mut out = String::with_capacity(text.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if run.len() >= 12 {
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() {
+            let c = text[i..].chars().next().unwrap_or(' ');
+            out.push(c);
+            i += c.len_utf8();
+            continue;
+        }
+        // A group: digits, with single spaces or dashes between them.
+        let start = i;
+        let mut digits = String::new();
+        let mut end = i;
+        while i < b.len() {
+            if b[i].is_ascii_digit() {
+                digits.push(b[i] as char);
+                i += 1;
+                end = i;
+            } else if (b[i] == b' ' || b[i] == b'-') && b.get(i + 1).is_some_and(u8::is_ascii_digit)
+            {
+                i += 1;
+            } else {
+                break;
+            }
+        }
+        let secret = known
+            .iter()
+            .any(|k| !k.is_empty() && (digits == *k || (k.len() >= 8 && digits.contains(k))));
+        if secret || (long_runs && digits.len() >= 12) {
             out.push_str("[redacted]");
         } else {
-            out.push_str(run);
+            out.push_str(&text[start..end]);
         }
-        run.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
-            out.push(c);
-        }
+        i = end;
     }
-    flush(&mut run, &mut out);
     out
 }
 
 /// [`scrub`] applied to every string in a JSON value.
 pub fn scrub_value(v: Value) -> Value {
+    scrub_value_with(v, &[])
+}
+
+/// [`scrub_with`] (long runs included) applied to every string, key and number in a JSON value.
+pub fn scrub_value_with(v: Value, known: &[&str]) -> Value {
     match v {
-        Value::String(s) => Value::String(scrub(&s)),
-        Value::Number(n) if n.to_string().len() >= 12 => Value::String("[redacted]".into()),
-        Value::Array(a) => Value::Array(a.into_iter().map(scrub_value).collect()),
+        Value::String(s) => Value::String(scrub_with(&s, known, true)),
+        Value::Number(n) => {
+            let text = n.to_string();
+            if scrub_with(&text, known, true) == text {
+                Value::Number(n)
+            } else {
+                Value::String("[redacted]".into())
+            }
+        }
+        Value::Array(a) => {
+            Value::Array(a.into_iter().map(|v| scrub_value_with(v, known)).collect())
+        }
         Value::Object(o) => Value::Object(
             o.into_iter()
-                .map(|(k, v)| (scrub(&k), scrub_value(v)))
+                .map(|(k, v)| (scrub_with(&k, known, true), scrub_value_with(v, known)))
                 .collect(),
         ),
         other => other,
@@ -152,6 +192,19 @@ mod tests {
         );
         assert_eq!(scrub("4111111111111111"), "[redacted]");
         assert_eq!(scrub("order 12345, zip 94111"), "order 12345, zip 94111");
+        assert_eq!(scrub("card 4111 1111 1111 1111."), "card [redacted].");
+        assert_eq!(scrub("card 4111-1111-1111-1111"), "card [redacted]");
+        assert_eq!(scrub("dates 2026-11-23"), "dates 2026-11-23");
+        let known = ["12345678", "737"];
+        assert_eq!(
+            scrub_with("acct 12345678, cvv 737, ref 7370", &known, true),
+            "acct [redacted], cvv [redacted], ref 7370"
+        );
+        assert_eq!(scrub_with("x0012345678", &known, false), "x[redacted]");
+        assert_eq!(
+            scrub_with("ch_987654321098765", &known, false),
+            "ch_987654321098765"
+        );
         let v = serde_json::json!({"a": "x 5555555555554444", "b": 4111111111111111u64, "c": 42});
         assert_eq!(
             scrub_value(v),

@@ -69,17 +69,14 @@ pub fn decide(method: &PaymentMethod, amount: &Amount) -> Outcome {
 #[derive(Debug)]
 pub struct Sandbox {
     slow: Duration,
-    timeout: Duration,
     charges: Mutex<HashMap<String, ProcessorReply>>,
 }
 
 impl Sandbox {
-    /// `slow` is how long the slow case takes (12 s by default); `timeout` is payvault's total
-    /// processor timeout, applied here as the generic adapter applies it.
-    pub fn new(slow: Duration, timeout: Duration) -> Self {
+    /// `slow` is how long the slow case takes (12 s by default).
+    pub fn new(slow: Duration) -> Self {
         Self {
             slow,
-            timeout,
             charges: Mutex::new(HashMap::new()),
         }
     }
@@ -134,7 +131,8 @@ impl Processor for Sandbox {
     ) -> BoxFuture<'a, Result<ProcessorReply, ProcessorError>> {
         Box::pin(async move {
             let outcome = decide(req.method, req.amount);
-            tokio::time::timeout(self.timeout, self.answer(req.idempotency_key, outcome))
+            // The call's timeout applies here as the generic adapter applies it.
+            tokio::time::timeout(req.timeout, self.answer(req.idempotency_key, outcome))
                 .await
                 .unwrap_or(Err(ProcessorError::Timeout))
         })
@@ -191,7 +189,7 @@ mod tests {
 
     #[tokio::test]
     async fn same_idempotency_key_same_charge_id() {
-        let sandbox = Sandbox::new(Duration::ZERO, Duration::from_secs(1));
+        let sandbox = Sandbox::new(Duration::ZERO);
         let a = sandbox.answer("k", Outcome::Approve).await.unwrap();
         let b = sandbox.answer("k", Outcome::Approve).await.unwrap();
         let c = sandbox.answer("other", Outcome::Approve).await.unwrap();

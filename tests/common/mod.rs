@@ -219,7 +219,7 @@ impl Default for Options {
     fn default() -> Self {
         let timeout = Duration::from_secs(2);
         Self {
-            processor: Arc::new(Sandbox::new(Duration::from_secs(1), timeout)),
+            processor: Arc::new(Sandbox::new(Duration::from_secs(1))),
             processor_timeout: timeout,
             idempotency_wait: Duration::from_secs(9),
         }
