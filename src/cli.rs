@@ -7,10 +7,12 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::ExposeSecret;
 
+use crate::audit::AuditEvent;
 use crate::auth::admin;
 use crate::auth::{CredentialKind, Scope};
 use crate::config::{self, ProcessorConfig, ServeConfig};
 use crate::crypto::{KeyRing, MasterKey};
+use crate::http::TrustedProxies;
 use crate::processor::generic::{GenericConfig, GenericProcessor};
 use crate::processor::sandbox::Sandbox;
 use crate::processor::{Processor, Unconfigured};
@@ -186,13 +188,34 @@ async fn serve(no_migrate: bool) -> anyhow::Result<()> {
         processor,
         processor_timeout: cfg.processor_timeout,
         idempotency_wait: cfg.idempotency_wait,
+        trusted_proxies: TrustedProxies::parse(&cfg.trusted_proxies)
+            .map_err(|e| anyhow::anyhow!("PAYVAULT_TRUSTED_PROXIES: {e}"))?,
+        seal_interval: cfg.seal_interval,
     };
     let versions: Vec<i32> = keys.versions().collect();
+    let instance = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "listen": settings.listen.to_string(),
+        "key_versions": versions,
+    });
+    // Start and stop of the service are audited (PCI DSS 10.2.1.6: start of audit logging).
+    store::audit::insert_audit_event(
+        &pool,
+        &AuditEvent::system("service_start", instance.clone()),
+    )
+    .await
+    .context("cannot write the audit log")?;
+    let stop_pool = pool.clone();
     let app = Application::build(&settings, pool, Arc::new(keys))
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     tracing::info!(addr = %app.local_addr()?, key_versions = ?versions, "payvault listening");
     app.run(shutdown_signal()).await?;
+    let stop = AuditEvent::system("service_stop", instance);
+    if let Err(e) = store::audit::insert_audit_event(&stop_pool, &stop).await {
+        tracing::warn!(error = %e, "could not audit the service stop");
+    }
     tracing::info!("payvault stopped");
     Ok(())
 }

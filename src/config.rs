@@ -73,6 +73,20 @@ where
     }
 }
 
+/// How long audit events are kept before `payvault audit prune` may delete them
+/// (`PAYVAULT_AUDIT_RETENTION_DAYS`, at least 365: PCI DSS 10.5.1 asks for 12 months).
+pub fn audit_retention_days() -> Result<i64, ConfigError> {
+    let days: i64 = parsed("PAYVAULT_AUDIT_RETENTION_DAYS", 365)?;
+    if days < 365 {
+        return Err(ConfigError::Invalid {
+            name: "PAYVAULT_AUDIT_RETENTION_DAYS",
+            reason: "must be at least 365 (PCI DSS 10.5.1 requires 12 months of audit history)"
+                .into(),
+        });
+    }
+    Ok(days)
+}
+
 /// The database URL (`DATABASE_URL` or `DATABASE_URL_FILE`).
 pub fn database_url() -> Result<SecretString, ConfigError> {
     secret_var("DATABASE_URL")?.ok_or(ConfigError::Missing("DATABASE_URL"))
@@ -92,6 +106,8 @@ pub struct ServeConfig {
     pub processor_timeout: Duration,
     pub idempotency_wait: Duration,
     pub sandbox_slow: Duration,
+    pub trusted_proxies: String,
+    pub seal_interval: Duration,
 }
 
 /// Which payment processor charges go to.
@@ -197,6 +213,8 @@ impl ServeConfig {
             )?),
             idempotency_wait: Duration::from_millis(parsed("PAYVAULT_IDEMPOTENCY_WAIT_MS", 9_000)?),
             sandbox_slow: Duration::from_millis(parsed("PAYVAULT_SANDBOX_SLOW_MS", 12_000)?),
+            trusted_proxies: var("PAYVAULT_TRUSTED_PROXIES")?.unwrap_or_default(),
+            seal_interval: Duration::from_millis(parsed("PAYVAULT_AUDIT_SEAL_INTERVAL_MS", 200)?),
         })
     }
 }

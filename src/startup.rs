@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::auth::Authenticator;
 use crate::charge::Charger;
 use crate::crypto::KeyRing;
-use crate::http::{router, AppState};
+use crate::http::{router, AppState, TrustedProxies};
 use crate::processor::Processor;
 use crate::vault::Vault;
 
@@ -28,6 +28,9 @@ pub struct Settings {
     pub processor_timeout: Duration,
     /// How long a retry waits for an in-flight attempt (below Twilio's 10 s).
     pub idempotency_wait: Duration,
+    pub trusted_proxies: TrustedProxies,
+    /// How often this instance's sealer looks for unsealed audit events.
+    pub seal_interval: Duration,
 }
 
 /// Margin added to the processor timeout before an in-flight attempt is presumed dead.
@@ -37,6 +40,8 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     auth: Arc<Authenticator>,
+    vault: Vault,
+    seal_interval: Duration,
 }
 
 impl Application {
@@ -49,6 +54,7 @@ impl Application {
         let listener = TcpListener::bind(settings.listen).await?;
         let auth = Arc::new(Authenticator::new(pool.clone(), settings.auth_cache_ttl));
         let vault = Vault::new(pool, keys);
+        let seal_interval = settings.seal_interval;
         let charger = Charger {
             vault: vault.clone(),
             processor: settings.processor.clone(),
@@ -57,15 +63,21 @@ impl Application {
             processor_timeout: settings.processor_timeout,
         };
         let state = AppState {
-            vault,
+            vault: vault.clone(),
             charger,
             auth: auth.clone(),
             max_body_bytes: settings.max_body_bytes,
+            trusted_proxies: Arc::new(settings.trusted_proxies.clone()),
+            auth_failures: Arc::new(crate::http::FailureLimiter::new(
+                crate::http::AUTH_FAILURE_AUDITS_PER_SECOND,
+            )),
         };
         Ok(Self {
             listener,
             router: router(state),
             auth,
+            vault,
+            seal_interval,
         })
     }
 
@@ -79,6 +91,11 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let follower = tokio::spawn(self.auth.clone().follow_changes());
+        let sealer = tokio::spawn(crate::audit::seal::run_sealer(
+            self.vault.pool().clone(),
+            self.vault.keys_arc(),
+            self.seal_interval,
+        ));
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -86,6 +103,12 @@ impl Application {
             .with_graceful_shutdown(shutdown)
             .await;
         follower.abort();
+        sealer.abort();
+        // Seal what the last requests wrote, so a stopped instance leaves nothing behind.
+        if let Err(e) = crate::audit::seal::seal_pending(self.vault.pool(), self.vault.keys()).await
+        {
+            tracing::warn!(error = %e, "final audit sealing failed; another instance will seal");
+        }
         result
     }
 }

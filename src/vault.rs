@@ -67,6 +67,10 @@ impl Vault {
         &self.keys
     }
 
+    pub fn keys_arc(&self) -> Arc<KeyRing> {
+        self.keys.clone()
+    }
+
     /// Encrypts a card or bank account into the vault and returns its token.
     ///
     /// Exactly once per (credential, transaction id): Twilio retries a request that took over

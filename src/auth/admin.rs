@@ -5,7 +5,7 @@ use chrono::Utc;
 use sqlx::PgPool;
 
 use super::credential::{CredentialKind, NewCredential, Scope};
-use crate::audit::{AuditEvent, Origin};
+use crate::audit::AuditEvent;
 use crate::domain::SecretText;
 use crate::store;
 use crate::store::credentials::CredentialRow;
@@ -31,14 +31,8 @@ pub struct CreatedCredential {
     pub secret: SecretText,
 }
 
-/// The operator running the CLI, as recorded in audit events.
 fn operator_event(action: &'static str) -> AuditEvent {
-    let mut event = AuditEvent::new(&Origin::default(), "operator", action);
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_default();
-    event.details = serde_json::json!({ "os_user": user, "via": "cli" });
-    event
+    AuditEvent::operator(action)
 }
 
 fn check_name(name: &str) -> Result<(), AdminError> {

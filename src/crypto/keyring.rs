@@ -104,6 +104,8 @@ pub(crate) struct DerivedKeys {
     pub(crate) fingerprint: HmacSha256,
     /// MAC over normalised requests, to recognise an idempotent retry.
     pub(crate) request_mac: HmacSha256,
+    /// Keys the audit log's seal chain.
+    pub(crate) audit_seal: HmacSha256,
 }
 
 impl DerivedKeys {
@@ -120,7 +122,9 @@ impl DerivedKeys {
         let kek = expand(b"payvault/kek");
         let fingerprint = expand(b"payvault/fingerprint");
         let request_mac = expand(b"payvault/request-mac");
+        let audit_seal = expand(b"payvault/audit-seal");
         Self {
+            audit_seal: new_hmac(audit_seal.as_ref()),
             kek: Aes256Gcm::new(kek.as_ref().into()),
             fingerprint: new_hmac(fingerprint.as_ref()),
             request_mac: new_hmac(request_mac.as_ref()),
@@ -184,6 +188,11 @@ impl KeyRing {
     /// under the current version's fingerprint key.
     pub fn fingerprint(&self, parts: &[&[u8]]) -> [u8; 32] {
         mac_parts(&self.current().fingerprint, parts)
+    }
+
+    /// MAC in the audit seal chain under the given version's seal key.
+    pub fn seal_mac(&self, version: i32, parts: &[&[u8]]) -> Result<[u8; 32], CryptoError> {
+        Ok(mac_parts(&self.get(version)?.audit_seal, parts))
     }
 
     /// MAC of a normalised request under the given version's request-MAC key.

@@ -96,13 +96,6 @@ async fn authorize(
     Ok(principal)
 }
 
-fn origin(headers: &HeaderMap, peer: SocketAddr) -> Origin {
-    Origin {
-        request_id: super::request_id(headers),
-        client_addr: Some(peer.ip().to_string()),
-    }
-}
-
 /// A JSON scalar as text: `"10.00"` and `10.00` both read as "10.00".
 fn text(body: &Value, field: &'static str) -> Result<Option<String>, InvalidInput> {
     match body.get(field) {
@@ -124,7 +117,7 @@ pub async fn charge_token(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let origin = origin(&headers, peer);
+    let origin = super::origin(&app, &headers, peer);
     let principal = authorize(&app, &headers, &origin, Scope::TokensCharge, "charge").await?;
 
     let refuse = |invalid: InvalidInput| {

@@ -17,6 +17,43 @@ use crate::domain::SecretText;
 pub const CHALLENGE: HeaderValue =
     HeaderValue::from_static(r#"Basic realm="payvault", charset="UTF-8""#);
 
+/// Rate limit on audit events for failed logins, per instance.
+#[derive(Debug)]
+pub struct FailureLimiter {
+    per_second: u32,
+    state: std::sync::Mutex<(std::time::Instant, u32, u64)>,
+}
+
+impl FailureLimiter {
+    pub fn new(per_second: u32) -> Self {
+        Self {
+            per_second,
+            state: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)),
+        }
+    }
+
+    /// `Some(n)` if this failure may be audited, `n` being how many were suppressed since the
+    /// last audited one; `None` if it must only be counted.
+    pub fn admit(&self) -> Option<u64> {
+        let mut guard = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (window, count, suppressed) = &mut *guard;
+        if window.elapsed() >= std::time::Duration::from_secs(1) {
+            *window = std::time::Instant::now();
+            *count = 0;
+        }
+        if *count < self.per_second {
+            *count += 1;
+            Some(std::mem::take(suppressed))
+        } else {
+            *suppressed += 1;
+            None
+        }
+    }
+}
+
 /// Why a request was not let in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
@@ -41,11 +78,21 @@ pub async fn authenticate(
     match result {
         Ok(principal) => Ok(principal),
         Err(AuthError::Invalid) => {
+            // A flood of bad logins must not fill the disk: past the rate, failures are only
+            // counted, and the count rides on the next event written.
+            let Some(suppressed) = app.auth_failures.admit() else {
+                tracing::info!(
+                    error_code = "unauthorized",
+                    "authentication failed (audit rate-limited)"
+                );
+                return Err(Denied::Unauthorized);
+            };
             let mut event =
                 AuditEvent::new(origin, "anonymous", "authenticate").failed("unauthorized");
             event.details = serde_json::json!({
                 "username": presented.as_ref().and_then(|(u, _)| loggable_username(u)),
                 "header_present": headers.contains_key(AUTHORIZATION),
+                "suppressed_since_last": suppressed,
             });
             if let Err(e) = app.vault.record_failure(&event).await {
                 tracing::error!(error = %super::error_chain(&e), "audit write failed");
@@ -118,6 +165,17 @@ mod tests {
         let (user, secret) = presented_credentials(&headers("Bearer pvk_abc.pvs_x-y_z")).unwrap();
         assert_eq!((user.as_str(), secret.expose()), ("pvk_abc", "pvs_x-y_z"));
         assert!(presented_credentials(&headers("Bearer nodot")).is_none());
+    }
+
+    #[test]
+    fn failure_limiter_counts_what_it_suppresses() {
+        let limiter = FailureLimiter::new(2);
+        assert_eq!(limiter.admit(), Some(0));
+        assert_eq!(limiter.admit(), Some(0));
+        assert_eq!(limiter.admit(), None);
+        assert_eq!(limiter.admit(), None);
+        limiter.state.lock().unwrap().0 -= std::time::Duration::from_secs(2);
+        assert_eq!(limiter.admit(), Some(2));
     }
 
     #[test]

@@ -66,10 +66,7 @@ async fn connector(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let origin = Origin {
-        request_id: super::request_id(&headers),
-        client_addr: Some(peer.ip().to_string()),
-    };
+    let origin = super::origin(&app, &headers, peer);
     let key = path_method.map_or(IdKey::Both, IdKey::from);
 
     let principal = match authenticate(&app, &headers, &origin).await {

@@ -3,10 +3,12 @@
 
 mod api;
 mod auth;
+pub use auth::FailureLimiter;
 mod connector;
 pub mod sandbox;
 pub mod twilio;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::Request;
@@ -20,6 +22,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::audit::Origin;
 use crate::auth::Authenticator;
 use crate::charge::Charger;
 use crate::vault::Vault;
@@ -33,6 +36,87 @@ pub struct AppState {
     pub charger: Charger,
     pub auth: Arc<Authenticator>,
     pub max_body_bytes: usize,
+    pub trusted_proxies: Arc<TrustedProxies>,
+    pub auth_failures: Arc<FailureLimiter>,
+}
+
+/// Failed logins audited per second per instance; the rest are counted.
+pub const AUTH_FAILURE_AUDITS_PER_SECOND: u32 = 20;
+
+/// Proxies whose `X-Forwarded-For` header is believed (`PAYVAULT_TRUSTED_PROXIES`): addresses or
+/// CIDR ranges. Empty by default: the header is then ignored, since any client can send it.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<(IpAddr, u8)>);
+
+impl TrustedProxies {
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut nets = Vec::new();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (addr, prefix) = item.split_once('/').unwrap_or((item, ""));
+            let addr: IpAddr = addr
+                .parse()
+                .map_err(|_| format!("`{item}` is not an IP address or CIDR range"))?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let prefix = if prefix.is_empty() {
+                max
+            } else {
+                prefix
+                    .parse()
+                    .ok()
+                    .filter(|p| *p <= max)
+                    .ok_or(format!("`{item}` has a bad prefix length"))?
+            };
+            nets.push((addr, prefix));
+        }
+        Ok(Self(nets))
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| -> (u128, u8) {
+            match ip {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+                IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                    Some(v4) => (u128::from(u32::from(v4)), 32),
+                    None => (u128::from(v6), 128),
+                },
+            }
+        };
+        let (ip, width) = bits(ip);
+        self.0.iter().any(|(net, prefix)| {
+            let (net, net_width) = bits(*net);
+            if net_width != width {
+                return false;
+            }
+            let shift = u32::from(width - (*prefix).min(width));
+            shift >= u32::from(width) || (ip >> shift) == (net >> shift)
+        })
+    }
+}
+
+/// Where a request came from. The forwarded client address is taken from `X-Forwarded-For`
+/// only when the peer is a trusted proxy: the right-most address that is not itself one.
+pub(crate) fn origin(app: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Origin {
+    let forwarded_for = if app.trusted_proxies.contains(peer.ip()) {
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .filter_map(|s| s.parse::<IpAddr>().ok())
+            .find(|ip| !app.trusted_proxies.contains(*ip))
+            .map(|ip| ip.to_string())
+    } else {
+        None
+    };
+    Origin {
+        request_id: request_id(headers),
+        client_addr: Some(peer.ip().to_string()),
+        forwarded_for,
+    }
 }
 
 pub fn router(state: AppState) -> Router {

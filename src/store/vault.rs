@@ -61,9 +61,9 @@ pub async fn insert_tokenized_entry(
         ), audit AS (
             INSERT INTO audit_events
                 (request_id, actor_id, actor_kind, action, outcome, error_code, client_addr,
-                 token, transaction_id, masked_data, amount_minor, currency, details)
+                 token, transaction_id, masked_data, amount_minor, currency, details, forwarded_for)
             SELECT $17::text, $18::uuid, $19::text, $20::text, 'success', NULL, $21::text,
-                   entry.token, $2, $22::text, NULL, NULL, $23::jsonb
+                   entry.token, $2, $22::text, NULL, NULL, $23::jsonb, $24::text
             FROM entry
         )
         SELECT count(*) AS "inserted!" FROM entry
@@ -91,6 +91,7 @@ pub async fn insert_tokenized_entry(
         audit.client_addr,
         audit.masked_data,
         audit.details,
+        audit.forwarded_for,
     )
     .fetch_one(db)
     .await?;

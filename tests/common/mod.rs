@@ -263,6 +263,8 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
         processor: opts.processor,
         processor_timeout: opts.processor_timeout,
         idempotency_wait: opts.idempotency_wait,
+        trusted_proxies: payvault::http::TrustedProxies::parse("127.0.0.2").unwrap(),
+        seal_interval: Duration::from_millis(50),
     };
     let pool = PgPoolOptions::new()
         .max_connections(10)

@@ -1,7 +1,9 @@
 //! Audit events (PCI DSS 10.2): who did what, to which resource, when, from where, and with what
 //! outcome. Card data appears only masked. Events are written in the same transaction as the
 //! operation they record (see `store::vault`), so an operation whose event cannot be written
-//! does not happen.
+//! does not happen. [`seal`] makes the log tamper-evident.
+
+pub mod seal;
 
 use uuid::Uuid;
 
@@ -12,6 +14,8 @@ use crate::auth::Principal;
 pub struct Origin {
     pub request_id: Option<String>,
     pub client_addr: Option<String>,
+    /// The client behind a trusted proxy (`X-Forwarded-For`), only when the peer is one.
+    pub forwarded_for: Option<String>,
 }
 
 /// One audit event. `error_code: None` means success.
@@ -24,6 +28,7 @@ pub struct AuditEvent {
     pub action: &'static str,
     pub error_code: Option<String>,
     pub client_addr: Option<String>,
+    pub forwarded_for: Option<String>,
     pub token: Option<String>,
     pub transaction_id: Option<String>,
     pub masked_data: Option<String>,
@@ -50,6 +55,7 @@ impl AuditEvent {
             action,
             error_code: None,
             client_addr: origin.client_addr.clone(),
+            forwarded_for: origin.forwarded_for.clone(),
             token: None,
             transaction_id: None,
             masked_data: None,
@@ -57,6 +63,23 @@ impl AuditEvent {
             currency: None,
             details: serde_json::Value::Object(Default::default()),
         }
+    }
+
+    /// An event of payvault itself (service start and stop).
+    pub fn system(action: &'static str, details: serde_json::Value) -> Self {
+        let mut event = Self::new(&Origin::default(), "system", action);
+        event.details = details;
+        event
+    }
+
+    /// An event of the operator running the CLI.
+    pub fn operator(action: &'static str) -> Self {
+        let mut event = Self::new(&Origin::default(), "operator", action);
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_default();
+        event.details = serde_json::json!({ "os_user": user, "via": "cli" });
+        event
     }
 
     pub fn failed(mut self, code: impl Into<String>) -> Self {

@@ -1,0 +1,391 @@
+//! Tamper evidence for the audit log (PCI DSS 10.3.2-10.3.4).
+//!
+//! Events are inserted unsealed, in the transaction of the operation they record, and queued.
+//! A sealer (every payvault instance runs one; a Postgres advisory lock lets one at a time work)
+//! appends them to a hash chain:
+//!
+//! ```text
+//! seal(n) = HMAC-SHA256(K_v, "payvault-audit-v1" | n | seal(n-1) | event_n)
+//! ```
+//!
+//! where `K_v` is derived from master key version `v` (never stored in the database) and
+//! `event_n` is every column of the event, length-prefixed. Request handling never waits for the
+//! sealer, so sealing adds no lock to the request path.
+//!
+//! Someone with full write access to Postgres but not the master key cannot modify, delete,
+//! insert or reorder sealed events without `verify` finding the first place it happened: they
+//! cannot compute a seal. Deleting the *newest* events together with their seals leaves a
+//! shorter, valid chain; that is caught by comparing with a checkpoint ([`checkpoint`]) kept
+//! off-box.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::crypto::{CryptoError, KeyRing};
+use crate::store;
+use crate::store::audit::AuditRow;
+use crate::store::seals::{Anchor, SealedRow};
+
+const DOMAIN: &[u8] = b"payvault-audit-v1";
+const BATCH: i64 = 1000;
+/// How long an event may stay unsealed before verify treats it as inserted behind our back.
+pub const SEAL_GRACE: Duration = Duration::from_secs(60);
+
+fn opt(s: &Option<String>) -> &[u8] {
+    s.as_deref().map_or(b"\x00", str::as_bytes)
+}
+
+/// The seal of `event` at `seq`, following `prev`.
+pub fn seal_of(
+    keys: &KeyRing,
+    version: i32,
+    seq: i64,
+    prev: &[u8],
+    e: &AuditRow,
+) -> Result<[u8; 32], CryptoError> {
+    let actor = e.actor_id.map(|a| a.to_string());
+    let amount = e.amount_minor.map(|a| a.to_string());
+    keys.seal_mac(
+        version,
+        &[
+            DOMAIN,
+            &seq.to_be_bytes(),
+            prev,
+            &e.id.to_be_bytes(),
+            &e.occurred_at.timestamp_micros().to_be_bytes(),
+            opt(&e.request_id),
+            opt(&actor),
+            e.actor_kind.as_bytes(),
+            e.action.as_bytes(),
+            e.outcome.as_bytes(),
+            opt(&e.error_code),
+            opt(&e.client_addr),
+            opt(&e.forwarded_for),
+            opt(&e.token),
+            opt(&e.transaction_id),
+            opt(&e.masked_data),
+            opt(&amount),
+            opt(&e.currency),
+            e.details.as_bytes(),
+        ],
+    )
+}
+
+fn anchor_signature(
+    keys: &KeyRing,
+    version: i32,
+    seq: i64,
+    mac: &[u8],
+) -> Result<[u8; 32], CryptoError> {
+    keys.seal_mac(version, &[DOMAIN, b"anchor", &seq.to_be_bytes(), mac])
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Crypto(#[from] CryptoError),
+}
+
+/// Seals every queued event, in batches. Returns how many were sealed (0 if another instance
+/// holds the sealing lock).
+pub async fn seal_pending(pool: &PgPool, keys: &KeyRing) -> Result<u64, SealError> {
+    let mut total = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        if !store::seals::try_lock_sealing(&mut *tx).await? {
+            return Ok(total);
+        }
+        let events = store::seals::dequeue_unsealed(&mut tx, BATCH).await?;
+        if events.is_empty() {
+            tx.commit().await?;
+            return Ok(total);
+        }
+        let tip = store::seals::chain_tip(&mut *tx).await?;
+        let (mut seq, mut prev) = tip.map_or((0, vec![0u8; 32]), |t| (t.seq, t.mac));
+        let version = keys.current_version();
+        let (mut seqs, mut ids, mut macs) = (Vec::new(), Vec::new(), Vec::new());
+        for e in &events {
+            seq += 1;
+            let mac = seal_of(keys, version, seq, &prev, e)?.to_vec();
+            seqs.push(seq);
+            ids.push(e.id);
+            macs.push(mac.clone());
+            prev = mac;
+        }
+        store::seals::insert_seals(&mut *tx, &seqs, &ids, version, &macs).await?;
+        tx.commit().await?;
+        total += events.len() as u64;
+    }
+}
+
+/// Runs the sealer until the process ends.
+pub async fn run_sealer(pool: PgPool, keys: std::sync::Arc<KeyRing>, every: Duration) {
+    loop {
+        match seal_pending(&pool, &keys).await {
+            Ok(n) if n > 0 => tracing::debug!(sealed = n, "audit events sealed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "audit sealing failed; will retry"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// A signed statement that the chain reached `seq` with seal `mac`. Keep it off-box: it proves
+/// later that nothing up to `seq` was deleted from the end of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub seq: i64,
+    pub event_id: i64,
+    pub sealed_at: DateTime<Utc>,
+    /// Hex of the seal at `seq` (an HMAC: only the master key holder can produce it).
+    pub mac: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Sealed events checked.
+    pub verified: u64,
+    /// The newest sealed event that verified.
+    pub last: Option<Checkpoint>,
+    /// Events queued for sealing (recent, normal while the service runs).
+    pub pending: i64,
+    /// The first problem, if the log was tampered with.
+    pub problem: Option<Problem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub seq: Option<i64>,
+    pub event_id: Option<i64>,
+    pub what: String,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.problem, &self.last) {
+            (Some(p), _) => {
+                write!(f, "TAMPERED: {}", p.what)?;
+                if let Some(seq) = p.seq {
+                    write!(f, " (chain position {seq}")?;
+                    if let Some(id) = p.event_id {
+                        write!(f, ", event {id}")?;
+                    }
+                    write!(f, ")")?;
+                }
+                write!(f, "; {} events verified before it", self.verified)
+            }
+            (None, Some(last)) => write!(
+                f,
+                "{} events verified, chain intact up to event {} sealed at {} ({} awaiting sealing)",
+                self.verified,
+                last.event_id,
+                last.sealed_at.to_rfc3339(),
+                self.pending
+            ),
+            (None, None) => write!(f, "no sealed events yet ({} awaiting sealing)", self.pending),
+        }
+    }
+}
+
+/// Walks the whole chain and reports the first place it was altered, deleted, inserted or
+/// reordered. With `checkpoint`, also checks the chain still reaches it unchanged.
+pub async fn verify(
+    pool: &PgPool,
+    keys: &KeyRing,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<Report, SealError> {
+    let mut report = Report {
+        verified: 0,
+        last: None,
+        pending: 0,
+        problem: None,
+    };
+    let fail = |report: &mut Report, seq: Option<i64>, event_id: Option<i64>, what: String| {
+        report.problem = Some(Problem {
+            seq,
+            event_id,
+            what,
+        });
+    };
+    let mut expected_seq: Option<i64> = None;
+    let mut prev: Vec<u8> = Vec::new();
+    let mut after = 0;
+    let mut checkpoint_seen = false;
+    'outer: loop {
+        let batch = store::seals::seals_after(pool, after, BATCH).await?;
+        if batch.is_empty() {
+            break;
+        }
+        for row in batch {
+            after = row.seq;
+            if expected_seq.is_none() {
+                // The chain starts at 1, or right after a valid prune anchor.
+                if row.seq == 1 {
+                    prev = vec![0u8; 32];
+                } else {
+                    match store::seals::anchor_before(pool, row.seq).await? {
+                        Some(a) if a.seq == row.seq - 1 && anchor_valid(keys, &a)? => prev = a.mac,
+                        _ => {
+                            fail(
+                                &mut report,
+                                Some(row.seq),
+                                Some(row.event_id),
+                                "the start of the chain was deleted without a valid prune anchor"
+                                    .into(),
+                            );
+                            break 'outer;
+                        }
+                    }
+                }
+            } else if Some(row.seq) != expected_seq {
+                let missing = expected_seq.unwrap_or(0);
+                fail(
+                    &mut report,
+                    Some(missing),
+                    None,
+                    format!("sealed events {missing} to {} were deleted", row.seq - 1),
+                );
+                break 'outer;
+            }
+            if let Some(problem) = check_row(keys, &row, &prev)? {
+                fail(&mut report, Some(row.seq), Some(row.event_id), problem);
+                break 'outer;
+            }
+            if let Some(cp) = checkpoint {
+                if cp.seq == row.seq {
+                    checkpoint_seen = true;
+                    if cp.mac != hex(&row.mac) || cp.event_id != row.event_id {
+                        fail(
+                            &mut report,
+                            Some(row.seq),
+                            Some(row.event_id),
+                            "the chain differs from the checkpoint".into(),
+                        );
+                        break 'outer;
+                    }
+                }
+            }
+            prev = row.mac.clone();
+            expected_seq = Some(row.seq + 1);
+            report.verified += 1;
+            report.last = Some(Checkpoint {
+                seq: row.seq,
+                event_id: row.event_id,
+                sealed_at: row.sealed_at,
+                mac: hex(&row.mac),
+            });
+        }
+    }
+    if report.problem.is_none() {
+        if let Some(cp) = checkpoint {
+            if !checkpoint_seen {
+                let reached = report.last.as_ref().map_or(0, |l| l.seq);
+                fail(&mut report, Some(cp.seq), Some(cp.event_id), format!(
+                    "the newest events were deleted: the checkpoint vouches for chain position {} but the chain ends at {reached}",
+                    cp.seq
+                ));
+            }
+        }
+    }
+    if report.problem.is_none() {
+        // An event without a seal that is older than the newest seal (beyond the grace period)
+        // was inserted behind the sealer's back.
+        if let Some(last) = &report.last {
+            let cutoff =
+                last.sealed_at - chrono::Duration::from_std(SEAL_GRACE).unwrap_or_default();
+            if let Some(id) = store::seals::unsealed_before(pool, cutoff).await?.first() {
+                fail(
+                    &mut report,
+                    None,
+                    Some(*id),
+                    format!("event {id} was inserted into the sealed history without a seal"),
+                );
+            }
+        }
+    }
+    report.pending = store::seals::pending(pool).await?.0;
+    Ok(report)
+}
+
+fn anchor_valid(keys: &KeyRing, a: &Anchor) -> Result<bool, CryptoError> {
+    let expected = match anchor_signature(keys, a.key_version, a.seq, &a.mac) {
+        Ok(sig) => sig,
+        Err(CryptoError::UnknownKeyVersion(_)) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    Ok(subtle::ConstantTimeEq::ct_eq(&expected[..], a.signature.as_slice()).into())
+}
+
+/// `None` if the seal matches its event and predecessor, else what is wrong.
+fn check_row(keys: &KeyRing, row: &SealedRow, prev: &[u8]) -> Result<Option<String>, CryptoError> {
+    let Some(event) = &row.event else {
+        return Ok(Some(format!("event {} was deleted", row.event_id)));
+    };
+    let expected = match seal_of(keys, row.key_version, row.seq, prev, event) {
+        Ok(mac) => mac,
+        Err(CryptoError::UnknownKeyVersion(v)) => {
+            return Ok(Some(format!(
+                "sealed with master key version {v}, which is not loaded"
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    let ok: bool = subtle::ConstantTimeEq::ct_eq(&expected[..], row.mac.as_slice()).into();
+    Ok((!ok).then(|| {
+        format!(
+            "event {} was modified, or the chain was reordered or re-computed without the key",
+            row.event_id
+        )
+    }))
+}
+
+/// The newest seal as a checkpoint.
+pub async fn checkpoint(pool: &PgPool) -> Result<Option<Checkpoint>, SealError> {
+    let row = store::seals::newest_seal(pool).await?;
+    Ok(row.map(|r| Checkpoint {
+        seq: r.seq,
+        event_id: r.event_id,
+        sealed_at: r.sealed_at,
+        mac: hex(&r.mac),
+    }))
+}
+
+/// Deletes sealed events that occurred before `before`, leaving a signed anchor so the rest of
+/// the chain still verifies. Returns the number of events deleted.
+pub async fn prune(pool: &PgPool, keys: &KeyRing, before: DateTime<Utc>) -> Result<u64, SealError> {
+    let mut tx = pool.begin().await?;
+    // Hold the sealing lock so the chain tip does not move under us.
+    while !store::seals::try_lock_sealing(&mut *tx).await? {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Some(upto) = store::seals::prunable_prefix(&mut *tx, before).await? else {
+        tx.commit().await?;
+        return Ok(0);
+    };
+    let last = store::seals::seals_after(&mut *tx, upto - 1, 1).await?;
+    let Some(last) = last.into_iter().next() else {
+        tx.commit().await?;
+        return Ok(0);
+    };
+    let version = keys.current_version();
+    let anchor = Anchor {
+        seq: last.seq,
+        mac: last.mac.clone(),
+        key_version: version,
+        signature: anchor_signature(keys, version, last.seq, &last.mac)?.to_vec(),
+    };
+    store::seals::insert_anchor(&mut *tx, &anchor).await?;
+    let deleted = store::seals::delete_prefix(&mut tx, upto).await?;
+    tx.commit().await?;
+    Ok(deleted)
+}

@@ -1,0 +1,302 @@
+//! The audit seal chain: `audit_unsealed`, `audit_seals`, `audit_anchors`.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+
+use super::audit::AuditRow;
+
+/// Arbitrary constant naming the sealing advisory lock.
+const SEAL_LOCK: i64 = 0x7061_7976_6175_6c74; // "payvault"
+
+/// Takes the sealing lock for this transaction, or returns `false` if another instance holds it.
+pub async fn try_lock_sealing(db: impl PgExecutor<'_>) -> Result<bool, sqlx::Error> {
+    let locked = sqlx::query_scalar!(
+        r#"SELECT pg_try_advisory_xact_lock($1) AS "locked!""#,
+        SEAL_LOCK
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(locked)
+}
+
+/// The newest link of the chain: a seal, or else the newest prune anchor.
+#[derive(Debug, Clone)]
+pub struct ChainTip {
+    pub seq: i64,
+    pub mac: Vec<u8>,
+}
+
+pub async fn chain_tip(db: impl PgExecutor<'_>) -> Result<Option<ChainTip>, sqlx::Error> {
+    sqlx::query_as!(
+        ChainTip,
+        r#"
+        SELECT seq AS "seq!", mac AS "mac!" FROM (
+            (SELECT seq, mac FROM audit_seals ORDER BY seq DESC LIMIT 1)
+            UNION ALL
+            (SELECT seq, mac FROM audit_anchors ORDER BY seq DESC LIMIT 1)
+        ) t ORDER BY seq DESC LIMIT 1
+        "#
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Takes up to `limit` queued events off the queue, returning them in id order (missing ones,
+/// deleted before they could be sealed, are skipped).
+pub async fn dequeue_unsealed(
+    db: &mut sqlx::PgConnection,
+    limit: i64,
+) -> Result<Vec<AuditRow>, sqlx::Error> {
+    let ids: Vec<i64> = sqlx::query_scalar!(
+        r#"
+        DELETE FROM audit_unsealed
+        WHERE event_id IN (SELECT event_id FROM audit_unsealed ORDER BY event_id LIMIT $1)
+        RETURNING event_id
+        "#,
+        limit,
+    )
+    .fetch_all(&mut *db)
+    .await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as!(
+        AuditRow,
+        r#"
+        SELECT id, occurred_at, request_id, actor_id, actor_kind, action, outcome, error_code,
+               client_addr, forwarded_for, token, transaction_id, masked_data, amount_minor,
+               currency, details::text AS "details!"
+        FROM audit_events WHERE id = ANY($1) ORDER BY id
+        "#,
+        &ids,
+    )
+    .fetch_all(&mut *db)
+    .await
+}
+
+/// Appends seals.
+pub async fn insert_seals(
+    db: impl PgExecutor<'_>,
+    seqs: &[i64],
+    event_ids: &[i64],
+    key_version: i32,
+    macs: &[Vec<u8>],
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"
+        INSERT INTO audit_seals (seq, event_id, key_version, mac)
+        SELECT seq, event_id, $3, mac FROM UNNEST($1::bigint[], $2::bigint[], $4::bytea[]) AS t(seq, event_id, mac)
+        "#,
+        seqs,
+        event_ids,
+        key_version,
+        macs,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A seal with its event (absent if the event row was deleted), in chain order.
+#[derive(Debug, Clone)]
+pub struct SealedRow {
+    pub seq: i64,
+    pub event_id: i64,
+    pub key_version: i32,
+    pub mac: Vec<u8>,
+    pub sealed_at: DateTime<Utc>,
+    pub event: Option<AuditRow>,
+}
+
+pub async fn seals_after(
+    db: impl PgExecutor<'_>,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<SealedRow>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"
+        SELECT s.seq, s.event_id, s.key_version, s.mac, s.sealed_at,
+               e.id AS "id?", e.occurred_at AS "occurred_at?", e.request_id, e.actor_id,
+               e.actor_kind AS "actor_kind?", e.action AS "action?", e.outcome AS "outcome?",
+               e.error_code, e.client_addr, e.forwarded_for, e.token, e.transaction_id,
+               e.masked_data, e.amount_minor, e.currency, e.details::text AS "details?"
+        FROM audit_seals s LEFT JOIN audit_events e ON e.id = s.event_id
+        WHERE s.seq > $1
+        ORDER BY s.seq
+        LIMIT $2
+        "#,
+        after,
+        limit,
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| SealedRow {
+            seq: r.seq,
+            event_id: r.event_id,
+            key_version: r.key_version,
+            mac: r.mac,
+            sealed_at: r.sealed_at,
+            event: match (
+                r.id,
+                r.occurred_at,
+                r.actor_kind,
+                r.action,
+                r.outcome,
+                r.details,
+            ) {
+                (
+                    Some(id),
+                    Some(occurred_at),
+                    Some(actor_kind),
+                    Some(action),
+                    Some(outcome),
+                    Some(details),
+                ) => Some(AuditRow {
+                    id,
+                    occurred_at,
+                    request_id: r.request_id,
+                    actor_id: r.actor_id,
+                    actor_kind,
+                    action,
+                    outcome,
+                    error_code: r.error_code,
+                    client_addr: r.client_addr,
+                    forwarded_for: r.forwarded_for,
+                    token: r.token,
+                    transaction_id: r.transaction_id,
+                    masked_data: r.masked_data,
+                    amount_minor: r.amount_minor,
+                    currency: r.currency,
+                    details,
+                }),
+                _ => None,
+            },
+        })
+        .collect())
+}
+
+/// An anchor left by a retention prune.
+#[derive(Debug, Clone)]
+pub struct Anchor {
+    pub seq: i64,
+    pub mac: Vec<u8>,
+    pub key_version: i32,
+    pub signature: Vec<u8>,
+}
+
+/// The newest anchor at or below `seq` (the chain restarts after it).
+pub async fn anchor_before(
+    db: impl PgExecutor<'_>,
+    seq: i64,
+) -> Result<Option<Anchor>, sqlx::Error> {
+    sqlx::query_as!(
+        Anchor,
+        "SELECT seq, mac, key_version, signature FROM audit_anchors WHERE seq < $1 ORDER BY seq DESC LIMIT 1",
+        seq,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn insert_anchor(db: impl PgExecutor<'_>, a: &Anchor) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO audit_anchors (seq, mac, key_version, signature) VALUES ($1, $2, $3, $4)",
+        a.seq,
+        a.mac,
+        a.key_version,
+        a.signature,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Events that have no seal and occurred before `before`: they should have been sealed by now.
+pub async fn unsealed_before(
+    db: impl PgExecutor<'_>,
+    before: DateTime<Utc>,
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT e.id FROM audit_events e
+        WHERE e.occurred_at < $1 AND NOT EXISTS (SELECT 1 FROM audit_seals s WHERE s.event_id = e.id)
+        ORDER BY e.id LIMIT 100
+        "#,
+        before,
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// How many events await sealing, and since when.
+pub async fn pending(db: impl PgExecutor<'_>) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
+    let row = sqlx::query!(
+        r#"
+        SELECT count(*) AS "n!", min(e.occurred_at) AS oldest
+        FROM audit_unsealed u LEFT JOIN audit_events e ON e.id = u.event_id
+        "#
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((row.n, row.oldest))
+}
+
+/// Deletes the chain prefix up to `seq` and its events (the prune transaction must have set
+/// `payvault.audit_prune`). Returns how many events were deleted.
+pub async fn delete_prefix(db: &mut sqlx::PgConnection, seq: i64) -> Result<u64, sqlx::Error> {
+    sqlx::query_scalar!("SELECT set_config('payvault.audit_prune', 'on', true)")
+        .fetch_one(&mut *db)
+        .await?;
+    let events = sqlx::query!(
+        "DELETE FROM audit_events WHERE id IN (SELECT event_id FROM audit_seals WHERE seq <= $1)",
+        seq
+    )
+    .execute(&mut *db)
+    .await?;
+    sqlx::query!("DELETE FROM audit_seals WHERE seq <= $1", seq)
+        .execute(&mut *db)
+        .await?;
+    sqlx::query_scalar!("SELECT set_config('payvault.audit_prune', 'off', true)")
+        .fetch_one(&mut *db)
+        .await?;
+    Ok(events.rows_affected())
+}
+
+/// The last seal whose event occurred before `before` such that every earlier seal's did too.
+pub async fn prunable_prefix(
+    db: impl PgExecutor<'_>,
+    before: DateTime<Utc>,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT max(s.seq) FROM audit_seals s
+        WHERE s.seq < coalesce(
+            (SELECT min(s2.seq) FROM audit_seals s2 JOIN audit_events e2 ON e2.id = s2.event_id
+             WHERE e2.occurred_at >= $1),
+            (SELECT max(seq) + 1 FROM audit_seals))
+        "#,
+        before,
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// The newest seal.
+#[derive(Debug, Clone)]
+pub struct SealRef {
+    pub seq: i64,
+    pub event_id: i64,
+    pub sealed_at: DateTime<Utc>,
+    pub mac: Vec<u8>,
+}
+
+pub async fn newest_seal(db: impl PgExecutor<'_>) -> Result<Option<SealRef>, sqlx::Error> {
+    sqlx::query_as!(
+        SealRef,
+        "SELECT seq, event_id, sealed_at, mac FROM audit_seals ORDER BY seq DESC LIMIT 1"
+    )
+    .fetch_optional(db)
+    .await
+}
