@@ -211,7 +211,8 @@ impl Vault {
         Ok(Some(self.keys.open(token, &sealed)?))
     }
 
-    /// Records a request that failed before reaching the vault (validation, scope).
+    /// Records an audit event on its own: a request that failed before reaching the vault
+    /// (validation, scope), or a read that changes nothing.
     pub async fn record_failure(&self, event: &AuditEvent) -> Result<(), sqlx::Error> {
         store::audit::insert_audit_event(&self.pool, event).await
     }

@@ -281,6 +281,18 @@ async fn serve_migrates_answers_twilio_and_stops_on_sigterm() {
         !stderr.contains(&key[7..]),
         "the master key never reaches the log"
     );
+    let lifecycle: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM audit_events WHERE actor_kind = 'system' ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(lifecycle, ["service_start", "service_stop"]);
+    let unsealed: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_unsealed")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(unsealed, 0, "a stopping instance seals what it wrote");
     std::fs::remove_file(key_file).unwrap();
 }
 
@@ -375,4 +387,169 @@ async fn payvault_sandbox_serves_the_generic_format() {
     let a: Value = send("k").await.unwrap().json().await.unwrap();
     let b: Value = send("k").await.unwrap().json().await.unwrap();
     assert_eq!(a, b);
+}
+
+#[tokio::test]
+async fn audit_list_verify_checkpoint_and_export() {
+    let key = payvault::crypto::MasterKey::generate(1).encode();
+    let keys = std::sync::Arc::new(KeyRing::parse(&key).unwrap());
+    let db = std::sync::Arc::new(TestDb::new().await);
+    let app = common::spawn_app_with(db.clone(), keys.clone()).await;
+    for pan in ["4111111111111111", "5555555555554444"] {
+        let mut body = common::card_tokenize(&new_txn(), pan);
+        body["cvv"] = "0729".into();
+        app.post("/", &body).await;
+        app.post("/", &common::card_charge(&new_txn(), pan, "10.02"))
+            .await;
+    }
+    payvault::audit::seal::seal_pending(&db.pool, &keys)
+        .await
+        .unwrap();
+    let audit = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_payvault"));
+        cmd.arg("audit")
+            .args(args)
+            .env("DATABASE_URL", db.url())
+            .env("PAYVAULT_MASTER_KEY", key.as_str());
+        cmd.output().unwrap()
+    };
+
+    let table = stdout(&audit(&["list", "--action", "charge", "--format", "table"]));
+    assert!(
+        table.contains("card_declined")
+            && table.contains("10.02 USD")
+            && table.contains("555555******4444"),
+        "{table}"
+    );
+    let json_lines = stdout(&audit(&[
+        "list",
+        "--since",
+        "2020-01-01",
+        "--outcome",
+        "failure",
+        "--format",
+        "json",
+    ]));
+    let events: Vec<Value> = json_lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(events.iter().all(|e| e["outcome"] == "failure"));
+    assert_eq!(events.iter().filter(|e| e["action"] == "charge").count(), 2);
+    let csv = stdout(&audit(&["list", "--action", "tokenize", "--format", "csv"]));
+    assert_eq!(csv.lines().count(), 3, "header and two rows: {csv}");
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .starts_with("id,occurred_at,actor_kind"));
+
+    let verified = stdout(&audit(&["verify"]));
+    assert!(
+        verified.contains("events verified, chain intact up to event"),
+        "{verified}"
+    );
+    let checkpoint = stdout(&audit(&["checkpoint"]));
+    let cp_file = std::env::temp_dir().join(format!("payvault-cp-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&cp_file, &checkpoint).unwrap();
+    let verified = stdout(&audit(&[
+        "verify",
+        "--checkpoint",
+        cp_file.to_str().unwrap(),
+    ]));
+    assert!(verified.contains("chain intact"), "{verified}");
+
+    let export = audit(&["export"]);
+    let lines = stdout(&export);
+    let exported: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(exported.len() >= 7, "{lines}");
+    assert!(exported
+        .windows(2)
+        .all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64()));
+    let resume_from = exported[3]["seq"].as_i64().unwrap().to_string();
+    let rest: Vec<Value> = stdout(&audit(&["export", "--after", &resume_from]))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        rest[..exported.len() - 4],
+        exported[4..],
+        "export resumes after a cursor"
+    );
+    for secret in ["4111111111111111", "5555555555554444"] {
+        assert!(
+            !lines.contains(secret)
+                && !table.contains(secret)
+                && !csv.contains(secret)
+                && !json_lines.contains(secret)
+        );
+    }
+    assert!(
+        !common::contains_word(&common::strip_uuids(&lines), "0729"),
+        "no CVV in the export"
+    );
+
+    // Tampering: verify fails with exit code 1 and names the place.
+    sqlx::raw_sql(
+        "BEGIN; SET LOCAL session_replication_role = replica;
+         UPDATE audit_events SET masked_data = 'visa 411111******9999' WHERE action = 'tokenize';
+         COMMIT;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let out = audit(&["verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("TAMPERED:") && text.contains("was modified"),
+        "{text}"
+    );
+
+    // Every read of the log above was itself audited.
+    let reads = app
+        .count("SELECT count(*) FROM audit_events WHERE actor_kind = 'operator' AND action IN ('audit_read', 'audit_verify', 'audit_checkpoint', 'audit_export')")
+        .await;
+    assert_eq!(reads, 9);
+    std::fs::remove_file(cp_file).unwrap();
+}
+
+#[tokio::test]
+async fn audit_prune_refuses_to_cut_into_the_retention_period() {
+    let db = TestDb::new().await;
+    let key = payvault::crypto::MasterKey::generate(1).encode();
+    let out = Command::new(env!("CARGO_BIN_EXE_payvault"))
+        .args(["audit", "prune", "--before", "2026-01-01"])
+        .env("DATABASE_URL", db.url())
+        .env("PAYVAULT_MASTER_KEY", key.as_str())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("retention period"));
+    let out = Command::new(env!("CARGO_BIN_EXE_payvault"))
+        .args(["audit", "prune", "--before", "2020-01-01"])
+        .env("DATABASE_URL", db.url())
+        .env("PAYVAULT_MASTER_KEY", key.as_str())
+        .env("PAYVAULT_AUDIT_RETENTION_DAYS", "30")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 365"));
+    let ok = stdout(
+        &Command::new(env!("CARGO_BIN_EXE_payvault"))
+            .args(["audit", "prune", "--before", "2020-01-01"])
+            .env("DATABASE_URL", db.url())
+            .env("PAYVAULT_MASTER_KEY", key.as_str())
+            .output()
+            .unwrap(),
+    );
+    assert!(ok.contains("pruned 0 audit events"), "{ok}");
+    let pruned: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE action = 'audit_prune'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(pruned, 1, "pruning is itself audited");
 }

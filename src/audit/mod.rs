@@ -100,3 +100,47 @@ impl AuditEvent {
         }
     }
 }
+
+/// An event as the API, the CLI and exports show it.
+pub fn event_json(row: &crate::store::audit::AuditRow) -> serde_json::Value {
+    let details: serde_json::Value =
+        serde_json::from_str(&row.details).unwrap_or(serde_json::Value::Null);
+    serde_json::json!({
+        "id": row.id,
+        "occurred_at": row.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "actor_id": row.actor_id,
+        "actor_kind": row.actor_kind,
+        "action": row.action,
+        "outcome": row.outcome,
+        "error_code": row.error_code,
+        "client_addr": row.client_addr,
+        "forwarded_for": row.forwarded_for,
+        "request_id": row.request_id,
+        "token": row.token,
+        "transaction_id": row.transaction_id,
+        "masked_data": row.masked_data,
+        "amount_minor": row.amount_minor,
+        "currency": row.currency,
+        "details": details,
+    })
+}
+
+/// Parses a date (`2026-01-01`, midnight UTC) or an RFC 3339 time.
+pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| format!("`{s}` is not a date (YYYY-MM-DD) or an RFC 3339 time"))
+}
+
+/// The filters of an audit query, as they are recorded in the audit event of the read.
+pub fn filter_json(f: &crate::store::audit::AuditFilter) -> serde_json::Value {
+    serde_json::json!({
+        "since": f.since, "until": f.until, "action": f.action, "actor": f.actor,
+        "token": f.token, "transaction_id": f.transaction_id, "outcome": f.outcome,
+    })
+}

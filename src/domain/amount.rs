@@ -75,6 +75,24 @@ impl Amount {
         })
     }
 
+    /// `minor` units of `currency` as a decimal string (`1234`, `USD` -> `12.34 USD`), for display.
+    pub fn display_minor(minor: i64, currency: &str) -> String {
+        match Currency::from_code(currency).and_then(|c| c.exponent()) {
+            Some(exp) if exp > 0 => {
+                let scale = 10i64.pow(u32::from(exp));
+                let sign = if minor < 0 { "-" } else { "" };
+                let m = minor.abs();
+                format!(
+                    "{sign}{}.{:0w$} {currency}",
+                    m / scale,
+                    m % scale,
+                    w = usize::from(exp)
+                )
+            }
+            _ => format!("{minor} {currency}"),
+        }
+    }
+
     pub fn minor_units(&self) -> i64 {
         self.minor
     }
@@ -129,6 +147,13 @@ mod tests {
             "trailing zeros are fine"
         );
         assert_eq!(Amount::parse("007.50", "EUR").unwrap().minor_units(), 750);
+    }
+
+    #[test]
+    fn displays_minor_units() {
+        assert_eq!(Amount::display_minor(1234, "USD"), "12.34 USD");
+        assert_eq!(Amount::display_minor(500, "JPY"), "500 JPY");
+        assert_eq!(Amount::display_minor(1250, "KWD"), "1.250 KWD");
     }
 
     #[test]

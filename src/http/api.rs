@@ -230,3 +230,84 @@ pub async fn charge_token(
     }
     Ok((status, Json(out)).into_response())
 }
+
+/// Query string of `GET /v1/audit/events`.
+#[derive(Debug, serde::Deserialize)]
+pub struct AuditQuery {
+    since: Option<String>,
+    until: Option<String>,
+    action: Option<String>,
+    actor: Option<String>,
+    token: Option<String>,
+    transaction_id: Option<String>,
+    outcome: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/audit/events`: audit events in id order, filtered, with cursor pagination. Requires
+/// `audit:read`. The read itself is audited (PCI DSS 10.2.1.3).
+pub async fn audit_events(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let origin = super::origin(&app, &headers, peer);
+    let principal = authorize(&app, &headers, &origin, Scope::AuditRead, "audit_read").await?;
+    let bad = |code: &str, message: String| ApiError::new(StatusCode::BAD_REQUEST, code, message);
+    let axum::extract::Query(q) =
+        query.map_err(|_| bad("invalid_query", "the query string could not be read".into()))?;
+    let time = |v: &Option<String>, name: &str| {
+        v.as_deref()
+            .map(crate::audit::parse_time)
+            .transpose()
+            .map_err(|e| bad("invalid_query", format!("{name}: {e}")))
+    };
+    let filter = crate::store::audit::AuditFilter {
+        since: time(&q.since, "since")?,
+        until: time(&q.until, "until")?,
+        action: q.action,
+        actor: q.actor,
+        token: q.token,
+        transaction_id: q.transaction_id,
+        outcome: match q.outcome.as_deref() {
+            None | Some("success") | Some("failure") => q.outcome,
+            Some(_) => {
+                return Err(bad(
+                    "invalid_query",
+                    "outcome must be success or failure".into(),
+                ))
+            }
+        },
+    };
+    let limit = match q.limit.as_deref().map(str::parse::<i64>) {
+        None => 100,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        Some(_) => return Err(bad("invalid_query", "limit must be 1 to 1000".into())),
+    };
+    let after = match q.cursor.as_deref().map(str::parse::<i64>) {
+        None => 0,
+        Some(Ok(n)) if n >= 0 => n,
+        Some(_) => {
+            return Err(bad(
+                "invalid_cursor",
+                "cursor must be a next_cursor from an earlier page".into(),
+            ))
+        }
+    };
+    let rows = crate::store::audit::list_audit_events(app.vault.pool(), &filter, after, limit)
+        .await
+        .map_err(|_| ApiError::internal())?;
+    let mut event = AuditEvent::by(&principal, &origin, "audit_read");
+    event.details = json!({ "filter": crate::audit::filter_json(&filter), "cursor": after, "returned": rows.len() });
+    app.vault
+        .record_failure(&event)
+        .await
+        .map_err(|_| ApiError::internal())?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.id.to_string()))
+        .flatten();
+    let events: Vec<Value> = rows.iter().map(crate::audit::event_json).collect();
+    Ok(Json(json!({ "events": events, "next_cursor": next })).into_response())
+}

@@ -125,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tokenize", post(connector::legacy_tokenize))
         .route("/charge", post(connector::legacy_charge))
         .route("/v1/tokens/{token}/charges", post(api::charge_token))
+        .route("/v1/audit/events", get(api::audit_events))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
         .layer(
