@@ -577,3 +577,44 @@ async fn pruning_old_events_leaves_a_verifiable_chain() {
         p.what
     );
 }
+
+#[tokio::test]
+async fn a_flood_of_bad_logins_is_rate_limited_but_counted() {
+    let app = spawn_app().await;
+    let bad = || {
+        app.client
+            .post(app.url("/"))
+            .basic_auth("pvc_00000000000000000000", Some("wrong"))
+            .send()
+    };
+    let flood = common::join_all((0..60).map(|_| bad())).await;
+    assert!(flood.iter().all(|r| r.as_ref().unwrap().status() == 401));
+    let mut attempts = 60i64;
+    // Once a new one-second window opens, the next failure is audited with the count of the
+    // suppressed ones.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let suppressed: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum((details->>'suppressed_since_last')::bigint), 0)::bigint FROM audit_events WHERE action = 'authenticate'",
+        )
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+        let events = app
+            .count("SELECT count(*) FROM audit_events WHERE action = 'authenticate'")
+            .await;
+        // Flushed: every failure is either an event or counted in one.
+        if suppressed > 0 && events + suppressed == attempts {
+            assert!(events < attempts);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "suppressed failures were never fully reported"
+        );
+        // Cross into a new one-second window before the next failure.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        bad().await.unwrap();
+        attempts += 1;
+    }
+}

@@ -1,0 +1,30 @@
+-- The database ceiling: exactly what one tokenize commits (idempotency record, vault entry with
+-- ciphertexts of the real sizes, audit event, and its sealing-queue row via trigger), as one
+-- statement, like payvault sends it. Run by pgbench with -D cred=<credential uuid>.
+WITH idem AS (
+    INSERT INTO idempotency_records
+        (credential_id, idempotency_key, operation, request_mac, mac_key_version, state, token)
+    VALUES (:cred::uuid, gen_random_uuid()::text, 'tokenize', sha256(random()::text::bytea), 1,
+            'succeeded', 'tok_' || substr(md5(random()::text), 1, 22))
+    ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO NOTHING
+    RETURNING token
+), entry AS (
+    INSERT INTO vault_entries
+        (token, created_by, kind, key_version, wrapped_key, ciphertext, fingerprint,
+         brand, bin, last4, exp_month, exp_year)
+    SELECT idem.token, :cred::uuid, 'card', 1,
+           substr(sha256(random()::text::bytea) || sha256(random()::text::bytea), 1, 60),
+           substr(sha256(random()::text::bytea) || sha256(random()::text::bytea), 1, 46),
+           sha256(random()::text::bytea), 'visa', '411111', '1111', 8, 2035
+    FROM idem
+    RETURNING token
+), audit AS (
+    INSERT INTO audit_events
+        (request_id, actor_id, actor_kind, action, outcome, error_code, client_addr,
+         token, transaction_id, masked_data, amount_minor, currency, details, forwarded_for)
+    SELECT gen_random_uuid()::text, :cred::uuid, 'connector', 'tokenize', 'success', NULL,
+           '127.0.0.1', entry.token, gen_random_uuid()::text, 'visa 411111******1111', NULL, NULL,
+           '{"kind": "card"}'::jsonb, NULL
+    FROM entry
+)
+SELECT count(*) FROM entry;
