@@ -84,9 +84,9 @@ echo "tokenize: $tok"
 echo "== charge-by-token through payvault (sandbox, zero latency)"
 : > "$work/tokens"
 for i in $(seq 1 200); do
-  curl -fs -H "Authorization: $auth" "http://127.0.0.1:$PORT/" \
-    -d "{\"method\":\"tokenize\",\"transaction_id\":\"seed-$i-$RANDOM\",\"cardnumber\":\"4111111111111111\",\"expiry_month\":\"08\",\"expiry_year\":\"35\"}" \
-    | sed -E 's/.*"token_id":"([^"]+)".*/\1/' >> "$work/tokens"
+  answer=$(curl -fs -H "Authorization: $auth" "http://127.0.0.1:$PORT/" \
+    -d "{\"method\":\"tokenize\",\"transaction_id\":\"seed-$i-$RANDOM\",\"cardnumber\":\"4111111111111111\",\"expiry_month\":\"08\",\"expiry_year\":\"35\"}")
+  printf '%s\n' "$answer" | sed -E 's/.*"token_id":"([^"]+)".*/\1/' >> "$work/tokens"
 done
 chg=$(run_wrk charge_token.lua "$auth" "$work/tokens")
 echo "charge-by-token: $chg"

@@ -7,15 +7,13 @@ use std::time::{Duration, Instant};
 
 use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::OsRng;
-use argon2::password_hash::PasswordHash;
-use argon2::{Argon2, PasswordVerifier};
 use hmac::Mac;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
 
 use super::credential::{hash_secret, CredentialKind, Principal, Scope};
+use super::verifier::Verifier;
 use crate::crypto::HmacSha256;
 use crate::domain::SecretText;
 use crate::store;
@@ -42,9 +40,12 @@ pub struct Authenticator {
     cache: Mutex<HashMap<String, Cached>>,
     cache_key: HmacSha256,
     ttl: Duration,
-    /// Bounds concurrent Argon2 verifications so a flood of bad passwords cannot take every
-    /// core (or all memory: each verification holds 19 MiB).
-    argon_permits: Semaphore,
+    /// Argon2 runs on one worker thread per core, so a flood of bad passwords cannot take more
+    /// than those (nor more memory than one 19 MiB buffer each).
+    verifier: Verifier,
+    /// Concurrent cache misses for one username wait for each other, so a cold cache under load
+    /// costs one Argon2 verification per credential, not one per request.
+    stripes: Vec<tokio::sync::Mutex<()>>,
     /// Verified against when the username is unknown, so that case costs the same time.
     dummy_hash: String,
     /// Bumped by every cache clear. A verification only caches its result if no clear happened
@@ -74,10 +75,18 @@ impl Authenticator {
             cache: Mutex::new(HashMap::new()),
             cache_key,
             ttl,
-            argon_permits: Semaphore::new(permits),
+            verifier: Verifier::start(permits),
+            stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             dummy_hash: hash_secret(&SecretText::from("payvault-dummy-secret")),
             generation: AtomicU64::new(0),
         }
+    }
+
+    /// Which lock stripe a username's verifications serialise on.
+    fn stripe_of(&self, username: &str) -> u8 {
+        let mut mac = self.cache_key.clone();
+        mac.update(username.as_bytes());
+        mac.finalize().into_bytes()[0]
     }
 
     fn secret_mac(&self, username: &str, secret: &SecretText) -> [u8; 32] {
@@ -96,6 +105,11 @@ impl Authenticator {
         secret: &SecretText,
     ) -> Result<Arc<Principal>, AuthError> {
         let secret_mac = self.secret_mac(username, secret);
+        if let Some(principal) = self.cached(username, &secret_mac) {
+            return Ok(principal);
+        }
+        let stripe = usize::from(self.stripe_of(username)) % self.stripes.len();
+        let _one_at_a_time = self.stripes[stripe].lock().await;
         if let Some(principal) = self.cached(username, &secret_mac) {
             return Ok(principal);
         }
@@ -151,21 +165,9 @@ impl Authenticator {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs Argon2id verification on the blocking pool, at most one per core at a time.
+    /// Runs Argon2id verification on the dedicated worker threads.
     async fn verify_off_runtime(&self, phc: String, secret: &SecretText) -> bool {
-        let Ok(_permit) = self.argon_permits.acquire().await else {
-            return false;
-        };
-        let candidate = SecretText::new(secret.expose().to_owned());
-        tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&phc).is_ok_and(|hash| {
-                Argon2::default()
-                    .verify_password(candidate.expose().as_bytes(), &hash)
-                    .is_ok()
-            })
-        })
-        .await
-        .unwrap_or(false)
+        self.verifier.verify(phc, secret).await
     }
 
     /// Forgets every cached verification.

@@ -8,6 +8,7 @@
 pub mod admin;
 mod authenticator;
 mod credential;
+mod verifier;
 
 pub use authenticator::{AuthError, Authenticator};
 pub use credential::{
