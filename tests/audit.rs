@@ -618,3 +618,54 @@ async fn a_flood_of_bad_logins_is_rate_limited_but_counted() {
         attempts += 1;
     }
 }
+
+#[tokio::test]
+async fn the_forwarded_address_is_recorded_only_behind_a_trusted_proxy() {
+    // The harness trusts 127.0.0.2 as a proxy.
+    let app = spawn_app().await;
+    let send = |from: &str| {
+        let client = reqwest::Client::builder()
+            .local_address(from.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap();
+        let req = client
+            .post(app.url("/"))
+            .basic_auth(
+                &app.connector.row.username,
+                Some(app.connector.secret.expose()),
+            )
+            .header("x-forwarded-for", "198.51.100.7, 203.0.113.9")
+            .body(card_tokenize(&new_txn(), "4111111111111111").to_string());
+        async move {
+            req.send().await.unwrap().headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let pool = app.pool().clone();
+    let row = |rid: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (Option<String>, Option<String>)>(
+                "SELECT client_addr, forwarded_for FROM audit_events WHERE request_id = $1",
+            )
+            .bind(rid)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let direct = row(send("127.0.0.1").await).await;
+    assert_eq!(
+        direct,
+        (Some("127.0.0.1".into()), None),
+        "an untrusted peer's header is ignored"
+    );
+    let proxied = row(send("127.0.0.2").await).await;
+    assert_eq!(
+        proxied,
+        (Some("127.0.0.2".into()), Some("203.0.113.9".into())),
+        "the right-most untrusted hop"
+    );
+}

@@ -184,3 +184,25 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_proxies_match_addresses_and_ranges() {
+        let t = TrustedProxies::parse("10.0.0.0/8, 192.168.1.5, fd00::/8").unwrap();
+        for ip in ["10.1.2.3", "192.168.1.5", "fd12::1", "::ffff:10.0.0.1"] {
+            assert!(t.contains(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["11.0.0.1", "192.168.1.6", "fe80::1", "127.0.0.1"] {
+            assert!(!t.contains(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(TrustedProxies::parse("").unwrap().0.is_empty());
+        assert!(TrustedProxies::parse("10.0.0.0/33").is_err());
+        assert!(TrustedProxies::parse("proxy.local").is_err());
+        assert!(TrustedProxies::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+    }
+}
