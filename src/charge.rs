@@ -37,6 +37,7 @@ use crate::processor::{
 };
 use crate::store;
 use crate::store::charges::NewCharge;
+use crate::store::vault::StoredEntry;
 use crate::vault::Vault;
 
 /// Where the money comes from.
@@ -57,6 +58,8 @@ pub struct ChargeRequest {
     pub amount: Amount,
     /// Also vault the card and return its token (`<Parameter name="save_card" value="true">`).
     pub save_card: bool,
+    /// Expiry of the token `save_card` creates.
+    pub token_expires_at: Option<chrono::DateTime<chrono::Utc>>,
     pub description: Option<String>,
     pub parameters: BTreeMap<String, String>,
 }
@@ -91,6 +94,10 @@ pub enum ChargeError {
     Invalid(InvalidInput),
     #[error("no such token")]
     UnknownToken,
+    #[error("the token was deleted")]
+    TokenDeleted,
+    #[error("the token has expired")]
+    TokenExpired,
     #[error("this idempotency key was already used for a different request")]
     Duplicate,
     #[error("an earlier attempt with this idempotency key is still in progress; retry shortly")]
@@ -106,6 +113,8 @@ impl ChargeError {
         match self {
             ChargeError::Invalid(i) => i.code(),
             ChargeError::UnknownToken => "unknown_token",
+            ChargeError::TokenDeleted => "token_deleted",
+            ChargeError::TokenExpired => "token_expired",
             ChargeError::Duplicate => "duplicate_transaction",
             ChargeError::InProgress => "transaction_in_progress",
             ChargeError::Database(_) | ChargeError::Crypto(_) => "internal_error",
@@ -448,7 +457,10 @@ impl Charger {
         match &req.source {
             Source::Token(t) => outcome.token_id = Some(t.as_str().to_owned()),
             Source::Payment(m) if req.save_card && outcome.approved() => {
-                let token = self.vault.insert_entry(&mut tx, who, m).await?;
+                let token = self
+                    .vault
+                    .insert_entry(&mut tx, who, m, req.token_expires_at)
+                    .await?;
                 // Ours are added without clobbering the processor's parameters.
                 let key = if outcome.parameters.contains_key("token_id") {
                     "payvault_token_id"
@@ -521,8 +533,18 @@ impl Charger {
         let entry = store::vault::find_entry(self.vault.pool(), token.as_str())
             .await?
             .ok_or(ChargeError::UnknownToken)?;
-        let plain = self.vault.keys().open(token.as_str(), &entry.sealed)?;
-        let expiry = match (entry.exp_month, entry.exp_year) {
+        let (sealed, exp_month, exp_year) = match entry {
+            StoredEntry::Active {
+                sealed,
+                exp_month,
+                exp_year,
+                ..
+            } => (sealed, exp_month, exp_year),
+            StoredEntry::Deleted => return Err(ChargeError::TokenDeleted),
+            StoredEntry::Expired => return Err(ChargeError::TokenExpired),
+        };
+        let plain = self.vault.keys().open(token.as_str(), &sealed)?;
+        let expiry = match (exp_month, exp_year) {
             (Some(m), Some(y)) => {
                 Expiry::from_stored(u8::try_from(m).unwrap_or(0), u16::try_from(y).unwrap_or(0))
             }

@@ -267,6 +267,7 @@ async fn serve(no_migrate: bool) -> anyhow::Result<()> {
         trusted_proxies: TrustedProxies::parse(&cfg.trusted_proxies)
             .map_err(|e| anyhow::anyhow!("PAYVAULT_TRUSTED_PROXIES: {e}"))?,
         seal_interval: cfg.seal_interval,
+        default_token_ttl_days: cfg.default_token_ttl_days,
     };
     let versions: Vec<i32> = keys.versions().collect();
     let instance = serde_json::json!({

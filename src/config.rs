@@ -108,6 +108,7 @@ pub struct ServeConfig {
     pub sandbox_slow: Duration,
     pub trusted_proxies: String,
     pub seal_interval: Duration,
+    pub default_token_ttl_days: Option<u32>,
 }
 
 /// Which payment processor charges go to.
@@ -215,6 +216,10 @@ impl ServeConfig {
             sandbox_slow: Duration::from_millis(parsed("PAYVAULT_SANDBOX_SLOW_MS", 12_000)?),
             trusted_proxies: var("PAYVAULT_TRUSTED_PROXIES")?.unwrap_or_default(),
             seal_interval: Duration::from_millis(parsed("PAYVAULT_AUDIT_SEAL_INTERVAL_MS", 200)?),
+            default_token_ttl_days: match parsed::<u32>("PAYVAULT_TOKEN_TTL_DAYS", 0)? {
+                0 => None,
+                days => Some(days),
+            },
         })
     }
 }

@@ -31,6 +31,8 @@ pub struct Settings {
     pub trusted_proxies: TrustedProxies,
     /// How often this instance's sealer looks for unsealed audit events.
     pub seal_interval: Duration,
+    /// Tokens expire this many days after creation unless a request says otherwise.
+    pub default_token_ttl_days: Option<u32>,
 }
 
 /// Margin added to the processor timeout before an in-flight attempt is presumed dead.
@@ -68,6 +70,9 @@ impl Application {
             auth: auth.clone(),
             max_body_bytes: settings.max_body_bytes,
             trusted_proxies: Arc::new(settings.trusted_proxies.clone()),
+            expiry: crate::http::twilio::ExpiryPolicy {
+                default_ttl_days: settings.default_token_ttl_days,
+            },
             auth_failures: Arc::new(crate::http::FailureLimiter::new(
                 crate::http::AUTH_FAILURE_AUDITS_PER_SECOND,
             )),
@@ -91,6 +96,10 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let follower = tokio::spawn(self.auth.clone().follow_changes());
+        let purger = tokio::spawn(crate::vault::run_expiry_purge(
+            self.vault.pool().clone(),
+            Duration::from_secs(60),
+        ));
         let sealer = tokio::spawn(crate::audit::seal::run_sealer(
             self.vault.pool().clone(),
             self.vault.keys_arc(),
@@ -104,6 +113,7 @@ impl Application {
             .await;
         follower.abort();
         sealer.abort();
+        purger.abort();
         // Seal what the last requests wrote, so a stopped instance leaves nothing behind.
         if let Err(e) = crate::audit::seal::seal_pending(self.vault.pool(), self.vault.keys()).await
         {

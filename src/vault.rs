@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -26,6 +27,8 @@ pub struct Vault {
 pub struct TokenizeRequest {
     pub transaction_id: TransactionId,
     pub method: PaymentMethod,
+    /// When the token stops being chargeable (and is then shredded), if ever.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// The token for a tokenize request; `replayed` when an earlier identical request created it.
@@ -102,7 +105,7 @@ impl Vault {
                 request_mac: &request_mac,
                 mac_key_version: mac_version,
             },
-            &prepared.as_new_entry(who),
+            &prepared.as_new_entry(who, req.expires_at),
             &audit,
         )
         .await?;
@@ -192,9 +195,10 @@ impl Vault {
         conn: &mut sqlx::PgConnection,
         who: &Principal,
         method: &PaymentMethod,
+        expires_at: Option<DateTime<Utc>>,
     ) -> Result<String, sqlx::Error> {
         let prepared = self.prepare_entry(method);
-        store::vault::insert_entry(conn, &prepared.as_new_entry(who)).await?;
+        store::vault::insert_entry(conn, &prepared.as_new_entry(who, expires_at)).await?;
         Ok(prepared.token.into_string())
     }
 
@@ -218,6 +222,24 @@ impl Vault {
     }
 }
 
+/// Shreds expired tokens every `every`, in batches, until the process ends. Several instances
+/// can run it at once: rows are claimed with `SKIP LOCKED`.
+pub async fn run_expiry_purge(pool: PgPool, every: std::time::Duration) {
+    loop {
+        loop {
+            match store::vault::purge_expired(&pool, 500).await {
+                Ok(0) => break,
+                Ok(n) => tracing::info!(purged = n, "expired tokens shredded"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "expired-token purge failed; will retry");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// A sealed entry and its display metadata, before insertion.
 struct PreparedEntry {
     token: Token,
@@ -232,7 +254,7 @@ struct PreparedEntry {
 }
 
 impl PreparedEntry {
-    fn as_new_entry(&self, who: &Principal) -> NewEntry<'_> {
+    fn as_new_entry(&self, who: &Principal, expires_at: Option<DateTime<Utc>>) -> NewEntry<'_> {
         NewEntry {
             token: self.token.as_str(),
             created_by: who.id,
@@ -244,6 +266,7 @@ impl PreparedEntry {
             last4: &self.last4,
             exp_month: self.exp_month,
             exp_year: self.exp_year,
+            expires_at,
         }
     }
 }

@@ -197,6 +197,18 @@ impl Expiry {
         (1..=12).contains(&month).then_some(Self { month, year })
     }
 
+    /// The first instant after the card's last valid day (midnight UTC starting the next month).
+    pub fn end(self) -> chrono::DateTime<chrono::Utc> {
+        let (y, m) = if self.month == 12 {
+            (i32::from(self.year) + 1, 1)
+        } else {
+            (i32::from(self.year), u32::from(self.month) + 1)
+        };
+        NaiveDate::from_ymd_opt(y, m, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map_or(chrono::DateTime::<chrono::Utc>::MAX_UTC, |t| t.and_utc())
+    }
+
     /// True once the last day of the expiry month has passed.
     pub fn is_expired(self, today: NaiveDate) -> bool {
         (i32::from(self.year), u32::from(self.month)) < (today.year(), today.month())

@@ -70,6 +70,8 @@ pub enum InvalidInput {
     TokenWithCardData,
     #[error("the stored card has expired")]
     StoredCardExpired,
+    #[error("{0}")]
+    TokenExpiry(&'static str),
 }
 
 impl InvalidInput {
@@ -106,6 +108,7 @@ impl InvalidInput {
             Self::TokenFormat => "invalid_token",
             Self::TokenWithCardData => "ambiguous_payment_method",
             Self::StoredCardExpired => "card_expired",
+            Self::TokenExpiry(_) => "invalid_token_expiry",
         }
     }
 }

@@ -172,6 +172,7 @@ pub async fn charge_token(
         source: Source::Token(token.clone()),
         amount,
         save_card: false,
+        token_expires_at: None,
         description,
         parameters: Default::default(),
     };
@@ -186,6 +187,7 @@ pub async fn charge_token(
         let status = match &e {
             ChargeError::Invalid(_) => StatusCode::BAD_REQUEST,
             ChargeError::UnknownToken => StatusCode::NOT_FOUND,
+            ChargeError::TokenDeleted | ChargeError::TokenExpired => StatusCode::GONE,
             ChargeError::Duplicate | ChargeError::InProgress => StatusCode::CONFLICT,
             ChargeError::Database(_) | ChargeError::Crypto(_) => {
                 tracing::error!(error = %super::error_chain(&e), "token charge failed");
@@ -310,4 +312,114 @@ pub async fn audit_events(
         .flatten();
     let events: Vec<Value> = rows.iter().map(crate::audit::event_json).collect();
     Ok(Json(json!({ "events": events, "next_cursor": next })).into_response())
+}
+
+/// A token's metadata as the merchant API shows it: never the card.
+fn token_json(m: &crate::store::vault::TokenMetadata) -> Value {
+    let status = match (m.deleted_at, m.expires_at) {
+        (Some(_), _) => "deleted",
+        (None, Some(at)) if at <= chrono::Utc::now() => "expired",
+        _ => "active",
+    };
+    json!({
+        "token": m.token,
+        "status": status,
+        "kind": m.kind,
+        "brand": m.brand,
+        "bin": m.bin,
+        "last4": m.last4,
+        "exp_month": m.exp_month,
+        "exp_year": m.exp_year,
+        "fingerprint": m.fingerprint.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "created_at": m.created_at,
+        "expires_at": m.expires_at,
+        "deleted_at": m.deleted_at,
+    })
+}
+
+/// `GET /v1/tokens/{token}`: brand, BIN/last 4, expiry, fingerprint, lifecycle. Requires
+/// `tokens:read`; every read is audited.
+pub async fn get_token(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let origin = super::origin(&app, &headers, peer);
+    let principal = authorize(&app, &headers, &origin, Scope::TokensRead, "token_read").await?;
+    let mut event = AuditEvent::by(&principal, &origin, "token_read");
+    let meta = match Token::parse(&token) {
+        Some(t) => crate::store::vault::find_token_metadata(app.vault.pool(), t.as_str())
+            .await
+            .map_err(|_| ApiError::internal())?,
+        None => None,
+    };
+    let Some(meta) = meta else {
+        event = event.failed("unknown_token");
+        app.vault
+            .record_failure(&event)
+            .await
+            .map_err(|_| ApiError::internal())?;
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_token",
+            "no such token",
+        ));
+    };
+    event.token = Some(meta.token.clone());
+    app.vault
+        .record_failure(&event)
+        .await
+        .map_err(|_| ApiError::internal())?;
+    Ok(Json(token_json(&meta)).into_response())
+}
+
+/// `DELETE /v1/tokens/{token}`: crypto-shreds the entry (its wrapped data key is destroyed, so
+/// the card is unrecoverable at once); the metadata and audit trail remain. Idempotent.
+/// Requires `tokens:delete`.
+pub async fn delete_token(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let origin = super::origin(&app, &headers, peer);
+    let principal = authorize(&app, &headers, &origin, Scope::TokensDelete, "token_delete").await?;
+    let mut event = AuditEvent::by(&principal, &origin, "token_delete");
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "unknown_token", "no such token");
+    let Some(token) = Token::parse(&token) else {
+        app.vault
+            .record_failure(&event.failed("unknown_token"))
+            .await
+            .map_err(|_| ApiError::internal())?;
+        return Err(not_found());
+    };
+    event.token = Some(token.as_str().to_owned());
+    // The shredding and its audit event commit together.
+    let mut tx = app
+        .vault
+        .pool()
+        .begin()
+        .await
+        .map_err(|_| ApiError::internal())?;
+    let shredded = crate::store::vault::shred_entry(&mut *tx, token.as_str())
+        .await
+        .map_err(|_| ApiError::internal())?;
+    let meta = crate::store::vault::find_token_metadata(&mut *tx, token.as_str())
+        .await
+        .map_err(|_| ApiError::internal())?;
+    let Some(meta) = meta else {
+        drop(tx);
+        app.vault
+            .record_failure(&event.failed("unknown_token"))
+            .await
+            .map_err(|_| ApiError::internal())?;
+        return Err(not_found());
+    };
+    event.details = json!({ "shredded": shredded, "already_deleted": !shredded });
+    crate::store::audit::insert_audit_event(&mut *tx, &event)
+        .await
+        .map_err(|_| ApiError::internal())?;
+    tx.commit().await.map_err(|_| ApiError::internal())?;
+    Ok(Json(token_json(&meta)).into_response())
 }

@@ -166,7 +166,7 @@ async fn handle(
     let key = IdKey::from(method);
     match method {
         Method::Tokenize => {
-            let req = match request.into_tokenize(chrono::Utc::now().date_naive()) {
+            let req = match request.into_tokenize(chrono::Utc::now(), app.expiry) {
                 Ok(r) => r,
                 Err(invalid) => {
                     return reject(app, principal, origin, key, Some(method), txn, invalid).await
@@ -193,7 +193,7 @@ async fn handle(
         }
         Method::Charge => {
             let started = std::time::Instant::now();
-            let req = match request.into_charge(chrono::Utc::now().date_naive()) {
+            let req = match request.into_charge(chrono::Utc::now(), app.expiry) {
                 Ok(r) => r,
                 Err(invalid) => {
                     return reject(app, principal, origin, key, Some(method), txn, invalid).await

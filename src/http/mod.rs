@@ -38,6 +38,7 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub trusted_proxies: Arc<TrustedProxies>,
     pub auth_failures: Arc<FailureLimiter>,
+    pub expiry: twilio::ExpiryPolicy,
 }
 
 /// Failed logins audited per second per instance; the rest are counted.
@@ -124,6 +125,10 @@ pub fn router(state: AppState) -> Router {
         .route("/", post(connector::root))
         .route("/tokenize", post(connector::legacy_tokenize))
         .route("/charge", post(connector::legacy_charge))
+        .route(
+            "/v1/tokens/{token}",
+            get(api::get_token).delete(api::delete_token),
+        )
         .route("/v1/tokens/{token}/charges", post(api::charge_token))
         .route("/v1/audit/events", get(api::audit_events))
         .route("/healthz", get(|| async { "ok" }))

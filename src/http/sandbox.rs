@@ -25,8 +25,8 @@ pub fn router(sandbox: Arc<Sandbox>) -> Router {
 }
 
 async fn charge(State(sandbox): State<Arc<Sandbox>>, headers: HeaderMap, body: Bytes) -> Response {
-    let today = chrono::Utc::now().date_naive();
-    let req = match twilio::parse(&body).and_then(|r| r.into_charge(today)) {
+    let now = chrono::Utc::now();
+    let req = match twilio::parse(&body).and_then(|r| r.into_charge(now, Default::default())) {
         Ok(r) => r,
         Err(invalid) => {
             return Reply::error(IdKey::Charge, invalid.code(), &invalid.to_string())

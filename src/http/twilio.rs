@@ -14,7 +14,7 @@ use std::fmt;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -29,6 +29,52 @@ use crate::vault::TokenizeRequest;
 
 /// The `<Parameter>` name that asks a charge to also vault the card.
 pub const SAVE_CARD_PARAMETER: &str = "save_card";
+/// `<Parameter>`: the token expires this many days after it is created (1 to 3650).
+pub const TOKEN_TTL_PARAMETER: &str = "token_ttl_days";
+/// `<Parameter>` set to `true`: the token expires with the card (after its expiry month).
+pub const EXPIRES_WITH_CARD_PARAMETER: &str = "token_expires_with_card";
+
+/// When new tokens expire unless a request says otherwise.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExpiryPolicy {
+    /// `PAYVAULT_TOKEN_TTL_DAYS`; `None`: tokens never expire by default.
+    pub default_ttl_days: Option<u32>,
+}
+
+impl ExpiryPolicy {
+    /// The expiry of a token for `method`, from the request's parameters or the default.
+    fn expires_at(
+        self,
+        params: &BTreeMap<String, String>,
+        method: &PaymentMethod,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, InvalidInput> {
+        if params
+            .get(EXPIRES_WITH_CARD_PARAMETER)
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        {
+            return match method {
+                PaymentMethod::Card(c) => Ok(Some(c.expiry.end())),
+                PaymentMethod::Bank(_) => Err(InvalidInput::TokenExpiry(
+                    "parameter `token_expires_with_card` applies to cards only",
+                )),
+            };
+        }
+        let days = match params.get(TOKEN_TTL_PARAMETER) {
+            Some(v) => Some(
+                v.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|d| (1..=3650).contains(d))
+                    .ok_or(InvalidInput::TokenExpiry(
+                        "parameter `token_ttl_days` must be a whole number of days from 1 to 3650",
+                    ))?,
+            ),
+            None => self.default_ttl_days,
+        };
+        Ok(days.map(|d| now + chrono::Duration::days(i64::from(d))))
+    }
+}
 
 /// The operation a connector request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,30 +172,46 @@ impl WireRequest {
         TransactionId::parse(required(&self.transaction_id, "transaction_id")?)
     }
 
+    /// `<Parameter>` values; `null` ones are dropped.
+    fn take_parameters(&mut self) -> BTreeMap<String, String> {
+        self.parameters
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?.0)))
+            .collect()
+    }
+
     /// Validates a tokenize request.
-    pub fn into_tokenize(self, today: NaiveDate) -> Result<TokenizeRequest, InvalidInput> {
+    pub fn into_tokenize(
+        mut self,
+        now: DateTime<Utc>,
+        policy: ExpiryPolicy,
+    ) -> Result<TokenizeRequest, InvalidInput> {
         let transaction_id = self.transaction_id()?;
-        let method = self.into_payment_method(today)?;
+        let parameters = self.take_parameters();
+        let method = self.into_payment_method(now.date_naive())?;
+        let expires_at = policy.expires_at(&parameters, &method, now)?;
         Ok(TokenizeRequest {
+            expires_at,
             transaction_id,
             method,
         })
     }
 
     /// Validates a charge request: card, bank account or stored token, plus amount and currency.
-    pub fn into_charge(mut self, today: NaiveDate) -> Result<ChargeRequest, InvalidInput> {
+    pub fn into_charge(
+        mut self,
+        now: DateTime<Utc>,
+        policy: ExpiryPolicy,
+    ) -> Result<ChargeRequest, InvalidInput> {
+        let today = now.date_naive();
         let key = self.transaction_id()?.as_str().to_owned();
         let amount = Amount::parse(
             required(&self.amount, "amount")?,
             required(&self.currency_code, "currency_code")?,
         )?;
-        let parameters: BTreeMap<String, String> = self
-            .parameters
-            .take()
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, v?.0)))
-            .collect();
+        let parameters = self.take_parameters();
         // `<Parameter name="save_card" value="true">` also vaults the card.
         let save_card = parameters
             .get(SAVE_CARD_PARAMETER)
@@ -167,11 +229,16 @@ impl WireRequest {
             }
             None => Source::Payment(self.into_payment_method(today)?),
         };
+        let token_expires_at = match &source {
+            Source::Payment(method) if save_card => policy.expires_at(&parameters, method, now)?,
+            _ => None,
+        };
         Ok(ChargeRequest {
             key,
             source,
             amount,
             save_card,
+            token_expires_at,
             description,
             parameters,
         })
@@ -419,7 +486,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(req.method(None).unwrap(), Method::Tokenize);
-        let tok = req.into_tokenize(today()).unwrap();
+        let now = today().and_hms_opt(12, 0, 0).unwrap().and_utc();
+        let tok = req.into_tokenize(now, ExpiryPolicy::default()).unwrap();
+        assert_eq!(tok.expires_at, None);
         let PaymentMethod::Card(card) = tok.method else {
             panic!("expected a card")
         };

@@ -1,5 +1,6 @@
 //! The `vault_entries` and `idempotency_records` tables.
 
+use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
@@ -19,6 +20,7 @@ pub struct NewEntry<'a> {
     pub last4: &'a str,
     pub exp_month: Option<i16>,
     pub exp_year: Option<i16>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// The idempotency record claiming (credential, key) for an operation.
@@ -53,9 +55,9 @@ pub async fn insert_tokenized_entry(
         ), entry AS (
             INSERT INTO vault_entries
                 (token, created_by, kind, key_version, wrapped_key, ciphertext, fingerprint,
-                 brand, bin, last4, exp_month, exp_year)
+                 brand, bin, last4, exp_month, exp_year, expires_at)
             SELECT idem.token, $6::uuid, $7::text, $8::integer, $9::bytea, $10::bytea, $11::bytea,
-                   $12::text, $13::text, $14::text, $15::smallint, $16::smallint
+                   $12::text, $13::text, $14::text, $15::smallint, $16::smallint, $25::timestamptz
             FROM idem
             RETURNING token
         ), audit AS (
@@ -92,6 +94,7 @@ pub async fn insert_tokenized_entry(
         audit.masked_data,
         audit.details,
         audit.forwarded_for,
+        entry.expires_at,
     )
     .fetch_one(db)
     .await?;
@@ -136,8 +139,8 @@ pub async fn insert_entry(
         r#"
         INSERT INTO vault_entries
             (token, created_by, kind, key_version, wrapped_key, ciphertext, fingerprint,
-             brand, bin, last4, exp_month, exp_year)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             brand, bin, last4, exp_month, exp_year, expires_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
         "#,
         entry.token,
         entry.created_by,
@@ -151,19 +154,26 @@ pub async fn insert_entry(
         entry.last4,
         entry.exp_month,
         entry.exp_year,
+        entry.expires_at,
     )
     .execute(db)
     .await?;
     Ok(())
 }
 
-/// An entry as the charge flow needs it: ciphertexts plus the expiry kept in clear.
+/// An entry as the charge flow needs it.
 #[derive(Debug, Clone)]
-pub struct StoredEntry {
-    pub sealed: SealedEntry,
-    pub kind: String,
-    pub exp_month: Option<i16>,
-    pub exp_year: Option<i16>,
+pub enum StoredEntry {
+    Active {
+        sealed: SealedEntry,
+        kind: String,
+        exp_month: Option<i16>,
+        exp_year: Option<i16>,
+    },
+    /// Crypto-shredded: the data key is gone.
+    Deleted,
+    /// Past its `expires_at` (the purge job will shred it).
+    Expired,
 }
 
 pub async fn find_entry(
@@ -172,35 +182,127 @@ pub async fn find_entry(
 ) -> Result<Option<StoredEntry>, sqlx::Error> {
     let row = sqlx::query!(
         r#"
-        SELECT key_version, wrapped_key, ciphertext, kind, exp_month, exp_year
+        SELECT key_version, wrapped_key, ciphertext, kind, exp_month, exp_year,
+               deleted_at IS NOT NULL AS "deleted!",
+               coalesce(expires_at <= now(), false) AS "expired!"
         FROM vault_entries WHERE token = $1
         "#,
         token,
     )
     .fetch_optional(db)
     .await?;
-    Ok(row.map(|r| StoredEntry {
-        sealed: SealedEntry {
-            key_version: r.key_version,
-            wrapped_key: r.wrapped_key,
-            ciphertext: r.ciphertext,
+    Ok(row.map(
+        |r| match (r.deleted, r.expired, r.wrapped_key, r.ciphertext) {
+            (false, false, Some(wrapped_key), Some(ciphertext)) => StoredEntry::Active {
+                sealed: SealedEntry {
+                    key_version: r.key_version,
+                    wrapped_key,
+                    ciphertext,
+                },
+                kind: r.kind,
+                exp_month: r.exp_month,
+                exp_year: r.exp_year,
+            },
+            (false, true, _, _) => StoredEntry::Expired,
+            _ => StoredEntry::Deleted,
         },
-        kind: r.kind,
-        exp_month: r.exp_month,
-        exp_year: r.exp_year,
-    }))
+    ))
 }
 
-/// Loads an entry's ciphertexts (for decryption when charging a stored token).
+/// Loads a live entry's ciphertexts.
 pub async fn find_sealed_entry(
     db: impl PgExecutor<'_>,
     token: &str,
 ) -> Result<Option<SealedEntry>, sqlx::Error> {
+    let row = sqlx::query!(
+        "SELECT key_version, wrapped_key, ciphertext FROM vault_entries WHERE token = $1 AND deleted_at IS NULL",
+        token,
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.and_then(|r| {
+        Some(SealedEntry {
+            key_version: r.key_version,
+            wrapped_key: r.wrapped_key?,
+            ciphertext: r.ciphertext?,
+        })
+    }))
+}
+
+/// What the merchant API shows about a token: never the card.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TokenMetadata {
+    pub token: String,
+    pub kind: String,
+    pub brand: Option<String>,
+    pub bin: Option<String>,
+    pub last4: String,
+    pub exp_month: Option<i16>,
+    pub exp_year: Option<i16>,
+    pub fingerprint: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+pub async fn find_token_metadata(
+    db: impl PgExecutor<'_>,
+    token: &str,
+) -> Result<Option<TokenMetadata>, sqlx::Error> {
     sqlx::query_as!(
-        SealedEntry,
-        "SELECT key_version, wrapped_key, ciphertext FROM vault_entries WHERE token = $1",
+        TokenMetadata,
+        r#"
+        SELECT token, kind, brand, bin, last4, exp_month, exp_year, fingerprint, created_at,
+               expires_at, deleted_at
+        FROM vault_entries WHERE token = $1
+        "#,
         token,
     )
     .fetch_optional(db)
     .await
+}
+
+/// Crypto-shreds a live entry: its wrapped data key and ciphertext are destroyed. Returns
+/// `false` if it was already deleted or does not exist.
+pub async fn shred_entry(db: impl PgExecutor<'_>, token: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        r#"
+        UPDATE vault_entries SET wrapped_key = NULL, ciphertext = NULL, deleted_at = now()
+        WHERE token = $1 AND deleted_at IS NULL
+        "#,
+        token,
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Shreds up to `limit` expired entries, writing one `token_expire` audit event for each in the
+/// same statement. Returns how many were shredded.
+pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i64) -> Result<u64, sqlx::Error> {
+    let n = sqlx::query_scalar!(
+        r#"
+        WITH doomed AS (
+            SELECT token FROM vault_entries
+            WHERE deleted_at IS NULL AND expires_at <= now()
+            ORDER BY expires_at
+            LIMIT $1
+            FOR UPDATE SKIP LOCKED
+        ), shredded AS (
+            UPDATE vault_entries v SET wrapped_key = NULL, ciphertext = NULL, deleted_at = now()
+            FROM doomed WHERE v.token = doomed.token
+            RETURNING v.token, v.expires_at
+        ), audit AS (
+            INSERT INTO audit_events (actor_kind, action, outcome, token, details)
+            SELECT 'system', 'token_expire', 'success', token,
+                   jsonb_build_object('expired_at', expires_at, 'shredded', true)
+            FROM shredded
+        )
+        SELECT count(*) AS "n!" FROM shredded
+        "#,
+        limit,
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(n as u64)
 }

@@ -265,6 +265,7 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
         idempotency_wait: opts.idempotency_wait,
         trusted_proxies: payvault::http::TrustedProxies::parse("127.0.0.2").unwrap(),
         seal_interval: Duration::from_millis(50),
+        default_token_ttl_days: None,
     };
     let pool = PgPoolOptions::new()
         .max_connections(10)
