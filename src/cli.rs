@@ -101,6 +101,18 @@ enum KeysCommand {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
         version: i32,
     },
+    /// Re-encrypt every entry under an older master key version with the current (highest)
+    /// version in PAYVAULT_MASTER_KEY, in resumable batches, while the service keeps serving.
+    /// Load the new version on every instance first.
+    Rotate {
+        /// Entries per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: i64,
+    },
+    /// Check that no entry still uses VERSION, so it can be removed from PAYVAULT_MASTER_KEY.
+    Retire { version: i32 },
+    /// How many entries each master key version protects.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +232,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             axum::serve(listener, crate::http::sandbox::router(sandbox))
                 .with_graceful_shutdown(shutdown_signal())
                 .await?;
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Rotate { batch }) => rotate_keys(batch.max(1)).await,
+        Command::Keys(KeysCommand::Retire { version }) => retire_key(version).await,
+        Command::Keys(KeysCommand::Status) => {
+            let pool = store::connect(&config::database_url()?, 2)
+                .await
+                .context("cannot connect to the database")?;
+            println!("{:<8} ENTRIES", "VERSION");
+            for (version, n) in store::vault::count_by_key_version(&pool).await? {
+                println!("{version:<8} {n}");
+            }
             Ok(())
         }
         Command::Keys(KeysCommand::Generate { version }) => {
@@ -596,4 +620,77 @@ fn csv_field(f: &str) -> String {
     } else {
         f.to_owned()
     }
+}
+
+async fn rotate_keys(batch: i64) -> anyhow::Result<()> {
+    let keys = Arc::new(master_keys()?);
+    let current = keys.current_version();
+    let pool = store::connect(&config::database_url()?, 2)
+        .await
+        .context("cannot connect to the database")?;
+    let total: i64 = store::vault::count_by_key_version(&pool)
+        .await?
+        .iter()
+        .filter(|(v, _)| *v < current)
+        .map(|(_, n)| n)
+        .sum();
+    let vault = crate::vault::Vault::new(pool.clone(), keys.clone());
+    let mut done = 0u64;
+    eprintln!("re-encrypting {total} entries under master key version {current}");
+    loop {
+        let n = vault
+            .rotate_batch(batch)
+            .await
+            .context("rotation batch failed; run again to resume")?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+        let width = 30usize;
+        let filled = if total > 0 {
+            (done as usize * width / total as usize).min(width)
+        } else {
+            width
+        };
+        eprint!(
+            "\r[{}{}] {done}/{total}",
+            "#".repeat(filled),
+            " ".repeat(width - filled)
+        );
+    }
+    eprintln!();
+    let mut event = AuditEvent::operator("key_rotate");
+    event.details["to_version"] = current.into();
+    event.details["rotated"] = done.into();
+    store::audit::insert_audit_event(&pool, &event)
+        .await
+        .context("cannot write the audit log")?;
+    println!("rotated {done} entries to master key version {current}");
+    Ok(())
+}
+
+async fn retire_key(version: i32) -> anyhow::Result<()> {
+    let pool = store::connect(&config::database_url()?, 2)
+        .await
+        .context("cannot connect to the database")?;
+    let in_use = store::vault::count_by_key_version(&pool)
+        .await?
+        .into_iter()
+        .find(|(v, _)| *v == version)
+        .map_or(0, |(_, n)| n);
+    let mut event = AuditEvent::operator("key_retire");
+    event.details["version"] = version.into();
+    if in_use > 0 {
+        let event = event.failed("key_in_use");
+        store::audit::insert_audit_event(&pool, &event)
+            .await
+            .context("cannot write the audit log")?;
+        anyhow::bail!("refusing to retire master key version {version}: {in_use} entries still use it (run `payvault keys rotate` first)");
+    }
+    store::audit::insert_audit_event(&pool, &event)
+        .await
+        .context("cannot write the audit log")?;
+    println!("no entry uses master key version {version}: remove it from PAYVAULT_MASTER_KEY on every instance.");
+    println!("Keep a copy while audit events sealed under it must stay verifiable (until they are pruned).");
+    Ok(())
 }

@@ -215,6 +215,28 @@ impl Vault {
         Ok(Some(self.keys.open(token, &sealed)?))
     }
 
+    /// Re-encrypts up to `limit` entries that are under an older master key version: each gets
+    /// a fresh data key wrapped by the current version, and its fingerprint is recomputed. Safe
+    /// while the service runs (rows are locked one batch at a time, `SKIP LOCKED` lets several
+    /// rotators share the work) and resumable (progress is the key version stored per row).
+    /// Returns how many entries it re-encrypted.
+    pub async fn rotate_batch(&self, limit: i64) -> Result<u64, TokenizeError> {
+        let keys = &self.keys;
+        let mut tx = self.pool.begin().await?;
+        let rows =
+            store::vault::claim_for_rotation(&mut *tx, keys.current_version(), limit).await?;
+        for row in &rows {
+            let plain = keys.open(&row.token, &row.sealed)?;
+            let parts = PaymentMethod::fingerprint_parts_of_payload(&plain)
+                .ok_or(TokenizeError::Crypto(CryptoError::Malformed))?;
+            let fingerprint = keys.fingerprint(&parts);
+            let resealed = keys.seal(&row.token, &plain);
+            store::vault::update_rotated(&mut *tx, &row.token, &resealed, &fingerprint).await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
     /// Records an audit event on its own: a request that failed before reaching the vault
     /// (validation, scope), or a read that changes nothing.
     pub async fn record_failure(&self, event: &AuditEvent) -> Result<(), sqlx::Error> {

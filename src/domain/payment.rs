@@ -111,6 +111,19 @@ impl PaymentMethod {
         }
     }
 
+    /// The fingerprint inputs of a decrypted vault payload (what
+    /// [`PaymentMethod::fingerprint_parts`] gives for the method it came from).
+    pub fn fingerprint_parts_of_payload(payload: &[u8]) -> Option<[&[u8]; 3]> {
+        match payload {
+            [PAYLOAD_V1, b'C', pan @ ..] => Some([b"card", pan, b""]),
+            [PAYLOAD_V1, b'B', rest @ ..] if rest.len() > 9 => {
+                let (routing, account) = rest.split_at(9);
+                Some([b"bank_account", routing, account])
+            }
+            _ => None,
+        }
+    }
+
     /// Inputs of the keyed fingerprint: the same card (or account) always gives the same
     /// fingerprint under one key, whatever its expiry.
     pub fn fingerprint_parts(&self) -> [&[u8]; 3] {

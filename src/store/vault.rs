@@ -306,3 +306,79 @@ pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i64) -> Result<u64, s
     .await?;
     Ok(n as u64)
 }
+
+/// A live entry waiting to be re-encrypted under a newer master key version.
+#[derive(Debug, Clone)]
+pub struct RotationRow {
+    pub token: String,
+    pub sealed: SealedEntry,
+}
+
+/// Locks up to `limit` live entries under a key version below `current` (skipping rows another
+/// rotator holds), for re-encryption in the caller's transaction.
+pub async fn claim_for_rotation(
+    db: impl PgExecutor<'_>,
+    current: i32,
+    limit: i64,
+) -> Result<Vec<RotationRow>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"
+        SELECT token, key_version, wrapped_key AS "wrapped_key!", ciphertext AS "ciphertext!"
+        FROM vault_entries
+        WHERE key_version < $1 AND deleted_at IS NULL
+        ORDER BY token
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+        "#,
+        current,
+        limit,
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| RotationRow {
+            token: r.token,
+            sealed: SealedEntry {
+                key_version: r.key_version,
+                wrapped_key: r.wrapped_key,
+                ciphertext: r.ciphertext,
+            },
+        })
+        .collect())
+}
+
+pub async fn update_rotated(
+    db: impl PgExecutor<'_>,
+    token: &str,
+    sealed: &SealedEntry,
+    fingerprint: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"
+        UPDATE vault_entries SET key_version = $2, wrapped_key = $3, ciphertext = $4, fingerprint = $5
+        WHERE token = $1
+        "#,
+        token,
+        sealed.key_version,
+        sealed.wrapped_key,
+        sealed.ciphertext,
+        fingerprint,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// How many live entries each master key version protects.
+pub async fn count_by_key_version(db: impl PgExecutor<'_>) -> Result<Vec<(i32, i64)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"
+        SELECT key_version, count(*) AS "n!" FROM vault_entries
+        WHERE deleted_at IS NULL GROUP BY key_version ORDER BY key_version
+        "#
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.key_version, r.n)).collect())
+}
