@@ -292,6 +292,7 @@ async fn serve(no_migrate: bool) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("PAYVAULT_TRUSTED_PROXIES: {e}"))?,
         seal_interval: cfg.seal_interval,
         default_token_ttl_days: cfg.default_token_ttl_days,
+        dedup: cfg.dedup,
     };
     let versions: Vec<i32> = keys.versions().collect();
     let instance = serde_json::json!({

@@ -109,6 +109,7 @@ pub struct ServeConfig {
     pub trusted_proxies: String,
     pub seal_interval: Duration,
     pub default_token_ttl_days: Option<u32>,
+    pub dedup: bool,
 }
 
 /// Which payment processor charges go to.
@@ -216,6 +217,16 @@ impl ServeConfig {
             sandbox_slow: Duration::from_millis(parsed("PAYVAULT_SANDBOX_SLOW_MS", 12_000)?),
             trusted_proxies: var("PAYVAULT_TRUSTED_PROXIES")?.unwrap_or_default(),
             seal_interval: Duration::from_millis(parsed("PAYVAULT_AUDIT_SEAL_INTERVAL_MS", 200)?),
+            dedup: match var("PAYVAULT_DEDUP")?.as_deref() {
+                None | Some("off") | Some("false") => false,
+                Some("on") | Some("true") => true,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        name: "PAYVAULT_DEDUP",
+                        reason: format!("`{other}` is not on or off"),
+                    })
+                }
+            },
             default_token_ttl_days: match parsed::<u32>("PAYVAULT_TOKEN_TTL_DAYS", 0)? {
                 0 => None,
                 days => Some(days),

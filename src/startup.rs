@@ -33,6 +33,8 @@ pub struct Settings {
     pub seal_interval: Duration,
     /// Tokens expire this many days after creation unless a request says otherwise.
     pub default_token_ttl_days: Option<u32>,
+    /// Return the existing token when a credential tokenizes a card it already vaulted.
+    pub dedup: bool,
 }
 
 /// Margin added to the processor timeout before an in-flight attempt is presumed dead.
@@ -55,7 +57,7 @@ impl Application {
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.listen).await?;
         let auth = Arc::new(Authenticator::new(pool.clone(), settings.auth_cache_ttl));
-        let vault = Vault::new(pool, keys);
+        let vault = Vault::new(pool, keys).with_dedup(settings.dedup);
         let seal_interval = settings.seal_interval;
         let charger = Charger {
             vault: vault.clone(),

@@ -20,6 +20,8 @@ use crate::store::vault::{NewEntry, NewIdempotency};
 pub struct Vault {
     pool: PgPool,
     keys: Arc<KeyRing>,
+    /// Tokenizing a card this credential already vaulted returns the existing token.
+    dedup: bool,
 }
 
 /// A validated tokenize request.
@@ -59,7 +61,17 @@ impl TokenizeError {
 
 impl Vault {
     pub fn new(pool: PgPool, keys: Arc<KeyRing>) -> Self {
-        Self { pool, keys }
+        Self {
+            pool,
+            keys,
+            dedup: false,
+        }
+    }
+
+    /// Turns deduplication by keyed fingerprint on (`PAYVAULT_DEDUP=on`).
+    pub fn with_dedup(mut self, dedup: bool) -> Self {
+        self.dedup = dedup;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -97,21 +109,24 @@ impl Vault {
             .tokenize_event(who, origin, req)
             .with_token(prepared.token.as_str());
 
-        let inserted = store::vault::insert_tokenized_entry(
-            &self.pool,
-            &NewIdempotency {
-                credential_id: who.id,
-                key: req.transaction_id.as_str(),
-                request_mac: &request_mac,
-                mac_key_version: mac_version,
-            },
-            &prepared.as_new_entry(who, req.expires_at),
-            &audit,
-        )
-        .await?;
-        if inserted {
+        let idem = NewIdempotency {
+            credential_id: who.id,
+            key: req.transaction_id.as_str(),
+            request_mac: &request_mac,
+            mac_key_version: mac_version,
+        };
+        let created = if self.dedup {
+            self.tokenize_deduplicated(who, origin, req, &idem, &prepared, &audit)
+                .await?
+        } else {
+            let entry = prepared.as_new_entry(who, req.expires_at);
+            store::vault::insert_tokenized_entry(&self.pool, &idem, &entry, &audit)
+                .await?
+                .then(|| prepared.token.as_str().to_owned())
+        };
+        if let Some(token) = created {
             return Ok(Tokenized {
-                token: prepared.token.into_string(),
+                token,
                 replayed: false,
             });
         }
@@ -146,6 +161,49 @@ impl Vault {
                 Err(err)
             }
         }
+    }
+
+    /// The tokenize transaction with deduplication: if this credential already holds a live
+    /// entry with the same keyed fingerprint, that token is returned (its expiry metadata updated
+    /// to what the card shows now, e.g. after a reissue) instead of vaulting the card again.
+    /// Returns `None` when the transaction id is already taken.
+    async fn tokenize_deduplicated(
+        &self,
+        who: &Principal,
+        origin: &Origin,
+        req: &TokenizeRequest,
+        idem: &NewIdempotency<'_>,
+        prepared: &PreparedEntry,
+        audit: &AuditEvent,
+    ) -> Result<Option<String>, TokenizeError> {
+        let mut tx = self.pool.begin().await?;
+        // Concurrent tokenizes of one card by one credential take turns, so they agree on one token.
+        store::vault::lock_fingerprint(&mut *tx, who.id, &prepared.fingerprint).await?;
+        let existing =
+            store::vault::find_live_by_fingerprint(&mut *tx, who.id, &prepared.fingerprint).await?;
+        let Some(existing) = existing else {
+            let entry = prepared.as_new_entry(who, req.expires_at);
+            let inserted =
+                store::vault::insert_tokenized_entry(&mut *tx, idem, &entry, audit).await?;
+            tx.commit().await?;
+            return Ok(inserted.then(|| prepared.token.as_str().to_owned()));
+        };
+        if !store::vault::insert_idempotency_record(&mut *tx, idem, &existing).await? {
+            return Ok(None);
+        }
+        let updated = store::vault::update_card_expiry(
+            &mut *tx,
+            &existing,
+            prepared.exp_month,
+            prepared.exp_year,
+        )
+        .await?;
+        let mut event = self.tokenize_event(who, origin, req).with_token(&existing);
+        event.details["deduplicated"] = true.into();
+        event.details["expiry_updated"] = updated.into();
+        store::audit::insert_audit_event(&mut *tx, &event).await?;
+        tx.commit().await?;
+        Ok(Some(existing))
     }
 
     fn tokenize_event(

@@ -871,6 +871,7 @@ async fn generic_adapter_supports_basic_and_named_header_auth() {
         })
         .unwrap();
         let opts = Options {
+            dedup: false,
             processor: Arc::new(processor),
             processor_timeout: Duration::from_secs(2),
             idempotency_wait: Duration::from_secs(9),

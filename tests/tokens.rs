@@ -303,3 +303,81 @@ async fn each_scope_allows_exactly_what_it_names() {
         assert_eq!(status, 200, "{needed} on {method} {path}: {resp}");
     }
 }
+
+#[tokio::test]
+async fn with_dedup_on_the_same_card_gets_one_token_per_credential() {
+    let opts = common::Options {
+        dedup: true,
+        ..Default::default()
+    };
+    let app = common::spawn_app_opts(
+        std::sync::Arc::new(common::TestDb::new().await),
+        common::test_keys(),
+        opts,
+    )
+    .await;
+    let (first, _) = tokenize_with(&app, json!({})).await;
+    let (second, _) = tokenize_with(&app, json!({})).await;
+    assert_eq!(
+        first, second,
+        "same card, new transaction: the existing token"
+    );
+    // Concurrent tokenizes of one new card agree on one token.
+    let bodies: Vec<Value> = (0..10)
+        .map(|_| card_tokenize(&new_txn(), "5555555555554444"))
+        .collect();
+    let answers = common::join_all(bodies.iter().map(|b| app.post("/", b))).await;
+    let tokens: std::collections::HashSet<&str> = answers
+        .iter()
+        .map(|(_, b)| b["token_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert_eq!(app.count("SELECT count(*) FROM vault_entries").await, 2);
+
+    // A reissued card (new expiry) keeps its token; the metadata follows the newest expiry.
+    let mut reissued = card_tokenize(&new_txn(), "4111111111111111");
+    reissued["expiry_year"] = json!("39");
+    reissued["expiry_month"] = json!("02");
+    let (_, resp) = app.post("/", &reissued).await;
+    assert_eq!(resp["token_id"], first.as_str());
+    let exp: (i16, i16) =
+        sqlx::query_as("SELECT exp_month, exp_year FROM vault_entries WHERE token = $1")
+            .bind(&first)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(exp, (2, 2039));
+    let updated: i64 = app
+        .count("SELECT count(*) FROM audit_events WHERE details->>'expiry_updated' = 'true'")
+        .await;
+    assert_eq!(updated, 1);
+
+    // Another credential gets its own token; a deleted token is not reused.
+    let other = app
+        .create_credential("twilio-2", CredentialKind::Connector, None)
+        .await;
+    let (_, resp) = app
+        .post_as(&other, "/", &card_tokenize(&new_txn(), "4111111111111111"))
+        .await;
+    assert_ne!(resp["token_id"], first.as_str());
+    sqlx::query("UPDATE vault_entries SET wrapped_key = NULL, ciphertext = NULL, deleted_at = now() WHERE token = $1").bind(&first).execute(app.pool()).await.unwrap();
+    let (third, _) = tokenize_with(&app, json!({})).await;
+    assert_ne!(third, first);
+    // Retries stay idempotent under dedup.
+    let txn = new_txn();
+    let (_, a) = app
+        .post("/", &card_tokenize(&txn, "4111111111111111"))
+        .await;
+    let (_, b) = app
+        .post("/", &card_tokenize(&txn, "4111111111111111"))
+        .await;
+    assert_eq!(a, b);
+}
+
+#[tokio::test]
+async fn dedup_is_off_by_default() {
+    let app = spawn_app().await;
+    let (first, _) = tokenize_with(&app, json!({})).await;
+    let (second, _) = tokenize_with(&app, json!({})).await;
+    assert_ne!(first, second);
+}

@@ -382,3 +382,84 @@ pub async fn count_by_key_version(db: impl PgExecutor<'_>) -> Result<Vec<(i32, i
     .await?;
     Ok(rows.into_iter().map(|r| (r.key_version, r.n)).collect())
 }
+
+/// Serialises deduplicating tokenizes of one card by one credential (transaction-scoped).
+pub async fn lock_fingerprint(
+    db: impl PgExecutor<'_>,
+    credential_id: Uuid,
+    fingerprint: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT pg_advisory_xact_lock(hashtextextended(encode($2::bytea, 'hex') || ($1::uuid)::text, 0))::text",
+        credential_id,
+        fingerprint,
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(())
+}
+
+/// The oldest live, unexpired entry of this credential with this fingerprint.
+pub async fn find_live_by_fingerprint(
+    db: impl PgExecutor<'_>,
+    credential_id: Uuid,
+    fingerprint: &[u8],
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT token FROM vault_entries
+        WHERE created_by = $1 AND fingerprint = $2 AND deleted_at IS NULL
+          AND (expires_at IS NULL OR expires_at > now())
+        ORDER BY created_at LIMIT 1
+        "#,
+        credential_id,
+        fingerprint,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Claims the idempotency key for a tokenize answered with an existing token.
+pub async fn insert_idempotency_record(
+    db: impl PgExecutor<'_>,
+    idem: &NewIdempotency<'_>,
+    token: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        r#"
+        INSERT INTO idempotency_records
+            (credential_id, idempotency_key, operation, request_mac, mac_key_version, state, token)
+        VALUES ($1, $2, 'tokenize', $3, $4, 'succeeded', $5)
+        ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO NOTHING
+        "#,
+        idem.credential_id,
+        idem.key,
+        idem.request_mac,
+        idem.mac_key_version,
+        token,
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Sets a card entry's displayed expiry; `true` if it changed.
+pub async fn update_card_expiry(
+    db: impl PgExecutor<'_>,
+    token: &str,
+    exp_month: Option<i16>,
+    exp_year: Option<i16>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        r#"
+        UPDATE vault_entries SET exp_month = $2, exp_year = $3
+        WHERE token = $1 AND kind = 'card' AND (exp_month, exp_year) IS DISTINCT FROM ($2, $3)
+        "#,
+        token,
+        exp_month,
+        exp_year,
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -209,6 +209,7 @@ pub fn test_keys() -> Arc<KeyRing> {
 
 /// How a test server charges.
 pub struct Options {
+    pub dedup: bool,
     pub processor: Arc<dyn Processor>,
     pub processor_timeout: Duration,
     pub idempotency_wait: Duration,
@@ -219,6 +220,7 @@ impl Default for Options {
     fn default() -> Self {
         let timeout = Duration::from_secs(2);
         Self {
+            dedup: false,
             processor: Arc::new(Sandbox::new(Duration::from_secs(1))),
             processor_timeout: timeout,
             idempotency_wait: Duration::from_secs(9),
@@ -237,6 +239,7 @@ impl Options {
         })
         .unwrap();
         Self {
+            dedup: false,
             processor: Arc::new(processor),
             processor_timeout: timeout,
             idempotency_wait: Duration::from_secs(9),
@@ -266,6 +269,7 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
         trusted_proxies: payvault::http::TrustedProxies::parse("127.0.0.2").unwrap(),
         seal_interval: Duration::from_millis(50),
         default_token_ttl_days: None,
+        dedup: opts.dedup,
     };
     let pool = PgPoolOptions::new()
         .max_connections(10)
