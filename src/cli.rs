@@ -109,6 +109,12 @@ enum KeysCommand {
         #[arg(long, default_value_t = 500)]
         batch: i64,
     },
+    /// Store the salt and Argon2id cost for deriving master key VERSION from
+    /// PAYVAULT_MASTER_PASSPHRASE (once; every instance then derives the same key).
+    PassphraseInit {
+        #[arg(long, default_value_t = 1)]
+        version: i32,
+    },
     /// Check that no entry still uses VERSION, so it can be removed from PAYVAULT_MASTER_KEY.
     Retire { version: i32 },
     /// How many entries each master key version protects.
@@ -236,6 +242,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys(KeysCommand::Rotate { batch }) => rotate_keys(batch.max(1)).await,
         Command::Keys(KeysCommand::Retire { version }) => retire_key(version).await,
+        Command::Keys(KeysCommand::PassphraseInit { version }) => passphrase_init(version).await,
         Command::Keys(KeysCommand::Status) => {
             let pool = store::connect(&config::database_url()?, 2)
                 .await
@@ -258,13 +265,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(no_migrate: bool) -> anyhow::Result<()> {
     let cfg = ServeConfig::from_env()?;
-    let keys = KeyRing::parse(cfg.master_key.expose_secret()).context("PAYVAULT_MASTER_KEY")?;
+    let env = env_keys()?;
     let pool = store::connect(&cfg.database_url, cfg.db_max_connections)
         .await
         .context("cannot connect to the database")?;
     if !no_migrate {
         store::migrate(&pool).await.context("migration failed")?;
     }
+    let keys = key_ring(&pool, env).await?;
     let processor: Arc<dyn Processor> = match cfg.processor {
         ProcessorConfig::None => Arc::new(Unconfigured),
         ProcessorConfig::Sandbox => {
@@ -361,6 +369,10 @@ async fn credentials(cmd: CredentialsCommand) -> anyhow::Result<()> {
                     );
                     println!("  username: {}", row.username);
                     println!("  secret:   {}", created.secret.expose());
+                    if row.kind == "api" {
+                        // The bearer form of the same credential, for `Authorization: Bearer ...`.
+                        println!("  api key:  {}.{}", row.username, created.secret.expose());
+                    }
                     println!("  scopes:   {}", row.scopes.join(","));
                     println!("Store the secret now: payvault keeps only its hash and cannot show it again.");
                 }
@@ -411,11 +423,103 @@ async fn credentials(cmd: CredentialsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn master_keys() -> anyhow::Result<KeyRing> {
-    let text = config::secret_var("PAYVAULT_MASTER_KEY")?.ok_or(config::ConfigError::Missing(
-        "PAYVAULT_MASTER_KEY (or PAYVAULT_MASTER_KEY_FILE)",
-    ))?;
-    KeyRing::parse(text.expose_secret()).context("PAYVAULT_MASTER_KEY")
+/// Master keys from the environment: `PAYVAULT_MASTER_KEY` parsed at once (so a malformed key
+/// fails before anything else), and the passphrase, if any, still to be derived.
+struct EnvKeys {
+    keys: Vec<MasterKey>,
+    passphrase: Option<(secrecy::SecretString, i32)>,
+}
+
+fn env_keys() -> anyhow::Result<EnvKeys> {
+    let keys = match config::secret_var("PAYVAULT_MASTER_KEY")? {
+        Some(text) => MasterKey::parse_list(text.expose_secret()).context("PAYVAULT_MASTER_KEY")?,
+        None => Vec::new(),
+    };
+    let passphrase = config::secret_var("PAYVAULT_MASTER_PASSPHRASE")?;
+    if keys.is_empty() && passphrase.is_none() {
+        anyhow::bail!("PAYVAULT_MASTER_KEY (or PAYVAULT_MASTER_KEY_FILE, or PAYVAULT_MASTER_PASSPHRASE) is required");
+    }
+    let version = config::parsed("PAYVAULT_MASTER_PASSPHRASE_VERSION", 1)?;
+    Ok(EnvKeys {
+        keys,
+        passphrase: passphrase.map(|p| (p, version)),
+    })
+}
+
+/// The key ring: the environment's keys plus the passphrase-derived one, checked against the
+/// stored check value so a wrong passphrase stops here.
+async fn key_ring(pool: &sqlx::PgPool, env: EnvKeys) -> anyhow::Result<KeyRing> {
+    let mut keys = env.keys;
+    if let Some((passphrase, version)) = env.passphrase {
+        let kdf = store::keys::find_kdf(pool, version).await?.ok_or_else(|| {
+            anyhow::anyhow!("no passphrase parameters for master key version {version}: run `payvault keys passphrase-init` once")
+        })?;
+        let key = tokio::task::spawn_blocking(move || {
+            MasterKey::from_passphrase(
+                version,
+                passphrase.expose_secret(),
+                &kdf.salt,
+                u32::try_from(kdf.m_cost_kib).unwrap_or(0),
+                u32::try_from(kdf.t_cost).unwrap_or(0),
+                u32::try_from(kdf.p_cost).unwrap_or(0),
+            )
+            .map(|k| (k.check_mac().to_vec() == kdf.check_mac, k))
+        })
+        .await??;
+        let (matches, key) = key;
+        if !matches {
+            anyhow::bail!("PAYVAULT_MASTER_PASSPHRASE is wrong for master key version {version}");
+        }
+        keys.push(key);
+    }
+    Ok(KeyRing::from_keys(keys)?)
+}
+
+async fn master_keys(pool: &sqlx::PgPool) -> anyhow::Result<KeyRing> {
+    key_ring(pool, env_keys()?).await
+}
+
+/// `payvault keys passphrase-init`: random salt, Argon2id cost, and the check value.
+async fn passphrase_init(version: i32) -> anyhow::Result<()> {
+    let passphrase =
+        config::secret_var("PAYVAULT_MASTER_PASSPHRASE")?.ok_or(config::ConfigError::Missing(
+            "PAYVAULT_MASTER_PASSPHRASE (or PAYVAULT_MASTER_PASSPHRASE_FILE)",
+        ))?;
+    if passphrase.expose_secret().chars().count() < 16 {
+        anyhow::bail!("PAYVAULT_MASTER_PASSPHRASE must be at least 16 characters");
+    }
+    let pool = store::connect(&config::database_url()?, 2)
+        .await
+        .context("cannot connect to the database")?;
+    let mut salt = vec![0u8; 16];
+    aes_gcm::aead::rand_core::RngCore::fill_bytes(&mut aes_gcm::aead::OsRng, &mut salt);
+    // Derived once per start, so it can cost far more than a login check: 64 MiB, 3 passes.
+    let (m, t, p) = (64 * 1024, 3, 1);
+    let salt_for_kdf = salt.clone();
+    let key = tokio::task::spawn_blocking(move || {
+        MasterKey::from_passphrase(version, passphrase.expose_secret(), &salt_for_kdf, m, t, p)
+    })
+    .await??;
+    let params = store::keys::KdfParams {
+        version,
+        salt,
+        m_cost_kib: m as i32,
+        t_cost: t as i32,
+        p_cost: p as i32,
+        check_mac: key.check_mac().to_vec(),
+    };
+    if !store::keys::insert_kdf(&pool, &params).await? {
+        anyhow::bail!(
+            "master key version {version} already has passphrase parameters; they never change"
+        );
+    }
+    let mut event = AuditEvent::operator("key_passphrase_init");
+    event.details["version"] = version.into();
+    store::audit::insert_audit_event(&pool, &event)
+        .await
+        .context("cannot write the audit log")?;
+    println!("passphrase parameters stored for master key version {version}: set PAYVAULT_MASTER_PASSPHRASE on every instance");
+    Ok(())
 }
 
 async fn audit(cmd: AuditCommand) -> anyhow::Result<()> {
@@ -468,7 +572,7 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<()> {
             }
         }
         AuditCommand::Verify { checkpoint } => {
-            let keys = master_keys()?;
+            let keys = master_keys(&pool).await?;
             let checkpoint: Option<seal::Checkpoint> = match checkpoint {
                 Some(path) => Some(
                     serde_json::from_str(
@@ -531,7 +635,7 @@ async fn audit(cmd: AuditCommand) -> anyhow::Result<()> {
             eprintln!("exported {count} events; resume with --after {cursor}");
         }
         AuditCommand::Prune { before } => {
-            let keys = master_keys()?;
+            let keys = master_keys(&pool).await?;
             let days = config::audit_retention_days()?;
             let limit = chrono::Utc::now() - chrono::Duration::days(days);
             if before > limit {
@@ -624,11 +728,11 @@ fn csv_field(f: &str) -> String {
 }
 
 async fn rotate_keys(batch: i64) -> anyhow::Result<()> {
-    let keys = Arc::new(master_keys()?);
-    let current = keys.current_version();
     let pool = store::connect(&config::database_url()?, 2)
         .await
         .context("cannot connect to the database")?;
+    let keys = Arc::new(master_keys(&pool).await?);
+    let current = keys.current_version();
     let total: i64 = store::vault::count_by_key_version(&pool)
         .await?
         .iter()

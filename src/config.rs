@@ -60,7 +60,7 @@ pub fn secret_var(name: &'static str) -> Result<Option<SecretString>, ConfigErro
     }
 }
 
-fn parsed<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, ConfigError>
+pub(crate) fn parsed<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, ConfigError>
 where
     T::Err: std::fmt::Display,
 {
@@ -97,7 +97,6 @@ pub fn database_url() -> Result<SecretString, ConfigError> {
 pub struct ServeConfig {
     pub database_url: SecretString,
     pub listen: SocketAddr,
-    pub master_key: SecretString,
     pub max_body_bytes: usize,
     pub auth_cache_ttl: Duration,
     pub db_max_connections: u32,
@@ -198,9 +197,6 @@ impl ServeConfig {
         Ok(Self {
             database_url: database_url()?,
             listen: parsed("PAYVAULT_LISTEN", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
-            master_key: secret_var("PAYVAULT_MASTER_KEY")?.ok_or(ConfigError::Missing(
-                "PAYVAULT_MASTER_KEY (or PAYVAULT_MASTER_KEY_FILE)",
-            ))?,
             max_body_bytes: parsed("PAYVAULT_MAX_BODY_BYTES", 16 * 1024)?,
             auth_cache_ttl: Duration::from_secs(parsed("PAYVAULT_AUTH_CACHE_TTL_SECS", 60)?),
             db_max_connections: parsed("PAYVAULT_DB_MAX_CONNECTIONS", 16)?,

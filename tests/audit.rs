@@ -15,15 +15,7 @@ use serde_json::{json, Value};
 
 /// Waits until every audit event is sealed (the servers' sealers run every 50 ms).
 async fn sealed(app: &TestApp) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        seal::seal_pending(app.pool(), &app.keys).await.unwrap();
-        if app.count("SELECT count(*) FROM audit_unsealed").await == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "audit events were not sealed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::seal_all(app.pool(), &app.keys).await;
 }
 
 async fn verify(app: &TestApp, checkpoint: Option<&Checkpoint>) -> seal::Report {

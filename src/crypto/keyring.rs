@@ -52,6 +52,41 @@ impl MasterKey {
         out
     }
 
+    /// Derives a master key from a passphrase with Argon2id (`m_cost_kib`, `t_cost`, `p_cost`,
+    /// `salt`: public parameters, stored by `payvault keys passphrase-init`).
+    pub fn from_passphrase(
+        version: i32,
+        passphrase: &str,
+        salt: &[u8],
+        m_cost_kib: u32,
+        t_cost: u32,
+        p_cost: u32,
+    ) -> Result<Self, KeyRingError> {
+        let params = argon2::Params::new(m_cost_kib, t_cost, p_cost, Some(32))
+            .map_err(|_| KeyRingError::Passphrase)?;
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        argon
+            .hash_password_into(passphrase.as_bytes(), salt, bytes.as_mut())
+            .map_err(|_| KeyRingError::Passphrase)?;
+        Ok(Self { version, bytes })
+    }
+
+    /// A MAC that shows whether a passphrase derived this key, without revealing the key.
+    pub fn check_mac(&self) -> [u8; 32] {
+        let derived = DerivedKeys::derive(self);
+        mac_parts(&derived.request_mac, &[b"payvault/passphrase-check"])
+    }
+
+    /// Parses comma-separated master keys (the `PAYVAULT_MASTER_KEY` format).
+    pub fn parse_list(text: &str) -> Result<Vec<Self>, KeyRingError> {
+        text.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(Self::parse)
+            .collect()
+    }
+
     fn parse(text: &str) -> Result<Self, KeyRingError> {
         let mut parts = text.trim().splitn(3, '.');
         let (Some(PREFIX), Some(version), Some(material)) =
@@ -94,6 +129,8 @@ pub enum KeyRingError {
     Empty,
     #[error("master key version {0} appears twice")]
     DuplicateVersion(i32),
+    #[error("the passphrase parameters are invalid")]
+    Passphrase,
 }
 
 /// Keys derived from one master key version, one per purpose.
@@ -148,11 +185,7 @@ pub struct KeyRing {
 impl KeyRing {
     /// Parses one or more comma-separated master keys.
     pub fn parse(text: &str) -> Result<Self, KeyRingError> {
-        let mut keys = Vec::new();
-        for part in text.split(',').filter(|p| !p.trim().is_empty()) {
-            keys.push(MasterKey::parse(part)?);
-        }
-        Self::from_keys(keys)
+        Self::from_keys(MasterKey::parse_list(text)?)
     }
 
     pub fn from_keys(keys: Vec<MasterKey>) -> Result<Self, KeyRingError> {

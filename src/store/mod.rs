@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod charges;
 pub mod credentials;
+pub mod keys;
 pub mod seals;
 pub mod vault;
 

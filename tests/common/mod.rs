@@ -664,3 +664,25 @@ fn uuid_stripping_and_word_search_work() {
         "elapsed=<num> cvv=0729 v<num>"
     );
 }
+
+/// Seals every audit event, waiting for a server's own sealer if it holds the lock right now.
+pub async fn seal_all(pool: &PgPool, keys: &KeyRing) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        payvault::audit::seal::seal_pending(pool, keys)
+            .await
+            .unwrap();
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_unsealed")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if left == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audit events were not sealed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
