@@ -286,6 +286,14 @@ impl Charger {
         let call_started = Instant::now();
         let result = self.processor.charge(&call).await;
         let latency_ms = call_started.elapsed().as_millis() as u64;
+        let kind = match &result {
+            Ok(r) if r.approved() => "approved",
+            Ok(_) => "declined",
+            Err(e) => e.code(),
+        };
+        metrics::counter!("payvault_processor_calls_total", "outcome" => kind).increment(1);
+        metrics::histogram!("payvault_processor_call_duration_seconds", "outcome" => kind)
+            .record(call_started.elapsed().as_secs_f64());
         self.record(who, req, method, attempt, result, latency_ms, event)
             .await
     }

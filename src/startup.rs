@@ -56,6 +56,7 @@ impl Application {
         keys: Arc<KeyRing>,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.listen).await?;
+        crate::http::ops::metrics_handle();
         let auth = Arc::new(Authenticator::new(pool.clone(), settings.auth_cache_ttl));
         let vault = Vault::new(pool, keys).with_dedup(settings.dedup);
         let seal_interval = settings.seal_interval;

@@ -131,6 +131,13 @@ pub async fn run_sealer(pool: PgPool, keys: std::sync::Arc<KeyRing>, every: Dura
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "audit sealing failed; will retry"),
         }
+        if let Ok((pending, oldest)) = store::seals::pending(&pool).await {
+            let lag = oldest.map_or(0.0, |t| {
+                (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
+            });
+            metrics::gauge!("payvault_audit_unsealed_events").set(pending as f64);
+            metrics::gauge!("payvault_audit_seal_lag_seconds").set(lag);
+        }
         tokio::time::sleep(every).await;
     }
 }

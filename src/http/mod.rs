@@ -5,6 +5,7 @@ mod api;
 mod auth;
 pub use auth::FailureLimiter;
 mod connector;
+pub mod ops;
 pub mod sandbox;
 pub mod twilio;
 
@@ -132,6 +133,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens/{token}/charges", post(api::charge_token))
         .route("/v1/audit/events", get(api::audit_events))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route_layer(axum::middleware::from_fn(ops::record_request))
         .with_state(state)
         .layer(
             ServiceBuilder::new()

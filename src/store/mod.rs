@@ -34,6 +34,13 @@ pub async fn connect(url: &SecretString, max_connections: u32) -> Result<PgPool,
     Ok(pool)
 }
 
+/// The newest applied migration, if any: `Err` when the database cannot be reached.
+pub async fn applied_migration(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar::<_, Option<i64>>("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+}
+
 /// Applies pending migrations. Safe to run from several instances at once: sqlx takes an
 /// advisory lock.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {

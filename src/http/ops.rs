@@ -1,0 +1,96 @@
+//! Operator endpoints: `/healthz` (alive), `/readyz` (can serve), `/metrics` (Prometheus), and
+//! the request metrics middleware.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+
+use super::AppState;
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
+            .map_or_else(
+                |_| PrometheusBuilder::new().build_recorder(),
+                PrometheusBuilder::build_recorder,
+            );
+        let handle = recorder.handle();
+        // Fails only if another recorder is installed; then ours simply stays empty.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Records every request by route template (never the raw path: tokens are in paths), method
+/// and status class.
+pub async fn record_request(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("payvault_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("payvault_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    let pool = app.vault.pool();
+    metrics::gauge!("payvault_db_pool_connections").set(f64::from(pool.size()));
+    metrics::gauge!("payvault_db_pool_idle_connections").set(pool.num_idle() as f64);
+    let keys = app.vault.keys();
+    for version in keys.versions() {
+        metrics::gauge!("payvault_master_key_loaded", "version" => version.to_string()).set(1.0);
+    }
+    metrics::gauge!("payvault_master_key_current_version").set(f64::from(keys.current_version()));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        metrics_handle().render(),
+    )
+}
+
+/// Ready when the database answers, every migration this build knows is applied, and master
+/// keys are loaded. A load balancer should send traffic only while this answers 200.
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    let keys = app.vault.keys();
+    let versions: Vec<i32> = keys.versions().collect();
+    let latest = crate::store::MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0);
+    let database = crate::store::applied_migration(app.vault.pool()).await;
+    let (status, db, migrations) = match database {
+        Ok(Some(v)) if v >= latest => (StatusCode::OK, "ok", "ok"),
+        Ok(_) => (StatusCode::SERVICE_UNAVAILABLE, "ok", "pending"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "unreachable", "unknown"),
+    };
+    let body = json!({
+        "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
+        "database": db,
+        "migrations": migrations,
+        "key_versions": versions,
+        "current_key_version": keys.current_version(),
+    });
+    (status, Json(body)).into_response()
+}
