@@ -101,28 +101,59 @@ impl AuditEvent {
     }
 }
 
-/// An event as the API, the CLI and exports show it.
+/// An audit event as the API, the CLI and exports show it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditEventView {
+    pub id: i64,
+    pub occurred_at: String,
+    pub actor_id: Option<Uuid>,
+    /// `connector`, `api`, `operator`, `system` or `anonymous`.
+    pub actor_kind: String,
+    pub action: String,
+    /// `success` or `failure`.
+    pub outcome: String,
+    pub error_code: Option<String>,
+    pub client_addr: Option<String>,
+    pub forwarded_for: Option<String>,
+    pub request_id: Option<String>,
+    pub token: Option<String>,
+    pub transaction_id: Option<String>,
+    /// At most BIN and last 4.
+    pub masked_data: Option<String>,
+    pub amount_minor: Option<i64>,
+    pub currency: Option<String>,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+impl From<&crate::store::audit::AuditRow> for AuditEventView {
+    fn from(row: &crate::store::audit::AuditRow) -> Self {
+        Self {
+            id: row.id,
+            occurred_at: row
+                .occurred_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            actor_id: row.actor_id,
+            actor_kind: row.actor_kind.clone(),
+            action: row.action.clone(),
+            outcome: row.outcome.clone(),
+            error_code: row.error_code.clone(),
+            client_addr: row.client_addr.clone(),
+            forwarded_for: row.forwarded_for.clone(),
+            request_id: row.request_id.clone(),
+            token: row.token.clone(),
+            transaction_id: row.transaction_id.clone(),
+            masked_data: row.masked_data.clone(),
+            amount_minor: row.amount_minor,
+            currency: row.currency.clone(),
+            details: serde_json::from_str(&row.details).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+/// An event as JSON (the CLI and exports).
 pub fn event_json(row: &crate::store::audit::AuditRow) -> serde_json::Value {
-    let details: serde_json::Value =
-        serde_json::from_str(&row.details).unwrap_or(serde_json::Value::Null);
-    serde_json::json!({
-        "id": row.id,
-        "occurred_at": row.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        "actor_id": row.actor_id,
-        "actor_kind": row.actor_kind,
-        "action": row.action,
-        "outcome": row.outcome,
-        "error_code": row.error_code,
-        "client_addr": row.client_addr,
-        "forwarded_for": row.forwarded_for,
-        "request_id": row.request_id,
-        "token": row.token,
-        "transaction_id": row.transaction_id,
-        "masked_data": row.masked_data,
-        "amount_minor": row.amount_minor,
-        "currency": row.currency,
-        "details": details,
-    })
+    serde_json::to_value(AuditEventView::from(row)).unwrap_or(serde_json::Value::Null)
 }
 
 /// Parses a date (`2026-01-01`, midnight UTC) or an RFC 3339 time.

@@ -51,11 +51,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(json!({ "error": { "code": self.code, "message": self.message } })),
-        )
-            .into_response();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(WWW_AUTHENTICATE, CHALLENGE);
         }
@@ -107,6 +109,20 @@ fn text(body: &Value, field: &'static str) -> Result<Option<String>, InvalidInpu
     }
 }
 
+#[utoipa::path(
+    post, path = "/v1/tokens/{token}/charges", tag = "merchant",
+    params(("token" = String, Path), ("Idempotency-Key" = String, Header, description = "1-255 printable ASCII characters; a retry with the same key gets the same answer")),
+    request_body = ChargeTokenRequest,
+    responses(
+        (status = 200, description = "Approved", body = ChargeView),
+        (status = 402, description = "Declined", body = ChargeView),
+        (status = 502, description = "Processor failure: outcome unknown", body = ChargeView),
+        (status = 504, description = "Processor timeout: outcome unknown", body = ChargeView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 410, body = ErrorBody),
+    ),
+    security(("basic" = []), ("bearer" = []))
+)]
 /// `POST /v1/tokens/{token}/charges`: charges a stored token (recurring billing, no CVV).
 /// Requires the `tokens:charge` scope and an `Idempotency-Key` header.
 pub async fn charge_token(
@@ -198,17 +214,8 @@ pub async fn charge_token(
     })?;
 
     let o = charged.outcome;
-    let common = json!({
-        "token": token.as_str(),
-        "amount": amount.to_decimal(),
-        "currency": amount.currency(),
-        "parameters": o.parameters,
-    });
-    let (status, mut out) = match (&o.charge_id, &o.error_code) {
-        (Some(id), None) => (
-            StatusCode::OK,
-            json!({ "charge_id": id, "status": "succeeded" }),
-        ),
+    let (status, state, error) = match (&o.charge_id, &o.error_code) {
+        (Some(_), None) => (StatusCode::OK, "succeeded", None),
         (_, code) => {
             let code = code
                 .clone()
@@ -219,22 +226,73 @@ pub async fn charge_token(
                 _ if unknown => StatusCode::BAD_GATEWAY,
                 _ => StatusCode::PAYMENT_REQUIRED,
             };
-            let body = json!({
-                "charge_id": null,
-                "status": if unknown { "unknown" } else { "declined" },
-                "error": { "code": code, "message": o.error_message },
-            });
-            (status, body)
+            let message = o.error_message.clone().unwrap_or_default();
+            (
+                status,
+                if unknown { "unknown" } else { "declined" },
+                Some(ErrorDetail { code, message }),
+            )
         }
     };
-    if let (Value::Object(out), Value::Object(common)) = (&mut out, common) {
-        out.extend(common);
-    }
-    Ok((status, Json(out)).into_response())
+    let view = ChargeView {
+        charge_id: o.charge_id.filter(|_| error.is_none()),
+        status: state,
+        error,
+        token: token.as_str().to_owned(),
+        amount: amount.to_decimal(),
+        currency: amount.currency(),
+        parameters: o.parameters,
+    };
+    Ok((status, Json(view)).into_response())
+}
+
+/// A charge on a stored token, as the merchant API answers it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ChargeView {
+    /// The processor's charge id, when approved.
+    charge_id: Option<String>,
+    /// `succeeded`, `declined`, or `unknown` (the processor's answer was lost: retry with the
+    /// same Idempotency-Key).
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorDetail>,
+    token: String,
+    amount: String,
+    currency: &'static str,
+    #[schema(value_type = Object)]
+    parameters: serde_json::Map<String, Value>,
+}
+
+/// Body of `POST /v1/tokens/{token}/charges` (for the OpenAPI document: the handler reads the
+/// same fields leniently, accepting numbers for `amount`).
+#[allow(dead_code)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+pub struct ChargeTokenRequest {
+    /// Decimal in major units, e.g. `19.99` (a JSON number is accepted too).
+    pub amount: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Forwarded to the processor.
+    pub description: Option<String>,
+}
+
+/// `{"error": {"code", "message"}}`: every merchant API error.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable.
+    code: String,
+    /// For humans; never contains card data.
+    message: String,
 }
 
 /// Query string of `GET /v1/audit/events`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     since: Option<String>,
     until: Option<String>,
@@ -247,6 +305,11 @@ pub struct AuditQuery {
     cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/audit/events", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = []))
+)]
 /// `GET /v1/audit/events`: audit events in id order, filtered, with cursor pagination. Requires
 /// `audit:read`. The read itself is audited (PCI DSS 10.2.1.3).
 pub async fn audit_events(
@@ -310,33 +373,66 @@ pub async fn audit_events(
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.id.to_string()))
         .flatten();
-    let events: Vec<Value> = rows.iter().map(crate::audit::event_json).collect();
-    Ok(Json(json!({ "events": events, "next_cursor": next })).into_response())
+    let events = rows
+        .iter()
+        .map(crate::audit::AuditEventView::from)
+        .collect();
+    Ok(Json(AuditPage {
+        events,
+        next_cursor: next,
+    })
+    .into_response())
 }
 
 /// A token's metadata as the merchant API shows it: never the card.
-fn token_json(m: &crate::store::vault::TokenMetadata) -> Value {
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TokenView {
+    token: String,
+    /// `active`, `expired` or `deleted`.
+    status: &'static str,
+    /// `card` or `bank_account`.
+    kind: String,
+    brand: Option<String>,
+    /// Leading digits (at most 6).
+    bin: Option<String>,
+    /// Trailing digits (at most 4).
+    last4: String,
+    exp_month: Option<i16>,
+    exp_year: Option<i16>,
+    /// Hex HMAC-SHA256 under a key derived from the master key: equal for the same card.
+    fingerprint: String,
+    created_at: chrono::DateTime<chrono::Utc>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    deleted_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn token_json(m: &crate::store::vault::TokenMetadata) -> TokenView {
     let status = match (m.deleted_at, m.expires_at) {
         (Some(_), _) => "deleted",
         (None, Some(at)) if at <= chrono::Utc::now() => "expired",
         _ => "active",
     };
-    json!({
-        "token": m.token,
-        "status": status,
-        "kind": m.kind,
-        "brand": m.brand,
-        "bin": m.bin,
-        "last4": m.last4,
-        "exp_month": m.exp_month,
-        "exp_year": m.exp_year,
-        "fingerprint": m.fingerprint.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-        "created_at": m.created_at,
-        "expires_at": m.expires_at,
-        "deleted_at": m.deleted_at,
-    })
+    TokenView {
+        token: m.token.clone(),
+        status,
+        kind: m.kind.clone(),
+        brand: m.brand.clone(),
+        bin: m.bin.clone(),
+        last4: m.last4.clone(),
+        exp_month: m.exp_month,
+        exp_year: m.exp_year,
+        fingerprint: m.fingerprint.iter().map(|b| format!("{b:02x}")).collect(),
+        created_at: m.created_at,
+        expires_at: m.expires_at,
+        deleted_at: m.deleted_at,
+    }
 }
 
+#[utoipa::path(
+    get, path = "/v1/tokens/{token}", tag = "merchant", params(("token" = String, Path)),
+    responses((status = 200, body = TokenView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = []))
+)]
 /// `GET /v1/tokens/{token}`: brand, BIN/last 4, expiry, fingerprint, lifecycle. Requires
 /// `tokens:read`; every read is audited.
 pub async fn get_token(
@@ -374,6 +470,11 @@ pub async fn get_token(
     Ok(Json(token_json(&meta)).into_response())
 }
 
+#[utoipa::path(
+    delete, path = "/v1/tokens/{token}", tag = "merchant", params(("token" = String, Path)),
+    responses((status = 200, body = TokenView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = []))
+)]
 /// `DELETE /v1/tokens/{token}`: crypto-shreds the entry (its wrapped data key is destroyed, so
 /// the card is unrecoverable at once); the metadata and audit trail remain. Idempotent.
 /// Requires `tokens:delete`.
@@ -422,4 +523,12 @@ pub async fn delete_token(
         .map_err(|_| ApiError::internal())?;
     tx.commit().await.map_err(|_| ApiError::internal())?;
     Ok(Json(token_json(&meta)).into_response())
+}
+
+/// A page of audit events, oldest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    events: Vec<crate::audit::AuditEventView>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    next_cursor: Option<String>,
 }

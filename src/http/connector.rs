@@ -13,13 +13,24 @@ use http_body_util::BodyExt;
 use zeroize::Zeroizing;
 
 use super::auth::{Denied, CHALLENGE};
-use super::twilio::{self, IdKey, Method, Reply};
+use super::twilio::{self, IdKey, Method, Reply, ReplyDoc, WireRequest};
 use super::AppState;
 use crate::audit::{AuditEvent, Origin};
 use crate::auth::{Principal, Scope};
 use crate::charge::{ChargeError, Source};
 use crate::domain::{InvalidInput, TransactionId};
 
+/// The Twilio Generic Pay Connector endpoint.
+#[utoipa::path(
+    post, path = "/", tag = "connector",
+    request_body(content = WireRequest, description = "Twilio's JSON; Content-Type is ignored"),
+    responses(
+        (status = 200, description = "Approved, tokenized, or refused with `error_code` (Twilio reads only 200s)", body = ReplyDoc),
+        (status = 401, description = "Missing or invalid credentials", body = ReplyDoc),
+        (status = 403, description = "The credential lacks the `connector` scope", body = ReplyDoc),
+    ),
+    security(("basic" = []))
+)]
 pub async fn root(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -29,6 +40,9 @@ pub async fn root(
     connector(app, None, peer, headers, body).await
 }
 
+/// Legacy private-beta path: the method is `tokenize`.
+#[utoipa::path(post, path = "/tokenize", tag = "connector", request_body = WireRequest,
+    responses((status = 200, body = ReplyDoc), (status = 401, body = ReplyDoc)), security(("basic" = [])))]
 pub async fn legacy_tokenize(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -38,6 +52,9 @@ pub async fn legacy_tokenize(
     connector(app, Some(Method::Tokenize), peer, headers, body).await
 }
 
+/// Legacy private-beta path: the method is `charge`.
+#[utoipa::path(post, path = "/charge", tag = "connector", request_body = WireRequest,
+    responses((status = 200, body = ReplyDoc), (status = 401, body = ReplyDoc)), security(("basic" = [])))]
 pub async fn legacy_charge(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -15,13 +15,16 @@ use std::sync::Arc;
 use axum::extract::Request;
 use axum::http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::request_id::PropagateRequestIdLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::audit::Origin;
 use crate::auth::Authenticator;
@@ -121,20 +124,62 @@ pub(crate) fn origin(app: &AppState, headers: &HeaderMap, peer: SocketAddr) -> O
     }
 }
 
+/// The OpenAPI document's frame; every path in it comes from the handlers' own
+/// `#[utoipa::path]` attributes, registered by the same `routes!` calls that route requests,
+/// so the document cannot drift from the router.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "payvault", description = "Card and bank-account tokenization vault for Twilio <Pay>: the Generic Pay Connector endpoint and the merchant API."),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "connector", description = "Twilio Generic Pay Connector (HTTP Basic, `connector` scope)"),
+        (name = "merchant", description = "Merchant API: stored tokens (scoped API keys)"),
+        (name = "audit", description = "The audit log (`audit:read`)"),
+        (name = "operations", description = "Health, readiness, metrics"),
+    )
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "basic",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("`<username>.<secret>` of an api credential"))
+                    .build(),
+            ),
+        );
+    }
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", post(connector::root))
-        .route("/tokenize", post(connector::legacy_tokenize))
-        .route("/charge", post(connector::legacy_charge))
+    let (routes, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(connector::root))
+        .routes(routes!(connector::legacy_tokenize))
+        .routes(routes!(connector::legacy_charge))
+        .routes(routes!(api::get_token, api::delete_token))
+        .routes(routes!(api::charge_token))
+        .routes(routes!(api::audit_events))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .split_for_parts();
+    let openapi = Arc::new(openapi);
+    routes
         .route(
-            "/v1/tokens/{token}",
-            get(api::get_token).delete(api::delete_token),
+            "/openapi.json",
+            get(move || async move { axum::Json(openapi.as_ref().clone()) }),
         )
-        .route("/v1/tokens/{token}/charges", post(api::charge_token))
-        .route("/v1/audit/events", get(api::audit_events))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
         .route_layer(axum::middleware::from_fn(ops::record_request))
         .with_state(state)
         .layer(

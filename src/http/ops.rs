@@ -51,6 +51,8 @@ pub async fn record_request(req: Request, next: Next) -> Response {
     response
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     let pool = app.vault.pool();
     metrics::gauge!("payvault_db_pool_connections").set(f64::from(pool.size()));
@@ -71,6 +73,8 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
 
 /// Ready when the database answers, every migration this build knows is applied, and master
 /// keys are loaded. A load balancer should send traffic only while this answers 200.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready: database, migrations and keys"), (status = 503, description = "Not ready")))]
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let keys = app.vault.keys();
     let versions: Vec<i32> = keys.versions().collect();
@@ -93,4 +97,10 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         "current_key_version": keys.current_version(),
     });
     (status, Json(body)).into_response()
+}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = String)))]
+pub async fn healthz() -> &'static str {
+    "ok"
 }

@@ -94,26 +94,69 @@ impl Method {
 
 /// A connector request as it arrives. Card and bank numbers go straight into zeroizing
 /// [`SecretText`]; nothing else here is sensitive.
-#[derive(Deserialize)]
+///
+/// Its OpenAPI schema is generated from this struct, so the documented fields are the parsed ones.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"method": "tokenize", "transaction_id": "72500aba-328c-445c-a12e-da5700e10b17",
+    "cardnumber": "4111111111111111", "cvv": "123", "expiry_month": "08", "expiry_year": "27",
+    "postal_code": "94111", "description": "pizza", "parameters": {"order_id": "A-1"}}))]
 pub struct WireRequest {
+    /// `tokenize` or `charge`; absent on the legacy `/tokenize` and `/charge` paths.
+    #[schema(value_type = Option<String>)]
     method: Option<Text>,
+    /// Twilio's idempotency key: a retry with the same id gets the same answer.
+    #[schema(value_type = String)]
     transaction_id: Option<Text>,
+    /// Card number, 12-19 digits (Luhn-checked).
+    #[schema(value_type = Option<String>)]
     cardnumber: Option<Secret>,
+    /// 3 or 4 digits; forwarded on a charge, never stored.
+    #[schema(value_type = Option<String>)]
     cvv: Option<Secret>,
+    #[schema(value_type = Option<String>)]
     expiry_month: Option<Text>,
+    /// Two or four digits.
+    #[schema(value_type = Option<String>)]
     expiry_year: Option<Text>,
+    #[schema(value_type = Option<String>)]
     postal_code: Option<Text>,
+    /// Bank account number, 4-17 digits (ACH).
+    #[schema(value_type = Option<String>)]
     bankaccountnumber: Option<Secret>,
+    /// 9-digit ABA routing number.
+    #[schema(value_type = Option<String>)]
     routingnumber: Option<Text>,
+    /// Charges: decimal in major units, e.g. `10.00`.
+    #[schema(value_type = Option<String>)]
     amount: Option<Text>,
+    /// Charges: ISO 4217, any case.
+    #[schema(value_type = Option<String>)]
     currency_code: Option<Text>,
-    /// A stored token to charge instead of card data (payvault's extension of the format).
+    /// A stored token to charge instead of card data (payvault's extension of the format;
+    /// needs the `tokens:charge` scope).
+    #[schema(value_type = Option<String>)]
     token: Option<Text>,
     /// Free text, or an object/null when unset: only a string is kept (forwarded to the
     /// processor, never stored).
+    #[schema(value_type = Option<Object>)]
     description: Option<Value>,
-    /// `<Parameter>` values; a `null` value counts as absent.
+    /// `<Parameter>` values. payvault reads `save_card`, `token_ttl_days` and
+    /// `token_expires_with_card`; all are forwarded to the processor on a charge.
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     parameters: Option<BTreeMap<String, Option<Text>>>,
+}
+
+/// Twilio-shaped answer (documentation of [`Reply`]): the id key is present, `null` on error.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ReplyDoc {
+    /// On tokenize.
+    pub token_id: Option<String>,
+    /// On charge.
+    pub charge_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    /// Extra results for the `<Pay>` action URL (`PayConnector_<name>`), e.g. `token_id`.
+    pub parameters: Option<std::collections::HashMap<String, String>>,
 }
 
 impl fmt::Debug for WireRequest {
