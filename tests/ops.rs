@@ -91,6 +91,7 @@ async fn openapi_describes_every_route_and_each_documented_route_exists() {
         "GET /readyz",
         "GET /v1/audit/events",
         "GET /v1/tokens/{token}",
+        "PATCH /v1/tokens/{token}",
         "POST /",
         "POST /charge",
         "POST /tokenize",

@@ -273,6 +273,12 @@ async fn each_scope_allows_exactly_what_it_names() {
             "/v1/audit/events".into(),
             None,
         ),
+        (
+            Scope::TokensDelete,
+            reqwest::Method::PATCH,
+            format!("/v1/tokens/{token}"),
+            Some(json!({"ttl_days": 30})),
+        ),
         // Last: it deletes the token the others use.
         (
             Scope::TokensDelete,
@@ -380,4 +386,64 @@ async fn dedup_is_off_by_default() {
     let (first, _) = tokenize_with(&app, json!({})).await;
     let (second, _) = tokenize_with(&app, json!({})).await;
     assert_ne!(first, second);
+}
+
+#[tokio::test]
+async fn a_token_expiry_can_be_set_per_api_call() {
+    let app = spawn_app().await;
+    let (token, _) = tokenize_with(&app, json!({})).await;
+    let owner = api(&app, vec![Scope::TokensDelete]).await;
+    let path = format!("/v1/tokens/{token}");
+    let patch = |body: Value| {
+        call(
+            &app,
+            reqwest::Method::PATCH,
+            &path,
+            Some(&owner),
+            Some(body),
+        )
+    };
+    let (status, meta) = patch(json!({"ttl_days": 10})).await;
+    assert_eq!(status, 200);
+    let at = chrono::DateTime::parse_from_rfc3339(meta["expires_at"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_days(),
+        9
+    );
+    let (_, meta) = patch(json!({"expires_with_card": true})).await;
+    assert!(
+        meta["expires_at"]
+            .as_str()
+            .unwrap()
+            .starts_with("2035-09-01T00:00:00"),
+        "{meta}"
+    );
+    let (_, meta) = patch(json!({"expires_at": "2030-01-01T00:00:00Z"})).await;
+    assert!(meta["expires_at"]
+        .as_str()
+        .unwrap()
+        .starts_with("2030-01-01"));
+    let (_, meta) = patch(json!({"expires_at": null})).await;
+    assert_eq!(meta["expires_at"], Value::Null, "never");
+    for bad in [
+        json!({}),
+        json!({"ttl_days": 0}),
+        json!({"ttl_days": 5, "expires_at": null}),
+        json!({"expires_at": "soon"}),
+        json!({"color": "red"}),
+    ] {
+        let (status, body) = patch(bad.clone()).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("invalid_token_expiry")),
+            "{bad}"
+        );
+    }
+    call(&app, reqwest::Method::DELETE, &path, Some(&owner), None).await;
+    let (status, body) = patch(json!({"ttl_days": 10})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (410, Some("token_deleted"))
+    );
+    assert_eq!(app.count("SELECT count(*) FROM audit_events WHERE action = 'token_update' AND outcome = 'success'").await, 4);
 }

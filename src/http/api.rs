@@ -532,3 +532,148 @@ pub struct AuditPage {
     /// Pass as `cursor` for the next page; `null` on the last.
     next_cursor: Option<String>,
 }
+
+/// Body of `PATCH /v1/tokens/{token}`: exactly one of the fields.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpiryChange {
+    /// An RFC 3339 time, or `null` for "never".
+    #[serde(default, deserialize_with = "some")]
+    expires_at: Option<Option<String>>,
+    /// Expire this many days from now (1 to 3650).
+    ttl_days: Option<u32>,
+    /// `true`: expire when the card does (after its expiry month).
+    expires_with_card: Option<bool>,
+}
+
+/// Distinguishes a field set to `null` (`Some(None)`) from an absent one (`None`).
+fn some<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    serde::Deserialize::deserialize(d).map(Some)
+}
+
+#[utoipa::path(
+    patch, path = "/v1/tokens/{token}", tag = "merchant", params(("token" = String, Path)),
+    request_body = ExpiryChange,
+    responses((status = 200, body = TokenView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = []))
+)]
+/// `PATCH /v1/tokens/{token}`: sets when a token expires. Requires `tokens:delete` (an expiry
+/// is a deferred deletion); audited.
+pub async fn update_token(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let origin = super::origin(&app, &headers, peer);
+    let principal = authorize(&app, &headers, &origin, Scope::TokensDelete, "token_update").await?;
+    let mut event = AuditEvent::by(&principal, &origin, "token_update");
+    let refuse = |event: AuditEvent, status: StatusCode, code: &'static str, message: String| {
+        let app = app.clone();
+        async move {
+            app.vault
+                .record_failure(&event.failed(code))
+                .await
+                .map_err(|_| ApiError::internal())?;
+            Err::<Response, _>(ApiError::new(status, code, message))
+        }
+    };
+    let Some(token) = Token::parse(&token) else {
+        return refuse(
+            event,
+            StatusCode::NOT_FOUND,
+            "unknown_token",
+            "no such token".into(),
+        )
+        .await;
+    };
+    event.token = Some(token.as_str().to_owned());
+    let change: ExpiryChange = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(_) => {
+            let msg = "send one of expires_at (RFC 3339 or null), ttl_days (1-3650) or expires_with_card (true)";
+            return refuse(
+                event,
+                StatusCode::BAD_REQUEST,
+                "invalid_token_expiry",
+                msg.into(),
+            )
+            .await;
+        }
+    };
+    let meta = crate::store::vault::find_token_metadata(app.vault.pool(), token.as_str())
+        .await
+        .map_err(|_| ApiError::internal())?;
+    let Some(meta) = meta else {
+        return refuse(
+            event,
+            StatusCode::NOT_FOUND,
+            "unknown_token",
+            "no such token".into(),
+        )
+        .await;
+    };
+    if meta.deleted_at.is_some() {
+        return refuse(
+            event,
+            StatusCode::GONE,
+            "token_deleted",
+            "the token was deleted".into(),
+        )
+        .await;
+    }
+    let now = chrono::Utc::now();
+    let card_end = match (meta.exp_month, meta.exp_year) {
+        (Some(m), Some(y)) => {
+            crate::domain::Expiry::from_stored(m as u8, y as u16).map(|e| e.end())
+        }
+        _ => None,
+    };
+    let expires_at = match (change.expires_at, change.ttl_days, change.expires_with_card) {
+        (Some(None), None, None) => Ok(None),
+        (Some(Some(at)), None, None) => chrono::DateTime::parse_from_rfc3339(&at)
+            .map(|t| Some(t.with_timezone(&chrono::Utc)))
+            .map_err(|_| "expires_at must be an RFC 3339 time"),
+        (None, Some(days), None) if (1..=3650).contains(&days) => {
+            Ok(Some(now + chrono::Duration::days(i64::from(days))))
+        }
+        (None, Some(_), None) => Err("ttl_days must be 1 to 3650"),
+        (None, None, Some(true)) => card_end
+            .map(Some)
+            .ok_or("expires_with_card applies to cards only"),
+        _ => Err("send exactly one of expires_at, ttl_days or expires_with_card (true)"),
+    };
+    let expires_at = match expires_at {
+        Ok(e) => e,
+        Err(msg) => {
+            return refuse(
+                event,
+                StatusCode::BAD_REQUEST,
+                "invalid_token_expiry",
+                msg.into(),
+            )
+            .await
+        }
+    };
+    event.details = json!({ "expires_at": expires_at, "previous": meta.expires_at });
+    let mut tx = app
+        .vault
+        .pool()
+        .begin()
+        .await
+        .map_err(|_| ApiError::internal())?;
+    crate::store::vault::set_expiry(&mut *tx, token.as_str(), expires_at)
+        .await
+        .map_err(|_| ApiError::internal())?;
+    crate::store::audit::insert_audit_event(&mut *tx, &event)
+        .await
+        .map_err(|_| ApiError::internal())?;
+    let meta = crate::store::vault::find_token_metadata(&mut *tx, token.as_str())
+        .await
+        .map_err(|_| ApiError::internal())?
+        .ok_or_else(ApiError::internal)?;
+    tx.commit().await.map_err(|_| ApiError::internal())?;
+    Ok(Json(token_json(&meta)).into_response())
+}

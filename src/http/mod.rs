@@ -167,7 +167,11 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(connector::root))
         .routes(routes!(connector::legacy_tokenize))
         .routes(routes!(connector::legacy_charge))
-        .routes(routes!(api::get_token, api::delete_token))
+        .routes(routes!(
+            api::get_token,
+            api::delete_token,
+            api::update_token
+        ))
         .routes(routes!(api::charge_token))
         .routes(routes!(api::audit_events))
         .routes(routes!(ops::healthz))

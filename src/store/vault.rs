@@ -463,3 +463,19 @@ pub async fn update_card_expiry(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Sets (or clears) a live entry's expiry.
+pub async fn set_expiry(
+    db: impl PgExecutor<'_>,
+    token: &str,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE vault_entries SET expires_at = $2 WHERE token = $1 AND deleted_at IS NULL",
+        token,
+        expires_at,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
