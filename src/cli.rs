@@ -301,6 +301,7 @@ async fn serve(no_migrate: bool) -> anyhow::Result<()> {
         seal_interval: cfg.seal_interval,
         default_token_ttl_days: cfg.default_token_ttl_days,
         dedup: cfg.dedup,
+        shutdown_grace: cfg.shutdown_grace,
     };
     let versions: Vec<i32> = keys.versions().collect();
     let instance = serde_json::json!({

@@ -109,6 +109,7 @@ pub struct ServeConfig {
     pub seal_interval: Duration,
     pub default_token_ttl_days: Option<u32>,
     pub dedup: bool,
+    pub shutdown_grace: Duration,
 }
 
 /// Which payment processor charges go to.
@@ -223,6 +224,7 @@ impl ServeConfig {
                     })
                 }
             },
+            shutdown_grace: Duration::from_secs(parsed("PAYVAULT_SHUTDOWN_GRACE_SECS", 30)?),
             default_token_ttl_days: match parsed::<u32>("PAYVAULT_TOKEN_TTL_DAYS", 0)? {
                 0 => None,
                 days => Some(days),

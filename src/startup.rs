@@ -1,7 +1,7 @@
 //! Builds and runs the HTTP service. One code path for production and tests: tests bind port 0
 //! and pass their own shutdown future.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +35,8 @@ pub struct Settings {
     pub default_token_ttl_days: Option<u32>,
     /// Return the existing token when a credential tokenizes a card it already vaulted.
     pub dedup: bool,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub shutdown_grace: Duration,
 }
 
 /// Margin added to the processor timeout before an in-flight attempt is presumed dead.
@@ -46,6 +48,7 @@ pub struct Application {
     auth: Arc<Authenticator>,
     vault: Vault,
     seal_interval: Duration,
+    shutdown_grace: Duration,
 }
 
 impl Application {
@@ -86,6 +89,7 @@ impl Application {
             auth,
             vault,
             seal_interval,
+            shutdown_grace: settings.shutdown_grace,
         })
     }
 
@@ -111,9 +115,29 @@ impl Application {
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(self.listener, service)
+        // After the signal, in-flight requests get `grace` to finish; then the process stops.
+        let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = signalled.send(());
+        };
+        let serve = axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
-            .await;
+            .into_future();
+        let grace = self.shutdown_grace;
+        let result = tokio::select! {
+            result = serve => result,
+            () = async move {
+                if on_signal.await.is_ok() {
+                    tokio::time::sleep(grace).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period");
+                Ok(())
+            }
+        };
         follower.abort();
         sealer.abort();
         purger.abort();

@@ -4,14 +4,23 @@
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber, writing to stderr (stdout is for command output). The filter
-/// comes from `PAYVAULT_LOG` (`RUST_LOG` syntax), default `info`.
+/// comes from `PAYVAULT_LOG` (`RUST_LOG` syntax), default `info`; `PAYVAULT_LOG_FORMAT=json`
+/// writes one JSON object per line, with the request span (and its request id) on each.
 pub fn init() {
     let filter = EnvFilter::try_from_env("PAYVAULT_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if std::env::var("PAYVAULT_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Disables core dumps and ptrace attachment by other processes of the same user: a core dump

@@ -602,3 +602,112 @@ async fn a_master_key_derived_from_a_passphrase() {
             .unwrap();
     assert_ne!(k1.check_mac(), k3.check_mac());
 }
+
+#[tokio::test]
+async fn sigterm_during_a_slow_charge_lets_it_finish_and_logs_json() {
+    let db = TestDb::new().await;
+    let key = stdout(&payvault(None, &["keys", "generate"]))
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let created: Value = serde_json::from_str(&stdout(&payvault(
+        Some(&db),
+        &[
+            "credentials",
+            "create",
+            "--name",
+            "twilio",
+            "--kind",
+            "connector",
+            "--format",
+            "json",
+        ],
+    )))
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_payvault"))
+        .arg("serve")
+        .env("DATABASE_URL", db.url())
+        .env("PAYVAULT_MASTER_KEY", &key)
+        .env("PAYVAULT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PAYVAULT_PROCESSOR", "sandbox")
+        .env("PAYVAULT_SANDBOX_SLOW_MS", "1500")
+        .env("PAYVAULT_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "payvault serve did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The sandbox's slow case (amount ending in .12) is in flight when SIGTERM arrives.
+    let charge = client
+        .post(format!("{base}/"))
+        .basic_auth(
+            created["username"].as_str().unwrap(),
+            created["secret"].as_str(),
+        )
+        .body(common::card_charge(&new_txn(), "4111111111111111", "10.12").to_string())
+        .send();
+    let pid = child.id().to_string();
+    let term = async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let started: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM audit_events WHERE action = 'charge_attempt'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            if started > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the charge never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    };
+    let (answer, ()) = tokio::join!(charge, term);
+    let answer: Value = answer.unwrap().json().await.unwrap();
+    assert!(
+        answer["charge_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("ch_sandbox_"),
+        "{answer}"
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let state: String =
+        sqlx::query_scalar("SELECT state FROM idempotency_records WHERE operation = 'charge'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(state, "succeeded", "the charge was recorded before exit");
+
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .any(|l| l["fields"]["message"] == "payvault stopped"));
+    assert!(
+        lines.iter().any(|l| l["span"]["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())),
+        "request lines carry the request id"
+    );
+    assert!(!stderr.contains("4111111111111111"));
+}

@@ -270,6 +270,7 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
         seal_interval: Duration::from_millis(50),
         default_token_ttl_days: None,
         dedup: opts.dedup,
+        shutdown_grace: Duration::from_secs(5),
     };
     let pool = PgPoolOptions::new()
         .max_connections(10)
