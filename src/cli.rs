@@ -244,9 +244,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(KeysCommand::Retire { version }) => retire_key(version).await,
         Command::Keys(KeysCommand::PassphraseInit { version }) => passphrase_init(version).await,
         Command::Keys(KeysCommand::Status) => {
-            let pool = store::connect(&config::database_url()?, 2)
-                .await
-                .context("cannot connect to the database")?;
+            let pool = cli_pool().await?;
             println!("{:<8} ENTRIES", "VERSION");
             for (version, n) in store::vault::count_by_key_version(&pool).await? {
                 println!("{version:<8} {n}");
@@ -337,9 +335,7 @@ async fn serve(no_migrate: bool) -> anyhow::Result<()> {
 }
 
 async fn credentials(cmd: CredentialsCommand) -> anyhow::Result<()> {
-    let pool = store::connect(&config::database_url()?, 2)
-        .await
-        .context("cannot connect to the database")?;
+    let pool = cli_pool().await?;
     match cmd {
         CredentialsCommand::Create {
             name,
@@ -489,9 +485,7 @@ async fn passphrase_init(version: i32) -> anyhow::Result<()> {
     if passphrase.expose_secret().chars().count() < 16 {
         anyhow::bail!("PAYVAULT_MASTER_PASSPHRASE must be at least 16 characters");
     }
-    let pool = store::connect(&config::database_url()?, 2)
-        .await
-        .context("cannot connect to the database")?;
+    let pool = cli_pool().await?;
     let mut salt = vec![0u8; 16];
     aes_gcm::aead::rand_core::RngCore::fill_bytes(&mut aes_gcm::aead::OsRng, &mut salt);
     // Derived once per start, so it can cost far more than a login check: 64 MiB, 3 passes.
@@ -525,9 +519,7 @@ async fn passphrase_init(version: i32) -> anyhow::Result<()> {
 
 async fn audit(cmd: AuditCommand) -> anyhow::Result<()> {
     use crate::audit::seal;
-    let pool = store::connect(&config::database_url()?, 2)
-        .await
-        .context("cannot connect to the database")?;
+    let pool = cli_pool().await?;
     // Every read of the audit log is itself audited (PCI DSS 10.2.1.3).
     let record = |action: &'static str, details: serde_json::Value| {
         let pool = pool.clone();
@@ -729,9 +721,7 @@ fn csv_field(f: &str) -> String {
 }
 
 async fn rotate_keys(batch: i64) -> anyhow::Result<()> {
-    let pool = store::connect(&config::database_url()?, 2)
-        .await
-        .context("cannot connect to the database")?;
+    let pool = cli_pool().await?;
     let keys = Arc::new(master_keys(&pool).await?);
     let current = keys.current_version();
     let total: i64 = store::vault::count_by_key_version(&pool)
@@ -776,9 +766,7 @@ async fn rotate_keys(batch: i64) -> anyhow::Result<()> {
 }
 
 async fn retire_key(version: i32) -> anyhow::Result<()> {
-    let pool = store::connect(&config::database_url()?, 2)
-        .await
-        .context("cannot connect to the database")?;
+    let pool = cli_pool().await?;
     let in_use = store::vault::count_by_key_version(&pool)
         .await?
         .into_iter()
@@ -799,4 +787,18 @@ async fn retire_key(version: i32) -> anyhow::Result<()> {
     println!("no entry uses master key version {version}: remove it from PAYVAULT_MASTER_KEY on every instance.");
     println!("Keep a copy while audit events sealed under it must stay verifiable (until they are pruned).");
     Ok(())
+}
+
+/// A connection for CLI commands, with a clear message when the schema is not set up yet.
+async fn cli_pool() -> anyhow::Result<sqlx::PgPool> {
+    let pool = store::connect(&config::database_url()?, 2)
+        .await
+        .context("cannot connect to the database")?;
+    let latest = store::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    match store::applied_migration(&pool).await {
+        Ok(Some(v)) if v >= latest => Ok(pool),
+        _ => anyhow::bail!(
+            "the database schema is not set up or not current: run `payvault migrate` first (`payvault serve` also migrates on start)"
+        ),
+    }
 }

@@ -711,3 +711,41 @@ async fn sigterm_during_a_slow_charge_lets_it_finish_and_logs_json() {
     );
     assert!(!stderr.contains("4111111111111111"));
 }
+
+#[tokio::test]
+async fn commands_on_an_unmigrated_database_say_to_migrate() {
+    let db = TestDb::new().await;
+    sqlx::raw_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let out = payvault(
+        Some(&db),
+        &[
+            "credentials",
+            "create",
+            "--name",
+            "twilio",
+            "--kind",
+            "connector",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("run `payvault migrate` first"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(&payvault(Some(&db), &["migrate"]));
+    stdout(&payvault(
+        Some(&db),
+        &[
+            "credentials",
+            "create",
+            "--name",
+            "twilio",
+            "--kind",
+            "connector",
+        ],
+    ));
+}
