@@ -49,20 +49,7 @@ fn keys_generate_prints_a_fresh_usable_key_on_its_last_line() {
 #[tokio::test]
 async fn credentials_create_list_revoke() {
     let db = TestDb::new().await;
-    let created: Value = serde_json::from_str(&stdout(&payvault(
-        Some(&db),
-        &[
-            "credentials",
-            "create",
-            "--name",
-            "twilio",
-            "--kind",
-            "connector",
-            "--format",
-            "json",
-        ],
-    )))
-    .unwrap();
+    let created = create_connector(&db);
     let username = created["username"].as_str().unwrap();
     let secret = created["secret"].as_str().unwrap();
     assert!(username.starts_with("pvc_"));
@@ -187,33 +174,12 @@ fn missing_configuration_is_reported_clearly() {
 #[tokio::test]
 async fn serve_migrates_answers_twilio_and_stops_on_sigterm() {
     let db = TestDb::new().await;
-    let key = stdout(&payvault(None, &["keys", "generate"]))
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    let key = fresh_key();
     let key_file = std::env::temp_dir().join(format!("payvault-key-{}", uuid::Uuid::new_v4()));
     std::fs::write(&key_file, format!("{key}\n")).unwrap();
-    let created: Value = serde_json::from_str(&stdout(&payvault(
-        Some(&db),
-        &[
-            "credentials",
-            "create",
-            "--name",
-            "twilio",
-            "--kind",
-            "connector",
-            "--format",
-            "json",
-        ],
-    )))
-    .unwrap();
+    let created = create_connector(&db);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_payvault"))
         .arg("serve")
         .env("DATABASE_URL", db.url())
@@ -308,11 +274,7 @@ impl Drop for Child {
 
 #[tokio::test]
 async fn payvault_sandbox_serves_the_generic_format() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let _sandbox = Child(
         Command::new(env!("CARGO_BIN_EXE_payvault"))
             .args([
@@ -606,30 +568,9 @@ async fn a_master_key_derived_from_a_passphrase() {
 #[tokio::test]
 async fn sigterm_during_a_slow_charge_lets_it_finish_and_logs_json() {
     let db = TestDb::new().await;
-    let key = stdout(&payvault(None, &["keys", "generate"]))
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
-    let created: Value = serde_json::from_str(&stdout(&payvault(
-        Some(&db),
-        &[
-            "credentials",
-            "create",
-            "--name",
-            "twilio",
-            "--kind",
-            "connector",
-            "--format",
-            "json",
-        ],
-    )))
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let key = fresh_key();
+    let created = create_connector(&db);
+    let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_payvault"))
         .arg("serve")
         .env("DATABASE_URL", db.url())
@@ -748,4 +689,37 @@ async fn commands_on_an_unmigrated_database_say_to_migrate() {
             "connector",
         ],
     ));
+}
+
+/// A new master key, as `payvault keys generate` prints it.
+fn fresh_key() -> String {
+    stdout(&payvault(None, &["keys", "generate"]))
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}
+
+/// A connector credential created with the CLI, as its JSON output.
+fn create_connector(db: &TestDb) -> Value {
+    let args = [
+        "credentials",
+        "create",
+        "--name",
+        "twilio",
+        "--kind",
+        "connector",
+        "--format",
+        "json",
+    ];
+    serde_json::from_str(&stdout(&payvault(Some(db), &args))).unwrap()
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
