@@ -111,52 +111,16 @@ pub async fn list_audit_events(
 }
 
 /// Sealed events with seal seq above `after`, in chain order (the export order: final, so a
-/// cursor never skips an event that committed late).
+/// cursor never skips an event that committed late). Seals whose event is gone (tampering, which
+/// `audit verify` reports) are skipped.
 pub async fn export_sealed_events(
     db: impl PgExecutor<'_>,
     after: i64,
     limit: i64,
 ) -> Result<Vec<(i64, AuditRow)>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"
-        SELECT s.seq, e.id, e.occurred_at, e.request_id, e.actor_id, e.actor_kind, e.action,
-               e.outcome, e.error_code, e.client_addr, e.forwarded_for, e.token,
-               e.transaction_id, e.masked_data, e.amount_minor, e.currency,
-               e.details::text AS "details!"
-        FROM audit_seals s JOIN audit_events e ON e.id = s.event_id
-        WHERE s.seq > $1
-        ORDER BY s.seq
-        LIMIT $2
-        "#,
-        after,
-        limit,
-    )
-    .fetch_all(db)
-    .await?;
+    let rows = super::seals::seals_after(db, after, limit).await?;
     Ok(rows
         .into_iter()
-        .map(|r| {
-            (
-                r.seq,
-                AuditRow {
-                    id: r.id,
-                    occurred_at: r.occurred_at,
-                    request_id: r.request_id,
-                    actor_id: r.actor_id,
-                    actor_kind: r.actor_kind,
-                    action: r.action,
-                    outcome: r.outcome,
-                    error_code: r.error_code,
-                    client_addr: r.client_addr,
-                    forwarded_for: r.forwarded_for,
-                    token: r.token,
-                    transaction_id: r.transaction_id,
-                    masked_data: r.masked_data,
-                    amount_minor: r.amount_minor,
-                    currency: r.currency,
-                    details: r.details,
-                },
-            )
-        })
+        .filter_map(|r| Some((r.seq, r.event?)))
         .collect())
 }
