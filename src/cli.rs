@@ -49,6 +49,16 @@ enum Command {
     /// Read, verify, export and prune the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Zero-configuration local mode: a private PostgreSQL cluster, development keys and
+    /// credentials, and the sandbox processor, all kept in one directory. Never for real cards.
+    Dev(crate::dev::DevArgs),
+    /// Exit 0 if the local service answers /readyz (for container health checks).
+    Healthcheck {
+        /// URL to check (default: /readyz on PAYVAULT_LISTEN's port on 127.0.0.1, over HTTPS
+        /// when PAYVAULT_TLS_CERT is set).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Run the built-in fake payment processor (for demos and tests; no money moves).
     Sandbox {
         /// Address to listen on.
@@ -100,6 +110,9 @@ enum KeysCommand {
         /// Version number of the new key.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
         version: i32,
+        /// Mark it a development key (`pvdev.`), which PAYVAULT_ENV=production refuses.
+        #[arg(long)]
+        development: bool,
     },
     /// Re-encrypt every entry under an older master key version with the current (highest)
     /// version in PAYVAULT_MASTER_KEY, in resumable batches, while the service keeps serving.
@@ -228,6 +241,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Credentials(cmd) => credentials(cmd).await,
+        Command::Dev(args) => crate::dev::run(args).await,
+        Command::Healthcheck { url } => healthcheck(url).await,
         Command::Audit(cmd) => audit(cmd).await,
         Command::Sandbox { listen, slow_ms } => {
             let sandbox = Arc::new(Sandbox::new(Duration::from_millis(slow_ms)));
@@ -251,8 +266,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Keys(KeysCommand::Generate { version }) => {
-            let key = MasterKey::generate(version);
+        Command::Keys(KeysCommand::Generate {
+            version,
+            development,
+        }) => {
+            let key = if development {
+                println!("# DEVELOPMENT key: PAYVAULT_ENV=production refuses it.");
+                MasterKey::generate_development(version)
+            } else {
+                MasterKey::generate(version)
+            };
             println!("# New payvault master key (version {version}). Keep it in a secret manager, never in the database.");
             println!("# Set it as PAYVAULT_MASTER_KEY, or put it in a file named by PAYVAULT_MASTER_KEY_FILE.");
             println!("{}", key.encode().as_str());
@@ -264,13 +287,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(no_migrate: bool) -> anyhow::Result<()> {
     let cfg = ServeConfig::from_env()?;
     let env = env_keys()?;
+    run_service(cfg, env, !no_migrate, |addr| {
+        tracing::info!(%addr, "payvault listening");
+    })
+    .await
+}
+
+/// Refuses development settings in production, connects, migrates (if `migrate`), creates the
+/// development connector credential if one is configured, and serves until SIGTERM or Ctrl-C.
+/// `on_listening` is called once the port is bound.
+pub(crate) async fn run_service(
+    cfg: ServeConfig,
+    env: EnvKeys,
+    migrate: bool,
+    on_listening: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
+    let refusals = cfg.production_refusals(env.keys.iter().any(MasterKey::is_development));
+    if !refusals.is_empty() {
+        anyhow::bail!(
+            "PAYVAULT_ENV=production refuses to start:\n  - {}",
+            refusals.join("\n  - ")
+        );
+    }
+    let tls = match &cfg.tls {
+        Some(files) => Some(crate::http::tls::acceptor(&files.cert, &files.key)?),
+        None => None,
+    };
     let pool = store::connect(&cfg.database_url, cfg.db_max_connections)
         .await
         .context("cannot connect to the database")?;
-    if !no_migrate {
+    if migrate {
         store::migrate(&pool).await.context("migration failed")?;
     }
     let keys = key_ring(&pool, env).await?;
+    if let Some(credential) = &cfg.dev_connector_credential {
+        ensure_dev_connector(&pool, credential.expose_secret()).await?;
+    }
     let processor: Arc<dyn Processor> = match cfg.processor {
         ProcessorConfig::None => Arc::new(Unconfigured),
         ProcessorConfig::Sandbox => {
@@ -300,6 +352,7 @@ async fn serve(no_migrate: bool) -> anyhow::Result<()> {
         default_token_ttl_days: cfg.default_token_ttl_days,
         dedup: cfg.dedup,
         shutdown_grace: cfg.shutdown_grace,
+        tls,
     };
     let versions: Vec<i32> = keys.versions().collect();
     let instance = serde_json::json!({
@@ -321,7 +374,13 @@ async fn serve(no_migrate: bool) -> anyhow::Result<()> {
     let app = Application::build(&settings, pool, keys.clone())
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    tracing::info!(addr = %app.local_addr()?, key_versions = ?versions, "payvault listening");
+    tracing::info!(
+        key_versions = ?versions,
+        tls = settings.tls.is_some(),
+        environment = ?cfg.environment,
+        "payvault ready"
+    );
+    on_listening(app.local_addr()?);
     app.run(shutdown_signal()).await?;
     let stop = AuditEvent::system("service_stop", instance);
     if let Err(e) = store::audit::insert_audit_event(&stop_pool, &stop).await {
@@ -331,6 +390,42 @@ async fn serve(no_migrate: bool) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "could not seal the last audit events; the next instance will");
     }
     tracing::info!("payvault stopped");
+    Ok(())
+}
+
+/// `payvault healthcheck`: GET /readyz on this host; for `HEALTHCHECK` in images without curl.
+async fn healthcheck(url: Option<String>) -> anyhow::Result<()> {
+    let url = match url {
+        Some(url) => url,
+        None => {
+            let listen: std::net::SocketAddr = config::parsed(
+                "PAYVAULT_LISTEN",
+                std::net::SocketAddr::from(([0, 0, 0, 0], 8080)),
+            )?;
+            let scheme = if config::var("PAYVAULT_TLS_CERT")?.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://127.0.0.1:{}/readyz", listen.port())
+        }
+    };
+    // Loopback: the certificate names the public host, not 127.0.0.1.
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("{url} did not answer"))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        anyhow::bail!("{url} answered {status}: {body}");
+    }
+    println!("ok");
     Ok(())
 }
 
@@ -420,11 +515,38 @@ async fn credentials(cmd: CredentialsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `PAYVAULT_DEV_CONNECTOR_CREDENTIAL` (`username:password`): a connector credential for
+/// development set-ups whose curl examples need a known password.
+async fn ensure_dev_connector(pool: &sqlx::PgPool, credential: &str) -> anyhow::Result<()> {
+    let Some((username, password)) = credential.split_once(':') else {
+        anyhow::bail!("PAYVAULT_DEV_CONNECTOR_CREDENTIAL must be username:password");
+    };
+    if password.len() < 16 {
+        anyhow::bail!(
+            "PAYVAULT_DEV_CONNECTOR_CREDENTIAL: the password must be at least 16 characters"
+        );
+    }
+    let created = admin::ensure_credential(
+        pool,
+        "dev-connector",
+        CredentialKind::Connector,
+        vec![Scope::Connector, Scope::TokensCharge],
+        username,
+        crate::domain::SecretText::new(password.to_owned()),
+    )
+    .await
+    .context("PAYVAULT_DEV_CONNECTOR_CREDENTIAL")?;
+    if created {
+        tracing::warn!(%username, "created the DEVELOPMENT connector credential `dev-connector`");
+    }
+    Ok(())
+}
+
 /// Master keys from the environment: `PAYVAULT_MASTER_KEY` parsed at once (so a malformed key
 /// fails before anything else), and the passphrase, if any, still to be derived.
-struct EnvKeys {
-    keys: Vec<MasterKey>,
-    passphrase: Option<(secrecy::SecretString, i32)>,
+pub(crate) struct EnvKeys {
+    pub(crate) keys: Vec<MasterKey>,
+    pub(crate) passphrase: Option<(secrecy::SecretString, i32)>,
 }
 
 fn env_keys() -> anyhow::Result<EnvKeys> {

@@ -92,10 +92,58 @@ pub fn database_url() -> Result<SecretString, ConfigError> {
     secret_var("DATABASE_URL")?.ok_or(ConfigError::Missing("DATABASE_URL"))
 }
 
+/// Where payvault runs (`PAYVAULT_ENV`). Production refuses development conveniences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+/// `PAYVAULT_ENV`: `development` (the default) or `production`.
+pub fn environment() -> Result<Environment, ConfigError> {
+    match var("PAYVAULT_ENV")?.as_deref() {
+        None | Some("development") => Ok(Environment::Development),
+        Some("production") => Ok(Environment::Production),
+        Some(other) => Err(ConfigError::Invalid {
+            name: "PAYVAULT_ENV",
+            reason: format!("`{other}` is not one of development, production"),
+        }),
+    }
+}
+
+/// The certificate chain and private key (PEM files) for inbound HTTPS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+fn tls_files() -> Result<Option<TlsFiles>, ConfigError> {
+    match (var("PAYVAULT_TLS_CERT")?, var("PAYVAULT_TLS_KEY")?) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+        })),
+        (Some(_), None) => Err(ConfigError::Missing(
+            "PAYVAULT_TLS_KEY (PAYVAULT_TLS_CERT is set)",
+        )),
+        (None, Some(_)) => Err(ConfigError::Missing(
+            "PAYVAULT_TLS_CERT (PAYVAULT_TLS_KEY is set)",
+        )),
+    }
+}
+
 /// Settings of `payvault serve`. `Debug` shows no secret: the URL and key ring redact themselves.
 #[derive(Debug)]
 pub struct ServeConfig {
+    pub environment: Environment,
     pub database_url: SecretString,
+    /// Inbound HTTPS; plain HTTP when `None` (TLS terminated by a proxy).
+    pub tls: Option<TlsFiles>,
+    /// `username:password` of a connector credential to create at start
+    /// (`PAYVAULT_DEV_CONNECTOR_CREDENTIAL`, development only).
+    pub dev_connector_credential: Option<SecretString>,
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub auth_cache_ttl: Duration,
@@ -195,8 +243,16 @@ fn processor_auth() -> Result<ProcessorAuth, ConfigError> {
 
 impl ServeConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_env_with_database(database_url()?)
+    }
+
+    /// Everything but the database URL from the environment (`payvault dev` has its own).
+    pub fn from_env_with_database(database_url: SecretString) -> Result<Self, ConfigError> {
         Ok(Self {
-            database_url: database_url()?,
+            environment: environment()?,
+            database_url,
+            tls: tls_files()?,
+            dev_connector_credential: secret_var("PAYVAULT_DEV_CONNECTOR_CREDENTIAL")?,
             listen: parsed("PAYVAULT_LISTEN", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
             max_body_bytes: parsed("PAYVAULT_MAX_BODY_BYTES", 16 * 1024)?,
             auth_cache_ttl: Duration::from_secs(parsed("PAYVAULT_AUTH_CACHE_TTL_SECS", 60)?),
@@ -230,5 +286,98 @@ impl ServeConfig {
                 days => Some(days),
             },
         })
+    }
+}
+
+impl ServeConfig {
+    /// Under `PAYVAULT_ENV=production`, the reasons this configuration must not start: the
+    /// sandbox processor, a plain-HTTP processor URL, development credentials, or a development
+    /// master key (`has_development_key`). Empty when it may start.
+    pub fn production_refusals(&self, has_development_key: bool) -> Vec<&'static str> {
+        if self.environment != Environment::Production {
+            return Vec::new();
+        }
+        let mut refusals = Vec::new();
+        if has_development_key {
+            refusals.push("a development master key (pvdev.…) is loaded: generate a production key with `payvault keys generate`");
+        }
+        match &self.processor {
+            ProcessorConfig::Sandbox => refusals
+                .push("PAYVAULT_PROCESSOR=sandbox is a fake processor: configure a real one"),
+            ProcessorConfig::Generic { url, .. } if url.scheme() != "https" => refusals.push(
+                "PAYVAULT_PROCESSOR_URL must be https: card data never crosses a network in clear",
+            ),
+            _ => {}
+        }
+        if self.dev_connector_credential.is_some() {
+            refusals.push("PAYVAULT_DEV_CONNECTOR_CREDENTIAL is for development: create credentials with `payvault credentials create`");
+        }
+        refusals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(environment: Environment, processor: ProcessorConfig) -> ServeConfig {
+        ServeConfig {
+            environment,
+            database_url: SecretString::from("postgres://localhost/x"),
+            tls: None,
+            dev_connector_credential: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024,
+            auth_cache_ttl: Duration::from_secs(1),
+            db_max_connections: 1,
+            processor,
+            processor_connect_timeout: Duration::from_secs(1),
+            processor_timeout: Duration::from_secs(1),
+            idempotency_wait: Duration::from_secs(1),
+            sandbox_slow: Duration::from_secs(1),
+            trusted_proxies: String::new(),
+            seal_interval: Duration::from_secs(1),
+            default_token_ttl_days: None,
+            dedup: false,
+            shutdown_grace: Duration::from_secs(1),
+        }
+    }
+
+    fn generic(url: &str) -> ProcessorConfig {
+        ProcessorConfig::Generic {
+            url: reqwest::Url::parse(url).unwrap(),
+            auth: ProcessorAuth::None,
+        }
+    }
+
+    #[test]
+    fn production_refuses_development_settings() {
+        let prod = Environment::Production;
+        assert!(config(prod, generic("https://pay.example"))
+            .production_refusals(false)
+            .is_empty());
+        assert!(config(prod, ProcessorConfig::None)
+            .production_refusals(false)
+            .is_empty());
+        let refusals = config(prod, ProcessorConfig::Sandbox).production_refusals(true);
+        assert_eq!(refusals.len(), 2, "{refusals:?}");
+        assert!(refusals[0].contains("development master key"));
+        assert!(refusals[1].contains("sandbox"));
+        let refusals = config(prod, generic("http://pay.example")).production_refusals(false);
+        assert!(refusals[0].contains("https"), "{refusals:?}");
+        let mut with_dev_credential = config(prod, ProcessorConfig::None);
+        with_dev_credential.dev_connector_credential = Some(SecretString::from("a:b"));
+        assert_eq!(with_dev_credential.production_refusals(false).len(), 1);
+    }
+
+    #[test]
+    fn development_allows_everything() {
+        let dev = Environment::Development;
+        assert!(config(dev, ProcessorConfig::Sandbox)
+            .production_refusals(true)
+            .is_empty());
+        assert!(config(dev, generic("http://sandbox:9090"))
+            .production_refusals(false)
+            .is_empty());
     }
 }

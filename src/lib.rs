@@ -11,6 +11,7 @@ pub mod charge;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod dev;
 pub mod domain;
 pub mod http;
 pub mod processor;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use axum::Router;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -37,6 +38,8 @@ pub struct Settings {
     pub dedup: bool,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Serve HTTPS with this acceptor; plain HTTP when `None`.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Margin added to the processor timeout before an in-flight attempt is presumed dead.
@@ -49,6 +52,7 @@ pub struct Application {
     vault: Vault,
     seal_interval: Duration,
     shutdown_grace: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Application {
@@ -90,6 +94,7 @@ impl Application {
             vault,
             seal_interval,
             shutdown_grace: settings.shutdown_grace,
+            tls: settings.tls.clone(),
         })
     }
 
@@ -121,9 +126,30 @@ impl Application {
             shutdown.await;
             let _ = signalled.send(());
         };
-        let serve = axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
-            .into_future();
+        // `tap_io` gives both listeners the `SocketAddr` connect info the handlers read.
+        let serve: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+            match self.tls {
+                None => {
+                    let listener = self.listener.tap_io(|tcp| {
+                        // Replies are written whole; do not let Nagle hold them back.
+                        let _ = tcp.set_nodelay(true);
+                    });
+                    Box::pin(
+                        axum::serve(listener, service)
+                            .with_graceful_shutdown(shutdown)
+                            .into_future(),
+                    )
+                }
+                Some(acceptor) => {
+                    let listener =
+                        crate::http::tls::TlsListener::new(self.listener, acceptor)?.tap_io(|_| {});
+                    Box::pin(
+                        axum::serve(listener, service)
+                            .with_graceful_shutdown(shutdown)
+                            .into_future(),
+                    )
+                }
+            };
         let grace = self.shutdown_grace;
         let result = tokio::select! {
             result = serve => result,

@@ -20,6 +20,8 @@ pub enum AdminError {
     NoScopes,
     #[error("no active credential with username or name `{0}`")]
     NotFound(String),
+    #[error("credential username `{0}` is already taken by a credential with another secret or name; choose a new username")]
+    UsernameTaken(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -82,6 +84,15 @@ pub async fn create_credential(
         created_at: Utc::now(),
         revoked_at: None,
     };
+    insert_with_audit(pool, &row).await?;
+    Ok(CreatedCredential {
+        row,
+        secret: generated.secret,
+    })
+}
+
+/// Inserts a credential and its `credential_create` audit event in one transaction.
+async fn insert_with_audit(pool: &PgPool, row: &CredentialRow) -> Result<(), AdminError> {
     let mut event = operator_event("credential_create");
     event.details["credential_id"] = row.id.to_string().into();
     event.details["username"] = row.username.clone().into();
@@ -90,20 +101,73 @@ pub async fn create_credential(
     event.details["scopes"] = row.scopes.clone().into();
 
     let mut tx = pool.begin().await?;
-    store::credentials::insert_credential(&mut *tx, &row)
+    store::credentials::insert_credential(&mut *tx, row)
         .await
         .map_err(|e| match &e {
             sqlx::Error::Database(db) if db.constraint() == Some("credentials_active_name_key") => {
-                AdminError::NameTaken(name.to_owned())
+                AdminError::NameTaken(row.name.clone())
+            }
+            sqlx::Error::Database(db) if db.constraint() == Some("credentials_username_key") => {
+                AdminError::UsernameTaken(row.username.clone())
             }
             _ => AdminError::Database(e),
         })?;
     store::audit::insert_audit_event(&mut *tx, &event).await?;
     tx.commit().await?;
-    Ok(CreatedCredential {
-        row,
-        secret: generated.secret,
-    })
+    Ok(())
+}
+
+/// Makes sure an active credential `name` exists with exactly this username and secret, creating
+/// it if needed: the development credentials of `payvault dev` and of the compose file, which are
+/// chosen before the database exists. Returns whether it was created.
+pub async fn ensure_credential(
+    pool: &PgPool,
+    name: &str,
+    kind: CredentialKind,
+    scopes: Vec<Scope>,
+    username: &str,
+    secret: SecretText,
+) -> Result<bool, AdminError> {
+    check_name(name)?;
+    check_name(username).map_err(|_| {
+        AdminError::InvalidName("the username must be 1 to 64 letters, digits, '-', '_' or '.'")
+    })?;
+    if let Some(row) = store::credentials::find_credential_by_username(pool, username).await? {
+        let phc = row.secret_hash.clone();
+        let same_secret = tokio::task::spawn_blocking(move || {
+            use argon2::{PasswordHash, PasswordVerifier};
+            PasswordHash::new(&phc).is_ok_and(|hash| {
+                argon2::Argon2::default()
+                    .verify_password(secret.expose().as_bytes(), &hash)
+                    .is_ok()
+            })
+        })
+        .await
+        .unwrap_or(false);
+        if same_secret && row.revoked_at.is_none() && row.name == name && row.kind == kind.as_str()
+        {
+            return Ok(false);
+        }
+        return Err(AdminError::UsernameTaken(username.to_owned()));
+    }
+    let mut scopes = scopes;
+    scopes.sort();
+    scopes.dedup();
+    let secret_hash = tokio::task::spawn_blocking(move || super::credential::hash_secret(&secret))
+        .await
+        .map_err(|e| AdminError::Database(sqlx::Error::Io(std::io::Error::other(e))))?;
+    let row = CredentialRow {
+        id: uuid::Uuid::new_v4(),
+        username: username.to_owned(),
+        name: name.to_owned(),
+        kind: kind.as_str().to_owned(),
+        scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+        secret_hash,
+        created_at: Utc::now(),
+        revoked_at: None,
+    };
+    insert_with_audit(pool, &row).await?;
+    Ok(true)
 }
 
 pub async fn revoke_credential(

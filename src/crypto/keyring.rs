@@ -22,11 +22,15 @@ use super::CryptoError;
 pub type HmacSha256 = Hmac<Sha256>;
 
 const PREFIX: &str = "pvmk";
+/// The prefix of development keys (`payvault dev`, the compose file's sample key), which
+/// `PAYVAULT_ENV=production` refuses.
+const DEV_PREFIX: &str = "pvdev";
 
 /// 32 bytes of master key material with its version. Zeroized on drop, redacted in `Debug`.
 pub struct MasterKey {
     version: i32,
     bytes: Zeroizing<[u8; 32]>,
+    development: bool,
 }
 
 impl MasterKey {
@@ -34,17 +38,35 @@ impl MasterKey {
     pub fn generate(version: i32) -> Self {
         let mut bytes = Zeroizing::new([0u8; 32]);
         OsRng.fill_bytes(bytes.as_mut());
-        Self { version, bytes }
+        Self {
+            version,
+            bytes,
+            development: false,
+        }
+    }
+
+    /// A fresh random key marked as a development key (text form `pvdev.<v>.<key>`), which a
+    /// production instance refuses to load.
+    pub fn generate_development(version: i32) -> Self {
+        Self {
+            development: true,
+            ..Self::generate(version)
+        }
     }
 
     pub fn version(&self) -> i32 {
         self.version
     }
 
+    /// Whether this is a development key (`pvdev.` prefix).
+    pub fn is_development(&self) -> bool {
+        self.development
+    }
+
     /// The text form accepted by `PAYVAULT_MASTER_KEY`. Returned zeroizing: it is the key.
     pub fn encode(&self) -> Zeroizing<String> {
         let mut out = Zeroizing::new(String::with_capacity(64));
-        out.push_str(PREFIX);
+        out.push_str(if self.development { DEV_PREFIX } else { PREFIX });
         out.push('.');
         out.push_str(&self.version.to_string());
         out.push('.');
@@ -70,7 +92,11 @@ impl MasterKey {
         argon
             .hash_password_into(passphrase.as_bytes(), salt, bytes.as_mut())
             .map_err(|_| KeyRingError::Passphrase)?;
-        Ok(Self { version, bytes })
+        Ok(Self {
+            version,
+            bytes,
+            development: false,
+        })
     }
 
     /// A MAC that shows whether a passphrase derived this key, without revealing the key.
@@ -89,7 +115,7 @@ impl MasterKey {
 
     fn parse(text: &str) -> Result<Self, KeyRingError> {
         let mut parts = text.trim().splitn(3, '.');
-        let (Some(PREFIX), Some(version), Some(material)) =
+        let (Some(prefix @ (PREFIX | DEV_PREFIX)), Some(version), Some(material)) =
             (parts.next(), parts.next(), parts.next())
         else {
             return Err(KeyRingError::Format);
@@ -108,13 +134,22 @@ impl MasterKey {
             return Err(KeyRingError::Length);
         }
         bytes.copy_from_slice(&decoded);
-        Ok(Self { version, bytes })
+        Ok(Self {
+            version,
+            bytes,
+            development: prefix == DEV_PREFIX,
+        })
     }
 }
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MasterKey(v{}, [REDACTED])", self.version)
+        let kind = if self.development {
+            ", development"
+        } else {
+            ""
+        };
+        write!(f, "MasterKey(v{}{kind}, [REDACTED])", self.version)
     }
 }
 
@@ -269,6 +304,21 @@ mod tests {
         assert_eq!(parsed.version, 3);
         assert_eq!(parsed.bytes.as_ref(), key.bytes.as_ref());
         assert_eq!(format!("{parsed:?}"), "MasterKey(v3, [REDACTED])");
+        assert!(!parsed.is_development());
+    }
+
+    #[test]
+    fn development_keys_keep_their_mark() {
+        let key = MasterKey::generate_development(2);
+        let text = key.encode();
+        assert!(text.starts_with("pvdev.2."));
+        let parsed = MasterKey::parse(&text).unwrap();
+        assert!(parsed.is_development());
+        assert_eq!(parsed.bytes.as_ref(), key.bytes.as_ref());
+        assert_eq!(
+            format!("{parsed:?}"),
+            "MasterKey(v2, development, [REDACTED])"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub use auth::FailureLimiter;
 mod connector;
 pub mod ops;
 pub mod sandbox;
+pub mod tls;
 pub mod twilio;
 
 use std::net::{IpAddr, SocketAddr};

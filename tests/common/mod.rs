@@ -213,6 +213,7 @@ pub struct Options {
     pub processor: Arc<dyn Processor>,
     pub processor_timeout: Duration,
     pub idempotency_wait: Duration,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Default for Options {
@@ -224,6 +225,7 @@ impl Default for Options {
             processor: Arc::new(Sandbox::new(Duration::from_secs(1))),
             processor_timeout: timeout,
             idempotency_wait: Duration::from_secs(9),
+            tls: None,
         }
     }
 }
@@ -243,6 +245,7 @@ impl Options {
             processor: Arc::new(processor),
             processor_timeout: timeout,
             idempotency_wait: Duration::from_secs(9),
+            tls: None,
         }
     }
 }
@@ -271,6 +274,7 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
         default_token_ttl_days: None,
         dedup: opts.dedup,
         shutdown_grace: Duration::from_secs(5),
+        tls: opts.tls,
     };
     let pool = PgPoolOptions::new()
         .max_connections(10)
