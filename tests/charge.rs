@@ -875,7 +875,7 @@ async fn generic_adapter_supports_basic_and_named_header_auth() {
             processor: Arc::new(processor),
             processor_timeout: Duration::from_secs(2),
             idempotency_wait: Duration::from_secs(9),
-            tls: None,
+            ..Default::default()
         };
         let app = spawn_app_opts(Arc::new(TestDb::new().await), test_keys(), opts).await;
         let (_, body) = app

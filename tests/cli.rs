@@ -723,3 +723,101 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+#[test]
+fn production_refuses_development_keys_sandbox_and_plain_http() {
+    let dev_key = stdout(&payvault(None, &["keys", "generate", "--development"]))
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    assert!(dev_key.starts_with("pvdev.1."), "{dev_key}");
+    let serve = |key: &str, processor: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_payvault"));
+        cmd.arg("serve")
+            .env("PAYVAULT_ENV", "production")
+            // Never reached: the refusal comes before any connection.
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env("PAYVAULT_MASTER_KEY", key)
+            .env_remove("PAYVAULT_PROCESSOR")
+            .env_remove("PAYVAULT_PROCESSOR_URL");
+        for (name, value) in processor {
+            cmd.env(name, value);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = serve(&dev_key, &[("PAYVAULT_PROCESSOR", "sandbox")]);
+    assert!(
+        err.contains("PAYVAULT_ENV=production refuses to start")
+            && err.contains("development master key")
+            && err.contains("PAYVAULT_PROCESSOR=sandbox"),
+        "{err}"
+    );
+    assert!(!err.contains(&dev_key[8..]), "the key is never printed");
+    let err = serve(
+        &fresh_key(),
+        &[("PAYVAULT_PROCESSOR_URL", "http://processor.example/charge")],
+    );
+    assert!(err.contains("must be https"), "{err}");
+    // A production key and an https processor pass the checks and fail only on the database.
+    let err = serve(
+        &fresh_key(),
+        &[("PAYVAULT_PROCESSOR_URL", "https://processor.example/charge")],
+    );
+    assert!(
+        !err.contains("refuses") && err.contains("cannot connect to the database"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_development_connector_credential_from_the_environment_works_across_restarts() {
+    let db = TestDb::new().await;
+    let key = fresh_key();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let credential = "twilio-dev:dev-only-password-1234";
+    for round in 0..2 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_payvault"))
+            .arg("serve")
+            .env("DATABASE_URL", db.url())
+            .env("PAYVAULT_MASTER_KEY", &key)
+            .env("PAYVAULT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PAYVAULT_DEV_CONNECTOR_CREDENTIAL", credential)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.get(format!("{base}/healthz")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "payvault serve did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let answer: Value = client
+            .post(format!("{base}/"))
+            .basic_auth("twilio-dev", Some("dev-only-password-1234"))
+            .body(card_tokenize(&new_txn(), "4111111111111111").to_string())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(answer["token_id"].is_string(), "round {round}: {answer}");
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    let created: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM credentials WHERE username = 'twilio-dev' AND revoked_at IS NULL",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(created, 1, "created once, found again on restart");
+}

@@ -5,7 +5,11 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{card_charge, card_tokenize, new_txn, spawn_app_with, TestDb};
+use std::time::{Duration, Instant};
+
+use common::{
+    card_charge, card_tokenize, new_txn, spawn_app_opts, spawn_app_with, test_keys, Options, TestDb,
+};
 use payvault::crypto::{KeyRing, MasterKey};
 use serde_json::Value;
 
@@ -130,4 +134,178 @@ async fn openapi_describes_every_route_and_each_documented_route_exists() {
         assert!(schema.get(field).is_some(), "{field} undocumented");
     }
     assert!(doc["components"]["securitySchemes"]["basic"].is_object());
+}
+
+/// A TCP proxy in front of the test PostgreSQL that can be cut and restored: "the database is
+/// down" as a load balancer's probe would see it, without stopping the server other tests use.
+struct DbProxy {
+    port: u16,
+    target: String,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl DbProxy {
+    async fn start() -> Self {
+        let admin = reqwest::Url::parse(&common::admin_url()).unwrap();
+        let target = format!(
+            "{}:{}",
+            admin.host_str().unwrap(),
+            admin.port().unwrap_or(5432)
+        );
+        let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut proxy = Self {
+            port,
+            target,
+            task: None,
+        };
+        proxy.up().await;
+        proxy
+    }
+
+    /// The test database's URL, through the proxy.
+    fn url_for(&self, db: &TestDb) -> String {
+        let mut url = reqwest::Url::parse(&db.url()).unwrap();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(self.port)).unwrap();
+        url.to_string()
+    }
+
+    async fn up(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let target = self.target.clone();
+        self.task = Some(tokio::spawn(async move {
+            // Dropping the set (when this task is aborted) closes every proxied connection.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let target = target.clone();
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Refuses new connections and cuts the open ones.
+    fn down(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Polls `/readyz` until it answers `status`, with a deadline; returns the last body.
+async fn wait_for_readyz(app: &common::TestApp, status: u16, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let resp = app.client.get(app.url("/readyz")).send().await.unwrap();
+        let got = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        if got == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still answers {got} {body}, expected {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn readyz_fails_while_the_database_is_down_and_recovers() {
+    let db = Arc::new(TestDb::new().await);
+    let mut proxy = DbProxy::start().await;
+    let opts = Options {
+        database_url: Some(proxy.url_for(&db)),
+        ..Default::default()
+    };
+    let app = spawn_app_opts(db, test_keys(), opts).await;
+    let body = wait_for_readyz(&app, 200, Duration::from_secs(10)).await;
+    assert_eq!(body["database"], "ok");
+
+    proxy.down();
+    let body = wait_for_readyz(&app, 503, Duration::from_secs(15)).await;
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["database"], "unreachable");
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "the process itself is alive");
+
+    proxy.up().await;
+    let body = wait_for_readyz(&app, 200, Duration::from_secs(15)).await;
+    assert_eq!(body["status"], "ready");
+    let (_, tokenized) = app
+        .post("/", &card_tokenize(&new_txn(), "4111111111111111"))
+        .await;
+    assert!(tokenized["token_id"].is_string(), "{tokenized}");
+}
+
+#[tokio::test]
+async fn serves_https_when_given_a_certificate_and_key() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("pvtls-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+
+    let acceptor = payvault::http::tls::acceptor(&cert, &key).unwrap();
+    let opts = Options {
+        tls: Some(acceptor),
+        ..Default::default()
+    };
+    let app = spawn_app_opts(Arc::new(TestDb::new().await), test_keys(), opts).await;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap(),
+        )
+        .resolve("localhost", app.addr)
+        .build()
+        .unwrap();
+    let https = format!("https://localhost:{}", app.addr.port());
+    let resp = client
+        .post(format!("{https}/"))
+        .basic_auth(
+            &app.connector.row.username,
+            Some(app.connector.secret.expose()),
+        )
+        .body(card_tokenize(&new_txn(), "4111111111111111").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["token_id"].is_string(), "{body}");
+
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = app.client.get(app.url("/healthz")).send().await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+
+    // Bad files are named, their content never shown.
+    std::fs::write(&key, "not a key at all: SECRETSECRET").unwrap();
+    let err = payvault::http::tls::acceptor(&cert, &key)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("key.pem") && !err.contains("SECRETSECRET"),
+        "{err}"
+    );
+    let err = payvault::http::tls::acceptor(&dir.join("missing.pem"), &key)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("missing.pem"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -83,11 +83,17 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         .map(|m| m.version)
         .max()
         .unwrap_or(0);
-    let database = crate::store::applied_migration(app.vault.pool()).await;
+    // A probe wants a prompt answer: an unreachable database is "not ready" after 2 s, not
+    // after the pool's whole acquire timeout.
+    let database = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        crate::store::applied_migration(app.vault.pool()),
+    )
+    .await;
     let (status, db, migrations) = match database {
-        Ok(Some(v)) if v >= latest => (StatusCode::OK, "ok", "ok"),
-        Ok(_) => (StatusCode::SERVICE_UNAVAILABLE, "ok", "pending"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "unreachable", "unknown"),
+        Ok(Ok(Some(v))) if v >= latest => (StatusCode::OK, "ok", "ok"),
+        Ok(Ok(_)) => (StatusCode::SERVICE_UNAVAILABLE, "ok", "pending"),
+        Ok(Err(_)) | Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "unreachable", "unknown"),
     };
     let body = json!({
         "status": if status == StatusCode::OK { "ready" } else { "not_ready" },

@@ -214,6 +214,8 @@ pub struct Options {
     pub processor_timeout: Duration,
     pub idempotency_wait: Duration,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Reach the database through this URL (a proxy, say) instead of the test database's own.
+    pub database_url: Option<String>,
 }
 
 impl Default for Options {
@@ -226,6 +228,7 @@ impl Default for Options {
             processor_timeout: timeout,
             idempotency_wait: Duration::from_secs(9),
             tls: None,
+            database_url: None,
         }
     }
 }
@@ -245,7 +248,7 @@ impl Options {
             processor: Arc::new(processor),
             processor_timeout: timeout,
             idempotency_wait: Duration::from_secs(9),
-            tls: None,
+            ..Default::default()
         }
     }
 }
@@ -276,11 +279,15 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
         shutdown_grace: Duration::from_secs(5),
         tls: opts.tls,
     };
-    let pool = PgPoolOptions::new()
-        .max_connections(10)
-        .connect(&db.url())
-        .await
-        .unwrap();
+    let pool = match &opts.database_url {
+        // Lazy, as `payvault serve` opens it: the database may be down.
+        Some(url) => payvault::store::connect_lazy(&url.clone().into(), 10).unwrap(),
+        None => PgPoolOptions::new()
+            .max_connections(10)
+            .connect(&db.url())
+            .await
+            .unwrap(),
+    };
     let app = Application::build(&settings, pool, keys.clone())
         .await
         .unwrap();
