@@ -821,3 +821,59 @@ async fn a_development_connector_credential_from_the_environment_works_across_re
     .unwrap();
     assert_eq!(created, 1, "created once, found again on restart");
 }
+
+/// Names of the `PAYVAULT_*` variables (and `DATABASE_URL`) quoted as string literals in `src/`.
+fn variables_read_by_the_source() -> std::collections::BTreeSet<String> {
+    fn walk(dir: &std::path::Path, out: &mut std::collections::BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (i, _) in text.match_indices('"') {
+                    let rest = &text[i + 1..];
+                    let name: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                        .collect();
+                    let closed = rest[name.len()..].starts_with('"');
+                    if closed && (name.starts_with("PAYVAULT_") || name == "DATABASE_URL") {
+                        out.insert(name);
+                    }
+                }
+            }
+        }
+    }
+    let mut names = std::collections::BTreeSet::new();
+    walk(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut names,
+    );
+    names
+}
+
+#[test]
+fn the_readme_configuration_table_lists_exactly_the_variables_payvault_reads() {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let table: std::collections::BTreeSet<String> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .filter_map(|l| l[3..].split('`').next().map(str::to_owned))
+        .filter(|n| n.starts_with("PAYVAULT_") || n == "DATABASE_URL")
+        .collect();
+    let read = variables_read_by_the_source();
+    assert!(read.len() > 30, "the scan found the variables: {read:?}");
+    let undocumented: Vec<_> = read.difference(&table).collect();
+    let stale: Vec<_> = table.difference(&read).collect();
+    assert!(
+        undocumented.is_empty(),
+        "not in the README table: {undocumented:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "in the README table but never read: {stale:?}"
+    );
+}
