@@ -185,27 +185,36 @@ impl Charger {
         let request_mac = keys.request_mac(mac_version, &[b"charge", &mac_input])?;
         let processor_key = self.processor_key(who, req)?;
 
-        // A retry of a finished token charge is answered from the record, even if the token
-        // has been deleted since.
-        if matches!(req.source, Source::Token(_)) {
-            if let Some(rec) =
-                store::charges::find_charge_record(self.vault.pool(), who.id, &req.key).await?
-            {
-                if matches!(rec.state.as_str(), "succeeded" | "failed")
-                    && self.same_request(&rec, &mac_input)?
-                {
-                    return self.replay(rec, base_event.clone()).await;
-                }
-            }
-        }
-
         // Resolve a token before claiming: an unknown or expired token is refused without
-        // taking the key.
+        // taking the key. A retry of a finished token charge is answered from its record even
+        // if the token has been deleted or has expired since.
         let resolved;
         let method = match &req.source {
             Source::Payment(m) => m,
             Source::Token(token) => {
-                resolved = self.resolve(token).await?;
+                resolved = match self.resolve(token).await {
+                    Ok(method) => method,
+                    Err(
+                        e @ (ChargeError::UnknownToken
+                        | ChargeError::TokenDeleted
+                        | ChargeError::TokenExpired
+                        | ChargeError::Invalid(_)),
+                    ) => {
+                        let rec =
+                            store::charges::find_charge_record(self.vault.pool(), who.id, &req.key)
+                                .await?;
+                        return match rec {
+                            Some(rec)
+                                if matches!(rec.state.as_str(), "succeeded" | "failed")
+                                    && self.same_request(&rec, &mac_input)? =>
+                            {
+                                self.replay(rec, base_event.clone()).await
+                            }
+                            _ => Err(e),
+                        };
+                    }
+                    Err(e) => return Err(e),
+                };
                 &resolved
             }
         };
@@ -344,9 +353,20 @@ impl Charger {
         processor_key: &str,
         event: &AuditEvent,
     ) -> Result<Option<i32>, ChargeError> {
-        let mut tx = self.vault.pool().begin().await?;
+        let mut resolve = None;
+        if let Source::Token(token) = &req.source {
+            let mut e = event.clone();
+            e.action = "token_resolve";
+            e.token = Some(token.as_str().to_owned());
+            resolve = Some(e);
+        }
+        let mut attempt = event.clone();
+        attempt.action = "charge_attempt";
+        attempt.details = serde_json::json!({ "attempt": 1 });
+        let events: Vec<&AuditEvent> = resolve.iter().chain([&attempt]).collect();
+        // The claim and its audit events are one statement: one round trip, one commit.
         let claimed = store::charges::claim_new_charge(
-            &mut *tx,
+            self.vault.pool(),
             &NewCharge {
                 credential_id: who.id,
                 key: &req.key,
@@ -355,24 +375,10 @@ impl Charger {
                 processor_key,
                 lease: self.lease,
             },
+            &store::audit::events_json(&events),
         )
         .await?;
-        if !claimed {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        if let Source::Token(token) = &req.source {
-            let mut resolve = event.clone();
-            resolve.action = "token_resolve";
-            resolve.token = Some(token.as_str().to_owned());
-            store::audit::insert_audit_event(&mut *tx, &resolve).await?;
-        }
-        let mut attempt = event.clone();
-        attempt.action = "charge_attempt";
-        attempt.details = serde_json::json!({ "attempt": 1 });
-        store::audit::insert_audit_event(&mut *tx, &attempt).await?;
-        tx.commit().await?;
-        Ok(Some(1))
+        Ok(claimed.then_some(1))
     }
 
     /// Polls the record until its attempt counter or state moves, or the wait runs out.
@@ -460,14 +466,17 @@ impl Charger {
             _ => Map::new(),
         };
 
-        let mut tx = self.vault.pool().begin().await?;
+        // Only `save_card` needs a transaction (a vault entry beside the outcome); otherwise the
+        // outcome and its audit event are one statement.
+        let mut tx = None;
         let mut saved = None;
         match &req.source {
             Source::Token(t) => outcome.token_id = Some(t.as_str().to_owned()),
             Source::Payment(m) if req.save_card && outcome.approved() => {
+                let tx = tx.insert(self.vault.pool().begin().await?);
                 let token = self
                     .vault
-                    .insert_entry(&mut tx, who, m, req.token_expires_at)
+                    .insert_entry(tx, who, m, req.token_expires_at)
                     .await?;
                 // Ours are added without clobbering the processor's parameters.
                 let key = if outcome.parameters.contains_key("token_id") {
@@ -483,30 +492,7 @@ impl Charger {
             }
             Source::Payment(_) => {}
         }
-        let stored = serde_json::to_value(&outcome).unwrap_or(Value::Null);
-        let finished = store::charges::finish_charge(
-            &mut *tx,
-            who.id,
-            &req.key,
-            attempt,
-            state,
-            &stored,
-            saved.as_deref(),
-        )
-        .await?;
-        if !finished {
-            // This attempt outlived its lease and another took over: that one's outcome stands.
-            tx.rollback().await?;
-            return match store::charges::find_charge_record(self.vault.pool(), who.id, &req.key)
-                .await?
-            {
-                Some(rec) if matches!(rec.state.as_str(), "succeeded" | "failed") => {
-                    self.replay(rec, event).await
-                }
-                _ => Err(ChargeError::InProgress),
-            };
-        }
-
+        let unrecorded = event.clone();
         event.details = serde_json::json!({
             "attempt": attempt,
             "state": state,
@@ -521,8 +507,42 @@ impl Charger {
         if let Some(code) = &outcome.error_code {
             event = event.failed(code.clone());
         }
-        store::audit::insert_audit_event(&mut *tx, &event).await?;
-        tx.commit().await?;
+        let stored = serde_json::to_value(&outcome).unwrap_or(Value::Null);
+        let events = store::audit::events_json(&[&event]);
+        let mut conn;
+        let db: &mut sqlx::PgConnection = match &mut tx {
+            Some(tx) => tx,
+            None => {
+                conn = self.vault.pool().acquire().await?;
+                &mut conn
+            }
+        };
+        let finished = store::charges::finish_charge(
+            db,
+            who.id,
+            &req.key,
+            attempt,
+            state,
+            &stored,
+            saved.as_deref(),
+            &events,
+        )
+        .await?;
+        if let (true, Some(tx)) = (finished, tx) {
+            tx.commit().await?;
+        }
+        if !finished {
+            // This attempt outlived its lease and another took over: that one's outcome stands.
+            // (An open transaction rolls back when dropped.)
+            return match store::charges::find_charge_record(self.vault.pool(), who.id, &req.key)
+                .await?
+            {
+                Some(rec) if matches!(rec.state.as_str(), "succeeded" | "failed") => {
+                    self.replay(rec, unrecorded).await
+                }
+                _ => Err(ChargeError::InProgress),
+            };
+        }
         tracing::info!(
             state,
             attempt,

@@ -35,6 +35,32 @@ pub async fn insert_audit_event(
     Ok(())
 }
 
+/// Events as a JSON array of rows, for statements that insert them with
+/// `jsonb_to_recordset` in the same statement as the change they record (one round trip).
+pub fn events_json(events: &[&AuditEvent]) -> serde_json::Value {
+    events
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "request_id": e.request_id,
+                "actor_id": e.actor_id,
+                "actor_kind": e.actor_kind,
+                "action": e.action,
+                "outcome": e.outcome(),
+                "error_code": e.error_code,
+                "client_addr": e.client_addr,
+                "token": e.token,
+                "transaction_id": e.transaction_id,
+                "masked_data": e.masked_data,
+                "amount_minor": e.amount_minor,
+                "currency": e.currency,
+                "details": e.details,
+                "forwarded_for": e.forwarded_for,
+            })
+        })
+        .collect()
+}
+
 /// An audit event as stored, with everything the seal covers.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AuditRow {

@@ -16,20 +16,38 @@ pub struct NewCharge<'a> {
     pub lease: Duration,
 }
 
-/// Claims the key for a first attempt. `false` when it is already taken; a concurrent claim of
-/// the same key waits for the first to commit, so exactly one caller gets `true`.
+/// Claims the key for a first attempt and, only if claimed, inserts `events` (rows of
+/// [`crate::store::audit::events_json`]) in the same statement: one round trip, one commit.
+/// `false` when the key is already taken; a concurrent claim of the same key waits for the first
+/// to commit, so exactly one caller gets `true`.
 pub async fn claim_new_charge(
     db: impl PgExecutor<'_>,
     c: &NewCharge<'_>,
+    events: &serde_json::Value,
 ) -> Result<bool, sqlx::Error> {
     let claimed = sqlx::query_scalar!(
         r#"
-        INSERT INTO idempotency_records
-            (credential_id, idempotency_key, operation, request_mac, mac_key_version, state,
-             attempts, lease_expires_at, processor_key)
-        VALUES ($1, $2, 'charge', $3, $4, 'in_flight', 1, now() + make_interval(secs => $5), $6)
-        ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO NOTHING
-        RETURNING attempts
+        WITH claim AS (
+            INSERT INTO idempotency_records
+                (credential_id, idempotency_key, operation, request_mac, mac_key_version, state,
+                 attempts, lease_expires_at, processor_key)
+            VALUES ($1, $2, 'charge', $3, $4, 'in_flight', 1, now() + make_interval(secs => $5), $6)
+            ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO NOTHING
+            RETURNING attempts
+        ), audited AS (
+            INSERT INTO audit_events
+                (request_id, actor_id, actor_kind, action, outcome, error_code, client_addr,
+                 token, transaction_id, masked_data, amount_minor, currency, details, forwarded_for)
+            SELECT e.request_id, e.actor_id, e.actor_kind, e.action, e.outcome, e.error_code,
+                   e.client_addr, e.token, e.transaction_id, e.masked_data, e.amount_minor,
+                   e.currency, coalesce(e.details, '{}'::jsonb), e.forwarded_for
+            FROM claim, jsonb_to_recordset($7::jsonb) AS e(
+                request_id text, actor_id uuid, actor_kind text, action text, outcome text,
+                error_code text, client_addr text, token text, transaction_id text,
+                masked_data text, amount_minor bigint, currency text, details jsonb,
+                forwarded_for text)
+        )
+        SELECT attempts FROM claim
         "#,
         c.credential_id,
         c.key,
@@ -37,6 +55,7 @@ pub async fn claim_new_charge(
         c.mac_key_version,
         c.lease.as_secs_f64(),
         c.processor_key,
+        events,
     )
     .fetch_optional(db)
     .await?;
@@ -106,8 +125,10 @@ pub async fn take_over_charge(
     .await
 }
 
-/// Records the outcome of attempt `attempt`. `false` if another attempt has taken over since
-/// (this one's lease expired); its outcome then stands.
+/// Records the outcome of attempt `attempt` and, only if recorded, inserts `events` in the
+/// same statement. `false` if another attempt has taken over since (this one's lease expired);
+/// its outcome then stands.
+#[allow(clippy::too_many_arguments)]
 pub async fn finish_charge(
     db: impl PgExecutor<'_>,
     credential_id: Uuid,
@@ -116,12 +137,30 @@ pub async fn finish_charge(
     state: &str,
     outcome: &serde_json::Value,
     token: Option<&str>,
+    events: &serde_json::Value,
 ) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query!(
+    let finished = sqlx::query_scalar!(
         r#"
-        UPDATE idempotency_records
-        SET state = $4, outcome = $5, token = $6, lease_expires_at = NULL, updated_at = now()
-        WHERE credential_id = $1 AND idempotency_key = $2 AND attempts = $3 AND state = 'in_flight'
+        WITH finished AS (
+            UPDATE idempotency_records
+            SET state = $4, outcome = $5, token = $6, lease_expires_at = NULL, updated_at = now()
+            WHERE credential_id = $1 AND idempotency_key = $2 AND attempts = $3
+              AND state = 'in_flight'
+            RETURNING attempts
+        ), audited AS (
+            INSERT INTO audit_events
+                (request_id, actor_id, actor_kind, action, outcome, error_code, client_addr,
+                 token, transaction_id, masked_data, amount_minor, currency, details, forwarded_for)
+            SELECT e.request_id, e.actor_id, e.actor_kind, e.action, e.outcome, e.error_code,
+                   e.client_addr, e.token, e.transaction_id, e.masked_data, e.amount_minor,
+                   e.currency, coalesce(e.details, '{}'::jsonb), e.forwarded_for
+            FROM finished, jsonb_to_recordset($7::jsonb) AS e(
+                request_id text, actor_id uuid, actor_kind text, action text, outcome text,
+                error_code text, client_addr text, token text, transaction_id text,
+                masked_data text, amount_minor bigint, currency text, details jsonb,
+                forwarded_for text)
+        )
+        SELECT attempts FROM finished
         "#,
         credential_id,
         key,
@@ -129,8 +168,9 @@ pub async fn finish_charge(
         state,
         outcome,
         token,
+        events,
     )
-    .execute(db)
+    .fetch_optional(db)
     .await?;
-    Ok(updated.rows_affected() == 1)
+    Ok(finished.is_some())
 }
