@@ -877,3 +877,15 @@ fn the_readme_configuration_table_lists_exactly_the_variables_payvault_reads() {
         "in the README table but never read: {stale:?}"
     );
 }
+
+#[test]
+fn the_compose_files_sample_master_key_is_a_development_key() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/dev/master_key");
+    let text = std::fs::read_to_string(path).unwrap();
+    let keys = payvault::crypto::MasterKey::parse_list(text.trim()).unwrap();
+    assert_eq!(keys.len(), 1);
+    assert!(
+        keys[0].is_development(),
+        "production must refuse the public sample key"
+    );
+}
