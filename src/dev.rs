@@ -379,6 +379,9 @@ impl LocalPostgres {
             .open(&log_path)
             .with_context(|| format!("cannot open {}", log_path.display()))?;
         let mut child = pg_command(bin.join("postgres"), account)
+            // Its own process group: Ctrl-C in the terminal reaches payvault only, which drains
+            // its requests first and then stops PostgreSQL itself.
+            .process_group(0)
             .arg("-D")
             .arg(pgdata)
             .args(["-c", "listen_addresses="])

@@ -17,6 +17,9 @@ use sqlx::PgPool;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
+/// A pooled connection idle for longer than this is pinged before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(5);
+
 /// Opens a connection pool. Connections are opened lazily, so this succeeds with the database
 /// down; `/readyz` and the first query tell.
 pub fn connect_lazy(url: &SecretString, max_connections: u32) -> Result<PgPool, sqlx::Error> {
@@ -24,6 +27,19 @@ pub fn connect_lazy(url: &SecretString, max_connections: u32) -> Result<PgPool, 
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        // By default sqlx pings every connection it hands out: one more round trip per query.
+        // A connection in steady use is known to work (sqlx also pings each one on release and
+        // drops it if broken); only one idle long enough for a server or proxy to have dropped
+        // it is pinged first.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IF_IDLE_FOR {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options))
 }
 
