@@ -807,11 +807,32 @@ async fn a_development_connector_credential_from_the_environment_works_across_re
             .await
             .unwrap();
         assert!(answer["token_id"].is_string(), "round {round}: {answer}");
+        // The container health check: /readyz on PAYVAULT_LISTEN's port.
+        let healthcheck = || {
+            Command::new(env!("CARGO_BIN_EXE_payvault"))
+                .arg("healthcheck")
+                .env("PAYVAULT_LISTEN", format!("0.0.0.0:{port}"))
+                .env_remove("PAYVAULT_TLS_CERT")
+                .output()
+                .unwrap()
+        };
+        let ok = healthcheck();
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
         assert!(child.wait().unwrap().success());
+        let down = healthcheck();
+        assert!(
+            !down.status.success(),
+            "healthcheck fails once payvault is gone"
+        );
+        assert!(String::from_utf8_lossy(&down.stderr).contains("did not answer"));
     }
     let created: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM credentials WHERE username = 'twilio-dev' AND revoked_at IS NULL",
