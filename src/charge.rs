@@ -188,11 +188,14 @@ impl Charger {
         // Resolve a token before claiming: an unknown or expired token is refused without
         // taking the key. A retry of a finished token charge is answered from its record even
         // if the token has been deleted or has expired since.
+        // The connection that resolved the token also makes the first claim: one checkout.
+        let mut conn = Some(self.vault.pool().acquire().await?);
         let resolved;
         let method = match &req.source {
             Source::Payment(m) => m,
             Source::Token(token) => {
-                resolved = match self.resolve(token).await {
+                let db = conn.as_deref_mut().ok_or(sqlx::Error::PoolClosed)?;
+                resolved = match self.resolve(db, token).await {
                     Ok(method) => method,
                     Err(
                         e @ (ChargeError::UnknownToken
@@ -200,9 +203,10 @@ impl Charger {
                         | ChargeError::TokenExpired
                         | ChargeError::Invalid(_)),
                     ) => {
-                        let rec =
-                            store::charges::find_charge_record(self.vault.pool(), who.id, &req.key)
-                                .await?;
+                        let db = conn.as_deref_mut().ok_or(sqlx::Error::PoolClosed)?;
+                        let rec = store::charges::find_charge_record(db, who.id, &req.key).await?;
+                        // One connection at a time, even with a pool of one.
+                        drop(conn.take());
                         return match rec {
                             Some(rec)
                                 if matches!(rec.state.as_str(), "succeeded" | "failed")
@@ -224,10 +228,24 @@ impl Charger {
         }
 
         let (attempt, processor_key, timeout) = loop {
-            if let Some(attempt) = self
-                .claim(who, req, &request_mac, mac_version, &processor_key, &event)
-                .await?
-            {
+            let mut db = match conn.take() {
+                Some(c) => c,
+                None => self.vault.pool().acquire().await?,
+            };
+            let claimed = self
+                .claim(
+                    &mut db,
+                    who,
+                    req,
+                    &request_mac,
+                    mac_version,
+                    &processor_key,
+                    &event,
+                )
+                .await?;
+            // Never held while waiting for another attempt or calling the processor.
+            drop(db);
+            if let Some(attempt) = claimed {
                 break (attempt, processor_key.clone(), self.processor_timeout);
             }
             let Some(rec) =
@@ -344,8 +362,10 @@ impl Charger {
     }
 
     /// Inserts the claim and the attempt's audit event together. `Some(1)` when claimed.
+    #[allow(clippy::too_many_arguments)]
     async fn claim(
         &self,
+        db: &mut sqlx::PgConnection,
         who: &Principal,
         req: &ChargeRequest,
         request_mac: &[u8],
@@ -366,7 +386,7 @@ impl Charger {
         let events: Vec<&AuditEvent> = resolve.iter().chain([&attempt]).collect();
         // The claim and its audit events are one statement: one round trip, one commit.
         let claimed = store::charges::claim_new_charge(
-            self.vault.pool(),
+            db,
             &NewCharge {
                 credential_id: who.id,
                 key: &req.key,
@@ -557,8 +577,12 @@ impl Charger {
     }
 
     /// Decrypts a stored token's card or bank account, in memory only, for one outbound call.
-    async fn resolve(&self, token: &Token) -> Result<PaymentMethod, ChargeError> {
-        let entry = store::vault::find_entry(self.vault.pool(), token.as_str())
+    async fn resolve(
+        &self,
+        db: &mut sqlx::PgConnection,
+        token: &Token,
+    ) -> Result<PaymentMethod, ChargeError> {
+        let entry = store::vault::find_entry(db, token.as_str())
             .await?
             .ok_or(ChargeError::UnknownToken)?;
         let (sealed, exp_month, exp_year) = match entry {
