@@ -202,19 +202,16 @@ async fn serve_migrates_answers_twilio_and_stops_on_sigterm() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let resp: Value = client
-        .post(format!("{base}/"))
-        .basic_auth(
-            created["username"].as_str().unwrap(),
-            created["secret"].as_str(),
-        )
-        .body(card_tokenize(&new_txn(), "4111111111111111").to_string())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let credentials = (
+        created["username"].as_str().unwrap(),
+        created["secret"].as_str().unwrap(),
+    );
+    let resp = connector_post(
+        &base,
+        credentials,
+        &card_tokenize(&new_txn(), "4111111111111111"),
+    )
+    .await;
     assert!(
         resp["token_id"].as_str().unwrap().starts_with("tok_"),
         "{resp}"
@@ -585,11 +582,7 @@ async fn sigterm_during_a_slow_charge_lets_it_finish_and_logs_json() {
         .unwrap();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "payvault serve did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_serving(&base).await;
     // The sandbox's slow case (amount ending in .12) is in flight when SIGTERM arrives.
     let charge = client
         .post(format!("{base}/"))
@@ -715,6 +708,30 @@ fn create_connector(db: &TestDb) -> Value {
     serde_json::from_str(&stdout(&payvault(Some(db), &args))).unwrap()
 }
 
+/// Polls `base`/healthz until payvault answers, with a deadline.
+async fn wait_until_serving(base: &str) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "payvault serve did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// POSTs a Twilio request to the connector endpoint with HTTP Basic credentials.
+async fn connector_post(base: &str, (username, password): (&str, &str), body: &Value) -> Value {
+    reqwest::Client::new()
+        .post(format!("{base}/"))
+        .basic_auth(username, Some(password))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// A loopback port nothing listens on right now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -790,22 +807,13 @@ async fn a_development_connector_credential_from_the_environment_works_across_re
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while client.get(format!("{base}/healthz")).send().await.is_err() {
-            assert!(Instant::now() < deadline, "payvault serve did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let answer: Value = client
-            .post(format!("{base}/"))
-            .basic_auth("twilio-dev", Some("dev-only-password-1234"))
-            .body(card_tokenize(&new_txn(), "4111111111111111").to_string())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        wait_until_serving(&base).await;
+        let answer = connector_post(
+            &base,
+            ("twilio-dev", "dev-only-password-1234"),
+            &card_tokenize(&new_txn(), "4111111111111111"),
+        )
+        .await;
         assert!(answer["token_id"].is_string(), "round {round}: {answer}");
         // The container health check: /readyz on PAYVAULT_LISTEN's port.
         let healthcheck = || {
