@@ -353,6 +353,8 @@ fn init_cluster(
 /// The local cluster while payvault runs.
 struct LocalPostgres {
     child: Option<Child>,
+    /// A postmaster an earlier, killed `payvault dev` left running, adopted by its pid.
+    adopted: Option<(rustix::process::Pid, PathBuf)>,
 }
 
 impl LocalPostgres {
@@ -369,7 +371,15 @@ impl LocalPostgres {
                 "payvault dev: reusing the PostgreSQL already running in {}",
                 pgdata.display()
             );
-            return Ok(Self { child: None });
+            let pid_file = pgdata.join("postmaster.pid");
+            let pid = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|text| text.lines().next()?.trim().parse::<i32>().ok())
+                .and_then(rustix::process::Pid::from_raw);
+            return Ok(Self {
+                child: None,
+                adopted: pid.map(|pid| (pid, pid_file)),
+            });
         }
         let log_path = dir.join("postgres.log");
         let log = std::fs::OpenOptions::new()
@@ -401,7 +411,10 @@ impl LocalPostgres {
                 );
             }
             if accepts_connections(pgdata).await {
-                return Ok(Self { child: Some(child) });
+                return Ok(Self {
+                    child: Some(child),
+                    adopted: None,
+                });
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
@@ -416,6 +429,18 @@ impl LocalPostgres {
 
     /// Fast shutdown (SIGINT): PostgreSQL rolls back open transactions and checkpoints.
     async fn stop(&mut self) {
+        if let Some((pid, pid_file)) = self.adopted.take() {
+            // Not our child: signal it, and wait for it to remove its pid file.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+            let deadline = Instant::now() + PG_DEADLINE;
+            while pid_file.exists() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if pid_file.exists() {
+                eprintln!("payvault dev: the adopted PostgreSQL did not stop in time");
+            }
+            return;
+        }
         let Some(mut child) = self.child.take() else {
             return;
         };

@@ -172,7 +172,26 @@ async fn dev_mode_starts_from_nothing_and_keeps_its_data_across_restarts() {
     body.insert("token".into(), token.clone().into());
     let charged = dev.connector(&by_token).await;
     assert!(charged["charge_id"].is_string(), "{charged}");
+
+    // Killed outright, payvault cannot stop its PostgreSQL; the next start adopts the running
+    // cluster and stops it on exit.
+    let mut killed = dev.child;
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert!(dir.join("pgdata/postmaster.pid").exists(), "left running");
+    let dev = start(&dir);
+    let meta = reqwest::Client::new()
+        .get(format!("{}/v1/tokens/{token}", dev.base))
+        .bearer_auth(&dev.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(meta.status(), 200);
     dev.stop();
+    assert!(
+        !dir.join("pgdata/postmaster.pid").exists(),
+        "the adopted PostgreSQL stops with payvault"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
