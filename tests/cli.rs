@@ -206,7 +206,7 @@ async fn serve_migrates_answers_twilio_and_stops_on_sigterm() {
         created["username"].as_str().unwrap(),
         created["secret"].as_str().unwrap(),
     );
-    let resp = connector_post(
+    let resp = common::connector_post(
         &base,
         credentials,
         &card_tokenize(&new_txn(), "4111111111111111"),
@@ -718,20 +718,6 @@ async fn wait_until_serving(base: &str) {
     }
 }
 
-/// POSTs a Twilio request to the connector endpoint with HTTP Basic credentials.
-async fn connector_post(base: &str, (username, password): (&str, &str), body: &Value) -> Value {
-    reqwest::Client::new()
-        .post(format!("{base}/"))
-        .basic_auth(username, Some(password))
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// A loopback port nothing listens on right now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -808,7 +794,7 @@ async fn a_development_connector_credential_from_the_environment_works_across_re
             .spawn()
             .unwrap();
         wait_until_serving(&base).await;
-        let answer = connector_post(
+        let answer = common::connector_post(
             &base,
             ("twilio-dev", "dev-only-password-1234"),
             &card_tokenize(&new_txn(), "4111111111111111"),

@@ -74,16 +74,18 @@ fn start(dir: &Path) -> Dev {
 
 impl Dev {
     async fn connector(&self, body: &Value) -> Value {
-        reqwest::Client::new()
-            .post(format!("{}/", self.base))
-            .basic_auth(&self.username, Some(&self.password))
-            .body(body.to_string())
+        common::connector_post(&self.base, (&self.username, &self.password), body).await
+    }
+
+    /// The token's metadata through the merchant API, as (HTTP status, body).
+    async fn token(&self, token: &str) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/v1/tokens/{token}", self.base))
+            .bearer_auth(&self.api_key)
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+            .unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap())
     }
 
     /// SIGTERM, then wait (with a deadline) for a clean exit.
@@ -155,14 +157,8 @@ async fn dev_mode_starts_from_nothing_and_keeps_its_data_across_restarts() {
         dev.password, first_password,
         "same credentials after a restart"
     );
-    let meta = reqwest::Client::new()
-        .get(format!("{}/v1/tokens/{token}", dev.base))
-        .bearer_auth(&dev.api_key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(meta.status(), 200);
-    let meta: Value = meta.json().await.unwrap();
+    let (status, meta) = dev.token(&token).await;
+    assert_eq!(status, 200);
     assert_eq!(meta["status"], "active", "{meta}");
     let mut by_token = card_charge(&new_txn(), "4111111111111111", "5.00");
     let body = by_token.as_object_mut().unwrap();
@@ -180,13 +176,7 @@ async fn dev_mode_starts_from_nothing_and_keeps_its_data_across_restarts() {
     killed.wait().unwrap();
     assert!(dir.join("pgdata/postmaster.pid").exists(), "left running");
     let dev = start(&dir);
-    let meta = reqwest::Client::new()
-        .get(format!("{}/v1/tokens/{token}", dev.base))
-        .bearer_auth(&dev.api_key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(meta.status(), 200);
+    assert_eq!(dev.token(&token).await.0, 200);
     dev.stop();
     assert!(
         !dir.join("pgdata/postmaster.pid").exists(),

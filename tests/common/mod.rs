@@ -314,6 +314,20 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
     }
 }
 
+/// POSTs a Twilio request to the connector endpoint with HTTP Basic credentials.
+pub async fn connector_post(base: &str, (username, password): (&str, &str), body: &Value) -> Value {
+    reqwest::Client::new()
+        .post(format!("{base}/"))
+        .basic_auth(username, Some(password))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// A valid Twilio card tokenize request.
 pub fn card_tokenize(txn: &str, pan: &str) -> Value {
     serde_json::json!({
