@@ -321,7 +321,7 @@ pub(crate) async fn run_service(
     }
     let keys = key_ring(&pool, env).await?;
     if let Some(credential) = &cfg.dev_connector_credential {
-        ensure_dev_connector(&pool, credential.expose_secret()).await?;
+        ensure_dev_connector(&pool, credential).await?;
     }
     let processor: Arc<dyn Processor> = match cfg.processor {
         ProcessorConfig::None => Arc::new(Unconfigured),
@@ -517,27 +517,22 @@ async fn credentials(cmd: CredentialsCommand) -> anyhow::Result<()> {
 
 /// `PAYVAULT_DEV_CONNECTOR_CREDENTIAL` (`username:password`): a connector credential for
 /// development set-ups whose curl examples need a known password.
-async fn ensure_dev_connector(pool: &sqlx::PgPool, credential: &str) -> anyhow::Result<()> {
-    let Some((username, password)) = credential.split_once(':') else {
-        anyhow::bail!("PAYVAULT_DEV_CONNECTOR_CREDENTIAL must be username:password");
-    };
-    if password.len() < 16 {
-        anyhow::bail!(
-            "PAYVAULT_DEV_CONNECTOR_CREDENTIAL: the password must be at least 16 characters"
-        );
-    }
+async fn ensure_dev_connector(
+    pool: &sqlx::PgPool,
+    credential: &config::DevCredential,
+) -> anyhow::Result<()> {
     let created = admin::ensure_credential(
         pool,
         "dev-connector",
         CredentialKind::Connector,
         vec![Scope::Connector, Scope::TokensCharge],
-        username,
-        crate::domain::SecretText::new(password.to_owned()),
+        &credential.username,
+        crate::domain::SecretText::new(credential.password.expose_secret().to_owned()),
     )
     .await
     .context("PAYVAULT_DEV_CONNECTOR_CREDENTIAL")?;
     if created {
-        tracing::warn!(%username, "created the DEVELOPMENT connector credential `dev-connector`");
+        tracing::warn!("created the DEVELOPMENT connector credential `dev-connector`");
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::processor::generic::ProcessorAuth;
 
@@ -134,6 +134,40 @@ fn tls_files() -> Result<Option<TlsFiles>, ConfigError> {
     }
 }
 
+/// `username:password` from `PAYVAULT_DEV_CONNECTOR_CREDENTIAL` (or its `_FILE`).
+#[derive(Debug)]
+pub struct DevCredential {
+    pub username: String,
+    pub password: SecretString,
+}
+
+const DEV_CREDENTIAL: &str = "PAYVAULT_DEV_CONNECTOR_CREDENTIAL";
+
+fn dev_credential() -> Result<Option<DevCredential>, ConfigError> {
+    let Some(text) = secret_var(DEV_CREDENTIAL)? else {
+        return Ok(None);
+    };
+    // Reasons never quote the value: it holds a password.
+    let invalid = |reason: &str| ConfigError::Invalid {
+        name: DEV_CREDENTIAL,
+        reason: reason.into(),
+    };
+    let (username, password) = text
+        .expose_secret()
+        .split_once(':')
+        .ok_or_else(|| invalid("must be username:password"))?;
+    if username.is_empty() {
+        return Err(invalid("the username is empty"));
+    }
+    if password.chars().count() < 16 {
+        return Err(invalid("the password must be at least 16 characters"));
+    }
+    Ok(Some(DevCredential {
+        username: username.to_owned(),
+        password: SecretString::from(password.to_owned()),
+    }))
+}
+
 /// Settings of `payvault serve`. `Debug` shows no secret: the URL and key ring redact themselves.
 #[derive(Debug)]
 pub struct ServeConfig {
@@ -141,9 +175,9 @@ pub struct ServeConfig {
     pub database_url: SecretString,
     /// Inbound HTTPS; plain HTTP when `None` (TLS terminated by a proxy).
     pub tls: Option<TlsFiles>,
-    /// `username:password` of a connector credential to create at start
-    /// (`PAYVAULT_DEV_CONNECTOR_CREDENTIAL`, development only).
-    pub dev_connector_credential: Option<SecretString>,
+    /// A connector credential to create at start (`PAYVAULT_DEV_CONNECTOR_CREDENTIAL`,
+    /// development only).
+    pub dev_connector_credential: Option<DevCredential>,
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub auth_cache_ttl: Duration,
@@ -252,7 +286,7 @@ impl ServeConfig {
             environment: environment()?,
             database_url,
             tls: tls_files()?,
-            dev_connector_credential: secret_var("PAYVAULT_DEV_CONNECTOR_CREDENTIAL")?,
+            dev_connector_credential: dev_credential()?,
             listen: parsed("PAYVAULT_LISTEN", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
             max_body_bytes: parsed("PAYVAULT_MAX_BODY_BYTES", 16 * 1024)?,
             auth_cache_ttl: Duration::from_secs(parsed("PAYVAULT_AUTH_CACHE_TTL_SECS", 60)?),
@@ -366,7 +400,10 @@ mod tests {
         let refusals = config(prod, generic("http://pay.example")).production_refusals(false);
         assert!(refusals[0].contains("https"), "{refusals:?}");
         let mut with_dev_credential = config(prod, ProcessorConfig::None);
-        with_dev_credential.dev_connector_credential = Some(SecretString::from("a:b"));
+        with_dev_credential.dev_connector_credential = Some(DevCredential {
+            username: "a".into(),
+            password: SecretString::from("b"),
+        });
         assert_eq!(with_dev_credential.production_refusals(false).len(), 1);
     }
 

@@ -297,7 +297,7 @@ impl Vault {
 
     /// Records an audit event on its own: a request that failed before reaching the vault
     /// (validation, scope), or a read that changes nothing.
-    pub async fn record_failure(&self, event: &AuditEvent) -> Result<(), sqlx::Error> {
+    pub async fn record_event(&self, event: &AuditEvent) -> Result<(), sqlx::Error> {
         store::audit::insert_audit_event(&self.pool, event).await
     }
 }

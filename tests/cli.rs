@@ -904,3 +904,46 @@ fn the_compose_files_sample_master_key_is_a_development_key() {
         "production must refuse the public sample key"
     );
 }
+
+#[test]
+fn bad_serve_settings_are_named_without_echoing_secrets() {
+    let serve = |vars: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_payvault"));
+        cmd.arg("serve")
+            // Never reached: configuration is checked before any connection.
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env("PAYVAULT_MASTER_KEY", fresh_key())
+            .env_remove("PAYVAULT_ENV");
+        for (name, value) in vars {
+            cmd.env(name, value);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = serve(&[("PAYVAULT_ENV", "staging")]);
+    assert!(
+        err.contains("PAYVAULT_ENV") && err.contains("development, production"),
+        "{err}"
+    );
+    let err = serve(&[("PAYVAULT_TLS_CERT", "/etc/ssl/cert.pem")]);
+    assert!(err.contains("PAYVAULT_TLS_KEY"), "{err}");
+    let err = serve(&[
+        ("PAYVAULT_TLS_CERT", "/nonexistent/cert.pem"),
+        ("PAYVAULT_TLS_KEY", "/nonexistent/key.pem"),
+    ]);
+    assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+    for (value, reason) in [
+        (
+            "secret-without-a-username-part",
+            "must be username:password",
+        ),
+        ("twilio-dev:SHORTSECRET", "at least 16 characters"),
+        (":a-long-enough-password-here", "the username is empty"),
+    ] {
+        let err = serve(&[("PAYVAULT_DEV_CONNECTOR_CREDENTIAL", value)]);
+        assert!(err.contains(reason), "{err}");
+        let secret = value.rsplit(':').next().unwrap();
+        assert!(!err.contains(secret), "the value is never echoed: {err}");
+    }
+}

@@ -65,6 +65,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Writes an audit event on its own (a read, or a refusal); the request fails if it cannot be
+/// written.
+async fn audit(app: &AppState, event: &AuditEvent) -> Result<(), ApiError> {
+    app.vault
+        .record_event(event)
+        .await
+        .map_err(|_| ApiError::internal())
+}
+
 /// Authenticates and checks `scope`, auditing a refusal.
 async fn authorize(
     app: &AppState,
@@ -85,10 +94,7 @@ async fn authorize(
         })?;
     if !principal.has_scope(scope) {
         let event = AuditEvent::by(&principal, origin, action).failed("forbidden");
-        app.vault
-            .record_failure(&event)
-            .await
-            .map_err(|_| ApiError::internal())?;
+        audit(app, &event).await?;
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -142,10 +148,7 @@ pub async fn charge_token(
         let origin = origin.clone();
         async move {
             let event = AuditEvent::by(&principal, &origin, "charge").failed(invalid.code());
-            app.vault
-                .record_failure(&event)
-                .await
-                .map_err(|_| ApiError::internal())?;
+            audit(&app, &event).await?;
             Err::<Response, _>(ApiError::invalid(&invalid))
         }
     };
@@ -366,10 +369,7 @@ pub async fn audit_events(
         .map_err(|_| ApiError::internal())?;
     let mut event = AuditEvent::by(&principal, &origin, "audit_read");
     event.details = json!({ "filter": crate::audit::filter_json(&filter), "cursor": after, "returned": rows.len() });
-    app.vault
-        .record_failure(&event)
-        .await
-        .map_err(|_| ApiError::internal())?;
+    audit(&app, &event).await?;
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.id.to_string()))
         .flatten();
@@ -452,10 +452,7 @@ pub async fn get_token(
     };
     let Some(meta) = meta else {
         event = event.failed("unknown_token");
-        app.vault
-            .record_failure(&event)
-            .await
-            .map_err(|_| ApiError::internal())?;
+        audit(&app, &event).await?;
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_token",
@@ -463,10 +460,7 @@ pub async fn get_token(
         ));
     };
     event.token = Some(meta.token.clone());
-    app.vault
-        .record_failure(&event)
-        .await
-        .map_err(|_| ApiError::internal())?;
+    audit(&app, &event).await?;
     Ok(Json(token_json(&meta)).into_response())
 }
 
@@ -489,10 +483,7 @@ pub async fn delete_token(
     let mut event = AuditEvent::by(&principal, &origin, "token_delete");
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "unknown_token", "no such token");
     let Some(token) = Token::parse(&token) else {
-        app.vault
-            .record_failure(&event.failed("unknown_token"))
-            .await
-            .map_err(|_| ApiError::internal())?;
+        audit(&app, &event.failed("unknown_token")).await?;
         return Err(not_found());
     };
     event.token = Some(token.as_str().to_owned());
@@ -511,10 +502,7 @@ pub async fn delete_token(
         .map_err(|_| ApiError::internal())?;
     let Some(meta) = meta else {
         drop(tx);
-        app.vault
-            .record_failure(&event.failed("unknown_token"))
-            .await
-            .map_err(|_| ApiError::internal())?;
+        audit(&app, &event.failed("unknown_token")).await?;
         return Err(not_found());
     };
     event.details = json!({ "shredded": shredded, "already_deleted": !shredded });
@@ -573,10 +561,7 @@ pub async fn update_token(
     let refuse = |event: AuditEvent, status: StatusCode, code: &'static str, message: String| {
         let app = app.clone();
         async move {
-            app.vault
-                .record_failure(&event.failed(code))
-                .await
-                .map_err(|_| ApiError::internal())?;
+            audit(&app, &event.failed(code)).await?;
             Err::<Response, _>(ApiError::new(status, code, message))
         }
     };

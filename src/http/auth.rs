@@ -94,7 +94,7 @@ pub async fn authenticate(
                 "header_present": headers.contains_key(AUTHORIZATION),
                 "suppressed_since_last": suppressed,
             });
-            if let Err(e) = app.vault.record_failure(&event).await {
+            if let Err(e) = app.vault.record_event(&event).await {
                 tracing::error!(error = %super::error_chain(&e), "audit write failed");
                 return Err(Denied::Internal);
             }

@@ -281,7 +281,7 @@ async fn reject(
 /// written the request fails as a whole (PCI DSS 10: no unlogged access).
 async fn refuse(app: &AppState, event: AuditEvent, key: IdKey, code: &str, message: &str) -> Reply {
     let event = event.failed(code);
-    if let Err(e) = app.vault.record_failure(&event).await {
+    if let Err(e) = app.vault.record_event(&event).await {
         tracing::error!(error = %super::error_chain(&e), "audit write failed");
         return internal_error(key);
     }
