@@ -144,7 +144,7 @@ pub struct DevCredential {
 const DEV_CREDENTIAL: &str = "PAYVAULT_DEV_CONNECTOR_CREDENTIAL";
 
 fn dev_credential() -> Result<Option<DevCredential>, ConfigError> {
-    let Some(text) = secret_var(DEV_CREDENTIAL)? else {
+    let Some(text) = secret_var("PAYVAULT_DEV_CONNECTOR_CREDENTIAL")? else {
         return Ok(None);
     };
     // Reasons never quote the value: it holds a password.
