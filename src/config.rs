@@ -280,30 +280,68 @@ impl ServeConfig {
         Self::from_env_with_database(database_url()?)
     }
 
+    /// The defaults: what `payvault serve` runs with when no variable says otherwise (the README's
+    /// configuration table lists the same values). Tests and embedding programs start here.
+    pub fn new(database_url: SecretString) -> Self {
+        Self {
+            environment: Environment::Development,
+            database_url,
+            tls: None,
+            dev_connector_credential: None,
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            max_body_bytes: 16 * 1024,
+            auth_cache_ttl: Duration::from_secs(60),
+            db_max_connections: 16,
+            processor: ProcessorConfig::None,
+            processor_connect_timeout: Duration::from_millis(3_000),
+            processor_timeout: Duration::from_millis(15_000),
+            idempotency_wait: Duration::from_millis(9_000),
+            sandbox_slow: Duration::from_millis(12_000),
+            trusted_proxies: String::new(),
+            seal_interval: Duration::from_millis(200),
+            default_token_ttl_days: None,
+            dedup: false,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+
     /// Everything but the database URL from the environment (`payvault dev` has its own).
     pub fn from_env_with_database(database_url: SecretString) -> Result<Self, ConfigError> {
+        let d = Self::new(database_url);
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Ok(Self {
             environment: environment()?,
-            database_url,
             tls: tls_files()?,
             dev_connector_credential: dev_credential()?,
-            listen: parsed("PAYVAULT_LISTEN", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
-            max_body_bytes: parsed("PAYVAULT_MAX_BODY_BYTES", 16 * 1024)?,
-            auth_cache_ttl: Duration::from_secs(parsed("PAYVAULT_AUTH_CACHE_TTL_SECS", 60)?),
-            db_max_connections: parsed("PAYVAULT_DB_MAX_CONNECTIONS", 16)?,
+            listen: parsed("PAYVAULT_LISTEN", d.listen)?,
+            max_body_bytes: parsed("PAYVAULT_MAX_BODY_BYTES", d.max_body_bytes)?,
+            auth_cache_ttl: Duration::from_secs(parsed(
+                "PAYVAULT_AUTH_CACHE_TTL_SECS",
+                d.auth_cache_ttl.as_secs(),
+            )?),
+            db_max_connections: parsed("PAYVAULT_DB_MAX_CONNECTIONS", d.db_max_connections)?,
             processor: processor_config()?,
             processor_connect_timeout: Duration::from_millis(parsed(
                 "PAYVAULT_PROCESSOR_CONNECT_TIMEOUT_MS",
-                3_000,
+                millis(d.processor_connect_timeout),
             )?),
             processor_timeout: Duration::from_millis(parsed(
                 "PAYVAULT_PROCESSOR_TIMEOUT_MS",
-                15_000,
+                millis(d.processor_timeout),
             )?),
-            idempotency_wait: Duration::from_millis(parsed("PAYVAULT_IDEMPOTENCY_WAIT_MS", 9_000)?),
-            sandbox_slow: Duration::from_millis(parsed("PAYVAULT_SANDBOX_SLOW_MS", 12_000)?),
+            idempotency_wait: Duration::from_millis(parsed(
+                "PAYVAULT_IDEMPOTENCY_WAIT_MS",
+                millis(d.idempotency_wait),
+            )?),
+            sandbox_slow: Duration::from_millis(parsed(
+                "PAYVAULT_SANDBOX_SLOW_MS",
+                millis(d.sandbox_slow),
+            )?),
             trusted_proxies: var("PAYVAULT_TRUSTED_PROXIES")?.unwrap_or_default(),
-            seal_interval: Duration::from_millis(parsed("PAYVAULT_AUDIT_SEAL_INTERVAL_MS", 200)?),
+            seal_interval: Duration::from_millis(parsed(
+                "PAYVAULT_AUDIT_SEAL_INTERVAL_MS",
+                millis(d.seal_interval),
+            )?),
             dedup: match var("PAYVAULT_DEDUP")?.as_deref() {
                 None | Some("off") | Some("false") => false,
                 Some("on") | Some("true") => true,
@@ -314,11 +352,15 @@ impl ServeConfig {
                     })
                 }
             },
-            shutdown_grace: Duration::from_secs(parsed("PAYVAULT_SHUTDOWN_GRACE_SECS", 30)?),
+            shutdown_grace: Duration::from_secs(parsed(
+                "PAYVAULT_SHUTDOWN_GRACE_SECS",
+                d.shutdown_grace.as_secs(),
+            )?),
             default_token_ttl_days: match parsed::<u32>("PAYVAULT_TOKEN_TTL_DAYS", 0)? {
                 0 => None,
                 days => Some(days),
             },
+            ..d
         })
     }
 }

@@ -22,7 +22,6 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::auth::{admin, CredentialKind, Scope};
-use crate::cli::EnvKeys;
 use crate::config::{self, Environment, ProcessorConfig, ServeConfig};
 use crate::crypto::MasterKey;
 use crate::domain::SecretText;
@@ -133,12 +132,16 @@ async fn serve(dir: &Path, pgdata: &Path) -> anyhow::Result<()> {
     .context("cannot create the development API credential")?;
     pool.close().await;
 
-    let env = EnvKeys {
-        keys: vec![key],
-        passphrase: None,
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let service = crate::app::Service {
+        config: cfg,
+        keys: crate::app::KeySource::from_keys(vec![key]),
+        migrate: false,
     };
     let key_file = dir.join("master.key");
-    crate::cli::run_service(cfg, env, false, |addr| {
+    crate::app::launch(service, listener, crate::app::shutdown_signal(), |addr| {
         let base = format!("{scheme}://{addr}");
         let processor = if sandbox {
             "the built-in sandbox: no money moves"

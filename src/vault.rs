@@ -1,6 +1,12 @@
 //! The vault's operations, composed from `crypto` and `store`. This is where the tokenize flow
 //! reads top to bottom.
 
+mod health;
+mod tokens;
+
+pub use health::{PoolStats, SchemaState};
+pub use tokens::{TokenError, TokenInfo, TokenStatus};
+
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -74,16 +80,13 @@ impl Vault {
         self
     }
 
-    pub fn pool(&self) -> &PgPool {
+    // TEMPORARY until the charge flow holds its own pool (sql-layer branch).
+    pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
     }
 
     pub fn keys(&self) -> &KeyRing {
         &self.keys
-    }
-
-    pub fn keys_arc(&self) -> Arc<KeyRing> {
-        self.keys.clone()
     }
 
     /// Encrypts a card or bank account into the vault and returns its token.

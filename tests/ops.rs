@@ -260,9 +260,11 @@ async fn serves_https_when_given_a_certificate_and_key() {
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
 
-    let acceptor = payvault::http::tls::acceptor(&cert, &key).unwrap();
     let opts = Options {
-        tls: Some(acceptor),
+        tls: Some(payvault::config::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
         ..Default::default()
     };
     let app = spawn_app_opts(Arc::new(TestDb::new().await), test_keys(), opts).await;

@@ -3,7 +3,10 @@
 //! operation they record (see `store::vault`), so an operation whose event cannot be written
 //! does not happen. [`seal`] makes the log tamper-evident.
 
+pub mod log;
 pub mod seal;
+
+pub use log::AuditLog;
 
 use uuid::Uuid;
 

@@ -215,6 +215,8 @@ fn new_hmac(key: &[u8]) -> HmacSha256 {
 pub struct KeyRing {
     current: i32,
     keys: BTreeMap<i32, DerivedKeys>,
+    /// Whether any of the keys is a development key.
+    development: bool,
 }
 
 impl KeyRing {
@@ -225,13 +227,23 @@ impl KeyRing {
 
     pub fn from_keys(keys: Vec<MasterKey>) -> Result<Self, KeyRingError> {
         let mut map = BTreeMap::new();
+        let development = keys.iter().any(MasterKey::is_development);
         for key in keys {
             if map.insert(key.version, DerivedKeys::derive(&key)).is_some() {
                 return Err(KeyRingError::DuplicateVersion(key.version));
             }
         }
         let current = *map.keys().next_back().ok_or(KeyRingError::Empty)?;
-        Ok(Self { current, keys: map })
+        Ok(Self {
+            current,
+            keys: map,
+            development,
+        })
+    }
+
+    /// Whether a development (`pvdev.`) key is loaded, which production refuses.
+    pub fn has_development_key(&self) -> bool {
+        self.development
     }
 
     pub fn current_version(&self) -> i32 {

@@ -4,6 +4,7 @@
 pub mod amount;
 pub mod bank;
 pub mod card;
+pub mod expiry;
 pub mod invalid;
 pub mod payment;
 pub mod secret;
@@ -12,6 +13,7 @@ pub mod token;
 pub use amount::Amount;
 pub use bank::{AccountNumber, BankAccount, RoutingNumber};
 pub use card::{Brand, Card, CardNumber, Cvv, Expiry, PostalCode};
+pub use expiry::{ExpiryPolicy, TokenExpiry};
 pub use invalid::InvalidInput;
 pub use payment::{PaymentMethod, TransactionId};
 pub use secret::SecretText;

@@ -1,4 +1,5 @@
-//! HTTP Basic authentication for connector credentials.
+//! Who is calling: HTTP Basic or Bearer credentials, checked (and every failure audited), and
+//! the [`Caller`] extractor that hands a handler the authenticated principal and its origin.
 
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderValue};
@@ -8,9 +9,13 @@ use zeroize::Zeroizing;
 
 use std::sync::Arc;
 
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+
+use super::error::{ApiError, Kind};
 use super::AppState;
 use crate::audit::{AuditEvent, Origin};
-use crate::auth::{AuthError, Principal};
+use crate::auth::{AuthError, Principal, Scope};
 use crate::domain::SecretText;
 
 /// `WWW-Authenticate` challenge sent with every 401.
@@ -95,16 +100,64 @@ pub async fn authenticate(
                 "suppressed_since_last": suppressed,
             });
             if let Err(e) = app.vault.record_event(&event).await {
-                tracing::error!(error = %super::error_chain(&e), "audit write failed");
+                tracing::error!(error = %super::error::error_chain(&e), "audit write failed");
                 return Err(Denied::Internal);
             }
             tracing::info!(error_code = "unauthorized", "authentication failed");
             Err(Denied::Unauthorized)
         }
         Err(AuthError::Database(e)) => {
-            tracing::error!(error = %super::error_chain(&e), "credential lookup failed");
+            tracing::error!(error = %super::error::error_chain(&e), "credential lookup failed");
             Err(Denied::Internal)
         }
+    }
+}
+
+/// An authenticated caller: extracting it authenticates the request (answering 401, audited,
+/// when that fails). Scopes are checked per operation with [`Caller::require`].
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Arc<Principal>,
+    pub origin: Origin,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0)
+            .ok_or_else(|| ApiError::internal_msg("no peer address on the connection"))?;
+        let origin = super::origin(app, &parts.headers, peer);
+        let principal = authenticate(app, &parts.headers, &origin).await?;
+        Ok(Self { principal, origin })
+    }
+}
+
+impl Caller {
+    /// Checks that the credential holds `scope`; a refusal is audited as `action` and answered
+    /// 403.
+    pub async fn require(
+        &self,
+        app: &AppState,
+        scope: Scope,
+        action: &'static str,
+    ) -> Result<(), ApiError> {
+        if self.principal.has_scope(scope) {
+            return Ok(());
+        }
+        let event = AuditEvent::by(&self.principal, &self.origin, action).failed("forbidden");
+        app.vault
+            .record_event(&event)
+            .await
+            .map_err(|e| ApiError::internal(&e))?;
+        Err(ApiError::new(
+            Kind::Forbidden,
+            "forbidden",
+            format!("this credential lacks the `{scope}` scope"),
+        ))
     }
 }
 

@@ -1,23 +1,18 @@
 //! The Twilio Generic Pay Connector endpoint: `POST /` (method in the body) and the legacy
 //! `POST /tokenize` and `POST /charge` (method from the path).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
-use axum::http::header::WWW_AUTHENTICATE;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use zeroize::Zeroizing;
 
-use super::auth::{Denied, CHALLENGE};
+use super::error::{ApiError, Kind};
 use super::twilio::{self, IdKey, Method, Reply, ReplyDoc, WireRequest};
-use super::AppState;
-use crate::audit::{AuditEvent, Origin};
-use crate::auth::{Principal, Scope};
-use crate::charge::{ChargeError, Source};
+use super::{AppState, Caller};
+use crate::audit::AuditEvent;
+use crate::auth::Scope;
+use crate::charge::Source;
 use crate::domain::{InvalidInput, TransactionId};
 
 /// The Twilio Generic Pay Connector endpoint.
@@ -33,11 +28,10 @@ use crate::domain::{InvalidInput, TransactionId};
 )]
 pub async fn root(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
     body: Body,
 ) -> Response {
-    connector(app, None, peer, headers, body).await
+    connector(app, None, caller, body).await
 }
 
 /// Legacy private-beta path: the method is `tokenize`.
@@ -45,11 +39,10 @@ pub async fn root(
     responses((status = 200, body = ReplyDoc), (status = 401, body = ReplyDoc)), security(("basic" = [])))]
 pub async fn legacy_tokenize(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
     body: Body,
 ) -> Response {
-    connector(app, Some(Method::Tokenize), peer, headers, body).await
+    connector(app, Some(Method::Tokenize), caller, body).await
 }
 
 /// Legacy private-beta path: the method is `charge`.
@@ -57,44 +50,26 @@ pub async fn legacy_tokenize(
     responses((status = 200, body = ReplyDoc), (status = 401, body = ReplyDoc)), security(("basic" = [])))]
 pub async fn legacy_charge(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
     body: Body,
 ) -> Response {
-    connector(app, Some(Method::Charge), peer, headers, body).await
-}
-
-/// Answer when payvault itself failed. HTTP 200 like every other refusal, because Twilio reads
-/// only a 200's body and would otherwise tell the caller "malformed response" instead of passing
-/// `internal_error` on. Tokenize is atomic and charges are idempotent, so a retry with the same
-/// transaction id is safe.
-fn internal_error(key: IdKey) -> Reply {
-    Reply::error(
-        key,
-        "internal_error",
-        "payvault could not complete the request; retrying with the same transaction_id is safe",
-    )
+    connector(app, Some(Method::Charge), caller, body).await
 }
 
 async fn connector(
     app: AppState,
     path_method: Option<Method>,
-    peer: SocketAddr,
-    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
     body: Body,
 ) -> Response {
-    let origin = super::origin(&app, &headers, peer);
     let key = path_method.map_or(IdKey::Both, IdKey::from);
-
-    let principal = match authenticate(&app, &headers, &origin).await {
-        Ok(p) => p,
-        Err(response) => return response,
+    let caller = match caller {
+        Ok(c) => c,
+        // Before authentication the method is not known: both id keys, as Twilio's docs show.
+        Err(e) => return e.into_connector_response(IdKey::Both),
     };
-    if !principal.has_scope(Scope::Connector) {
-        let event = AuditEvent::by(&principal, &origin, "connector");
-        let msg = "this credential lacks the `connector` scope";
-        let reply = refuse(&app, event, key, "forbidden", msg).await;
-        return reply.with_status(StatusCode::FORBIDDEN).into_response();
+    if let Err(e) = caller.require(&app, Scope::Connector, "connector").await {
+        return e.into_connector_response(key);
     }
 
     // The body holds card data: it lives in a zeroizing buffer and is wiped when the task ends.
@@ -103,43 +78,14 @@ async fn connector(
         // whose client disconnects): its retry must find the outcome recorded, not an attempt
         // cut off between the processor's approval and our bookkeeping.
         Ok(buf) => {
-            let (app, principal, origin) = (app.clone(), principal.clone(), origin.clone());
-            let task =
-                tokio::spawn(
-                    async move { handle(&app, &principal, &origin, path_method, &buf).await },
-                );
-            task.await.unwrap_or_else(|e| {
-                tracing::error!(error = %e, "request task failed");
-                internal_error(key)
-            })
+            let (app, caller) = (app.clone(), caller.clone());
+            tokio::spawn(async move { handle(&app, &caller, path_method, &buf).await })
+                .await
+                .unwrap_or_else(|e| ApiError::from(e).into_reply(key))
         }
-        Err(invalid) => reject(&app, &principal, &origin, key, None, None, invalid).await,
+        Err(invalid) => refuse(&app, &caller, "connector", None, key, invalid.into()).await,
     };
     reply.into_response()
-}
-
-/// Authenticates a connector request; failures answer in Twilio's shape.
-async fn authenticate(
-    app: &AppState,
-    headers: &HeaderMap,
-    origin: &Origin,
-) -> Result<Arc<Principal>, Response> {
-    super::auth::authenticate(app, headers, origin)
-        .await
-        .map_err(|denied| match denied {
-            Denied::Unauthorized => {
-                let mut response = Reply::error(
-                    IdKey::Both,
-                    "unauthorized",
-                    "invalid or missing credentials",
-                )
-                .with_status(StatusCode::UNAUTHORIZED)
-                .into_response();
-                response.headers_mut().insert(WWW_AUTHENTICATE, CHALLENGE);
-                response
-            }
-            Denied::Internal => internal_error(IdKey::Both).into_response(),
-        })
 }
 
 /// Reads the body into a buffer allocated once at the size limit, so it never reallocates and
@@ -159,10 +105,10 @@ async fn read_body(mut body: Body, limit: usize) -> Result<Zeroizing<Vec<u8>>, I
     Ok(buf)
 }
 
+/// Parses and validates the request, then runs the one domain operation it asks for.
 async fn handle(
     app: &AppState,
-    principal: &Principal,
-    origin: &Origin,
+    caller: &Caller,
     path_method: Option<Method>,
     body: &[u8],
 ) -> Reply {
@@ -170,64 +116,61 @@ async fn handle(
     let request = match twilio::parse(body) {
         Ok(r) => r,
         Err(invalid) => {
-            return reject(app, principal, origin, default_key, None, None, invalid).await
+            return refuse(app, caller, "connector", None, default_key, invalid.into()).await
         }
     };
     let txn = request.transaction_id().ok();
     let method = match request.method(path_method) {
         Ok(m) => m,
         Err(invalid) => {
-            return reject(app, principal, origin, default_key, None, txn, invalid).await
+            return refuse(app, caller, "connector", txn, default_key, invalid.into()).await
         }
     };
     let key = IdKey::from(method);
+    let action = method.as_str();
+    let now = chrono::Utc::now();
     match method {
-        Method::Tokenize => {
-            let req = match request.into_tokenize(chrono::Utc::now(), app.expiry) {
-                Ok(r) => r,
-                Err(invalid) => {
-                    return reject(app, principal, origin, key, Some(method), txn, invalid).await
-                }
-            };
-            match app.vault.tokenize(principal, origin, &req).await {
+        Method::Tokenize => match request.into_tokenize(now, app.expiry) {
+            Err(invalid) => refuse(app, caller, action, txn, key, invalid.into()).await,
+            Ok(req) => match app
+                .vault
+                .tokenize(&caller.principal, &caller.origin, &req)
+                .await
+            {
                 Ok(t) => {
-                    tracing::info!(method = "tokenize", replayed = t.replayed, "tokenized");
+                    tracing::info!(method = action, replayed = t.replayed, "tokenized");
                     Reply::ok(key, &t.token)
                 }
-                Err(e) if e.code() == "internal_error" => {
-                    tracing::error!(error = %super::error_chain(&e), "tokenize failed");
-                    internal_error(key)
-                }
-                Err(e) => {
-                    tracing::info!(
-                        method = "tokenize",
-                        error_code = e.code(),
-                        "tokenize refused"
-                    );
-                    Reply::error(key, e.code(), &e.to_string())
-                }
-            }
-        }
+                // The vault has audited the refusal.
+                Err(e) => ApiError::from(e).into_reply(key),
+            },
+        },
         Method::Charge => {
             let started = std::time::Instant::now();
-            let req = match request.into_charge(chrono::Utc::now(), app.expiry) {
+            let req = match request.into_charge(now, app.expiry) {
                 Ok(r) => r,
-                Err(invalid) => {
-                    return reject(app, principal, origin, key, Some(method), txn, invalid).await
-                }
+                Err(invalid) => return refuse(app, caller, action, txn, key, invalid.into()).await,
             };
             // Charging a stored token is a merchant-backend privilege, not a connector's.
-            if matches!(req.source, Source::Token(_)) && !principal.has_scope(Scope::TokensCharge) {
-                let mut event = AuditEvent::by(principal, origin, "charge");
-                event.transaction_id = txn.map(|t| t.as_str().to_owned());
-                let msg = "charging a stored token needs the `tokens:charge` scope";
-                return refuse(app, event, key, "forbidden", msg).await;
+            if matches!(req.source, Source::Token(_))
+                && !caller.principal.has_scope(Scope::TokensCharge)
+            {
+                let forbidden = ApiError::new(
+                    Kind::Forbidden,
+                    "forbidden",
+                    "charging a stored token needs the `tokens:charge` scope",
+                );
+                return refuse(app, caller, action, txn, key, forbidden).await;
             }
-            match app.charger.charge(principal, origin, &req, started).await {
+            match app
+                .charger
+                .charge(&caller.principal, &caller.origin, &req, started)
+                .await
+            {
                 Ok(charged) => {
                     let o = charged.outcome;
                     tracing::info!(
-                        method = "charge",
+                        method = action,
                         replayed = charged.replayed,
                         error_code = o.error_code.as_deref(),
                         "charge answered"
@@ -244,47 +187,27 @@ async fn handle(
                     }
                     .with_parameters(o.parameters)
                 }
-                Err(e @ (ChargeError::Database(_) | ChargeError::Crypto(_))) => {
-                    tracing::error!(error = %super::error_chain(&e), "charge failed");
-                    internal_error(key)
-                }
-                Err(e) => {
-                    tracing::info!(method = "charge", error_code = e.code(), "charge refused");
-                    Reply::error(key, e.code(), &e.to_string())
-                }
+                Err(e) => ApiError::from(e).into_reply(key),
             }
         }
     }
 }
 
-/// Answers a request that failed validation, after auditing it. Messages come from
-/// [`InvalidInput`], which never quotes a value.
-async fn reject(
+/// Audits a request refused before it reached the vault, then answers it in Twilio's shape
+/// (HTTP 200). If the audit event cannot be written the request fails as a whole (PCI DSS 10:
+/// no unlogged access).
+async fn refuse(
     app: &AppState,
-    principal: &Principal,
-    origin: &Origin,
-    key: IdKey,
-    method: Option<Method>,
+    caller: &Caller,
+    action: &'static str,
     txn: Option<TransactionId>,
-    invalid: InvalidInput,
+    key: IdKey,
+    err: ApiError,
 ) -> Reply {
-    let mut event = AuditEvent::by(
-        principal,
-        origin,
-        method.map_or("connector", Method::as_str),
-    );
+    let mut event = AuditEvent::by(&caller.principal, &caller.origin, action).failed(err.code());
     event.transaction_id = txn.map(|t| t.as_str().to_owned());
-    refuse(app, event, key, invalid.code(), &invalid.to_string()).await
-}
-
-/// Audits a refused request and answers it in Twilio's shape. If the audit event cannot be
-/// written the request fails as a whole (PCI DSS 10: no unlogged access).
-async fn refuse(app: &AppState, event: AuditEvent, key: IdKey, code: &str, message: &str) -> Reply {
-    let event = event.failed(code);
-    if let Err(e) = app.vault.record_event(&event).await {
-        tracing::error!(error = %super::error_chain(&e), "audit write failed");
-        return internal_error(key);
+    if let Err(e) = app.audit.record(&event).await {
+        return ApiError::internal(&e).into_reply(key);
     }
-    tracing::info!(action = event.action, error_code = code, "request refused");
-    Reply::error(key, code, message)
+    err.into_reply(key)
 }

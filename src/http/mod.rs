@@ -3,17 +3,20 @@
 
 mod api;
 mod auth;
-pub use auth::FailureLimiter;
 mod connector;
+mod error;
 pub mod ops;
 pub mod sandbox;
 pub mod tls;
 pub mod twilio;
 
+pub use auth::{Caller, FailureLimiter};
+pub use error::{ApiError, Kind};
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::routing::get;
@@ -27,9 +30,10 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::audit::Origin;
+use crate::audit::{AuditLog, Origin};
 use crate::auth::Authenticator;
 use crate::charge::Charger;
+use crate::domain::ExpiryPolicy;
 use crate::vault::Vault;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -39,11 +43,12 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct AppState {
     pub vault: Vault,
     pub charger: Charger,
+    pub audit: AuditLog,
     pub auth: Arc<Authenticator>,
     pub max_body_bytes: usize,
     pub trusted_proxies: Arc<TrustedProxies>,
     pub auth_failures: Arc<FailureLimiter>,
-    pub expiry: twilio::ExpiryPolicy,
+    pub expiry: ExpiryPolicy,
 }
 
 /// Failed logins audited per second per instance; the rest are counted.
@@ -169,12 +174,12 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(connector::legacy_tokenize))
         .routes(routes!(connector::legacy_charge))
         .routes(routes!(
-            api::get_token,
-            api::delete_token,
-            api::update_token
+            api::tokens::get_token,
+            api::tokens::delete_token,
+            api::tokens::update_token
         ))
-        .routes(routes!(api::charge_token))
-        .routes(routes!(api::audit_events))
+        .routes(routes!(api::charges::charge_token))
+        .routes(routes!(api::audit::audit_events))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
@@ -199,12 +204,17 @@ pub fn router(state: AppState) -> Router {
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(|req: &Request| {
-                            // Path only: a query string could carry anything.
+                            // The route template, never the raw path (`/v1/tokens/tok_...`
+                            // names a token) nor the query string (which could carry anything).
                             let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok());
+                            let route = req
+                                .extensions()
+                                .get::<MatchedPath>()
+                                .map_or("unmatched", MatchedPath::as_str);
                             tracing::info_span!(
                                 "request",
-                                method = %req.method(),
-                                path = req.uri().path(),
+                                method = %ops::method_label(req.method()),
+                                route,
                                 request_id = id.unwrap_or(""),
                             )
                         })
@@ -230,18 +240,6 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-}
-
-/// An error and its causes, each by its `Display` (which for our types never holds card data).
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! the request metrics middleware.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 
 use super::AppState;
+use crate::vault::SchemaState;
 
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn metrics_handle() -> &'static PrometheusHandle {
@@ -33,6 +34,24 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
     })
 }
 
+/// A method as a label: the standard ones by name, anything else as `other`, so a client
+/// inventing methods cannot grow the metrics or the logs without bound.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::PATCH => "PATCH",
+        M::DELETE => "DELETE",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        M::CONNECT => "CONNECT",
+        M::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 /// Records every request by route template (never the raw path: tokens are in paths), method
 /// and status class.
 pub async fn record_request(req: Request, next: Next) -> Response {
@@ -40,11 +59,11 @@ pub async fn record_request(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method());
     let started = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("payvault_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+    metrics::counter!("payvault_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
     metrics::histogram!("payvault_http_request_duration_seconds", "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
@@ -54,9 +73,9 @@ pub async fn record_request(req: Request, next: Next) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
-    let pool = app.vault.pool();
-    metrics::gauge!("payvault_db_pool_connections").set(f64::from(pool.size()));
-    metrics::gauge!("payvault_db_pool_idle_connections").set(pool.num_idle() as f64);
+    let pool = app.vault.pool_stats();
+    metrics::gauge!("payvault_db_pool_connections").set(f64::from(pool.size));
+    metrics::gauge!("payvault_db_pool_idle_connections").set(pool.idle as f64);
     let keys = app.vault.keys();
     for version in keys.versions() {
         metrics::gauge!("payvault_master_key_loaded", "version" => version.to_string()).set(1.0);
@@ -78,22 +97,12 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let keys = app.vault.keys();
     let versions: Vec<i32> = keys.versions().collect();
-    let latest = crate::store::MIGRATOR
-        .iter()
-        .map(|m| m.version)
-        .max()
-        .unwrap_or(0);
     // A probe wants a prompt answer: an unreachable database is "not ready" after 2 s, not
     // after the pool's whole acquire timeout.
-    let database = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        crate::store::applied_migration(app.vault.pool()),
-    )
-    .await;
-    let (status, db, migrations) = match database {
-        Ok(Ok(Some(v))) if v >= latest => (StatusCode::OK, "ok", "ok"),
-        Ok(Ok(_)) => (StatusCode::SERVICE_UNAVAILABLE, "ok", "pending"),
-        Ok(Err(_)) | Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "unreachable", "unknown"),
+    let (status, db, migrations) = match app.vault.schema_state(Duration::from_secs(2)).await {
+        SchemaState::Current => (StatusCode::OK, "ok", "ok"),
+        SchemaState::Pending => (StatusCode::SERVICE_UNAVAILABLE, "ok", "pending"),
+        SchemaState::Unreachable => (StatusCode::SERVICE_UNAVAILABLE, "unreachable", "unknown"),
     };
     let body = json!({
         "status": if status == StatusCode::OK { "ready" } else { "not_ready" },

@@ -21,8 +21,8 @@ use serde_json::{Map, Value};
 
 use crate::charge::{ChargeRequest, Source};
 use crate::domain::{
-    AccountNumber, BankAccount, Card, CardNumber, Cvv, Expiry, InvalidInput, PaymentMethod,
-    PostalCode, RoutingNumber, SecretText, TransactionId,
+    AccountNumber, BankAccount, Card, CardNumber, Cvv, Expiry, ExpiryPolicy, InvalidInput,
+    PaymentMethod, PostalCode, RoutingNumber, SecretText, TokenExpiry, TransactionId,
 };
 use crate::domain::{Amount, Token};
 use crate::vault::TokenizeRequest;
@@ -34,46 +34,44 @@ pub const TOKEN_TTL_PARAMETER: &str = "token_ttl_days";
 /// `<Parameter>` set to `true`: the token expires with the card (after its expiry month).
 pub const EXPIRES_WITH_CARD_PARAMETER: &str = "token_expires_with_card";
 
-/// When new tokens expire unless a request says otherwise.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ExpiryPolicy {
-    /// `PAYVAULT_TOKEN_TTL_DAYS`; `None`: tokens never expire by default.
-    pub default_ttl_days: Option<u32>,
+/// The expiry a request asks for with `<Parameter>`s, if any.
+fn requested_expiry(
+    params: &BTreeMap<String, String>,
+) -> Result<Option<TokenExpiry>, InvalidInput> {
+    if params
+        .get(EXPIRES_WITH_CARD_PARAMETER)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    {
+        return Ok(Some(TokenExpiry::WithCard));
+    }
+    const BAD_TTL: &str =
+        "parameter `token_ttl_days` must be a whole number of days from 1 to 3650";
+    params
+        .get(TOKEN_TTL_PARAMETER)
+        .map(|v| {
+            let days = v
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| InvalidInput::TokenExpiry(BAD_TTL))?;
+            TokenExpiry::after_days(days, BAD_TTL)
+        })
+        .transpose()
 }
 
-impl ExpiryPolicy {
-    /// The expiry of a token for `method`, from the request's parameters or the default.
-    fn expires_at(
-        self,
-        params: &BTreeMap<String, String>,
-        method: &PaymentMethod,
-        now: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>, InvalidInput> {
-        if params
-            .get(EXPIRES_WITH_CARD_PARAMETER)
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
-        {
-            return match method {
-                PaymentMethod::Card(c) => Ok(Some(c.expiry.end())),
-                PaymentMethod::Bank(_) => Err(InvalidInput::TokenExpiry(
-                    "parameter `token_expires_with_card` applies to cards only",
-                )),
-            };
-        }
-        let days = match params.get(TOKEN_TTL_PARAMETER) {
-            Some(v) => Some(
-                v.trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|d| (1..=3650).contains(d))
-                    .ok_or(InvalidInput::TokenExpiry(
-                        "parameter `token_ttl_days` must be a whole number of days from 1 to 3650",
-                    ))?,
-            ),
-            None => self.default_ttl_days,
-        };
-        Ok(days.map(|d| now + chrono::Duration::days(i64::from(d))))
-    }
+/// When a token for `method` expires: the request's parameters, else the deployment default.
+fn expires_at(
+    policy: ExpiryPolicy,
+    params: &BTreeMap<String, String>,
+    method: &PaymentMethod,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, InvalidInput> {
+    let card_end = match method {
+        PaymentMethod::Card(c) => Some(c.expiry.end()),
+        PaymentMethod::Bank(_) => None,
+    };
+    policy
+        .or_default(requested_expiry(params)?)
+        .resolve(now, card_end)
 }
 
 /// The operation a connector request asks for.
@@ -234,7 +232,7 @@ impl WireRequest {
         let transaction_id = self.transaction_id()?;
         let parameters = self.take_parameters();
         let method = self.into_payment_method(now.date_naive())?;
-        let expires_at = policy.expires_at(&parameters, &method, now)?;
+        let expires_at = expires_at(policy, &parameters, &method, now)?;
         Ok(TokenizeRequest {
             expires_at,
             transaction_id,
@@ -273,7 +271,7 @@ impl WireRequest {
             None => Source::Payment(self.into_payment_method(today)?),
         };
         let token_expires_at = match &source {
-            Source::Payment(method) if save_card => policy.expires_at(&parameters, method, now)?,
+            Source::Payment(method) if save_card => expires_at(policy, &parameters, method, now)?,
             _ => None,
         };
         Ok(ChargeRequest {

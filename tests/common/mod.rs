@@ -7,13 +7,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use payvault::app::{KeySource, Service};
 use payvault::auth::admin::{self, CreatedCredential};
 use payvault::auth::{CredentialKind, Scope};
+use payvault::config::{ProcessorConfig, ServeConfig, TlsFiles};
 use payvault::crypto::{KeyRing, MasterKey};
-use payvault::processor::generic::{GenericConfig, GenericProcessor, ProcessorAuth};
-use payvault::processor::sandbox::Sandbox;
-use payvault::processor::Processor;
-use payvault::startup::{Application, Settings};
+use payvault::processor::generic::ProcessorAuth;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -210,10 +209,10 @@ pub fn test_keys() -> Arc<KeyRing> {
 /// How a test server charges.
 pub struct Options {
     pub dedup: bool,
-    pub processor: Arc<dyn Processor>,
+    pub processor: ProcessorConfig,
     pub processor_timeout: Duration,
     pub idempotency_wait: Duration,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tls: Option<TlsFiles>,
     /// Reach the database through this URL (a proxy, say) instead of the test database's own.
     pub database_url: Option<String>,
 }
@@ -224,7 +223,7 @@ impl Default for Options {
         let timeout = Duration::from_secs(2);
         Self {
             dedup: false,
-            processor: Arc::new(Sandbox::new(Duration::from_secs(1))),
+            processor: ProcessorConfig::Sandbox,
             processor_timeout: timeout,
             idempotency_wait: Duration::from_secs(9),
             tls: None,
@@ -236,16 +235,12 @@ impl Default for Options {
 impl Options {
     /// The generic adapter pointed at `url`, with bearer auth `stub-secret`.
     pub fn generic(url: &str, timeout: Duration) -> Self {
-        let processor = GenericProcessor::new(GenericConfig {
-            url: url.parse().unwrap(),
-            auth: ProcessorAuth::Bearer(secrecy::SecretString::from("stub-secret")),
-            connect_timeout: Duration::from_secs(1),
-            timeout,
-        })
-        .unwrap();
         Self {
             dedup: false,
-            processor: Arc::new(processor),
+            processor: ProcessorConfig::Generic {
+                url: url.parse().unwrap(),
+                auth: ProcessorAuth::Bearer(secrecy::SecretString::from("stub-secret")),
+            },
             processor_timeout: timeout,
             idempotency_wait: Duration::from_secs(9),
             ..Default::default()
@@ -265,37 +260,43 @@ pub async fn spawn_app_with(db: Arc<TestDb>, keys: Arc<KeyRing>) -> TestApp {
 
 pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) -> TestApp {
     init_logging();
-    let settings = Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        max_body_bytes: 16 * 1024,
-        auth_cache_ttl: Duration::from_secs(60),
-        processor: opts.processor,
-        processor_timeout: opts.processor_timeout,
-        idempotency_wait: opts.idempotency_wait,
-        trusted_proxies: payvault::http::TrustedProxies::parse("127.0.0.2").unwrap(),
-        seal_interval: Duration::from_millis(50),
-        default_token_ttl_days: None,
-        dedup: opts.dedup,
-        shutdown_grace: Duration::from_secs(5),
-        tls: opts.tls,
+    // The same launch path as `payvault serve`, configured as a test needs it.
+    let url = opts.database_url.clone().unwrap_or_else(|| db.url());
+    let mut config = ServeConfig::new(url.into());
+    config.max_body_bytes = 16 * 1024;
+    config.db_max_connections = 10;
+    config.processor = opts.processor;
+    config.processor_connect_timeout = Duration::from_secs(1);
+    config.processor_timeout = opts.processor_timeout;
+    config.idempotency_wait = opts.idempotency_wait;
+    config.sandbox_slow = Duration::from_secs(1);
+    config.trusted_proxies = "127.0.0.2".into();
+    config.seal_interval = Duration::from_millis(50);
+    config.dedup = opts.dedup;
+    config.shutdown_grace = Duration::from_secs(5);
+    config.tls = opts.tls;
+    let service = Service {
+        config,
+        keys: KeySource::Loaded(keys.clone()),
+        migrate: false,
     };
-    let pool = match &opts.database_url {
-        // Lazy, as `payvault serve` opens it: the database may be down.
-        Some(url) => payvault::store::connect_lazy(&url.clone().into(), 10).unwrap(),
-        None => PgPoolOptions::new()
-            .max_connections(10)
-            .connect(&db.url())
-            .await
-            .unwrap(),
-    };
-    let app = Application::build(&settings, pool, keys.clone())
-        .await
-        .unwrap();
-    let addr = app.local_addr().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run(async move {
-        let _ = stopped.await;
-    }));
+    let (ready, on_ready) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(payvault::app::launch(
+        service,
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+        move |_| {
+            let _ = ready.send(());
+        },
+    ));
+    if on_ready.await.is_err() {
+        panic!("payvault did not start: {:?}", served.await);
+    }
     let connector = admin::create_credential(
         &db.pool,
         &format!("twilio-{}", addr.port()),

@@ -1,0 +1,294 @@
+//! The one launch path. `payvault serve`, `payvault dev` and every test call [`launch`] with a
+//! bound listener and a shutdown future; it reads top to bottom: refuse unsafe production
+//! settings, connect, migrate (when asked), load keys, build the processor, audit the start,
+//! serve, drain, audit the stop, and seal the audit log once.
+
+pub mod keys;
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+pub use keys::KeySource;
+
+use crate::audit::{AuditEvent, AuditLog};
+use crate::auth::{admin, Authenticator, CredentialKind, Scope};
+use crate::charge::Charger;
+use crate::config::{self, ProcessorConfig, ServeConfig};
+use crate::crypto::KeyRing;
+use crate::http::{AppState, TrustedProxies};
+use crate::processor::generic::{GenericConfig, GenericProcessor};
+use crate::processor::sandbox::Sandbox;
+use crate::processor::{Processor, Unconfigured};
+use crate::store;
+use crate::vault::Vault;
+
+/// Margin added to the processor timeout before an in-flight charge is presumed dead.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// How often expired tokens are looked for.
+const EXPIRY_PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What [`launch`] serves: the parsed configuration and where the master keys come from.
+pub struct Service {
+    pub config: ServeConfig,
+    pub keys: KeySource,
+    /// Apply pending migrations before serving (`serve` unless `--no-migrate`).
+    pub migrate: bool,
+}
+
+/// Runs the service on `listener` until `shutdown` completes, then lets in-flight requests
+/// finish (within the configured grace), audits the stop and seals what is left.
+/// `on_ready` is called once, when requests are about to be accepted.
+pub async fn launch(
+    service: Service,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let Service {
+        config: mut cfg,
+        keys,
+        migrate,
+    } = service;
+    let refusals = cfg.production_refusals(keys.has_development_key());
+    if !refusals.is_empty() {
+        anyhow::bail!(
+            "PAYVAULT_ENV=production refuses to start:\n  - {}",
+            refusals.join("\n  - ")
+        );
+    }
+    let tls = match &cfg.tls {
+        Some(files) => Some(crate::http::tls::acceptor(&files.cert, &files.key)?),
+        None => None,
+    };
+    let trusted_proxies = TrustedProxies::parse(&cfg.trusted_proxies)
+        .map_err(|e| anyhow::anyhow!("PAYVAULT_TRUSTED_PROXIES: {e}"))?;
+    let pool = store::connect(&cfg.database_url, cfg.db_max_connections)
+        .await
+        .context("cannot connect to the database")?;
+    if migrate {
+        store::migrate(&pool).await.context("migration failed")?;
+    }
+    let keys = keys.load(&pool).await?;
+    if let Some(credential) = &cfg.dev_connector_credential {
+        ensure_dev_connector(&pool, credential).await?;
+    }
+    let processor = build_processor(
+        std::mem::replace(&mut cfg.processor, ProcessorConfig::None),
+        &cfg,
+    )?;
+
+    // Start and stop of the service are audited (PCI DSS 10.2.1.6: start of audit logging).
+    let addr = listener.local_addr()?;
+    let versions: Vec<i32> = keys.versions().collect();
+    let instance = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "listen": addr.to_string(),
+        "key_versions": versions,
+    });
+    store::audit::insert_audit_event(
+        &pool,
+        &AuditEvent::system("service_start", instance.clone()),
+    )
+    .await
+    .context("cannot write the audit log")?;
+
+    crate::http::ops::metrics_handle();
+    let auth = Arc::new(Authenticator::new(pool.clone(), cfg.auth_cache_ttl));
+    let vault = Vault::new(pool.clone(), keys.clone()).with_dedup(cfg.dedup);
+    let charger = Charger {
+        vault: vault.clone(),
+        processor,
+        wait: cfg.idempotency_wait,
+        lease: cfg.processor_timeout + LEASE_MARGIN,
+        processor_timeout: cfg.processor_timeout,
+    };
+    let state = AppState {
+        vault,
+        charger,
+        audit: AuditLog::new(pool.clone()),
+        auth: auth.clone(),
+        max_body_bytes: cfg.max_body_bytes,
+        trusted_proxies: Arc::new(trusted_proxies),
+        expiry: crate::domain::ExpiryPolicy {
+            default_ttl_days: cfg.default_token_ttl_days,
+        },
+        auth_failures: Arc::new(crate::http::FailureLimiter::new(
+            crate::http::AUTH_FAILURE_AUDITS_PER_SECOND,
+        )),
+    };
+
+    let background = [
+        tokio::spawn(auth.follow_changes()),
+        tokio::spawn(crate::vault::run_expiry_purge(
+            pool.clone(),
+            EXPIRY_PURGE_INTERVAL,
+        )),
+        tokio::spawn(crate::audit::seal::run_sealer(
+            pool.clone(),
+            keys.clone(),
+            cfg.seal_interval,
+        )),
+    ];
+    tracing::info!(
+        %addr,
+        key_versions = ?versions,
+        tls = tls.is_some(),
+        environment = ?cfg.environment,
+        "payvault ready"
+    );
+    on_ready(addr);
+    let served = serve(
+        listener,
+        crate::http::router(state),
+        tls,
+        shutdown,
+        cfg.shutdown_grace,
+    )
+    .await;
+    for task in background {
+        task.abort();
+    }
+    stop(&pool, &keys, instance).await;
+    served?;
+    tracing::info!("payvault stopped");
+    Ok(())
+}
+
+/// Audits the stop and seals what the last requests wrote, so a stopped instance leaves
+/// nothing unsealed behind. Failures are logged: the next instance seals.
+async fn stop(pool: &PgPool, keys: &KeyRing, instance: serde_json::Value) {
+    let event = AuditEvent::system("service_stop", instance);
+    if let Err(e) = store::audit::insert_audit_event(pool, &event).await {
+        tracing::warn!(error = %e, "could not audit the service stop");
+    }
+    if let Err(e) = crate::audit::seal::seal_pending(pool, keys).await {
+        tracing::warn!(error = %e, "could not seal the last audit events; the next instance will");
+    }
+}
+
+/// Serves HTTP or HTTPS until `shutdown`; after it, in-flight requests get `grace` to finish.
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = signalled.send(());
+    };
+    // `tap_io` gives both listeners the `SocketAddr` connect info the handlers read.
+    let serving: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
+        None => {
+            let listener = listener.tap_io(|tcp| {
+                // Replies are written whole; do not let Nagle hold them back.
+                let _ = tcp.set_nodelay(true);
+            });
+            Box::pin(
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(shutdown)
+                    .into_future(),
+            )
+        }
+        Some(acceptor) => {
+            let listener = crate::http::tls::TlsListener::new(listener, acceptor)?.tap_io(|_| {});
+            Box::pin(
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(shutdown)
+                    .into_future(),
+            )
+        }
+    };
+    tokio::select! {
+        result = serving => result,
+        () = async move {
+            if on_signal.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period");
+            Ok(())
+        }
+    }
+}
+
+fn build_processor(
+    processor: ProcessorConfig,
+    cfg: &ServeConfig,
+) -> anyhow::Result<Arc<dyn Processor>> {
+    Ok(match processor {
+        ProcessorConfig::None => Arc::new(Unconfigured),
+        ProcessorConfig::Sandbox => {
+            tracing::warn!("using the built-in SANDBOX processor: no real money moves");
+            Arc::new(Sandbox::new(cfg.sandbox_slow))
+        }
+        ProcessorConfig::Generic { url, auth } => Arc::new(
+            GenericProcessor::new(GenericConfig {
+                url,
+                auth,
+                connect_timeout: cfg.processor_connect_timeout,
+                timeout: cfg.processor_timeout,
+            })
+            .context("cannot set up the processor client")?,
+        ),
+    })
+}
+
+/// `PAYVAULT_DEV_CONNECTOR_CREDENTIAL` (`username:password`): a connector credential for
+/// development set-ups whose curl examples need a known password.
+async fn ensure_dev_connector(
+    pool: &PgPool,
+    credential: &config::DevCredential,
+) -> anyhow::Result<()> {
+    let created = admin::ensure_credential(
+        pool,
+        "dev-connector",
+        CredentialKind::Connector,
+        vec![Scope::Connector, Scope::TokensCharge],
+        &credential.username,
+        crate::domain::SecretText::new(credential.password.expose_secret().to_owned()),
+    )
+    .await
+    .context("PAYVAULT_DEV_CONNECTOR_CREDENTIAL")?;
+    if created {
+        tracing::warn!("created the DEVELOPMENT connector credential `dev-connector`");
+    }
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}

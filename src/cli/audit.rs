@@ -1,0 +1,284 @@
+//! `payvault audit`: list, verify, checkpoint, export and prune the audit log. Every read of
+//! the log is itself audited (PCI DSS 10.2.1.3).
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::db::cli_pool;
+use super::keys::master_keys;
+use crate::audit::{AuditEvent, AuditLog};
+use crate::config;
+use crate::store;
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit events (oldest first), filtered.
+    List {
+        #[command(flatten)]
+        filter: AuditFilterArgs,
+        /// Show events after this cursor (the id printed as the next cursor).
+        #[arg(long, default_value_t = 0)]
+        cursor: i64,
+        /// At most this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Verify the seal chain; exits 1 and names the first tampered place if it was altered.
+    /// Needs PAYVAULT_MASTER_KEY.
+    Verify {
+        /// A checkpoint saved earlier by `payvault audit checkpoint`, to detect deletion of the
+        /// newest events.
+        #[arg(long)]
+        checkpoint: Option<std::path::PathBuf>,
+    },
+    /// Print the newest seal as a checkpoint (JSON) to keep off-box.
+    Checkpoint,
+    /// Export sealed events as JSON lines, in chain order, resumable from a cursor.
+    Export {
+        /// Export events after this chain position (the `seq` of the last line already exported).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+    /// Delete sealed events older than the retention period, leaving the rest verifiable.
+    /// Needs PAYVAULT_MASTER_KEY.
+    Prune {
+        /// Delete events that occurred before this date (YYYY-MM-DD or RFC 3339); it must be at
+        /// least PAYVAULT_AUDIT_RETENTION_DAYS (default 365) ago.
+        #[arg(long, value_parser = crate::audit::parse_time)]
+        before: chrono::DateTime<chrono::Utc>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditFilterArgs {
+    /// Events at or after this date/time (YYYY-MM-DD or RFC 3339).
+    #[arg(long, value_parser = crate::audit::parse_time)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Events before this date/time.
+    #[arg(long, value_parser = crate::audit::parse_time)]
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    /// e.g. tokenize, charge, charge_attempt, token_resolve, authenticate, credential_create.
+    #[arg(long)]
+    action: Option<String>,
+    /// Credential id, username or name.
+    #[arg(long)]
+    actor: Option<String>,
+    #[arg(long)]
+    token: Option<String>,
+    #[arg(long)]
+    transaction_id: Option<String>,
+    /// success or failure.
+    #[arg(long, value_parser = ["success", "failure"])]
+    outcome: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ListFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
+    use crate::audit::seal;
+    let pool = cli_pool().await?;
+    // Every read of the audit log is itself audited (PCI DSS 10.2.1.3).
+    let log = AuditLog::new(pool.clone());
+    let record = |action: &'static str, details: serde_json::Value| {
+        let log = log.clone();
+        async move {
+            let mut event = AuditEvent::operator(action);
+            if let (Some(obj), serde_json::Value::Object(extra)) =
+                (event.details.as_object_mut(), details)
+            {
+                obj.extend(extra);
+            }
+            log.record(&event)
+                .await
+                .context("cannot write the audit log")
+        }
+    };
+    match cmd {
+        AuditCommand::List {
+            filter,
+            cursor,
+            limit,
+            format,
+        } => {
+            let filter = crate::audit::log::AuditFilter {
+                since: filter.since,
+                until: filter.until,
+                action: filter.action,
+                actor: filter.actor,
+                token: filter.token,
+                transaction_id: filter.transaction_id,
+                outcome: filter.outcome,
+            };
+            let reader = AuditEvent::operator("audit_read");
+            let rows = log
+                .read(reader, &filter, cursor, limit.clamp(1, 100_000))
+                .await
+                .context("cannot read the audit log")?;
+            print_events(&rows, format);
+            if let (true, Some(last)) = (rows.len() as i64 == limit, rows.last()) {
+                eprintln!("more events: continue with --cursor {}", last.id);
+            }
+        }
+        AuditCommand::Verify { checkpoint } => {
+            let keys = master_keys(&pool).await?;
+            let checkpoint: Option<seal::Checkpoint> = match checkpoint {
+                Some(path) => Some(
+                    serde_json::from_str(
+                        &std::fs::read_to_string(&path)
+                            .with_context(|| format!("cannot read {}", path.display()))?,
+                    )
+                    .context("the checkpoint file is not a payvault checkpoint")?,
+                ),
+                None => None,
+            };
+            let report = seal::verify(&pool, &keys, checkpoint.as_ref()).await?;
+            record(
+                "audit_verify",
+                serde_json::json!({ "verified": report.verified, "intact": report.problem.is_none(), "with_checkpoint": checkpoint.is_some() }),
+            )
+            .await?;
+            println!("{report}");
+            if report.problem.is_some() {
+                std::process::exit(1);
+            }
+        }
+        AuditCommand::Checkpoint => {
+            let checkpoint = seal::checkpoint(&pool).await?;
+            record(
+                "audit_checkpoint",
+                serde_json::json!({ "seq": checkpoint.as_ref().map(|c| c.seq) }),
+            )
+            .await?;
+            match checkpoint {
+                Some(c) => println!("{}", serde_json::to_string(&c)?),
+                None => {
+                    anyhow::bail!("no sealed events yet: start `payvault serve` to seal the log")
+                }
+            }
+        }
+        AuditCommand::Export { after } => {
+            let mut cursor = after;
+            let mut count = 0u64;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            loop {
+                let batch = store::audit::export_sealed_events(&pool, cursor, 1000).await?;
+                if batch.is_empty() {
+                    break;
+                }
+                for (seq, row) in &batch {
+                    let mut line = crate::audit::event_json(row);
+                    line["seq"] = (*seq).into();
+                    std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes())?;
+                    cursor = *seq;
+                    count += 1;
+                }
+            }
+            std::io::Write::flush(&mut out)?;
+            drop(out);
+            record(
+                "audit_export",
+                serde_json::json!({ "after": after, "exported": count, "next_after": cursor }),
+            )
+            .await?;
+            eprintln!("exported {count} events; resume with --after {cursor}");
+        }
+        AuditCommand::Prune { before } => {
+            let keys = master_keys(&pool).await?;
+            let days = config::audit_retention_days()?;
+            let limit = chrono::Utc::now() - chrono::Duration::days(days);
+            if before > limit {
+                anyhow::bail!(
+                    "refusing to prune events newer than the retention period ({days} days, PAYVAULT_AUDIT_RETENTION_DAYS): --before must be {} or earlier",
+                    limit.format("%Y-%m-%d")
+                );
+            }
+            let deleted = seal::prune(&pool, &keys, before).await?;
+            record(
+                "audit_prune",
+                serde_json::json!({ "before": before, "deleted": deleted, "retention_days": days }),
+            )
+            .await?;
+            println!(
+                "pruned {deleted} audit events that occurred before {}",
+                before.to_rfc3339()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_events(rows: &[store::audit::AuditRow], format: ListFormat) {
+    match format {
+        ListFormat::Json => {
+            for row in rows {
+                println!("{}", crate::audit::event_json(row));
+            }
+        }
+        ListFormat::Csv => {
+            println!("id,occurred_at,actor_kind,actor_id,action,outcome,error_code,client_addr,forwarded_for,request_id,token,transaction_id,masked_data,amount_minor,currency,details");
+            for r in rows {
+                let fields = [
+                    r.id.to_string(),
+                    r.occurred_at.to_rfc3339(),
+                    r.actor_kind.clone(),
+                    r.actor_id.map(|a| a.to_string()).unwrap_or_default(),
+                    r.action.clone(),
+                    r.outcome.clone(),
+                    r.error_code.clone().unwrap_or_default(),
+                    r.client_addr.clone().unwrap_or_default(),
+                    r.forwarded_for.clone().unwrap_or_default(),
+                    r.request_id.clone().unwrap_or_default(),
+                    r.token.clone().unwrap_or_default(),
+                    r.transaction_id.clone().unwrap_or_default(),
+                    r.masked_data.clone().unwrap_or_default(),
+                    r.amount_minor.map(|a| a.to_string()).unwrap_or_default(),
+                    r.currency.clone().unwrap_or_default(),
+                    r.details.clone(),
+                ];
+                let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+                println!("{}", line.join(","));
+            }
+        }
+        ListFormat::Table => {
+            println!(
+                "{:>8}  {:<20}  {:<10}  {:<18}  {:<8}  {:<28}  {:<26}  {:<24}  AMOUNT",
+                "ID", "TIME (UTC)", "ACTOR", "ACTION", "OUTCOME", "ERROR", "TOKEN", "CARD"
+            );
+            for r in rows {
+                let amount = match (r.amount_minor, &r.currency) {
+                    (Some(a), Some(c)) => crate::domain::Amount::display_minor(a, c),
+                    _ => String::new(),
+                };
+                println!(
+                    "{:>8}  {:<20}  {:<10}  {:<18}  {:<8}  {:<28}  {:<26}  {:<24}  {}",
+                    r.id,
+                    r.occurred_at.format("%Y-%m-%d %H:%M:%S"),
+                    r.actor_kind,
+                    r.action,
+                    r.outcome,
+                    r.error_code.as_deref().unwrap_or("-"),
+                    r.token.as_deref().unwrap_or("-"),
+                    r.masked_data.as_deref().unwrap_or("-"),
+                    amount
+                );
+            }
+        }
+    }
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break (RFC 4180).
+fn csv_field(f: &str) -> String {
+    if f.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", f.replace('"', "\"\""))
+    } else {
+        f.to_owned()
+    }
+}

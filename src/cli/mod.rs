@@ -1,0 +1,161 @@
+//! The `payvault` command line: argument types and dispatch. Each command group lives in its
+//! own file; `serve` and `dev` both end in [`crate::app::launch`].
+
+mod audit;
+mod credentials;
+mod db;
+mod keys;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::app::{self, shutdown_signal, KeySource, Service};
+use crate::config::{self, ServeConfig};
+use crate::processor::sandbox::Sandbox;
+use crate::store;
+use audit::AuditCommand;
+use credentials::CredentialsCommand;
+use keys::KeysCommand;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "payvault",
+    version,
+    about = "Card and bank-account tokenization vault for Twilio <Pay>"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP service (applies pending migrations first unless --no-migrate).
+    Serve {
+        /// Do not apply pending migrations on start.
+        #[arg(long, env = "PAYVAULT_NO_MIGRATE")]
+        no_migrate: bool,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage the credentials callers use.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+    /// Master key operations.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Read, verify, export and prune the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Zero-configuration local mode: a private PostgreSQL cluster, development keys and
+    /// credentials, and the sandbox processor, all kept in one directory. Never for real cards.
+    Dev(crate::dev::DevArgs),
+    /// Exit 0 if the local service answers /readyz (for container health checks).
+    Healthcheck {
+        /// URL to check (default: /readyz on PAYVAULT_LISTEN's port on 127.0.0.1, over HTTPS
+        /// when PAYVAULT_TLS_CERT is set).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Run the built-in fake payment processor (for demos and tests; no money moves).
+    Sandbox {
+        /// Address to listen on.
+        #[arg(
+            long,
+            env = "PAYVAULT_SANDBOX_LISTEN",
+            default_value = "127.0.0.1:9090"
+        )]
+        listen: std::net::SocketAddr,
+        /// How long the slow test case takes, in milliseconds.
+        #[arg(long, env = "PAYVAULT_SANDBOX_SLOW_MS", default_value_t = 12_000)]
+        slow_ms: u64,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { no_migrate } => serve(no_migrate).await,
+        Command::Migrate => {
+            let pool = store::connect(&config::database_url()?, 2)
+                .await
+                .context("cannot connect to the database")?;
+            store::migrate(&pool).await.context("migration failed")?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Credentials(cmd) => credentials::run(cmd).await,
+        Command::Dev(args) => crate::dev::run(args).await,
+        Command::Healthcheck { url } => healthcheck(url).await,
+        Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Sandbox { listen, slow_ms } => {
+            let sandbox = Arc::new(Sandbox::new(Duration::from_millis(slow_ms)));
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            tracing::warn!(addr = %listener.local_addr()?, "payvault SANDBOX processor listening: no real money moves");
+            axum::serve(listener, crate::http::sandbox::router(sandbox))
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+            Ok(())
+        }
+        Command::Keys(cmd) => keys::run(cmd).await,
+    }
+}
+
+/// `payvault serve`: configuration and keys from the environment, then [`app::launch`] until
+/// SIGTERM or Ctrl-C.
+async fn serve(no_migrate: bool) -> anyhow::Result<()> {
+    let config = ServeConfig::from_env()?;
+    let keys = KeySource::from_env()?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let service = Service {
+        config,
+        keys,
+        migrate: !no_migrate,
+    };
+    app::launch(service, listener, shutdown_signal(), |addr| {
+        tracing::info!(%addr, "payvault listening");
+    })
+    .await
+}
+
+/// `payvault healthcheck`: GET /readyz on this host; for `HEALTHCHECK` in images without curl.
+async fn healthcheck(url: Option<String>) -> anyhow::Result<()> {
+    let url = match url {
+        Some(url) => url,
+        None => {
+            let listen: std::net::SocketAddr = config::parsed(
+                "PAYVAULT_LISTEN",
+                std::net::SocketAddr::from(([0, 0, 0, 0], 8080)),
+            )?;
+            let scheme = if config::var("PAYVAULT_TLS_CERT")?.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://127.0.0.1:{}/readyz", listen.port())
+        }
+    };
+    // Loopback: the certificate names the public host, not 127.0.0.1.
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("{url} did not answer"))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        anyhow::bail!("{url} answered {status}: {body}");
+    }
+    println!("ok");
+    Ok(())
+}

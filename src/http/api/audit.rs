@@ -1,0 +1,114 @@
+//! `GET /v1/audit/events`: the audit log, filtered and paginated.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::Json;
+
+use crate::audit::log::AuditFilter;
+use crate::audit::{AuditEvent, AuditEventView};
+use crate::auth::Scope;
+use crate::http::error::{ApiError, ErrorBody, Kind};
+use crate::http::{AppState, Caller};
+
+/// Query string of `GET /v1/audit/events`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    since: Option<String>,
+    until: Option<String>,
+    action: Option<String>,
+    actor: Option<String>,
+    token: Option<String>,
+    transaction_id: Option<String>,
+    outcome: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// A page of audit events, oldest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    events: Vec<AuditEventView>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    next_cursor: Option<String>,
+}
+
+/// Default and largest page sizes.
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1000;
+
+#[utoipa::path(
+    get, path = "/v1/audit/events", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("basic" = []), ("bearer" = []))
+)]
+/// `GET /v1/audit/events`: audit events in id order, filtered, with cursor pagination. Requires
+/// `audit:read`. The read itself is audited (PCI DSS 10.2.1.3).
+pub async fn audit_events(
+    State(app): State<AppState>,
+    caller: Caller,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<AuditPage>, ApiError> {
+    caller.require(&app, Scope::AuditRead, "audit_read").await?;
+    let Query(q) = query.map_err(|_| invalid("the query string could not be read".into()))?;
+    let (filter, after, limit) = q.parse()?;
+    let reader = AuditEvent::by(&caller.principal, &caller.origin, "audit_read");
+    let rows = app
+        .audit
+        .read(reader, &filter, after, limit)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let next_cursor = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.id.to_string()))
+        .flatten();
+    Ok(Json(AuditPage {
+        events: rows.iter().map(AuditEventView::from).collect(),
+        next_cursor,
+    }))
+}
+
+fn invalid(message: String) -> ApiError {
+    ApiError::new(Kind::BadRequest, "invalid_query", message)
+}
+
+impl AuditQuery {
+    /// The filter, the cursor (events after this id) and the page size.
+    fn parse(self) -> Result<(AuditFilter, i64, i64), ApiError> {
+        let time = |v: &Option<String>, name: &str| {
+            v.as_deref()
+                .map(crate::audit::parse_time)
+                .transpose()
+                .map_err(|e| invalid(format!("{name}: {e}")))
+        };
+        let outcome = match self.outcome.as_deref() {
+            None | Some("success") | Some("failure") => self.outcome.clone(),
+            Some(_) => return Err(invalid("outcome must be success or failure".into())),
+        };
+        let filter = AuditFilter {
+            since: time(&self.since, "since")?,
+            until: time(&self.until, "until")?,
+            action: self.action,
+            actor: self.actor,
+            token: self.token,
+            transaction_id: self.transaction_id,
+            outcome,
+        };
+        let limit = match self.limit.as_deref().map(str::parse::<i64>) {
+            None => DEFAULT_LIMIT,
+            Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
+            Some(_) => return Err(invalid(format!("limit must be 1 to {MAX_LIMIT}"))),
+        };
+        let after = match self.cursor.as_deref().map(str::parse::<i64>) {
+            None => 0,
+            Some(Ok(n)) if n >= 0 => n,
+            Some(_) => {
+                return Err(ApiError::new(
+                    Kind::BadRequest,
+                    "invalid_cursor",
+                    "cursor must be a next_cursor from an earlier page",
+                ))
+            }
+        };
+        Ok((filter, after, limit))
+    }
+}

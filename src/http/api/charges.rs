@@ -1,0 +1,159 @@
+//! `POST /v1/tokens/{token}/charges`: charging a stored token from the merchant's backend.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::Value;
+
+use super::{refuse, text};
+use crate::auth::Scope;
+use crate::charge::{ChargeRequest, Source};
+use crate::domain::{Amount, InvalidInput, Token, TransactionId};
+use crate::http::error::{ApiError, ErrorBody, ErrorDetail, Kind};
+use crate::http::{AppState, Caller};
+
+#[utoipa::path(
+    post, path = "/v1/tokens/{token}/charges", tag = "merchant",
+    params(("token" = String, Path), ("Idempotency-Key" = String, Header, description = "1-255 printable ASCII characters; a retry with the same key gets the same answer")),
+    request_body = ChargeTokenRequest,
+    responses(
+        (status = 200, description = "Approved", body = ChargeView),
+        (status = 402, description = "Declined", body = ChargeView),
+        (status = 502, description = "Processor failure: outcome unknown", body = ChargeView),
+        (status = 504, description = "Processor timeout: outcome unknown", body = ChargeView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 410, body = ErrorBody),
+    ),
+    security(("basic" = []), ("bearer" = []))
+)]
+/// `POST /v1/tokens/{token}/charges`: charges a stored token (recurring billing, no CVV).
+/// Requires the `tokens:charge` scope and an `Idempotency-Key` header.
+pub async fn charge_token(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    caller.require(&app, Scope::TokensCharge, "charge").await?;
+    let key = match headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(TransactionId::parse))
+    {
+        Some(Ok(Ok(key))) => key,
+        None => {
+            return Err(ApiError::new(
+                Kind::BadRequest,
+                "missing_idempotency_key",
+                "send an Idempotency-Key header (1 to 255 printable ASCII characters)",
+            ))
+        }
+        Some(_) => {
+            let invalid = InvalidInput::InvalidTransactionId;
+            return refuse(&app, &caller, "charge", invalid.into()).await;
+        }
+    };
+    let (token, req) = match parse(&token, key, &body) {
+        Ok(parsed) => parsed,
+        Err(invalid) => return refuse(&app, &caller, "charge", invalid.into()).await,
+    };
+    let amount = req.amount;
+    // Run to completion even if the client hangs up (see the connector endpoint).
+    let (charger, who, from) = (
+        app.charger.clone(),
+        caller.principal.clone(),
+        caller.origin.clone(),
+    );
+    let charged =
+        tokio::spawn(async move { charger.charge(&who, &from, &req, started).await }).await??;
+    let o = charged.outcome;
+    let (status, state, error) = match (&o.charge_id, &o.error_code) {
+        (Some(_), None) => (StatusCode::OK, "succeeded", None),
+        (_, code) => {
+            let code = code
+                .clone()
+                .unwrap_or_else(|| "processor_bad_response".into());
+            let unknown = code.starts_with("processor_");
+            let status = match code.as_str() {
+                "processor_timeout" => StatusCode::GATEWAY_TIMEOUT,
+                _ if unknown => StatusCode::BAD_GATEWAY,
+                _ => StatusCode::PAYMENT_REQUIRED,
+            };
+            let message = o.error_message.clone().unwrap_or_default();
+            (
+                status,
+                if unknown { "unknown" } else { "declined" },
+                Some(ErrorDetail { code, message }),
+            )
+        }
+    };
+    let view = ChargeView {
+        charge_id: o.charge_id.filter(|_| error.is_none()),
+        status: state,
+        error,
+        token: token.as_str().to_owned(),
+        amount: amount.to_decimal(),
+        currency: amount.currency(),
+        parameters: o.parameters,
+    };
+    Ok((status, Json(view)).into_response())
+}
+
+/// The charge a request asks for: the token from the path, amount, currency and description
+/// from the body (numbers accepted for `amount`).
+fn parse(
+    token: &str,
+    key: TransactionId,
+    body: &[u8],
+) -> Result<(Token, ChargeRequest), InvalidInput> {
+    let token = Token::parse(token).ok_or(InvalidInput::TokenFormat)?;
+    let body: Value = match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => return Err(InvalidInput::NotAnObject),
+    };
+    let amount = text(&body, "amount")?.ok_or(InvalidInput::MissingField("amount"))?;
+    let currency = text(&body, "currency")?.ok_or(InvalidInput::MissingField("currency"))?;
+    let req = ChargeRequest {
+        key: key.as_str().to_owned(),
+        source: Source::Token(token.clone()),
+        amount: Amount::parse(&amount, &currency)?,
+        save_card: false,
+        token_expires_at: None,
+        description: text(&body, "description")?,
+        parameters: Default::default(),
+    };
+    Ok((token, req))
+}
+
+/// A charge on a stored token, as the merchant API answers it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ChargeView {
+    /// The processor's charge id, when approved.
+    charge_id: Option<String>,
+    /// `succeeded`, `declined`, or `unknown` (the processor's answer was lost: retry with the
+    /// same Idempotency-Key).
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorDetail>,
+    token: String,
+    amount: String,
+    currency: &'static str,
+    #[schema(value_type = Object)]
+    parameters: serde_json::Map<String, Value>,
+}
+
+/// Body of `POST /v1/tokens/{token}/charges` (for the OpenAPI document: the handler reads the
+/// same fields leniently, accepting numbers for `amount`).
+#[allow(dead_code)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+pub struct ChargeTokenRequest {
+    /// Decimal in major units, e.g. `19.99` (a JSON number is accepted too).
+    pub amount: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Forwarded to the processor.
+    pub description: Option<String>,
+}
