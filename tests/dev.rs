@@ -106,7 +106,7 @@ impl Dev {
 
 /// PostgreSQL's server binaries, where `payvault dev` looks for them.
 fn server_binaries() -> Option<PathBuf> {
-    payvault::dev::find_pg_bin(None).ok()
+    payvault::dev::postgres::find_pg_bin(None).ok()
 }
 
 #[tokio::test]
