@@ -1,9 +1,6 @@
 //! `payvault dev`, the zero-configuration local mode, run from the built binary as a user runs
 //! it: its own PostgreSQL cluster in a fresh directory, a tokenize and a charge, a restart, and
 //! the token still there.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::io::BufRead;
 use std::os::unix::fs::PermissionsExt;
@@ -12,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{card_charge, card_tokenize, new_txn};
+use crate::helpers::{self, card_charge, card_tokenize, new_txn};
 use serde_json::Value;
 
 /// What the banner of a running `payvault dev` told us.
@@ -74,7 +71,7 @@ fn start(dir: &Path) -> Dev {
 
 impl Dev {
     async fn connector(&self, body: &Value) -> Value {
-        common::connector_post(&self.base, (&self.username, &self.password), body).await
+        helpers::connector_post(&self.base, (&self.username, &self.password), body).await
     }
 
     /// The token's metadata through the merchant API, as (HTTP status, body).

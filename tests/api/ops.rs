@@ -1,14 +1,12 @@
 //! Operator endpoints: readiness with the loaded key versions, and Prometheus metrics.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
-use common::{
-    card_charge, card_tokenize, new_txn, spawn_app_opts, spawn_app_with, test_keys, Options, TestDb,
+use crate::helpers::{
+    self, card_charge, card_tokenize, new_txn, spawn_app_opts, spawn_app_with, test_keys, Options,
+    TestDb,
 };
 use payvault::crypto::{KeyRing, MasterKey};
 use serde_json::Value;
@@ -69,7 +67,7 @@ async fn readyz_and_metrics_show_the_loaded_key_versions_by_id_only() {
 
 #[tokio::test]
 async fn openapi_describes_every_route_and_each_documented_route_exists() {
-    let app = common::spawn_app().await;
+    let app = helpers::spawn_app().await;
     let doc: Value = app
         .client
         .get(app.url("/openapi.json"))
@@ -146,7 +144,7 @@ struct DbProxy {
 
 impl DbProxy {
     async fn start() -> Self {
-        let admin = reqwest::Url::parse(&common::admin_url()).unwrap();
+        let admin = reqwest::Url::parse(&helpers::admin_url()).unwrap();
         let target = format!(
             "{}:{}",
             admin.host_str().unwrap(),
@@ -206,7 +204,7 @@ impl DbProxy {
 }
 
 /// Polls `/readyz` until it answers `status`, with a deadline; returns the last body.
-async fn wait_for_readyz(app: &common::TestApp, status: u16, within: Duration) -> Value {
+async fn wait_for_readyz(app: &helpers::TestApp, status: u16, within: Duration) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let resp = app.client.get(app.url("/readyz")).send().await.unwrap();
