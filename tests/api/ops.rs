@@ -138,18 +138,30 @@ async fn openapi_describes_every_route_and_each_documented_route_exists() {
 /// down" as a load balancer's probe would see it, without stopping the server other tests use.
 struct DbProxy {
     port: u16,
-    target: String,
+    target: DbAddr,
     task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Where the test PostgreSQL listens: on TCP, or on a Unix socket (a throwaway cluster, whose
+/// URL names its socket directory in a `host` query parameter).
+#[derive(Clone)]
+enum DbAddr {
+    Tcp(String),
+    Unix(std::path::PathBuf),
 }
 
 impl DbProxy {
     async fn start() -> Self {
         let admin = reqwest::Url::parse(&helpers::admin_url()).unwrap();
-        let target = format!(
-            "{}:{}",
-            admin.host_str().unwrap(),
-            admin.port().unwrap_or(5432)
-        );
+        let port = admin.port().unwrap_or(5432);
+        let socket_dir = admin
+            .query_pairs()
+            .find(|(key, value)| key == "host" && value.starts_with('/'))
+            .map(|(_, dir)| dir.into_owned());
+        let target = match socket_dir {
+            Some(dir) => DbAddr::Unix(std::path::Path::new(&dir).join(format!(".s.PGSQL.{port}"))),
+            None => DbAddr::Tcp(format!("{}:{port}", admin.host_str().unwrap())),
+        };
         let port = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap()
@@ -170,6 +182,16 @@ impl DbProxy {
         let mut url = reqwest::Url::parse(&db.url()).unwrap();
         url.set_host(Some("127.0.0.1")).unwrap();
         url.set_port(Some(self.port)).unwrap();
+        // A socket directory would take precedence over the proxy's address.
+        let query: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(key, _)| key != "host")
+            .map(|(key, value)| (key.into_owned(), value.into_owned()))
+            .collect();
+        url.set_query(None);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
         url.to_string()
     }
 
@@ -187,8 +209,19 @@ impl DbProxy {
                 };
                 let target = target.clone();
                 connections.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    match target {
+                        DbAddr::Tcp(addr) => {
+                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(addr).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                                    .await;
+                            }
+                        }
+                        DbAddr::Unix(path) => {
+                            if let Ok(mut outbound) = tokio::net::UnixStream::connect(path).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                                    .await;
+                            }
+                        }
                     }
                 });
             }

@@ -1,9 +1,9 @@
 //! Test harness: every test gets its own freshly migrated database and its own payvault server
 //! on a loopback port, and talks to it over HTTP like Twilio does.
 //!
-//! `db` (the PostgreSQL server and a database per test), `app` (the server under test),
-//! `requests` (Twilio request bodies), `stub` (a scripted payment processor), `logs` (log
-//! capture) and `leaks` (scans for card data).
+//! `db` (the PostgreSQL server, started for the test process when there is none, and a database
+//! per test), `app` (the server under test), `requests` (Twilio request bodies), `stub` (a
+//! scripted payment processor), `logs` (log capture) and `leaks` (scans for card data).
 
 mod app;
 mod db;
