@@ -355,15 +355,20 @@ pub struct LocalCluster {
 }
 
 /// The watchdog, run by `sh -c` with the cluster's directory as `$1`. The postmaster's pid
-/// comes from its pid file, which PostgreSQL removes when it stops cleanly.
+/// comes from its pid file, which PostgreSQL removes as the last step of a clean shutdown: the
+/// wait watches that file, not the pid alone, since a postmaster whose parent is gone may stay a
+/// zombie (which `kill -0` still finds) until something reaps it.
 const WATCHDOG: &str = r#"
 trap '' INT HUP
 while read -r _; do :; done
-pid=$(head -n 1 "$1/pgdata/postmaster.pid" 2>/dev/null)
+pidfile="$1/pgdata/postmaster.pid"
+pid=$(head -n 1 "$pidfile" 2>/dev/null)
 if [ -n "$pid" ] && kill -INT "$pid" 2>/dev/null; then
   n=0
-  while kill -0 "$pid" 2>/dev/null && [ "$n" -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
-  if kill -0 "$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null; fi
+  while [ -e "$pidfile" ] && kill -0 "$pid" 2>/dev/null && [ "$n" -lt 600 ]; do
+    sleep 0.1; n=$((n + 1))
+  done
+  if [ -e "$pidfile" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null; fi
 fi
 rm -rf "$1"
 "#;
