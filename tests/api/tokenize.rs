@@ -1,10 +1,7 @@
 //! The Twilio connector endpoint, tokenize: every request variant, validation, idempotency,
 //! encryption at rest, and leaks.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{bank_tokenize, card_tokenize, new_txn, spawn_app};
+use crate::helpers::{self, bank_tokenize, card_tokenize, new_txn, spawn_app};
 use serde_json::{json, Value};
 
 const TEST_CARDS: [&str; 8] = [
@@ -538,7 +535,7 @@ async fn twenty_concurrent_duplicates_create_exactly_one_entry() {
     let txn = new_txn();
     let body = card_tokenize(&txn, "4111111111111111");
     let requests = (0..20).map(|_| app.post("/", &body));
-    let responses = common::join_all(requests).await;
+    let responses = helpers::join_all(requests).await;
     let tokens: std::collections::HashSet<String> = responses
         .iter()
         .map(|(status, body)| {

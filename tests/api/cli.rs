@@ -1,13 +1,10 @@
 //! The `payvault` binary as an operator runs it: key generation, credential management, and
 //! `serve` from start to SIGTERM.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{card_tokenize, new_txn, TestDb};
+use crate::helpers::{self, card_tokenize, new_txn, TestDb};
 use payvault::crypto::KeyRing;
 use serde_json::Value;
 
@@ -206,7 +203,7 @@ async fn serve_migrates_answers_twilio_and_stops_on_sigterm() {
         created["username"].as_str().unwrap(),
         created["secret"].as_str().unwrap(),
     );
-    let resp = common::connector_post(
+    let resp = helpers::connector_post(
         &base,
         credentials,
         &card_tokenize(&new_txn(), "4111111111111111"),
@@ -300,13 +297,13 @@ async fn payvault_sandbox_serves_the_generic_format() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let opts = common::Options::generic(
+    let opts = helpers::Options::generic(
         &format!("http://127.0.0.1:{port}/charge"),
         Duration::from_secs(2),
     );
-    let app = common::spawn_app_opts(
+    let app = helpers::spawn_app_opts(
         std::sync::Arc::new(TestDb::new().await),
-        common::test_keys(),
+        helpers::test_keys(),
         opts,
     )
     .await;
@@ -321,7 +318,7 @@ async fn payvault_sandbox_serves_the_generic_format() {
         let (_, body) = app
             .post(
                 "/",
-                &common::card_charge(&new_txn(), "4111111111111111", amount),
+                &helpers::card_charge(&new_txn(), "4111111111111111", amount),
             )
             .await;
         match code {
@@ -340,7 +337,7 @@ async fn payvault_sandbox_serves_the_generic_format() {
         client
             .post(format!("http://127.0.0.1:{port}/"))
             .header("idempotency-key", key)
-            .body(common::card_charge("t1", "4111111111111111", "1.00").to_string())
+            .body(helpers::card_charge("t1", "4111111111111111", "1.00").to_string())
             .send()
     };
     let a: Value = send("k").await.unwrap().json().await.unwrap();
@@ -353,15 +350,15 @@ async fn audit_list_verify_checkpoint_and_export() {
     let key = payvault::crypto::MasterKey::generate(1).encode();
     let keys = std::sync::Arc::new(KeyRing::parse(&key).unwrap());
     let db = std::sync::Arc::new(TestDb::new().await);
-    let app = common::spawn_app_with(db.clone(), keys.clone()).await;
+    let app = helpers::spawn_app_with(db.clone(), keys.clone()).await;
     for pan in ["4111111111111111", "5555555555554444"] {
-        let mut body = common::card_tokenize(&new_txn(), pan);
+        let mut body = helpers::card_tokenize(&new_txn(), pan);
         body["cvv"] = "0729".into();
         app.post("/", &body).await;
-        app.post("/", &common::card_charge(&new_txn(), pan, "10.02"))
+        app.post("/", &helpers::card_charge(&new_txn(), pan, "10.02"))
             .await;
     }
-    common::seal_all(&db.pool, &keys).await;
+    helpers::seal_all(&db.pool, &keys).await;
     let audit = |args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_payvault"));
         cmd.arg("audit")
@@ -445,7 +442,7 @@ async fn audit_list_verify_checkpoint_and_export() {
         );
     }
     assert!(
-        !common::contains_word(&common::strip_uuids(&lines), "0729"),
+        !helpers::contains_word(&helpers::strip_uuids(&lines), "0729"),
         "no CVV in the export"
     );
 
@@ -590,7 +587,7 @@ async fn sigterm_during_a_slow_charge_lets_it_finish_and_logs_json() {
             created["username"].as_str().unwrap(),
             created["secret"].as_str(),
         )
-        .body(common::card_charge(&new_txn(), "4111111111111111", "10.12").to_string())
+        .body(helpers::card_charge(&new_txn(), "4111111111111111", "10.12").to_string())
         .send();
     let pid = child.id().to_string();
     let term = async {
@@ -794,7 +791,7 @@ async fn a_development_connector_credential_from_the_environment_works_across_re
             .spawn()
             .unwrap();
         wait_until_serving(&base).await;
-        let answer = common::connector_post(
+        let answer = helpers::connector_post(
             &base,
             ("twilio-dev", "dev-only-password-1234"),
             &card_tokenize(&new_txn(), "4111111111111111"),

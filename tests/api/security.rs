@@ -1,14 +1,11 @@
 //! Security properties: nothing sensitive at rest or in logs, tamper detection, authentication,
 //! and the audit trail that every request leaves.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{
-    assert_no_leaks, bank_tokenize, captured_logs, card_tokenize, new_txn, spawn_app,
+use crate::helpers::{
+    self, assert_no_leaks, bank_tokenize, captured_logs, card_tokenize, new_txn, spawn_app,
     spawn_app_with, TestDb,
 };
 use payvault::auth::{CredentialKind, Scope};
@@ -92,7 +89,7 @@ async fn no_card_or_bank_number_anywhere_in_the_database_or_logs() {
     }
 }
 
-async fn tampering_fixture() -> (common::TestApp, Vault, String, String) {
+async fn tampering_fixture() -> (helpers::TestApp, Vault, String, String) {
     let app = spawn_app().await;
     let (_, a) = app
         .post("/", &card_tokenize(&new_txn(), "4111111111111111"))
@@ -196,7 +193,7 @@ async fn wrong_key_version_or_wrong_master_key_fails_to_decrypt() {
 }
 
 async fn send_with_auth(
-    app: &common::TestApp,
+    app: &helpers::TestApp,
     auth: Option<(&str, &str)>,
     raw_header: Option<&str>,
 ) -> reqwest::Response {

@@ -1,14 +1,12 @@
 //! Operator endpoints: readiness with the loaded key versions, and Prometheus metrics.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
-use common::{
-    card_charge, card_tokenize, new_txn, spawn_app_opts, spawn_app_with, test_keys, Options, TestDb,
+use crate::helpers::{
+    self, card_charge, card_tokenize, new_txn, spawn_app_opts, spawn_app_with, test_keys, Options,
+    TestDb,
 };
 use payvault::crypto::{KeyRing, MasterKey};
 use serde_json::Value;
@@ -69,7 +67,7 @@ async fn readyz_and_metrics_show_the_loaded_key_versions_by_id_only() {
 
 #[tokio::test]
 async fn openapi_describes_every_route_and_each_documented_route_exists() {
-    let app = common::spawn_app().await;
+    let app = helpers::spawn_app().await;
     let doc: Value = app
         .client
         .get(app.url("/openapi.json"))
@@ -140,18 +138,30 @@ async fn openapi_describes_every_route_and_each_documented_route_exists() {
 /// down" as a load balancer's probe would see it, without stopping the server other tests use.
 struct DbProxy {
     port: u16,
-    target: String,
+    target: DbAddr,
     task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Where the test PostgreSQL listens: on TCP, or on a Unix socket (a throwaway cluster, whose
+/// URL names its socket directory in a `host` query parameter).
+#[derive(Clone)]
+enum DbAddr {
+    Tcp(String),
+    Unix(std::path::PathBuf),
 }
 
 impl DbProxy {
     async fn start() -> Self {
-        let admin = reqwest::Url::parse(&common::admin_url()).unwrap();
-        let target = format!(
-            "{}:{}",
-            admin.host_str().unwrap(),
-            admin.port().unwrap_or(5432)
-        );
+        let admin = reqwest::Url::parse(&helpers::admin_url()).unwrap();
+        let port = admin.port().unwrap_or(5432);
+        let socket_dir = admin
+            .query_pairs()
+            .find(|(key, value)| key == "host" && value.starts_with('/'))
+            .map(|(_, dir)| dir.into_owned());
+        let target = match socket_dir {
+            Some(dir) => DbAddr::Unix(std::path::Path::new(&dir).join(format!(".s.PGSQL.{port}"))),
+            None => DbAddr::Tcp(format!("{}:{port}", admin.host_str().unwrap())),
+        };
         let port = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap()
@@ -172,6 +182,16 @@ impl DbProxy {
         let mut url = reqwest::Url::parse(&db.url()).unwrap();
         url.set_host(Some("127.0.0.1")).unwrap();
         url.set_port(Some(self.port)).unwrap();
+        // A socket directory would take precedence over the proxy's address.
+        let query: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(key, _)| key != "host")
+            .map(|(key, value)| (key.into_owned(), value.into_owned()))
+            .collect();
+        url.set_query(None);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
         url.to_string()
     }
 
@@ -189,8 +209,19 @@ impl DbProxy {
                 };
                 let target = target.clone();
                 connections.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    match target {
+                        DbAddr::Tcp(addr) => {
+                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(addr).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                                    .await;
+                            }
+                        }
+                        DbAddr::Unix(path) => {
+                            if let Ok(mut outbound) = tokio::net::UnixStream::connect(path).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                                    .await;
+                            }
+                        }
                     }
                 });
             }
@@ -206,7 +237,7 @@ impl DbProxy {
 }
 
 /// Polls `/readyz` until it answers `status`, with a deadline; returns the last body.
-async fn wait_for_readyz(app: &common::TestApp, status: u16, within: Duration) -> Value {
+async fn wait_for_readyz(app: &helpers::TestApp, status: u16, within: Duration) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let resp = app.client.get(app.url("/readyz")).send().await.unwrap();

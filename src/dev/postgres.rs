@@ -1,224 +1,39 @@
-//! `payvault dev`: the zero-configuration local mode.
+//! The local PostgreSQL runner: finds the installed server binaries, creates a cluster with
+//! `initdb`, starts `postgres` listening only on a Unix socket inside its data directory (never
+//! on TCP, trust authentication for its superuser `payvault`), stops it or adopts one an earlier
+//! run left behind, and creates databases in it. Run as root, it runs PostgreSQL as the
+//! `postgres` account, since PostgreSQL refuses to run as root.
 //!
-//! Everything lives in one data directory (default `./.payvault-dev`): a PostgreSQL cluster
-//! started from the installed server binaries and stopped with payvault, a development master
-//! key and development credentials, each file readable by its owner only. The cluster listens on
-//! a Unix socket inside its own private directory, never on TCP. Charges go to the in-process
-//! sandbox. Nothing here is fit for real card data, and the banner says so.
+//! `payvault dev` (the parent module) keeps one cluster in its data directory across runs.
+//! [`LocalCluster::start_throwaway`] makes a fresh one in a temporary directory for a test
+//! harness that has no server to use: the same code paths, plus a watchdog that stops the
+//! cluster and removes its directory once the process that started it is gone.
 
 use std::io::Write;
-use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
-use crate::auth::{admin, CredentialKind, Scope};
-use crate::config::{self, Environment, ProcessorConfig, ServeConfig};
-use crate::crypto::MasterKey;
-use crate::domain::SecretText;
-
-/// The cluster's superuser and the vault's database.
+/// The cluster's superuser.
 const DB_USER: &str = "payvault";
-const DB_NAME: &str = "payvault";
 /// Longest path a Unix socket address holds (`sun_path`, with its terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
 /// How long PostgreSQL gets to start and to stop.
 const PG_DEADLINE: Duration = Duration::from_secs(60);
 
-#[derive(Debug, clap::Args)]
-pub struct DevArgs {
-    /// Directory for the local PostgreSQL cluster, the development master key and credentials;
-    /// kept between runs.
-    #[arg(long, env = "PAYVAULT_DEV_DIR", default_value = ".payvault-dev")]
-    dir: PathBuf,
-    /// Directory holding PostgreSQL's `initdb` and `postgres` (default: found on PATH or in
-    /// /usr/lib/postgresql/<version>/bin).
-    #[arg(long, env = "PAYVAULT_PG_BIN")]
-    pg_bin: Option<PathBuf>,
-}
-
-/// What `payvault dev` generates once and shows at every start. The file is the owner's alone.
-#[derive(Serialize, Deserialize)]
-struct DevCredentials {
-    connector_username: String,
-    connector_password: String,
-    api_username: String,
-    api_secret: String,
-}
-
-impl Drop for DevCredentials {
-    fn drop(&mut self) {
-        use zeroize::Zeroize;
-        self.connector_password.zeroize();
-        self.api_secret.zeroize();
-    }
-}
-
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    if config::environment()? == Environment::Production {
-        bail!("`payvault dev` is a development mode: PAYVAULT_ENV=production refuses it; use `payvault serve`");
-    }
-    let pg_user = postgres_account()?;
-    create_private_dir(&args.dir, pg_user.is_some())?;
-    let dir = std::fs::canonicalize(&args.dir)
-        .with_context(|| format!("cannot resolve {}", args.dir.display()))?;
-    let bin = find_pg_bin(args.pg_bin.as_deref())?;
-    let pgdata = dir.join("pgdata");
-    if pgdata.join(".s.PGSQL.5432").as_os_str().len() > MAX_SOCKET_PATH {
-        bail!(
-            "{} is too long a path for PostgreSQL's Unix socket; choose a shorter --dir",
-            pgdata.display()
-        );
-    }
-    if !pgdata.join("PG_VERSION").exists() {
-        init_cluster(&bin, &pgdata, &dir, pg_user)?;
-    }
-    let mut postgres = LocalPostgres::start(&bin, &pgdata, &dir, pg_user).await?;
-    let result = serve(&dir, &pgdata).await;
-    postgres.stop().await;
-    result
-}
-
-async fn serve(dir: &Path, pgdata: &Path) -> anyhow::Result<()> {
-    let url = database_url(pgdata, DB_NAME)?;
-    create_database(pgdata).await?;
-    let key = load_or_create_key(&dir.join("master.key"))?;
-    let creds = load_or_create_credentials(&dir.join("credentials.json"))?;
-
-    let mut cfg = ServeConfig::from_env_with_database(SecretString::from(url.clone()))?;
-    if config::var("PAYVAULT_LISTEN")?.is_none() {
-        cfg.listen = SocketAddr::from(([127, 0, 0, 1], 8080));
-    }
-    if matches!(cfg.processor, ProcessorConfig::None) {
-        cfg.processor = ProcessorConfig::Sandbox;
-    }
-    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
-    let sandbox = matches!(cfg.processor, ProcessorConfig::Sandbox);
-
-    let pool = crate::store::connect(&SecretString::from(url.clone()), 2)
-        .await
-        .context("cannot connect to the local PostgreSQL")?;
-    crate::store::migrate(&pool)
-        .await
-        .context("migration failed")?;
-    admin::ensure_credential(
-        &pool,
-        "dev-connector",
-        CredentialKind::Connector,
-        vec![Scope::Connector, Scope::TokensCharge],
-        &creds.connector_username,
-        SecretText::new(creds.connector_password.clone()),
-    )
-    .await
-    .context("cannot create the development connector credential")?;
-    admin::ensure_credential(
-        &pool,
-        "dev-backend",
-        CredentialKind::Api,
-        Scope::ALL.to_vec(),
-        &creds.api_username,
-        SecretText::new(creds.api_secret.clone()),
-    )
-    .await
-    .context("cannot create the development API credential")?;
-    pool.close().await;
-
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let service = crate::app::Service {
-        config: cfg,
-        keys: crate::app::KeySource::from_keys(vec![key]),
-        migrate: false,
-    };
-    let key_file = dir.join("master.key");
-    crate::app::launch(service, listener, crate::app::shutdown_signal(), |addr| {
-        let base = format!("{scheme}://{addr}");
-        let processor = if sandbox {
-            "the built-in sandbox: no money moves"
-        } else {
-            "as configured by PAYVAULT_PROCESSOR"
-        };
-        print_banner(&Banner {
-            base: &base,
-            dir,
-            processor,
-            creds: &creds,
-            database_url: &url,
-            key_file: &key_file,
-        });
-    })
-    .await
-}
-
-struct Banner<'a> {
-    base: &'a str,
-    dir: &'a Path,
-    processor: &'a str,
-    creds: &'a DevCredentials,
-    database_url: &'a str,
-    key_file: &'a Path,
-}
-
-fn print_banner(b: &Banner<'_>) {
-    let c = b.creds;
-    let rule = "=".repeat(78);
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        r#"{rule}
-  payvault DEVELOPMENT MODE: for trying payvault out, never for real card data.
-  Development keys and credentials; PAYVAULT_ENV=production refuses them.
-{rule}
-  listening:  {base}
-  processor:  {processor}
-  data:       {dir} (database, master key, credentials)
-
-  Twilio connector (HTTP Basic), also for charging stored tokens:
-    username: {cu}
-    password: {cp}
-  Merchant API key (Authorization: Bearer), all scopes:
-    api key:  {au}.{asec}
-
-  Try it:
-    curl -s -u '{cu}:{cp}' {base}/ -d '{{
-      "method": "tokenize", "transaction_id": "dev-1", "cardnumber": "4111111111111111",
-      "cvv": "123", "expiry_month": "08", "expiry_year": "30", "description": "demo"}}'
-
-  Other payvault commands against this vault:
-    export DATABASE_URL='{db}'
-    export PAYVAULT_MASTER_KEY_FILE='{key}'
-{rule}"#,
-        base = b.base,
-        processor = b.processor,
-        dir = b.dir.display(),
-        cu = c.connector_username,
-        cp = c.connector_password,
-        au = c.api_username,
-        asec = c.api_secret,
-        db = b.database_url,
-        key = b.key_file.display(),
-    );
-    let _ = out.flush();
-}
-
 /// PostgreSQL refuses to run as root; as root, the cluster belongs to the `postgres` account.
 #[derive(Debug, Clone, Copy)]
-struct Account {
+pub(super) struct Account {
     uid: u32,
     gid: u32,
 }
 
-fn postgres_account() -> anyhow::Result<Option<Account>> {
+/// The account to run PostgreSQL as: `None` (the current user) unless we are root.
+pub(super) fn postgres_account() -> anyhow::Result<Option<Account>> {
     if !rustix::process::geteuid().is_root() {
         return Ok(None);
     }
@@ -241,7 +56,7 @@ fn postgres_account() -> anyhow::Result<Option<Account>> {
 
 /// Creates the data directory readable by its owner only. As root it stays traversable, so the
 /// `postgres` account can reach its own cluster inside it; the files stay private either way.
-fn create_private_dir(dir: &Path, traversable: bool) -> anyhow::Result<()> {
+pub(super) fn create_private_dir(dir: &Path, traversable: bool) -> anyhow::Result<()> {
     let mode = if traversable { 0o711 } else { 0o700 };
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -251,6 +66,11 @@ fn create_private_dir(dir: &Path, traversable: bool) -> anyhow::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot restrict the permissions of {}", dir.display()))?;
     Ok(())
+}
+
+/// Whether the cluster's socket, `<pgdata>/.s.PGSQL.5432`, fits in a Unix socket address.
+pub(super) fn socket_path_fits(pgdata: &Path) -> bool {
+    pgdata.join(".s.PGSQL.5432").as_os_str().len() <= MAX_SOCKET_PATH
 }
 
 /// The directory with `initdb` and `postgres`: the one given, else PATH, else the newest
@@ -298,16 +118,13 @@ fn pg_command(program: PathBuf, account: Option<Account>) -> Command {
     cmd
 }
 
-fn init_cluster(
+/// Runs `initdb` into `pgdata` (which must not exist), its output kept in `dir/initdb.log`.
+pub(super) fn init_cluster(
     bin: &Path,
     pgdata: &Path,
     dir: &Path,
     account: Option<Account>,
 ) -> anyhow::Result<()> {
-    eprintln!(
-        "payvault dev: creating a PostgreSQL cluster in {}",
-        pgdata.display()
-    );
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(pgdata)
@@ -353,8 +170,8 @@ fn init_cluster(
     Ok(())
 }
 
-/// The local cluster while payvault runs.
-struct LocalPostgres {
+/// A running cluster: started by us, or adopted.
+pub(super) struct LocalPostgres {
     child: Option<Child>,
     /// A postmaster an earlier, killed `payvault dev` left running, adopted by its pid.
     adopted: Option<(rustix::process::Pid, PathBuf)>,
@@ -363,7 +180,7 @@ struct LocalPostgres {
 impl LocalPostgres {
     /// Starts `postgres` on a Unix socket in its data directory and waits until it accepts
     /// connections. A cluster left running by an earlier, killed `payvault dev` is reused.
-    async fn start(
+    pub(super) async fn start(
         bin: &Path,
         pgdata: &Path,
         dir: &Path,
@@ -431,7 +248,7 @@ impl LocalPostgres {
     }
 
     /// Fast shutdown (SIGINT): PostgreSQL rolls back open transactions and checkpoints.
-    async fn stop(&mut self) {
+    pub(super) async fn stop(&mut self) {
         if let Some((pid, pid_file)) = self.adopted.take() {
             // Not our child: signal it, and wait for it to remove its pid file.
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
@@ -490,7 +307,7 @@ async fn accepts_connections(pgdata: &Path) -> bool {
 }
 
 /// `postgres://payvault@localhost/<db>?host=<socket dir>`.
-fn database_url(pgdata: &Path, db: &str) -> anyhow::Result<String> {
+pub(super) fn database_url(pgdata: &Path, db: &str) -> anyhow::Result<String> {
     let mut url = reqwest::Url::parse(&format!("postgres://{DB_USER}@localhost/{db}"))?;
     let socket_dir = pgdata
         .to_str()
@@ -499,18 +316,19 @@ fn database_url(pgdata: &Path, db: &str) -> anyhow::Result<String> {
     Ok(url.to_string())
 }
 
-async fn create_database(pgdata: &Path) -> anyhow::Result<()> {
+/// Creates database `name` in the cluster unless it exists.
+pub(super) async fn create_database(pgdata: &Path, name: &str) -> anyhow::Result<()> {
     let opts = sqlx::postgres::PgConnectOptions::new()
         .socket(pgdata)
         .username(DB_USER)
         .database("postgres");
     let mut conn = sqlx::ConnectOptions::connect(&opts).await?;
     let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
-        .bind(DB_NAME)
+        .bind(name)
         .fetch_optional(&mut conn)
         .await?;
     if exists.is_none() {
-        sqlx::query(&format!("CREATE DATABASE {DB_NAME}"))
+        sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
             .await?;
     }
@@ -518,67 +336,160 @@ async fn create_database(pgdata: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `contents` to a new file readable by its owner only.
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    Ok(())
+/// A cluster in a fresh temporary directory that never outlives the process that started it.
+///
+/// For test harnesses that need a PostgreSQL server and find none. The cluster is made and run
+/// exactly as `payvault dev` makes and runs its own (as the `postgres` account when root,
+/// listening only on a Unix socket in its data directory), and comes with a watchdog: a small
+/// `sh` process in a process group of its own (so Ctrl-C in a terminal does not kill it first)
+/// that reads a pipe from this process until end of file. End of file comes when this value is
+/// dropped or stopped, or when the process exits in any way, `kill -9` included, since the
+/// kernel closes the pipe then. The watchdog then stops the cluster (fast shutdown, then
+/// `SIGKILL` to its process group after 60 s) and removes the directory.
+pub struct LocalCluster {
+    dir: PathBuf,
+    admin_url: String,
+    postgres: LocalPostgres,
+    /// The watchdog and the write end of its pipe.
+    watchdog: Option<(Child, ChildStdin)>,
 }
 
-/// Reads a file that must be the owner's alone: a key or credentials file others can read is
-/// refused rather than used.
-fn read_private(path: &Path) -> anyhow::Result<Zeroizing<String>> {
-    let mode = std::fs::metadata(path)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        bail!(
-            "{} is readable by others (mode {:o}); run chmod 600 on it",
-            path.display(),
-            mode & 0o777
-        );
-    }
-    Ok(Zeroizing::new(std::fs::read_to_string(path)?))
-}
+/// The watchdog, run by `sh -c` with the cluster's directory as `$1`. The postmaster's pid
+/// comes from its pid file, which PostgreSQL removes as the last step of a clean shutdown: the
+/// wait watches that file, not the pid alone, since a postmaster whose parent is gone may stay a
+/// zombie (which `kill -0` still finds) until something reaps it.
+const WATCHDOG: &str = r#"
+trap '' INT HUP
+while read -r _; do :; done
+pidfile="$1/pgdata/postmaster.pid"
+pid=$(head -n 1 "$pidfile" 2>/dev/null)
+if [ -n "$pid" ] && kill -INT "$pid" 2>/dev/null; then
+  n=0
+  while [ -e "$pidfile" ] && kill -0 "$pid" 2>/dev/null && [ "$n" -lt 600 ]; do
+    sleep 0.1; n=$((n + 1))
+  done
+  if [ -e "$pidfile" ] && kill -0 "$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null; fi
+fi
+rm -rf "$1"
+"#;
 
-fn load_or_create_key(path: &Path) -> anyhow::Result<MasterKey> {
-    if !path.exists() {
-        let key = MasterKey::generate_development(1);
-        let mut text = key.encode();
-        text.push('\n');
-        write_private(path, text.as_bytes())?;
-    }
-    let text = read_private(path)?;
-    let mut keys = MasterKey::parse_list(&text).with_context(|| path.display().to_string())?;
-    match keys.pop() {
-        Some(key) if keys.is_empty() => Ok(key),
-        _ => bail!("{} must hold exactly one master key", path.display()),
-    }
-}
-
-fn random_secret() -> String {
-    let mut bytes = Zeroizing::new([0u8; 32]);
-    aes_gcm::aead::rand_core::RngCore::fill_bytes(&mut aes_gcm::aead::OsRng, bytes.as_mut());
-    format!("pvs_{}", URL_SAFE_NO_PAD.encode(bytes.as_ref()))
-}
-
-fn load_or_create_credentials(path: &Path) -> anyhow::Result<DevCredentials> {
-    if !path.exists() {
-        let creds = DevCredentials {
-            connector_username: "twilio-dev".into(),
-            connector_password: random_secret(),
-            api_username: "backend-dev".into(),
-            api_secret: random_secret(),
+impl LocalCluster {
+    /// Creates a cluster in a new directory `payvault-pg-<random>` under `parent`, starts it
+    /// and waits (with a deadline) until it accepts connections. `pg_bin` is the directory of
+    /// `initdb` and `postgres`, found as [`find_pg_bin`] finds it when `None`.
+    ///
+    /// As root, `parent` must be reachable by the `postgres` account: the system temporary
+    /// directory (`/tmp`) is. The directory itself is created mode 0711 (0700 when not root),
+    /// the data directory inside it belongs to the account PostgreSQL runs as.
+    pub async fn start_throwaway(parent: &Path, pg_bin: Option<&Path>) -> anyhow::Result<Self> {
+        let account = postgres_account()?;
+        let bin = find_pg_bin(pg_bin)?;
+        let parent = std::fs::canonicalize(parent)
+            .with_context(|| format!("cannot resolve {}", parent.display()))?;
+        if let Some(a) = account {
+            check_reachable(&parent, a)?;
+        }
+        let dir = parent.join(format!("payvault-pg-{}", uuid::Uuid::new_v4().simple()));
+        let pgdata = dir.join("pgdata");
+        if !socket_path_fits(&pgdata) {
+            bail!(
+                "{} is too long a path for PostgreSQL's Unix socket; choose a shorter parent directory",
+                pgdata.display()
+            );
+        }
+        // Not recursive: fails if something is already there.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        create_private_dir(&dir, account.is_some())?;
+        // Armed before PostgreSQL starts, so nothing started here can outlive this process.
+        let watchdog = match spawn_watchdog(&dir) {
+            Ok(watchdog) => watchdog,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
         };
-        let json = Zeroizing::new(serde_json::to_vec_pretty(&creds)?);
-        write_private(path, &json)?;
+        let mut cluster = Self {
+            admin_url: database_url(&pgdata, "postgres")?,
+            dir: dir.clone(),
+            postgres: LocalPostgres {
+                child: None,
+                adopted: None,
+            },
+            watchdog: Some(watchdog),
+        };
+        init_cluster(&bin, &pgdata, &dir, account)?;
+        cluster.postgres = match LocalPostgres::start(&bin, &pgdata, &dir, account).await {
+            Ok(postgres) => postgres,
+            Err(e) => {
+                // The watchdog removes the directory, log included: keep what it said.
+                let log = std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default();
+                return Err(e.context(format!("PostgreSQL's log:\n{log}")));
+            }
+        };
+        Ok(cluster)
     }
-    let text = read_private(path)?;
-    // serde's message could quote a secret: name the file only.
-    serde_json::from_str(&text)
-        .map_err(|_| anyhow::anyhow!("{} is not a valid credentials file", path.display()))
+
+    /// A superuser URL for the cluster's `postgres` database, over its Unix socket:
+    /// `postgres://payvault@localhost/postgres?host=<data directory>`.
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+
+    /// The directory holding the cluster (`pgdata/`) and its logs (`initdb.log`, `postgres.log`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stops the cluster (fast shutdown), then lets the watchdog remove its directory and waits
+    /// for that.
+    pub async fn stop(mut self) {
+        self.postgres.stop().await;
+        if let Some((mut child, lifeline)) = self.watchdog.take() {
+            drop(lifeline);
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+        }
+    }
+}
+
+/// Starts the watchdog described on [`LocalCluster`] for `dir`.
+fn spawn_watchdog(dir: &Path) -> anyhow::Result<(Child, ChildStdin)> {
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(WATCHDOG)
+        .arg("payvault-pg-watchdog")
+        .arg(dir)
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start the watchdog for the throwaway PostgreSQL (/bin/sh)")?;
+    match child.stdin.take() {
+        Some(lifeline) => Ok((child, lifeline)),
+        None => bail!("the watchdog has no stdin"),
+    }
+}
+
+/// Refuses a parent directory the `postgres` account cannot traverse, with a clear message
+/// instead of initdb's "permission denied".
+fn check_reachable(dir: &Path, account: Account) -> anyhow::Result<()> {
+    for ancestor in dir.ancestors() {
+        let meta = std::fs::metadata(ancestor)
+            .with_context(|| format!("cannot read {}", ancestor.display()))?;
+        let mode = meta.mode();
+        let reachable = mode & 0o001 != 0
+            || (meta.uid() == account.uid && mode & 0o100 != 0)
+            || (meta.gid() == account.gid && mode & 0o010 != 0);
+        if !reachable {
+            bail!(
+                "{} is not reachable by the postgres account (mode {:o}), which runs PostgreSQL as root; choose a directory such as /tmp",
+                ancestor.display(),
+                mode & 0o777
+            );
+        }
+    }
+    Ok(())
 }

@@ -1,13 +1,11 @@
 //! The audit log: complete coverage, tamper evidence, queries and retention.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{
-    card_charge, card_tokenize, new_txn, spawn_app, spawn_app_with, test_keys, TestApp, TestDb,
+use crate::helpers::{
+    self, card_charge, card_tokenize, new_txn, spawn_app, spawn_app_with, test_keys, TestApp,
+    TestDb,
 };
 use payvault::audit::seal::{self, Checkpoint};
 use payvault::auth::{CredentialKind, Scope};
@@ -15,7 +13,7 @@ use serde_json::{json, Value};
 
 /// Waits until every audit event is sealed (the servers' sealers run every 50 ms).
 async fn sealed(app: &TestApp) {
-    common::seal_all(app.pool(), &app.keys).await;
+    helpers::seal_all(app.pool(), &app.keys).await;
 }
 
 async fn verify(app: &TestApp, checkpoint: Option<&Checkpoint>) -> seal::Report {
@@ -242,7 +240,7 @@ async fn two_instances_writing_at_once_produce_a_log_that_verifies() {
         let app = if i % 2 == 0 { &a } else { &b };
         app.post_as(&a.connector, "/", body)
     });
-    common::join_all(requests).await;
+    helpers::join_all(requests).await;
     sealed(&a).await;
     let report = verify(&a, None).await;
     assert!(report.problem.is_none(), "{report}");
@@ -418,11 +416,11 @@ async fn each_action_produces_exactly_its_events_with_the_required_fields() {
 
 #[tokio::test]
 async fn a_charge_whose_audit_event_cannot_be_written_does_not_reach_the_processor() {
-    let stub = common::Stub::start(|_, _| common::StubAnswer::approve("ch_1")).await;
-    let app = common::spawn_app_opts(
+    let stub = helpers::Stub::start(|_, _| helpers::StubAnswer::approve("ch_1")).await;
+    let app = helpers::spawn_app_opts(
         Arc::new(TestDb::new().await),
         test_keys(),
-        common::Options::generic(&stub.url, Duration::from_secs(2)),
+        helpers::Options::generic(&stub.url, Duration::from_secs(2)),
     )
     .await;
     sqlx::raw_sql(
@@ -577,7 +575,7 @@ async fn a_flood_of_bad_logins_is_rate_limited_but_counted() {
         // No credentials at all: refused without an Argon2 verification, so the flood is fast.
         app.client.post(app.url("/")).send()
     };
-    let flood = common::join_all((0..60).map(|_| bad())).await;
+    let flood = helpers::join_all((0..60).map(|_| bad())).await;
     assert!(flood.iter().all(|r| r.as_ref().unwrap().status() == 401));
     let mut attempts = 60i64;
     // Once a new one-second window opens, the next failure is audited with the count of the

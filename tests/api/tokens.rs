@@ -1,10 +1,7 @@
 //! Token lifecycle on the merchant API: metadata, deletion by crypto-shredding, expiry, and the
 //! scope each route needs.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{card_tokenize, new_txn, spawn_app, TestApp};
+use crate::helpers::{self, card_tokenize, new_txn, spawn_app, TestApp};
 use payvault::auth::admin::CreatedCredential;
 use payvault::auth::{CredentialKind, Scope};
 use serde_json::{json, Value};
@@ -312,13 +309,13 @@ async fn each_scope_allows_exactly_what_it_names() {
 
 #[tokio::test]
 async fn with_dedup_on_the_same_card_gets_one_token_per_credential() {
-    let opts = common::Options {
+    let opts = helpers::Options {
         dedup: true,
         ..Default::default()
     };
-    let app = common::spawn_app_opts(
-        std::sync::Arc::new(common::TestDb::new().await),
-        common::test_keys(),
+    let app = helpers::spawn_app_opts(
+        std::sync::Arc::new(helpers::TestDb::new().await),
+        helpers::test_keys(),
         opts,
     )
     .await;
@@ -332,7 +329,7 @@ async fn with_dedup_on_the_same_card_gets_one_token_per_credential() {
     let bodies: Vec<Value> = (0..10)
         .map(|_| card_tokenize(&new_txn(), "5555555555554444"))
         .collect();
-    let answers = common::join_all(bodies.iter().map(|b| app.post("/", b))).await;
+    let answers = helpers::join_all(bodies.iter().map(|b| app.post("/", b))).await;
     let tokens: std::collections::HashSet<&str> = answers
         .iter()
         .map(|(_, b)| b["token_id"].as_str().unwrap())

@@ -1,14 +1,11 @@
 //! Charges: processor adapters, amount validation, failure semantics, and exactly-once
 //! forwarding under retries, concurrency and several instances.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{
-    card_charge, join_all, new_txn, spawn_app, spawn_app_opts, test_keys, Options, Stub,
+use crate::helpers::{
+    self, card_charge, join_all, new_txn, spawn_app, spawn_app_opts, test_keys, Options, Stub,
     StubAnswer, TestApp, TestDb,
 };
 use payvault::auth::{CredentialKind, Scope};
@@ -455,7 +452,7 @@ async fn same_transaction_id_with_a_different_charge_is_a_duplicate() {
         assert_eq!(resp["error_code"], "duplicate_transaction", "{resp}");
     }
     let (_, tokenize) = app
-        .post("/", &common::card_tokenize(&txn, "4111111111111111"))
+        .post("/", &helpers::card_tokenize(&txn, "4111111111111111"))
         .await;
     assert_eq!(tokenize["error_code"], "duplicate_transaction");
     assert_eq!(stub.calls(), 1);
@@ -519,7 +516,9 @@ async fn backend(app: &TestApp) -> payvault::auth::admin::CreatedCredential {
 }
 
 async fn tokenize(app: &TestApp, pan: &str) -> String {
-    let (_, body) = app.post("/", &common::card_tokenize(&new_txn(), pan)).await;
+    let (_, body) = app
+        .post("/", &helpers::card_tokenize(&new_txn(), pan))
+        .await;
     body["token_id"].as_str().unwrap().to_owned()
 }
 
@@ -817,7 +816,7 @@ async fn charge_traffic_leaves_no_card_data_anywhere_but_the_processor_body() {
 
     let mut long: Vec<&str> = pans.to_vec();
     long.extend(["123456789", "6011111111111117"]);
-    common::assert_no_leaks(app.pool(), &long, &cvvs, &common::captured_logs()).await;
+    helpers::assert_no_leaks(app.pool(), &long, &cvvs, &helpers::captured_logs()).await;
 
     // The processor saw card data in the body only: never in a header.
     let seen = stub.seen();
@@ -832,7 +831,7 @@ async fn charge_traffic_leaves_no_card_data_anywhere_but_the_processor_body() {
             }
             for cvv in &cvvs {
                 assert!(
-                    !common::contains_word(value, cvv),
+                    !helpers::contains_word(value, cvv),
                     "CVV {cvv} in processor header {name}"
                 );
             }
@@ -898,7 +897,7 @@ async fn a_charge_completes_and_is_recorded_even_if_the_caller_hangs_up() {
     // Verify the credential once first, so that the hang-up below falls in the processor call
     // and not in a cold Argon2 check on a busy machine.
     let (_, warm) = app
-        .post("/", &common::card_tokenize(&new_txn(), "4111111111111111"))
+        .post("/", &helpers::card_tokenize(&new_txn(), "4111111111111111"))
         .await;
     assert!(warm["token_id"].is_string(), "{warm}");
     // Twilio gives up on a connection after 10 s; here the client gives up after 200 ms.

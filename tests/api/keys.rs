@@ -1,12 +1,9 @@
 //! Master key rotation: re-encryption under load, resumption, and retirement.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{card_charge, card_tokenize, new_txn, spawn_app_with, TestDb};
+use crate::helpers::{self, card_charge, card_tokenize, new_txn, spawn_app_with, TestDb};
 use payvault::auth::{CredentialKind, Scope};
 use payvault::crypto::{KeyRing, MasterKey};
 use payvault::vault::Vault;
@@ -74,7 +71,7 @@ async fn rotation_under_load_re_encrypts_everything_without_failing_a_request() 
             }
         })
         .collect();
-    let load = common::join_all(traffic.iter().map(|b| app.post_as(&backend, "/", b)));
+    let load = helpers::join_all(traffic.iter().map(|b| app.post_as(&backend, "/", b)));
     let rotate = async {
         let mut rotated = 0;
         loop {

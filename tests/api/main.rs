@@ -1,0 +1,16 @@
+//! payvault's integration tests, in one binary: API tests against a real PostgreSQL with a
+//! database per test (`helpers`), full-process tests of the `payvault` binary (`cli`, `dev`), and
+//! security regression tests that scan the database and the logs for card data.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod audit;
+mod charge;
+mod cli;
+mod dev;
+mod keys;
+mod ops;
+mod security;
+mod tokenize;
+mod tokens;
