@@ -65,10 +65,11 @@ impl Application {
         let listener = TcpListener::bind(settings.listen).await?;
         crate::http::ops::metrics_handle();
         let auth = Arc::new(Authenticator::new(pool.clone(), settings.auth_cache_ttl));
-        let vault = Vault::new(pool, keys).with_dedup(settings.dedup);
+        let vault = Vault::new(pool.clone(), keys).with_dedup(settings.dedup);
         let seal_interval = settings.seal_interval;
         let charger = Charger {
             vault: vault.clone(),
+            pool,
             processor: settings.processor.clone(),
             wait: settings.idempotency_wait,
             lease: settings.processor_timeout + LEASE_MARGIN,
