@@ -19,6 +19,8 @@ use crate::auth::Principal;
 use crate::crypto::{CryptoError, KeyRing};
 use crate::domain::{PaymentMethod, Token, TransactionId};
 use crate::store;
+use crate::store::audit::AuditBatch;
+use crate::store::charges::ChargeState;
 use crate::store::vault::{NewEntry, NewIdempotency};
 
 /// Shared handle on the vault: the database and the master key ring.
@@ -80,11 +82,6 @@ impl Vault {
         self
     }
 
-    // TEMPORARY until the charge flow holds its own pool (sql-layer branch).
-    pub(crate) fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     pub fn keys(&self) -> &KeyRing {
         &self.keys
     }
@@ -123,9 +120,14 @@ impl Vault {
                 .await?
         } else {
             let entry = prepared.as_new_entry(who, req.expires_at);
-            store::vault::insert_tokenized_entry(&self.pool, &idem, &entry, &audit)
-                .await?
-                .then(|| prepared.token.as_str().to_owned())
+            store::vault::insert_tokenized_entry(
+                &self.pool,
+                &idem,
+                &entry,
+                &AuditBatch::one(&audit),
+            )
+            .await?
+            .then(|| prepared.token.as_str().to_owned())
         };
         if let Some(token) = created {
             return Ok(Tokenized {
@@ -140,7 +142,7 @@ impl Vault {
             store::vault::find_idempotency_record(&self.pool, who.id, req.transaction_id.as_str())
                 .await?;
         let replay = match earlier {
-            Some(rec) if rec.operation == "tokenize" && rec.state == "succeeded" => {
+            Some(rec) if rec.operation == "tokenize" && rec.state == ChargeState::Succeeded => {
                 let mac = keys.request_mac(rec.mac_key_version, &[b"tokenize", &mac_input])?;
                 let same: bool = mac.ct_eq(rec.request_mac.as_slice()).into();
                 rec.token.filter(|_| same)
@@ -186,8 +188,13 @@ impl Vault {
             store::vault::find_live_by_fingerprint(&mut *tx, who.id, &prepared.fingerprint).await?;
         let Some(existing) = existing else {
             let entry = prepared.as_new_entry(who, req.expires_at);
-            let inserted =
-                store::vault::insert_tokenized_entry(&mut *tx, idem, &entry, audit).await?;
+            let inserted = store::vault::insert_tokenized_entry(
+                &mut *tx,
+                idem,
+                &entry,
+                &AuditBatch::one(audit),
+            )
+            .await?;
             tx.commit().await?;
             return Ok(inserted.then(|| prepared.token.as_str().to_owned()));
         };

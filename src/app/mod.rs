@@ -106,6 +106,7 @@ pub async fn launch(
     let auth = Arc::new(Authenticator::new(pool.clone(), cfg.auth_cache_ttl));
     let vault = Vault::new(pool.clone(), keys.clone()).with_dedup(cfg.dedup);
     let charger = Charger {
+        pool: pool.clone(),
         vault: vault.clone(),
         processor,
         wait: cfg.idempotency_wait,

@@ -1,64 +1,100 @@
 //! Writes to the append-only `audit_events` table.
 
+use serde::Serialize;
+use sqlx::types::Json;
 use sqlx::PgExecutor;
+use uuid::Uuid;
 
 use crate::audit::AuditEvent;
 
+/// Audit events ready for `payvault_insert_audit_events(jsonb)`, the one SQL function that
+/// writes `audit_events` (see its migration). Every statement that records events takes one of
+/// these, so events reach the database in exactly one shape, built here. Serialised while the
+/// statement is encoded: an event that cannot be serialised fails the operation it records.
+#[derive(Debug)]
+pub struct AuditBatch<'a> {
+    rows: Vec<EventRow<'a>>,
+}
+
+/// One `audit_events` row as the SQL function reads it (field names are its column names). A
+/// column computed in Rust later (a per-event MAC, the writer's identity) is one more field here
+/// and one more column in the function.
+#[derive(Debug, Serialize)]
+pub struct EventRow<'a> {
+    request_id: Option<&'a str>,
+    actor_id: Option<Uuid>,
+    actor_kind: &'a str,
+    action: &'a str,
+    outcome: &'a str,
+    error_code: Option<&'a str>,
+    client_addr: Option<&'a str>,
+    forwarded_for: Option<&'a str>,
+    token: Option<&'a str>,
+    transaction_id: Option<&'a str>,
+    masked_data: Option<&'a str>,
+    amount_minor: Option<i64>,
+    currency: Option<&'a str>,
+    details: &'a serde_json::Value,
+}
+
+impl<'a> From<&'a AuditEvent> for EventRow<'a> {
+    fn from(e: &'a AuditEvent) -> Self {
+        Self {
+            request_id: e.request_id.as_deref(),
+            actor_id: e.actor_id,
+            actor_kind: e.actor_kind,
+            action: e.action,
+            outcome: e.outcome(),
+            error_code: e.error_code.as_deref(),
+            client_addr: e.client_addr.as_deref(),
+            forwarded_for: e.forwarded_for.as_deref(),
+            token: e.token.as_deref(),
+            transaction_id: e.transaction_id.as_deref(),
+            masked_data: e.masked_data.as_deref(),
+            amount_minor: e.amount_minor,
+            currency: e.currency.as_deref(),
+            details: &e.details,
+        }
+    }
+}
+
+impl<'a> AuditBatch<'a> {
+    pub fn new(events: &[&'a AuditEvent]) -> Self {
+        Self {
+            rows: events.iter().map(|&e| e.into()).collect(),
+        }
+    }
+
+    pub fn one(event: &'a AuditEvent) -> Self {
+        Self::new(&[event])
+    }
+
+    /// The `events` argument of `payvault_insert_audit_events` (a jsonb array).
+    pub fn json(&self) -> Json<&[EventRow<'a>]> {
+        Json(&self.rows)
+    }
+}
+
+/// Writes one event on its own (or inside the caller's transaction).
 pub async fn insert_audit_event(
     db: impl PgExecutor<'_>,
     event: &AuditEvent,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        r#"
-        INSERT INTO audit_events
-            (request_id, actor_id, actor_kind, action, outcome, error_code, client_addr,
-             token, transaction_id, masked_data, amount_minor, currency, details, forwarded_for)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-        "#,
-        event.request_id,
-        event.actor_id,
-        event.actor_kind,
-        event.action,
-        event.outcome(),
-        event.error_code,
-        event.client_addr,
-        event.token,
-        event.transaction_id,
-        event.masked_data,
-        event.amount_minor,
-        event.currency,
-        event.details,
-        event.forwarded_for,
-    )
-    .execute(db)
-    .await?;
-    Ok(())
+    insert_audit_events(db, &AuditBatch::one(event)).await
 }
 
-/// Events as a JSON array of rows, for statements that insert them with
-/// `jsonb_to_recordset` in the same statement as the change they record (one round trip).
-pub fn events_json(events: &[&AuditEvent]) -> serde_json::Value {
-    events
-        .iter()
-        .map(|e| {
-            serde_json::json!({
-                "request_id": e.request_id,
-                "actor_id": e.actor_id,
-                "actor_kind": e.actor_kind,
-                "action": e.action,
-                "outcome": e.outcome(),
-                "error_code": e.error_code,
-                "client_addr": e.client_addr,
-                "token": e.token,
-                "transaction_id": e.transaction_id,
-                "masked_data": e.masked_data,
-                "amount_minor": e.amount_minor,
-                "currency": e.currency,
-                "details": e.details,
-                "forwarded_for": e.forwarded_for,
-            })
-        })
-        .collect()
+/// Writes a batch of events on its own (or inside the caller's transaction).
+pub async fn insert_audit_events(
+    db: impl PgExecutor<'_>,
+    events: &AuditBatch<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT payvault_insert_audit_events($1) AS "inserted!""#,
+        events.json() as _,
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(())
 }
 
 /// An audit event as stored, with everything the seal covers.

@@ -5,6 +5,32 @@ use std::time::Duration;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use super::audit::AuditBatch;
+
+/// The state of an idempotency record (`idempotency_records.state`, text under the
+/// `idempotency_records_state_check` constraint). Charges move through all four (see
+/// `crate::charge`); a tokenize record is written `Succeeded` and never changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum ChargeState {
+    /// An attempt holds the lease and may be calling the processor.
+    InFlight,
+    /// The processor approved: final, replayed.
+    Succeeded,
+    /// The processor declined: final, replayed.
+    Failed,
+    /// Timeout, 5xx, bad answer or unreachable: a retry re-sends with the same processor key.
+    Unknown,
+}
+
+impl ChargeState {
+    /// A final state: a retry is answered from the stored outcome.
+    pub fn is_final(self) -> bool {
+        matches!(self, ChargeState::Succeeded | ChargeState::Failed)
+    }
+}
+
 /// The first attempt's claim on (credential, key).
 #[derive(Debug)]
 pub struct NewCharge<'a> {
@@ -16,14 +42,13 @@ pub struct NewCharge<'a> {
     pub lease: Duration,
 }
 
-/// Claims the key for a first attempt and, only if claimed, inserts `events` (rows of
-/// [`crate::store::audit::events_json`]) in the same statement: one round trip, one commit.
-/// `false` when the key is already taken; a concurrent claim of the same key waits for the first
-/// to commit, so exactly one caller gets `true`.
+/// Claims the key for a first attempt and, only if claimed, records `events` in the same
+/// statement: one round trip, one commit. `false` when the key is already taken; a concurrent
+/// claim of the same key waits for the first to commit, so exactly one caller gets `true`.
 pub async fn claim_new_charge(
     db: impl PgExecutor<'_>,
     c: &NewCharge<'_>,
-    events: &serde_json::Value,
+    events: &AuditBatch<'_>,
 ) -> Result<bool, sqlx::Error> {
     let claimed = sqlx::query_scalar!(
         r#"
@@ -31,31 +56,22 @@ pub async fn claim_new_charge(
             INSERT INTO idempotency_records
                 (credential_id, idempotency_key, operation, request_mac, mac_key_version, state,
                  attempts, lease_expires_at, processor_key)
-            VALUES ($1, $2, 'charge', $3, $4, 'in_flight', 1, now() + make_interval(secs => $5), $6)
+            VALUES ($1, $2, 'charge', $3, $4, $5, 1, now() + make_interval(secs => $6), $7)
             ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO NOTHING
             RETURNING attempts
         ), audited AS (
-            INSERT INTO audit_events
-                (request_id, actor_id, actor_kind, action, outcome, error_code, client_addr,
-                 token, transaction_id, masked_data, amount_minor, currency, details, forwarded_for)
-            SELECT e.request_id, e.actor_id, e.actor_kind, e.action, e.outcome, e.error_code,
-                   e.client_addr, e.token, e.transaction_id, e.masked_data, e.amount_minor,
-                   e.currency, coalesce(e.details, '{}'::jsonb), e.forwarded_for
-            FROM claim, jsonb_to_recordset($7::jsonb) AS e(
-                request_id text, actor_id uuid, actor_kind text, action text, outcome text,
-                error_code text, client_addr text, token text, transaction_id text,
-                masked_data text, amount_minor bigint, currency text, details jsonb,
-                forwarded_for text)
+            SELECT payvault_insert_audit_events($8) FROM claim
         )
-        SELECT attempts FROM claim
+        SELECT attempts AS "attempts!" FROM claim, audited
         "#,
         c.credential_id,
         c.key,
         c.request_mac,
         c.mac_key_version,
+        ChargeState::InFlight as ChargeState,
         c.lease.as_secs_f64(),
         c.processor_key,
-        events,
+        events.json() as _,
     )
     .fetch_optional(db)
     .await?;
@@ -68,7 +84,7 @@ pub struct ChargeRecord {
     pub operation: String,
     pub request_mac: Vec<u8>,
     pub mac_key_version: i32,
-    pub state: String,
+    pub state: ChargeState,
     pub attempts: i32,
     pub lease_expired: bool,
     pub processor_key: Option<String>,
@@ -83,7 +99,7 @@ pub async fn find_charge_record(
     sqlx::query_as!(
         ChargeRecord,
         r#"
-        SELECT operation, request_mac, mac_key_version, state, attempts,
+        SELECT operation, request_mac, mac_key_version, state AS "state: ChargeState", attempts,
                coalesce(lease_expires_at < now(), false) AS "lease_expired!",
                processor_key, outcome
         FROM idempotency_records
@@ -96,48 +112,79 @@ pub async fn find_charge_record(
     .await
 }
 
-/// Takes over a charge whose outcome is unknown, or whose in-flight attempt outlived its lease
-/// (its instance died). Only one caller wins, checked by the attempt counter it saw. Returns the
-/// new attempt number.
+/// A later attempt's take-over of a charge whose outcome is unknown, or whose in-flight attempt
+/// outlived its lease (its instance died).
+#[derive(Debug)]
+pub struct TakeOver<'a> {
+    pub credential_id: Uuid,
+    pub key: &'a str,
+    /// The attempt counter the taker saw; the take-over is attempt `seen_attempts + 1`.
+    pub seen_attempts: i32,
+    pub lease: Duration,
+}
+
+impl TakeOver<'_> {
+    /// The attempt number this take-over becomes, if it wins.
+    pub fn attempt(&self) -> i32 {
+        self.seen_attempts + 1
+    }
+}
+
+/// Takes over a charge and, only if taken, records `events` in the same statement. Only one
+/// caller wins, checked by the attempt counter it saw. Returns the new attempt number
+/// ([`TakeOver::attempt`]).
 pub async fn take_over_charge(
     db: impl PgExecutor<'_>,
-    credential_id: Uuid,
-    key: &str,
-    seen_attempts: i32,
-    lease: Duration,
+    t: &TakeOver<'_>,
+    events: &AuditBatch<'_>,
 ) -> Result<Option<i32>, sqlx::Error> {
     sqlx::query_scalar!(
         r#"
-        UPDATE idempotency_records
-        SET state = 'in_flight', attempts = attempts + 1,
-            lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
-        WHERE credential_id = $1 AND idempotency_key = $2 AND operation = 'charge'
-          AND attempts = $3
-          AND (state = 'unknown' OR (state = 'in_flight' AND lease_expires_at < now()))
-        RETURNING attempts
+        WITH taken AS (
+            UPDATE idempotency_records
+            SET state = $5, attempts = attempts + 1,
+                lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
+            WHERE credential_id = $1 AND idempotency_key = $2 AND operation = 'charge'
+              AND attempts = $3
+              AND (state = $6 OR (state = $5 AND lease_expires_at < now()))
+            RETURNING attempts
+        ), audited AS (
+            SELECT payvault_insert_audit_events($7) FROM taken
+        )
+        SELECT attempts AS "attempts!" FROM taken, audited
         "#,
-        credential_id,
-        key,
-        seen_attempts,
-        lease.as_secs_f64(),
+        t.credential_id,
+        t.key,
+        t.seen_attempts,
+        t.lease.as_secs_f64(),
+        ChargeState::InFlight as ChargeState,
+        ChargeState::Unknown as ChargeState,
+        events.json() as _,
     )
     .fetch_optional(db)
     .await
 }
 
-/// Records the outcome of attempt `attempt` and, only if recorded, inserts `events` in the
-/// same statement. `false` if another attempt has taken over since (this one's lease expired);
-/// its outcome then stands.
-#[allow(clippy::too_many_arguments)]
+/// The outcome of one attempt, to record.
+#[derive(Debug)]
+pub struct FinishedCharge<'a> {
+    pub credential_id: Uuid,
+    pub key: &'a str,
+    pub attempt: i32,
+    pub state: ChargeState,
+    /// The stored answer a retry gets back (`crate::charge::ChargeOutcome`).
+    pub outcome: &'a serde_json::Value,
+    /// The token a `save_card` charge vaulted.
+    pub token: Option<&'a str>,
+}
+
+/// Records the outcome of an attempt and, only if recorded, `events` in the same statement.
+/// `false` if another attempt has taken over since (this one's lease expired); its outcome then
+/// stands.
 pub async fn finish_charge(
     db: impl PgExecutor<'_>,
-    credential_id: Uuid,
-    key: &str,
-    attempt: i32,
-    state: &str,
-    outcome: &serde_json::Value,
-    token: Option<&str>,
-    events: &serde_json::Value,
+    f: &FinishedCharge<'_>,
+    events: &AuditBatch<'_>,
 ) -> Result<bool, sqlx::Error> {
     let finished = sqlx::query_scalar!(
         r#"
@@ -145,30 +192,21 @@ pub async fn finish_charge(
             UPDATE idempotency_records
             SET state = $4, outcome = $5, token = $6, lease_expires_at = NULL, updated_at = now()
             WHERE credential_id = $1 AND idempotency_key = $2 AND attempts = $3
-              AND state = 'in_flight'
+              AND state = $7
             RETURNING attempts
         ), audited AS (
-            INSERT INTO audit_events
-                (request_id, actor_id, actor_kind, action, outcome, error_code, client_addr,
-                 token, transaction_id, masked_data, amount_minor, currency, details, forwarded_for)
-            SELECT e.request_id, e.actor_id, e.actor_kind, e.action, e.outcome, e.error_code,
-                   e.client_addr, e.token, e.transaction_id, e.masked_data, e.amount_minor,
-                   e.currency, coalesce(e.details, '{}'::jsonb), e.forwarded_for
-            FROM finished, jsonb_to_recordset($7::jsonb) AS e(
-                request_id text, actor_id uuid, actor_kind text, action text, outcome text,
-                error_code text, client_addr text, token text, transaction_id text,
-                masked_data text, amount_minor bigint, currency text, details jsonb,
-                forwarded_for text)
+            SELECT payvault_insert_audit_events($8) FROM finished
         )
-        SELECT attempts FROM finished
+        SELECT attempts AS "attempts!" FROM finished, audited
         "#,
-        credential_id,
-        key,
-        attempt,
-        state,
-        outcome,
-        token,
-        events,
+        f.credential_id,
+        f.key,
+        f.attempt,
+        f.state as ChargeState,
+        f.outcome,
+        f.token,
+        ChargeState::InFlight as ChargeState,
+        events.json() as _,
     )
     .fetch_optional(db)
     .await?;

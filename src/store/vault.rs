@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use crate::audit::AuditEvent;
+use super::audit::AuditBatch;
+use super::charges::ChargeState;
 use crate::crypto::SealedEntry;
 
 /// A vault entry to insert: ciphertexts plus the display metadata allowed in clear.
@@ -32,48 +33,41 @@ pub struct NewIdempotency<'a> {
     pub mac_key_version: i32,
 }
 
-/// Inserts the idempotency record, the vault entry and its audit event in one statement, which
-/// Postgres runs atomically: all three land or none does. Returns `false`, inserting nothing,
-/// when the idempotency key is already taken; a concurrent insert of the same key waits for the
-/// first to commit, so concurrent duplicates can never create two entries.
+/// Inserts the idempotency record, the vault entry and its audit events in one statement, which
+/// Postgres runs atomically: all land or none does. Returns `false`, inserting nothing, when the
+/// idempotency key is already taken; a concurrent insert of the same key waits for the first to
+/// commit, so concurrent duplicates can never create two entries.
 ///
-/// One statement rather than a transaction of three saves four round trips per tokenize.
+/// One statement rather than a transaction of three saves four round trips per tokenize. Its
+/// parameters follow the column lists: the entry's ($1-$13, in the order of [`insert_entry`]),
+/// the idempotency record's ($14-$18, the token is the entry's), then the events ($19).
 pub async fn insert_tokenized_entry(
     db: impl PgExecutor<'_>,
     idem: &NewIdempotency<'_>,
     entry: &NewEntry<'_>,
-    audit: &AuditEvent,
+    events: &AuditBatch<'_>,
 ) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query_scalar!(
         r#"
         WITH idem AS (
             INSERT INTO idempotency_records
                 (credential_id, idempotency_key, operation, request_mac, mac_key_version, state, token)
-            VALUES ($1, $2, 'tokenize', $3, $4, 'succeeded', $5)
+            VALUES ($14, $15, 'tokenize', $16, $17, $18, $1)
             ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO NOTHING
             RETURNING token
         ), entry AS (
             INSERT INTO vault_entries
                 (token, created_by, kind, key_version, wrapped_key, ciphertext, fingerprint,
                  brand, bin, last4, exp_month, exp_year, expires_at)
-            SELECT idem.token, $6::uuid, $7::text, $8::integer, $9::bytea, $10::bytea, $11::bytea,
-                   $12::text, $13::text, $14::text, $15::smallint, $16::smallint, $25::timestamptz
+            SELECT idem.token, $2::uuid, $3::text, $4::integer, $5::bytea, $6::bytea, $7::bytea,
+                   $8::text, $9::text, $10::text, $11::smallint, $12::smallint, $13::timestamptz
             FROM idem
             RETURNING token
-        ), audit AS (
-            INSERT INTO audit_events
-                (request_id, actor_id, actor_kind, action, outcome, error_code, client_addr,
-                 token, transaction_id, masked_data, amount_minor, currency, details, forwarded_for)
-            SELECT $17::text, $18::uuid, $19::text, $20::text, 'success', NULL, $21::text,
-                   entry.token, $2, $22::text, NULL, NULL, $23::jsonb, $24::text
-            FROM entry
+        ), audited AS (
+            SELECT payvault_insert_audit_events($19) FROM entry
         )
-        SELECT count(*) AS "inserted!" FROM entry
+        SELECT count(*) AS "inserted!" FROM entry, audited
         "#,
-        idem.credential_id,
-        idem.key,
-        idem.request_mac,
-        idem.mac_key_version,
         entry.token,
         entry.created_by,
         entry.kind,
@@ -86,15 +80,13 @@ pub async fn insert_tokenized_entry(
         entry.last4,
         entry.exp_month,
         entry.exp_year,
-        audit.request_id,
-        audit.actor_id,
-        audit.actor_kind,
-        audit.action,
-        audit.client_addr,
-        audit.masked_data,
-        audit.details,
-        audit.forwarded_for,
         entry.expires_at,
+        idem.credential_id,
+        idem.key,
+        idem.request_mac,
+        idem.mac_key_version,
+        ChargeState::Succeeded as ChargeState,
+        events.json() as _,
     )
     .fetch_one(db)
     .await?;
@@ -107,7 +99,7 @@ pub struct IdempotencyRecord {
     pub operation: String,
     pub request_mac: Vec<u8>,
     pub mac_key_version: i32,
-    pub state: String,
+    pub state: ChargeState,
     pub token: Option<String>,
 }
 
@@ -119,7 +111,7 @@ pub async fn find_idempotency_record(
     sqlx::query_as!(
         IdempotencyRecord,
         r#"
-        SELECT operation, request_mac, mac_key_version, state, token
+        SELECT operation, request_mac, mac_key_version, state AS "state: ChargeState", token
         FROM idempotency_records
         WHERE credential_id = $1 AND idempotency_key = $2
         "#,
@@ -278,7 +270,8 @@ pub async fn shred_entry(db: impl PgExecutor<'_>, token: &str) -> Result<bool, s
 }
 
 /// Shreds up to `limit` expired entries, writing one `token_expire` audit event for each in the
-/// same statement. Returns how many were shredded.
+/// same statement. Returns how many were shredded. The events are built here in SQL (the rows to
+/// shred are only known inside the statement) in the shape of [`AuditBatch`].
 pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i64) -> Result<u64, sqlx::Error> {
     let n = sqlx::query_scalar!(
         r#"
@@ -292,13 +285,15 @@ pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i64) -> Result<u64, s
             UPDATE vault_entries v SET wrapped_key = NULL, ciphertext = NULL, deleted_at = now()
             FROM doomed WHERE v.token = doomed.token
             RETURNING v.token, v.expires_at
-        ), audit AS (
-            INSERT INTO audit_events (actor_kind, action, outcome, token, details)
-            SELECT 'system', 'token_expire', 'success', token,
-                   jsonb_build_object('expired_at', expires_at, 'shredded', true)
+        ), audited AS (
+            SELECT payvault_insert_audit_events(jsonb_agg(jsonb_build_object(
+                'actor_kind', 'system', 'action', 'token_expire', 'outcome', 'success',
+                'token', token,
+                'details', jsonb_build_object('expired_at', expires_at, 'shredded', true)
+            ))) AS n
             FROM shredded
         )
-        SELECT count(*) AS "n!" FROM shredded
+        SELECT n AS "n!" FROM audited
         "#,
         limit,
     )
@@ -429,13 +424,14 @@ pub async fn insert_idempotency_record(
         r#"
         INSERT INTO idempotency_records
             (credential_id, idempotency_key, operation, request_mac, mac_key_version, state, token)
-        VALUES ($1, $2, 'tokenize', $3, $4, 'succeeded', $5)
+        VALUES ($1, $2, 'tokenize', $3, $4, $5, $6)
         ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO NOTHING
         "#,
         idem.credential_id,
         idem.key,
         idem.request_mac,
         idem.mac_key_version,
+        ChargeState::Succeeded as ChargeState,
         token,
     )
     .execute(db)

@@ -1,0 +1,190 @@
+//! Step 2: the right to call the processor. The first attempt claims the key; a later one
+//! replays a finished charge, waits for one in flight elsewhere, or takes over one whose outcome
+//! is unknown or whose instance died.
+
+use std::time::{Duration, Instant};
+
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, Postgres};
+
+use super::{ChargeError, ChargeRequest, Charger, RequestIdentity, Source};
+use crate::audit::AuditEvent;
+use crate::auth::Principal;
+use crate::store;
+use crate::store::audit::AuditBatch;
+use crate::store::charges::{ChargeRecord, ChargeState, NewCharge, TakeOver};
+
+/// The least time a re-sent attempt gets, however little is left of the caller's wait.
+const MIN_RESEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+const POLL_START: Duration = Duration::from_millis(10);
+const POLL_MAX: Duration = Duration::from_millis(200);
+
+/// This caller's attempt: it holds the lease and calls the processor.
+pub(super) struct Attempt {
+    pub number: i32,
+    /// The key fixed at the first attempt, re-sent on every attempt.
+    pub processor_key: String,
+    /// Time allowed for the processor call.
+    pub timeout: Duration,
+}
+
+pub(super) enum Claim {
+    Attempt(Attempt),
+    /// An earlier attempt of the same request finished: answer from its record.
+    Finished(ChargeRecord),
+}
+
+impl Charger {
+    /// Claims the key, or finds where an earlier attempt with it stands. `conn` makes the first
+    /// claim and is released right after it: no connection is held while waiting for another
+    /// attempt or calling the processor.
+    pub(super) async fn claim(
+        &self,
+        conn: PoolConnection<Postgres>,
+        who: &Principal,
+        req: &ChargeRequest,
+        id: &RequestIdentity,
+        event: &AuditEvent,
+        started: Instant,
+    ) -> Result<Claim, ChargeError> {
+        let mut conn = Some(conn);
+        loop {
+            let mut db = match conn.take() {
+                Some(c) => c,
+                None => self.pool.acquire().await?,
+            };
+            let claimed = self.claim_first(&mut db, who, req, id, event).await?;
+            drop(db);
+            if claimed {
+                return Ok(Claim::Attempt(Attempt {
+                    number: 1,
+                    processor_key: id.processor_key.clone(),
+                    timeout: self.processor_timeout,
+                }));
+            }
+            let Some(rec) =
+                store::charges::find_charge_record(&self.pool, who.id, &req.key).await?
+            else {
+                continue; // The claim we lost to was rolled back: try again.
+            };
+            if !self.same_request(&rec, &id.mac_input)? {
+                return Err(ChargeError::Duplicate);
+            }
+            match rec.state {
+                ChargeState::Succeeded | ChargeState::Failed => return Ok(Claim::Finished(rec)),
+                ChargeState::Unknown => {}
+                ChargeState::InFlight if rec.lease_expired => {}
+                ChargeState::InFlight => {
+                    // In flight elsewhere: wait for it rather than calling the processor again.
+                    if started.elapsed() >= self.wait {
+                        return Err(ChargeError::InProgress);
+                    }
+                    self.wait_for_change(who, &req.key, rec.attempts, started)
+                        .await?;
+                    continue;
+                }
+            }
+            if let Some(attempt) = self.take_over(who, req, id, rec, event, started).await? {
+                return Ok(Claim::Attempt(attempt));
+            }
+        }
+    }
+
+    /// Inserts the claim of a first attempt and its audit events (the token's resolution, the
+    /// attempt) together: one statement, one round trip, one commit. `true` when claimed.
+    async fn claim_first(
+        &self,
+        db: &mut PgConnection,
+        who: &Principal,
+        req: &ChargeRequest,
+        id: &RequestIdentity,
+        event: &AuditEvent,
+    ) -> Result<bool, ChargeError> {
+        let mut resolve = None;
+        if let Source::Token(token) = &req.source {
+            let mut e = event.clone();
+            e.action = "token_resolve";
+            e.token = Some(token.as_str().to_owned());
+            resolve = Some(e);
+        }
+        let mut attempt = event.clone();
+        attempt.action = "charge_attempt";
+        attempt.details = serde_json::json!({ "attempt": 1 });
+        let events: Vec<&AuditEvent> = resolve.iter().chain([&attempt]).collect();
+        let claim = NewCharge {
+            credential_id: who.id,
+            key: &req.key,
+            request_mac: &id.request_mac,
+            mac_key_version: id.mac_version,
+            processor_key: &id.processor_key,
+            lease: self.lease,
+        };
+        Ok(store::charges::claim_new_charge(db, &claim, &AuditBatch::new(&events)).await?)
+    }
+
+    /// Takes over an unknown or abandoned attempt, auditing the new attempt in the same
+    /// statement. `None` when another caller took it over first.
+    async fn take_over(
+        &self,
+        who: &Principal,
+        req: &ChargeRequest,
+        id: &RequestIdentity,
+        rec: ChargeRecord,
+        event: &AuditEvent,
+        started: Instant,
+    ) -> Result<Option<Attempt>, ChargeError> {
+        let take = TakeOver {
+            credential_id: who.id,
+            key: &req.key,
+            seen_attempts: rec.attempts,
+            lease: self.lease,
+        };
+        let mut retry = event.clone();
+        retry.action = "charge_attempt";
+        retry.details = serde_json::json!({ "attempt": take.attempt(), "resumed_from": rec.state });
+        let taken =
+            store::charges::take_over_charge(&self.pool, &take, &AuditBatch::one(&retry)).await?;
+        let Some(number) = taken else {
+            return Ok(None);
+        };
+        // A re-send must finish within this caller's window, or its answer would reach no one
+        // and the next retry would find it still in flight. The processor deduplicates on the
+        // key, so a short re-send is safe.
+        let remaining = self
+            .wait
+            .saturating_sub(started.elapsed())
+            .max(MIN_RESEND_TIMEOUT);
+        Ok(Some(Attempt {
+            number,
+            processor_key: rec
+                .processor_key
+                .unwrap_or_else(|| id.processor_key.clone()),
+            timeout: remaining.min(self.processor_timeout),
+        }))
+    }
+
+    /// Polls the record until its attempt counter or state moves, or the wait runs out.
+    async fn wait_for_change(
+        &self,
+        who: &Principal,
+        key: &str,
+        attempts: i32,
+        started: Instant,
+    ) -> Result<(), ChargeError> {
+        let mut delay = POLL_START;
+        while started.elapsed() < self.wait {
+            tokio::time::sleep(delay.min(self.wait.saturating_sub(started.elapsed()))).await;
+            delay = (delay * 2).min(POLL_MAX);
+            let rec = store::charges::find_charge_record(&self.pool, who.id, key).await?;
+            match rec {
+                Some(r)
+                    if r.state == ChargeState::InFlight
+                        && r.attempts == attempts
+                        && !r.lease_expired => {}
+                _ => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+}

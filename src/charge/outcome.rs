@@ -1,0 +1,237 @@
+//! Step 3: the processor call and its outcome, recorded (or, for a retry of a finished charge,
+//! replayed from the record).
+
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+
+use super::claim::Attempt;
+use super::{ChargeError, ChargeOutcome, ChargeRequest, Charged, Charger, Source};
+use crate::audit::AuditEvent;
+use crate::auth::Principal;
+use crate::crypto::CryptoError;
+use crate::domain::PaymentMethod;
+use crate::processor::{
+    scrub_value_with, scrub_with, ProcessorError, ProcessorReply, ProcessorRequest,
+};
+use crate::store;
+use crate::store::audit::AuditBatch;
+use crate::store::charges::{ChargeRecord, ChargeState, FinishedCharge};
+
+/// The processor's answer to one attempt.
+pub(super) struct ProcessorResult {
+    result: Result<ProcessorReply, ProcessorError>,
+    latency_ms: u64,
+}
+
+impl Charger {
+    /// Sends the attempt to the processor, timed and counted.
+    pub(super) async fn call_processor(
+        &self,
+        req: &ChargeRequest,
+        method: &PaymentMethod,
+        attempt: &Attempt,
+    ) -> ProcessorResult {
+        let params = req.parameters.clone();
+        let call = ProcessorRequest {
+            transaction_id: &req.key,
+            idempotency_key: &attempt.processor_key,
+            method,
+            amount: &req.amount,
+            description: req.description.as_deref(),
+            parameters: &params,
+            timeout: attempt.timeout,
+        };
+        let call_started = Instant::now();
+        let result = self.processor.charge(&call).await;
+        let latency_ms = call_started.elapsed().as_millis() as u64;
+        let kind = match &result {
+            Ok(r) if r.approved() => "approved",
+            Ok(_) => "declined",
+            Err(e) => e.code(),
+        };
+        metrics::counter!("payvault_processor_calls_total", "outcome" => kind).increment(1);
+        metrics::histogram!("payvault_processor_call_duration_seconds", "outcome" => kind)
+            .record(call_started.elapsed().as_secs_f64());
+        ProcessorResult { result, latency_ms }
+    }
+
+    /// Records the attempt's outcome, its audit event, and (for `save_card`) the new vault
+    /// entry, in one transaction.
+    pub(super) async fn record_outcome(
+        &self,
+        who: &Principal,
+        req: &ChargeRequest,
+        method: &PaymentMethod,
+        attempt: &Attempt,
+        processed: ProcessorResult,
+        mut event: AuditEvent,
+    ) -> Result<Charged, ChargeError> {
+        let (state, mut outcome) = outcome_of(processed.result);
+        scrub_card_data(&mut outcome, method);
+
+        // Only `save_card` needs a transaction (a vault entry beside the outcome); otherwise the
+        // outcome and its audit event are one statement.
+        let mut tx = None;
+        let mut saved = None;
+        match &req.source {
+            Source::Token(t) => outcome.token_id = Some(t.as_str().to_owned()),
+            Source::Payment(m) if req.save_card && outcome.approved() => {
+                let tx = tx.insert(self.pool.begin().await?);
+                let token = self
+                    .vault
+                    .insert_entry(tx, who, m, req.token_expires_at)
+                    .await?;
+                // Ours are added without clobbering the processor's parameters.
+                let key = if outcome.parameters.contains_key("token_id") {
+                    "payvault_token_id"
+                } else {
+                    "token_id"
+                };
+                outcome
+                    .parameters
+                    .insert(key.to_owned(), Value::String(token.clone()));
+                outcome.token_id = Some(token.clone());
+                saved = Some(token);
+            }
+            Source::Payment(_) => {}
+        }
+        let unrecorded = event.clone();
+        event.details = serde_json::json!({
+            "attempt": attempt.number,
+            "state": state,
+            "charge_id": outcome.charge_id,
+            "processor_latency_ms": processed.latency_ms,
+            "kind": method.kind(),
+            "saved_token": saved,
+        });
+        if let Some(token) = &outcome.token_id {
+            event.token = Some(token.clone());
+        }
+        if let Some(code) = &outcome.error_code {
+            event = event.failed(code.clone());
+        }
+        let stored = serde_json::to_value(&outcome).unwrap_or(Value::Null);
+        let finish = FinishedCharge {
+            credential_id: who.id,
+            key: &req.key,
+            attempt: attempt.number,
+            state,
+            outcome: &stored,
+            token: saved.as_deref(),
+        };
+        let events = AuditBatch::one(&event);
+        let finished = match tx {
+            Some(mut tx) => {
+                let finished = store::charges::finish_charge(&mut *tx, &finish, &events).await?;
+                if finished {
+                    tx.commit().await?;
+                }
+                // Otherwise the transaction rolls back when dropped.
+                finished
+            }
+            None => store::charges::finish_charge(&self.pool, &finish, &events).await?,
+        };
+        if !finished {
+            // This attempt outlived its lease and another took over: that one's outcome stands.
+            return match store::charges::find_charge_record(&self.pool, who.id, &req.key).await? {
+                Some(rec) if rec.state.is_final() => self.replay(rec, unrecorded).await,
+                _ => Err(ChargeError::InProgress),
+            };
+        }
+        tracing::info!(
+            state = ?state,
+            attempt = attempt.number,
+            latency_ms = processed.latency_ms,
+            error_code = outcome.error_code.as_deref(),
+            "charge recorded"
+        );
+        Ok(Charged {
+            outcome,
+            replayed: false,
+        })
+    }
+
+    /// Answers from a finished record, auditing the replay.
+    pub(super) async fn replay(
+        &self,
+        rec: ChargeRecord,
+        mut event: AuditEvent,
+    ) -> Result<Charged, ChargeError> {
+        let outcome: ChargeOutcome = rec
+            .outcome
+            .and_then(|o| serde_json::from_value(o).ok())
+            .ok_or(ChargeError::Crypto(CryptoError::Malformed))?;
+        event.details = serde_json::json!({ "replayed": true, "charge_id": outcome.charge_id });
+        if let Some(code) = &outcome.error_code {
+            event = event.failed(code.clone());
+        }
+        store::audit::insert_audit_event(&self.pool, &event).await?;
+        Ok(Charged {
+            outcome,
+            replayed: true,
+        })
+    }
+}
+
+/// The record's new state and the answer a retry will get back.
+fn outcome_of(result: Result<ProcessorReply, ProcessorError>) -> (ChargeState, ChargeOutcome) {
+    match result {
+        Ok(reply) if reply.approved() => (
+            ChargeState::Succeeded,
+            ChargeOutcome {
+                charge_id: reply.charge_id,
+                error_code: None,
+                error_message: None,
+                parameters: reply.parameters,
+                token_id: None,
+            },
+        ),
+        Ok(reply) => (
+            ChargeState::Failed,
+            ChargeOutcome {
+                charge_id: None,
+                error_code: reply.error_code,
+                error_message: reply.error_message,
+                parameters: reply.parameters,
+                token_id: None,
+            },
+        ),
+        Err(e) => (
+            ChargeState::Unknown,
+            ChargeOutcome {
+                charge_id: None,
+                error_code: Some(e.code().to_owned()),
+                error_message: Some(e.to_string()),
+                parameters: Map::new(),
+                token_id: None,
+            },
+        ),
+    }
+}
+
+/// Whatever the processor sent back must not carry this request's card data.
+fn scrub_card_data(outcome: &mut ChargeOutcome, method: &PaymentMethod) {
+    let known = method.secret_digits();
+    // Charge ids are often numbers: only a full card or account number is redacted there.
+    let long_known: Vec<&str> = known.iter().copied().filter(|k| k.len() >= 8).collect();
+    outcome.charge_id = outcome
+        .charge_id
+        .take()
+        .map(|c| scrub_with(&c, &long_known, false));
+    outcome.error_code = outcome
+        .error_code
+        .take()
+        .map(|c| scrub_with(&c, &known, true));
+    outcome.error_message = outcome
+        .error_message
+        .take()
+        .map(|m| scrub_with(&m, &known, true));
+    outcome.parameters = match scrub_value_with(
+        Value::Object(std::mem::take(&mut outcome.parameters)),
+        &known,
+    ) {
+        Value::Object(p) => p,
+        _ => Map::new(),
+    };
+}

@@ -1,0 +1,85 @@
+//! Step 1: the money's source. A stored token is decrypted, in memory only, for one outbound call.
+
+use sqlx::PgConnection;
+
+use super::{ChargeError, ChargeRequest, Charger, RequestIdentity};
+use crate::auth::Principal;
+use crate::crypto::CryptoError;
+use crate::domain::{Expiry, InvalidInput, PaymentMethod, Token};
+use crate::store;
+use crate::store::charges::ChargeRecord;
+use crate::store::vault::StoredEntry;
+
+/// A token charge's source, or the record that answers it.
+pub(super) enum Resolved {
+    Method(PaymentMethod),
+    /// The token is unusable, but this request already finished: its retry is answered from the
+    /// record even if the token has been deleted or has expired since.
+    Finished(ChargeRecord),
+}
+
+impl Charger {
+    /// Resolves a token before claiming: an unknown, deleted or expired token (or a stored card
+    /// past its expiry) is refused without taking the key. Only then is the record looked up, so
+    /// a usable token costs no replay lookup.
+    pub(super) async fn resolve_token(
+        &self,
+        db: &mut PgConnection,
+        who: &Principal,
+        req: &ChargeRequest,
+        token: &Token,
+        id: &RequestIdentity,
+    ) -> Result<Resolved, ChargeError> {
+        match self.decrypt_token(db, token).await {
+            Ok(method) => Ok(Resolved::Method(method)),
+            Err(
+                e @ (ChargeError::UnknownToken
+                | ChargeError::TokenDeleted
+                | ChargeError::TokenExpired
+                | ChargeError::Invalid(_)),
+            ) => match store::charges::find_charge_record(db, who.id, &req.key).await? {
+                Some(rec) if rec.state.is_final() && self.same_request(&rec, &id.mac_input)? => {
+                    Ok(Resolved::Finished(rec))
+                }
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Decrypts a stored token's card or bank account, in memory only.
+    async fn decrypt_token(
+        &self,
+        db: &mut PgConnection,
+        token: &Token,
+    ) -> Result<PaymentMethod, ChargeError> {
+        let entry = store::vault::find_entry(db, token.as_str())
+            .await?
+            .ok_or(ChargeError::UnknownToken)?;
+        let (sealed, exp_month, exp_year) = match entry {
+            StoredEntry::Active {
+                sealed,
+                exp_month,
+                exp_year,
+                ..
+            } => (sealed, exp_month, exp_year),
+            StoredEntry::Deleted => return Err(ChargeError::TokenDeleted),
+            StoredEntry::Expired => return Err(ChargeError::TokenExpired),
+        };
+        let plain = self.vault.keys().open(token.as_str(), &sealed)?;
+        let expiry = match (exp_month, exp_year) {
+            (Some(m), Some(y)) => {
+                Expiry::from_stored(u8::try_from(m).unwrap_or(0), u16::try_from(y).unwrap_or(0))
+            }
+            _ => None,
+        };
+        let method = PaymentMethod::from_secret_payload(&plain, expiry)
+            .ok_or(ChargeError::Crypto(CryptoError::Malformed))?;
+        if let PaymentMethod::Card(c) = &method {
+            if c.expiry.is_expired(chrono::Utc::now().date_naive()) {
+                return Err(ChargeError::Invalid(InvalidInput::StoredCardExpired));
+            }
+        }
+        Ok(method)
+    }
+}
