@@ -8,38 +8,14 @@ pub mod seal;
 
 pub use log::AuditLog;
 
+pub use crate::domain::audit::{AuditEvent, Origin};
+
 use uuid::Uuid;
 
 use crate::auth::Principal;
 
-/// Where a request came from; carried into every audit event it causes.
-#[derive(Debug, Clone, Default)]
-pub struct Origin {
-    pub request_id: Option<String>,
-    pub client_addr: Option<String>,
-    /// The client behind a trusted proxy (`X-Forwarded-For`), only when the peer is one.
-    pub forwarded_for: Option<String>,
-}
-
-/// One audit event. `error_code: None` means success.
-#[derive(Debug, Clone)]
-pub struct AuditEvent {
-    pub request_id: Option<String>,
-    pub actor_id: Option<Uuid>,
-    /// `connector`, `api`, `operator` (the CLI) or `anonymous` (failed authentication).
-    pub actor_kind: &'static str,
-    pub action: &'static str,
-    pub error_code: Option<String>,
-    pub client_addr: Option<String>,
-    pub forwarded_for: Option<String>,
-    pub token: Option<String>,
-    pub transaction_id: Option<String>,
-    pub masked_data: Option<String>,
-    pub amount_minor: Option<i64>,
-    pub currency: Option<String>,
-    pub details: serde_json::Value,
-}
-
+// The constructor that needs a `Principal` lives here rather than beside the type in
+// `domain::audit`, so that the domain does not depend on `auth` (which writes audit events).
 impl AuditEvent {
     /// An event by an authenticated caller.
     pub fn by(principal: &Principal, origin: &Origin, action: &'static str) -> Self {
@@ -47,59 +23,6 @@ impl AuditEvent {
             actor_id: Some(principal.id),
             actor_kind: principal.kind.as_str(),
             ..Self::new(origin, "anonymous", action)
-        }
-    }
-
-    pub fn new(origin: &Origin, actor_kind: &'static str, action: &'static str) -> Self {
-        Self {
-            request_id: origin.request_id.clone(),
-            actor_id: None,
-            actor_kind,
-            action,
-            error_code: None,
-            client_addr: origin.client_addr.clone(),
-            forwarded_for: origin.forwarded_for.clone(),
-            token: None,
-            transaction_id: None,
-            masked_data: None,
-            amount_minor: None,
-            currency: None,
-            details: serde_json::Value::Object(Default::default()),
-        }
-    }
-
-    /// An event of payvault itself (service start and stop).
-    pub fn system(action: &'static str, details: serde_json::Value) -> Self {
-        let mut event = Self::new(&Origin::default(), "system", action);
-        event.details = details;
-        event
-    }
-
-    /// An event of the operator running the CLI.
-    pub fn operator(action: &'static str) -> Self {
-        let mut event = Self::new(&Origin::default(), "operator", action);
-        let user = std::env::var("USER")
-            .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_default();
-        event.details = serde_json::json!({ "os_user": user, "via": "cli" });
-        event
-    }
-
-    pub fn failed(mut self, code: impl Into<String>) -> Self {
-        self.error_code = Some(code.into());
-        self
-    }
-
-    pub fn with_token(mut self, token: &str) -> Self {
-        self.token = Some(token.to_owned());
-        self
-    }
-
-    pub fn outcome(&self) -> &'static str {
-        if self.error_code.is_some() {
-            "failure"
-        } else {
-            "success"
         }
     }
 }

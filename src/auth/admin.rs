@@ -5,7 +5,7 @@ use chrono::Utc;
 use sqlx::PgPool;
 
 use super::credential::{CredentialKind, NewCredential, Scope};
-use crate::audit::AuditEvent;
+use crate::domain::AuditEvent;
 use crate::domain::SecretText;
 use crate::store;
 use crate::store::credentials::CredentialRow;

@@ -2,6 +2,7 @@
 //! SQL; sensitive values are newtypes that zeroize on drop and never print in clear.
 
 pub mod amount;
+pub mod audit;
 pub mod bank;
 pub mod card;
 pub mod expiry;
@@ -11,6 +12,7 @@ pub mod secret;
 pub mod token;
 
 pub use amount::Amount;
+pub use audit::{AuditEvent, Origin};
 pub use bank::{AccountNumber, BankAccount, RoutingNumber};
 pub use card::{Brand, Card, CardNumber, Cvv, Expiry, PostalCode};
 pub use expiry::{ExpiryPolicy, TokenExpiry};

@@ -5,7 +5,7 @@ use sqlx::types::Json;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use crate::audit::AuditEvent;
+use crate::domain::AuditEvent;
 
 /// Audit events ready for `payvault_insert_audit_events(jsonb)`, the one SQL function that
 /// writes `audit_events` (see its migration). Every statement that records events takes one of

@@ -1,0 +1,89 @@
+//! An audit event as written (PCI DSS 10.2): who did what, to which resource, when, from where,
+//! and with what outcome. Plain data, so that the store can write it without depending on the
+//! audit module above it; `crate::audit` adds the constructor for an authenticated caller and
+//! everything that reads and seals the log.
+
+use uuid::Uuid;
+
+/// Where a request came from; carried into every audit event it causes.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub request_id: Option<String>,
+    pub client_addr: Option<String>,
+    /// The client behind a trusted proxy (`X-Forwarded-For`), only when the peer is one.
+    pub forwarded_for: Option<String>,
+}
+
+/// One audit event. `error_code: None` means success.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub request_id: Option<String>,
+    pub actor_id: Option<Uuid>,
+    /// `connector`, `api`, `operator` (the CLI) or `anonymous` (failed authentication).
+    pub actor_kind: &'static str,
+    pub action: &'static str,
+    pub error_code: Option<String>,
+    pub client_addr: Option<String>,
+    pub forwarded_for: Option<String>,
+    pub token: Option<String>,
+    pub transaction_id: Option<String>,
+    pub masked_data: Option<String>,
+    pub amount_minor: Option<i64>,
+    pub currency: Option<String>,
+    pub details: serde_json::Value,
+}
+
+impl AuditEvent {
+    pub fn new(origin: &Origin, actor_kind: &'static str, action: &'static str) -> Self {
+        Self {
+            request_id: origin.request_id.clone(),
+            actor_id: None,
+            actor_kind,
+            action,
+            error_code: None,
+            client_addr: origin.client_addr.clone(),
+            forwarded_for: origin.forwarded_for.clone(),
+            token: None,
+            transaction_id: None,
+            masked_data: None,
+            amount_minor: None,
+            currency: None,
+            details: serde_json::Value::Object(Default::default()),
+        }
+    }
+
+    /// An event of payvault itself (service start and stop).
+    pub fn system(action: &'static str, details: serde_json::Value) -> Self {
+        let mut event = Self::new(&Origin::default(), "system", action);
+        event.details = details;
+        event
+    }
+
+    /// An event of the operator running the CLI.
+    pub fn operator(action: &'static str) -> Self {
+        let mut event = Self::new(&Origin::default(), "operator", action);
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_default();
+        event.details = serde_json::json!({ "os_user": user, "via": "cli" });
+        event
+    }
+
+    pub fn failed(mut self, code: impl Into<String>) -> Self {
+        self.error_code = Some(code.into());
+        self
+    }
+
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    pub fn outcome(&self) -> &'static str {
+        if self.error_code.is_some() {
+            "failure"
+        } else {
+            "success"
+        }
+    }
+}
