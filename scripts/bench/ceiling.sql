@@ -18,13 +18,14 @@ WITH idem AS (
            sha256(random()::text::bytea), 'visa', '411111', '1111', 8, 2035
     FROM idem
     RETURNING token
-), audit AS (
-    INSERT INTO audit_events
-        (request_id, actor_id, actor_kind, action, outcome, error_code, client_addr,
-         token, transaction_id, masked_data, amount_minor, currency, details, forwarded_for)
-    SELECT gen_random_uuid()::text, :cred::uuid, 'connector', 'tokenize', 'success', NULL,
-           '127.0.0.1', entry.token, gen_random_uuid()::text, 'visa 411111******1111', NULL, NULL,
-           '{"kind": "card"}'::jsonb, NULL
+), audited AS (
+    -- The audit event goes through the same function payvault calls, as the same JSON.
+    SELECT payvault_insert_audit_events(jsonb_build_array(jsonb_build_object(
+        'request_id', gen_random_uuid()::text, 'actor_id', :cred::uuid,
+        'actor_kind', 'connector', 'action', 'tokenize', 'outcome', 'success',
+        'client_addr', '127.0.0.1', 'token', entry.token,
+        'transaction_id', gen_random_uuid()::text, 'masked_data', 'visa 411111******1111',
+        'details', '{"kind": "card"}'::jsonb)))
     FROM entry
 )
-SELECT count(*) FROM entry;
+SELECT count(*) FROM entry, audited;
