@@ -22,9 +22,12 @@ for tool in wrk pgbench psql curl; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is required (apt-get install wrk postgresql-client curl)" >&2; exit 1; }
 done
 
-echo "== building payvault (release)"
-cargo build --release --quiet
-BIN=target/release/payvault
+# BIN=path/to/payvault benchmarks that binary instead (to compare two builds on one machine).
+if [ -z "${BIN:-}" ]; then
+  echo "== building payvault (release)"
+  cargo build --release --quiet
+  BIN=target/release/payvault
+fi
 work=$(mktemp -d)
 server_pid=""
 cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }

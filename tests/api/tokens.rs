@@ -444,3 +444,24 @@ async fn a_token_expiry_can_be_set_per_api_call() {
     );
     assert_eq!(app.count("SELECT count(*) FROM audit_events WHERE action = 'token_update' AND outcome = 'success'").await, 4);
 }
+
+#[tokio::test]
+async fn request_logs_name_the_route_template_never_the_token_in_the_path() {
+    let app = spawn_app().await;
+    let (token, _) = tokenize_with(&app, json!({})).await;
+    let cred = api(&app, vec![Scope::TokensRead, Scope::TokensDelete]).await;
+    let path = format!("/v1/tokens/{token}");
+    let (status, _) = call(&app, reqwest::Method::GET, &path, Some(&cred), None).await;
+    assert_eq!(status, 200);
+    let (status, _) = call(&app, reqwest::Method::DELETE, &path, Some(&cred), None).await;
+    assert_eq!(status, 200);
+    let logs = helpers::captured_logs();
+    assert!(
+        logs.contains("/v1/tokens/{token}"),
+        "the request span names the route template"
+    );
+    assert!(
+        !logs.contains(&token),
+        "a token from the request path reached the logs"
+    );
+}
