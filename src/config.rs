@@ -8,6 +8,9 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::processor::generic::ProcessorAuth;
+use crate::processor::profile::{
+    setting_variable, ProcessorEnvironment, Profile, ProfileConfig, ProfileError, BUILTIN,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -23,6 +26,11 @@ pub enum ConfigError {
     },
     #[error("{name} is invalid: {reason}")]
     Invalid { name: &'static str, reason: String },
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// A processor profile's setting (`PAYVAULT_PROCESSOR_<SETTING>`), named at run time.
+    #[error("{name}: {reason}")]
+    Setting { name: String, reason: String },
 }
 
 /// Reads a plain variable; unset and empty are the same.
@@ -206,9 +214,105 @@ pub enum ProcessorConfig {
         url: reqwest::Url,
         auth: ProcessorAuth,
     },
+    /// A declarative processor profile (built in or from a file) with its settings.
+    Profile(ProfileConfig),
+}
+
+/// Reads `PAYVAULT_PROCESSOR_<SETTING>` (and `_FILE` for a secret setting).
+fn profile_setting(name: &str, secret: bool) -> Result<Option<SecretString>, ConfigError> {
+    let variable = setting_variable(name);
+    let read = |v: &str| match std::env::var(v) {
+        Ok(value) if value.is_empty() => Ok(None),
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::Setting {
+            name: v.to_owned(),
+            reason: "not valid UTF-8".into(),
+        }),
+    };
+    let direct = read(&variable)?;
+    let file_var = format!("{variable}_FILE");
+    let file = if secret { read(&file_var)? } else { None };
+    match (direct, file) {
+        (Some(_), Some(_)) => Err(ConfigError::Setting {
+            name: variable,
+            reason: format!("set either it or {file_var}, not both"),
+        }),
+        (Some(v), None) => Ok(Some(SecretString::from(v))),
+        (None, Some(path)) => {
+            let mut text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Setting {
+                name: file_var.clone(),
+                reason: format!("cannot read {path}: {e}"),
+            })?;
+            let trimmed_len = text.trim_end_matches(['\n', '\r']).len();
+            text.truncate(trimmed_len);
+            Ok(Some(SecretString::from(text)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// `PAYVAULT_PROCESSOR_ENVIRONMENT`: which of a profile's URLs to use (`test` by default).
+fn processor_environment() -> Result<ProcessorEnvironment, ConfigError> {
+    match var("PAYVAULT_PROCESSOR_ENVIRONMENT")?.as_deref() {
+        None | Some("test") => Ok(ProcessorEnvironment::Test),
+        Some("live") => Ok(ProcessorEnvironment::Live),
+        Some(other) => Err(ConfigError::Invalid {
+            name: "PAYVAULT_PROCESSOR_ENVIRONMENT",
+            reason: format!("`{other}` is not one of test, live"),
+        }),
+    }
+}
+
+/// The profile `PAYVAULT_PROCESSOR_PROFILE` or `PAYVAULT_PROCESSOR` names, if any.
+pub fn selected_profile() -> Result<Option<Profile>, ConfigError> {
+    let kind = var("PAYVAULT_PROCESSOR")?;
+    if let Some(path) = var("PAYVAULT_PROCESSOR_PROFILE")? {
+        let profile = Profile::from_file(std::path::Path::new(&path))?;
+        if let Some(kind) = kind.filter(|k| *k != profile.name) {
+            return Err(ConfigError::Invalid {
+                name: "PAYVAULT_PROCESSOR",
+                reason: format!(
+                    "`{kind}` but PAYVAULT_PROCESSOR_PROFILE names profile `{}`: set one of them",
+                    profile.name
+                ),
+            });
+        }
+        return Ok(Some(profile));
+    }
+    match kind.as_deref() {
+        None | Some("none" | "sandbox" | "generic") => Ok(None),
+        Some(name) => match Profile::builtin(name) {
+            Some(profile) => Ok(Some(profile?)),
+            None => {
+                let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+                Err(ConfigError::Invalid {
+                    name: "PAYVAULT_PROCESSOR",
+                    reason: format!(
+                        "`{name}` is not one of none, sandbox, generic, {}",
+                        names.join(", ")
+                    ),
+                })
+            }
+        },
+    }
+}
+
+/// A profile configured from the environment: settings, environment and URL override.
+pub fn profile_config(profile: Profile) -> Result<ProfileConfig, ConfigError> {
+    let url = var("PAYVAULT_PROCESSOR_URL")?;
+    ProfileConfig::resolve(
+        profile,
+        processor_environment()?,
+        url.as_deref(),
+        |name, decl| profile_setting(name, decl.secret),
+    )
 }
 
 fn processor_config() -> Result<ProcessorConfig, ConfigError> {
+    if let Some(profile) = selected_profile()? {
+        return Ok(ProcessorConfig::Profile(profile_config(profile)?));
+    }
     let url = var("PAYVAULT_PROCESSOR_URL")?;
     let kind = var("PAYVAULT_PROCESSOR")?
         .unwrap_or_else(|| if url.is_some() { "generic" } else { "none" }.into());
@@ -382,6 +486,9 @@ impl ServeConfig {
                 .push("PAYVAULT_PROCESSOR=sandbox is a fake processor: configure a real one"),
             ProcessorConfig::Generic { url, .. } if url.scheme() != "https" => refusals.push(
                 "PAYVAULT_PROCESSOR_URL must be https: card data never crosses a network in clear",
+            ),
+            ProcessorConfig::Profile(p) if p.base_url.scheme() != "https" => refusals.push(
+                "the processor profile's base URL (or PAYVAULT_PROCESSOR_URL) must be https: card data never crosses a network in clear",
             ),
             _ => {}
         }

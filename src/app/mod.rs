@@ -26,6 +26,7 @@ use crate::config::{self, ProcessorConfig, ServeConfig};
 use crate::crypto::KeyRing;
 use crate::http::{AppState, TrustedProxies};
 use crate::processor::generic::{GenericConfig, GenericProcessor};
+use crate::processor::profile::ProfileProcessor;
 use crate::processor::sandbox::Sandbox;
 use crate::processor::{Processor, Unconfigured};
 use crate::store;
@@ -247,6 +248,19 @@ fn build_processor(
             })
             .context("cannot set up the processor client")?,
         ),
+        ProcessorConfig::Profile(profile) => {
+            tracing::info!(
+                profile = %profile.profile.name,
+                environment = ?profile.environment,
+                url = %profile.base_url,
+                "charges go to a processor profile"
+            );
+            Arc::new(ProfileProcessor::new(
+                profile,
+                cfg.processor_connect_timeout,
+                cfg.processor_timeout,
+            )?)
+        }
     })
 }
 

@@ -41,6 +41,7 @@ impl Charger {
             description: req.description.as_deref(),
             parameters: &params,
             timeout: attempt.timeout,
+            initiator: Default::default(),
         };
         let call_started = Instant::now();
         let result = self.processor.charge(&call).await;

@@ -5,6 +5,7 @@ mod audit;
 mod credentials;
 mod db;
 mod keys;
+mod processor;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::store;
 use audit::AuditCommand;
 use credentials::CredentialsCommand;
 use keys::KeysCommand;
+use processor::ProcessorCommand;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,6 +49,9 @@ enum Command {
     /// Master key operations.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Render a processor profile's request, or check that it reaches the processor.
+    #[command(subcommand)]
+    Processor(ProcessorCommand),
     /// Read, verify, export and prune the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -102,6 +107,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => keys::run(cmd).await,
+        Command::Processor(cmd) => processor::run(cmd).await,
     }
 }
 

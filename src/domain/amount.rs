@@ -97,6 +97,11 @@ impl Amount {
         self.minor
     }
 
+    /// The currency's ISO 4217 exponent: digits after the decimal point (JPY 0, USD 2, KWD 3).
+    pub fn exponent(&self) -> u32 {
+        self.exponent
+    }
+
     /// Upper-case ISO 4217 code.
     pub fn currency(&self) -> &'static str {
         self.currency.code()

@@ -176,6 +176,7 @@ pub(crate) fn parse_reply(body: &[u8]) -> Result<ProcessorReply, ProcessorError>
         error_code,
         error_message,
         parameters,
+        network_transaction_id: None,
     })
 }
 

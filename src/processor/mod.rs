@@ -2,10 +2,13 @@
 //!
 //! - [`generic::GenericProcessor`] POSTs Twilio's Generic Pay Connector JSON to
 //!   `PAYVAULT_PROCESSOR_URL`, so any gateway that already speaks that format works behind payvault.
+//! - [`profile::ProfileProcessor`] sends whatever a declarative profile (TOML, minijinja
+//!   templates) describes: the built-in `stripe`, `checkout`, ... or a merchant's own file.
 //! - [`sandbox::Sandbox`] is a built-in fake processor with deterministic outcomes, used
 //!   in-process or served on its own by `payvault sandbox`.
 
 pub mod generic;
+pub mod profile;
 pub mod sandbox;
 
 use std::collections::BTreeMap;
@@ -29,6 +32,24 @@ pub struct ProcessorRequest<'a> {
     pub parameters: &'a BTreeMap<String, String>,
     /// Total time allowed for this call; past it the outcome is unknown.
     pub timeout: std::time::Duration,
+    /// Who initiates the charge and on which stored credential.
+    pub initiator: Initiator,
+}
+
+/// Who initiates a charge. Today every charge is a caller on the phone keying a card
+/// (customer-initiated MOTO); merchant-initiated follow-ups on a stored credential come with the
+/// charge flow's token charges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Initiator {
+    /// The cardholder gives the card over the phone: mail/telephone order.
+    #[default]
+    CustomerMoto,
+    /// The merchant charges a stored credential without the cardholder (no CVV), citing the
+    /// network transaction id of the first charge when it has one.
+    Merchant {
+        network_transaction_id: Option<String>,
+        recurring: bool,
+    },
 }
 
 /// The processor's definitive answer: approved (`charge_id`) or declined (`error_code`).
@@ -38,6 +59,9 @@ pub struct ProcessorReply {
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub parameters: Map<String, Value>,
+    /// The card network's transaction id for this charge (Visa TID, Mastercard trace id...),
+    /// when the processor returns one: the anchor of later merchant-initiated charges.
+    pub network_transaction_id: Option<String>,
 }
 
 impl ProcessorReply {
@@ -101,11 +125,18 @@ impl Processor for Unconfigured {
     }
 }
 
-/// Replaces every run of 12 or more digits (spaces and dashes between digits allowed) with
-/// `[redacted]`. Applied to whatever text a processor sends back before it reaches Twilio, a log
-/// or the database, in case the processor echoes a card or account number.
+/// Replaces every run of 12 or more digits (single spaces or dashes between digits allowed)
+/// with `[redacted]`, and any Luhn-valid 13-19 digit sequence written with other separators
+/// (dots, runs of spaces/dashes/dots: `4111.1111.1111.1111`, `4111 - 1111 ...`). Applied to
+/// whatever text a processor sends back before it reaches Twilio, a log or the database, in
+/// case the processor echoes a card or account number.
 pub fn scrub(text: &str) -> String {
     scrub_with(text, &[], true)
+}
+
+/// Separators that may stand between the digits of one number.
+fn is_separator(b: u8) -> bool {
+    matches!(b, b' ' | b'-' | b'.')
 }
 
 /// Like [`scrub`], and also redacts digit groups equal to one of `known` (the request's own
@@ -122,26 +153,41 @@ pub fn scrub_with(text: &str, known: &[&str], long_runs: bool) -> String {
             i += c.len_utf8();
             continue;
         }
-        // A group: digits, with single spaces or dashes between them.
+        // A group: digits, with runs of up to three separators between them. `plain` stays
+        // true while every separator is a single space or dash (the historical grammar).
         let start = i;
         let mut digits = String::new();
         let mut end = i;
+        let mut plain = true;
         while i < b.len() {
             if b[i].is_ascii_digit() {
                 digits.push(b[i] as char);
                 i += 1;
                 end = i;
-            } else if (b[i] == b' ' || b[i] == b'-') && b.get(i + 1).is_some_and(u8::is_ascii_digit)
-            {
-                i += 1;
-            } else {
+                continue;
+            }
+            let run = b[i..]
+                .iter()
+                .take(4)
+                .take_while(|&&c| is_separator(c))
+                .count();
+            if run == 0 || run > 3 || !b.get(i + run).is_some_and(u8::is_ascii_digit) {
                 break;
             }
+            if run > 1 || b[i] == b'.' {
+                plain = false;
+            }
+            i += run;
         }
         let secret = known
             .iter()
             .any(|k| !k.is_empty() && (digits == *k || (k.len() >= 8 && digits.contains(k))));
-        if secret || (long_runs && digits.len() >= 12) {
+        let card_like = if plain {
+            digits.len() >= 12
+        } else {
+            (13..=19).contains(&digits.len()) && luhn_valid(&digits)
+        };
+        if secret || (long_runs && card_like) {
             out.push_str("[redacted]");
         } else {
             out.push_str(&text[start..end]);
@@ -149,6 +195,23 @@ pub fn scrub_with(text: &str, known: &[&str], long_runs: bool) -> String {
         i = end;
     }
     out
+}
+
+fn luhn_valid(digits: &str) -> bool {
+    let sum: u32 = digits
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, c)| {
+            let d = u32::from(c - b'0');
+            match (i % 2 == 1, d * 2) {
+                (true, doubled) if doubled > 9 => doubled - 9,
+                (true, doubled) => doubled,
+                (false, _) => d,
+            }
+        })
+        .sum();
+    sum % 10 == 0
 }
 
 /// [`scrub`] applied to every string in a JSON value.
@@ -204,6 +267,19 @@ mod tests {
         assert_eq!(
             scrub_with("ch_987654321098765", &known, false),
             "ch_987654321098765"
+        );
+        // Any separators, as long as the digits make a Luhn-valid card number.
+        assert_eq!(scrub("pan 4111.1111.1111.1111 seen"), "pan [redacted] seen");
+        assert_eq!(scrub("pan 4111 - 1111 - 1111 - 1111"), "pan [redacted]");
+        assert_eq!(scrub("amex 3782.822463.10005."), "amex [redacted].");
+        assert_eq!(
+            scrub("v 1.2.3.4.5.6.7.8.9.10.11"),
+            "v 1.2.3.4.5.6.7.8.9.10.11"
+        );
+        assert_eq!(scrub("ip 192.168.100.200"), "ip 192.168.100.200");
+        assert_eq!(
+            scrub("not luhn 4111.1111.1111.1112"),
+            "not luhn 4111.1111.1111.1112"
         );
         let v = serde_json::json!({"a": "x 5555555555554444", "b": 4111111111111111u64, "c": 42});
         assert_eq!(

@@ -99,6 +99,7 @@ impl Sandbox {
                 error_code: Some(code.to_owned()),
                 error_message: Some(message.to_owned()),
                 parameters: Map::new(),
+                network_transaction_id: None,
             }),
             _ => {
                 let mut charges = self
@@ -116,6 +117,7 @@ impl Sandbox {
                             error_code: None,
                             error_message: None,
                             parameters: Map::new(),
+                            network_transaction_id: None,
                         }
                     });
                 Ok(reply.clone())

@@ -11,6 +11,7 @@ mod cli;
 mod dev;
 mod keys;
 mod ops;
+mod processors;
 mod security;
 mod tokenize;
 mod tokens;

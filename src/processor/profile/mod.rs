@@ -1,0 +1,946 @@
+//! Declarative processor profiles: a TOML file describes a processor's sale request (URL, auth,
+//! headers, a minijinja body template) and how to read its answer, so a new processor needs a
+//! file, not Rust. The format is documented in `docs/processor-profiles.md`; the built-in
+//! profiles are the files under `src/processor/profiles/`.
+
+mod reply;
+mod signature;
+mod template;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use minijinja::value::Value;
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::{BoxFuture, Processor, ProcessorError, ProcessorReply, ProcessorRequest};
+use crate::domain::PaymentMethod;
+pub use template::Mode;
+use template::SecureBuf;
+
+/// Largest processor answer read; the read stops there.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// The profiles compiled into the binary, by name.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("stripe", include_str!("../profiles/stripe.toml")),
+    ("checkout", include_str!("../profiles/checkout.toml")),
+    ("adyen", include_str!("../profiles/adyen.toml")),
+    (
+        "authorizenet",
+        include_str!("../profiles/authorizenet.toml"),
+    ),
+    ("nmi", include_str!("../profiles/nmi.toml")),
+    ("cybersource", include_str!("../profiles/cybersource.toml")),
+];
+
+/// Variable names a setting may not take: payvault reads them for other purposes.
+const RESERVED_SETTINGS: &[&str] = &[
+    "url",
+    "profile",
+    "environment",
+    "auth",
+    "secret",
+    "username",
+    "header",
+    "connect_timeout_ms",
+    "timeout_ms",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("processor profile {origin}: {reason}")]
+    Invalid { origin: String, reason: String },
+    #[error("processor profile {profile}: {variable} is required ({description})")]
+    MissingSetting {
+        profile: String,
+        variable: String,
+        description: String,
+    },
+}
+
+// ---- the file format --------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    urls: Urls,
+    #[serde(default)]
+    settings: BTreeMap<String, SettingDecl>,
+    #[serde(default)]
+    auth: AuthDecl,
+    #[serde(default)]
+    idempotency: IdempotencyDecl,
+    operations: Operations,
+    #[serde(default)]
+    test: TestDecl,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Urls {
+    test: String,
+    live: String,
+}
+
+/// A setting the merchant supplies as `PAYVAULT_PROCESSOR_<NAME>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingDecl {
+    /// Also readable from `_FILE`; masked by `payvault processor render`.
+    #[serde(default)]
+    pub secret: bool,
+    #[serde(default = "yes")]
+    pub required: bool,
+    pub default: Option<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(tag = "scheme", rename_all = "snake_case", deny_unknown_fields)]
+enum AuthDecl {
+    #[default]
+    None,
+    Basic {
+        username: String,
+        #[serde(default)]
+        password: String,
+    },
+    Bearer {
+        token: String,
+    },
+    Header {
+        name: String,
+        value: String,
+    },
+    CybersourceSignature {
+        merchant_id: String,
+        key_id: String,
+        secret: String,
+    },
+}
+
+/// How a re-send after an unknown outcome is made safe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdempotencyStrategy {
+    /// The processor deduplicates on a header carrying payvault's idempotency key.
+    Header,
+    /// The processor rejects an identical request within a time window (Authorize.net, NMI).
+    DuplicateWindow,
+    /// The outcome must be looked up by reference before re-sending.
+    Lookup,
+    /// An unknown outcome is undone (timeout reversal/void) before re-sending (CyberSource).
+    Reversal,
+    /// Nothing makes a re-send safe.
+    #[default]
+    None,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdempotencyDecl {
+    #[serde(default)]
+    strategy: IdempotencyStrategy,
+    header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Operations {
+    sale: OperationDecl,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Encoding {
+    #[default]
+    Json,
+    Form,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperationDecl {
+    #[serde(default = "post")]
+    method: String,
+    path: String,
+    #[serde(default)]
+    encoding: Encoding,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    body: String,
+    reply: ReplySpec,
+}
+
+fn post() -> String {
+    "POST".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ReplyFormat {
+    #[default]
+    Json,
+    Form,
+}
+
+/// `[operations.*.reply]`: expressions over `reply` (the parsed body) and `http.status`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplySpec {
+    #[serde(default)]
+    format: ReplyFormat,
+    approved: String,
+    charge_id: String,
+    decline_code: String,
+    decline_message: Option<String>,
+    network_transaction_id: Option<String>,
+    #[serde(default)]
+    parameters: Vec<String>,
+}
+
+/// `[test]`: the processor's documented test card, used by `payvault processor render`/`check`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestDecl {
+    card: Option<String>,
+    amount: Option<String>,
+    currency: Option<String>,
+}
+
+// ---- a compiled profile -----------------------------------------------------------------------
+
+/// A parsed profile whose templates and expressions all compiled.
+pub struct Profile {
+    pub name: String,
+    pub description: String,
+    pub settings: BTreeMap<String, SettingDecl>,
+    pub idempotency: IdempotencyStrategy,
+    idempotency_header: Option<HeaderName>,
+    auth: AuthDecl,
+    method: reqwest::Method,
+    path: String,
+    encoding: Encoding,
+    headers: Vec<HeaderName>,
+    reply: ReplySpec,
+    test: TestDecl,
+    /// Request templates (`urls.*`, `auth.*`, `operations.sale.*`).
+    env: Environment<'static>,
+    /// Reply expressions: undefined lookups chain to undefined.
+    reply_env: Environment<'static>,
+}
+
+impl std::fmt::Debug for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profile")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+const BODY: &str = "operations.sale.body";
+
+fn header_template(name: &str) -> String {
+    format!("operations.sale.headers.{name}")
+}
+
+impl Profile {
+    /// A built-in profile by name.
+    pub fn builtin(name: &str) -> Option<Result<Self, ProfileError>> {
+        BUILTIN
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(n, text)| Self::parse(text, &format!("`{n}` (built in)")))
+    }
+
+    /// Reads a profile file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ProfileError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ProfileError::Invalid {
+            origin: origin.clone(),
+            reason: format!("cannot read it: {e}"),
+        })?;
+        Self::parse(&text, &origin)
+    }
+
+    /// Parses and compiles a profile; `origin` names it in errors. A template or expression that
+    /// does not compile is refused here, with its name and line.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ProfileError> {
+        let invalid = |reason: String| ProfileError::Invalid {
+            origin: origin.to_owned(),
+            reason,
+        };
+        let file: ProfileFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        for name in file.settings.keys() {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(invalid(format!(
+                    "setting `{name}`: names are lower-case letters, digits and _"
+                )));
+            }
+            if RESERVED_SETTINGS.contains(&name.as_str()) {
+                return Err(invalid(format!(
+                    "setting `{name}` would be read from a variable payvault uses for something else"
+                )));
+            }
+        }
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+        // The body renders JSON: every printed value is JSON-encoded, so free text (a
+        // description, a parameter) cannot break out of its string. URLs, headers and auth
+        // values are plain text.
+        env.set_auto_escape_callback(|name| {
+            if name == BODY {
+                AutoEscape::Json
+            } else {
+                AutoEscape::None
+            }
+        });
+        env.set_formatter(template::formatter);
+        env.add_filter("pan", template::pan);
+        env.add_filter("cvv", template::cvv);
+        env.add_filter("account", template::account);
+        env.add_filter("routing", template::routing);
+        env.add_filter("last4", template::last4);
+        env.add_filter("bin", template::bin);
+        env.add_filter("exp", template::exp);
+        env.add_function("fail", template::fail);
+        let mut add = |name: String, source: &str| -> Result<(), ProfileError> {
+            env.add_template_owned(name.clone(), source.to_owned())
+                .map_err(|e| invalid(template_error(&name, &e)))
+        };
+        add("urls.test".into(), &file.urls.test)?;
+        add("urls.live".into(), &file.urls.live)?;
+        match &file.auth {
+            AuthDecl::None => {}
+            AuthDecl::Basic { username, password } => {
+                add("auth.username".into(), username)?;
+                add("auth.password".into(), password)?;
+            }
+            AuthDecl::Bearer { token } => add("auth.token".into(), token)?,
+            AuthDecl::Header { name, value } => {
+                HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| invalid(format!("auth: `{name}` is not a header name")))?;
+                add("auth.value".into(), value)?;
+            }
+            AuthDecl::CybersourceSignature {
+                merchant_id,
+                key_id,
+                secret,
+            } => {
+                add("auth.merchant_id".into(), merchant_id)?;
+                add("auth.key_id".into(), key_id)?;
+                add("auth.secret".into(), secret)?;
+            }
+        }
+        let sale = file.operations.sale;
+        add(BODY.into(), &sale.body)?;
+        let mut headers = Vec::new();
+        for (name, value) in &sale.headers {
+            let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                invalid(format!(
+                    "operations.sale.headers: `{name}` is not a header name"
+                ))
+            })?;
+            add(header_template(header.as_str()), value)?;
+            headers.push(header);
+        }
+        let method = reqwest::Method::from_bytes(sale.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| invalid(format!("operations.sale.method `{}`", sale.method)))?;
+        if !sale.path.starts_with('/') {
+            return Err(invalid("operations.sale.path must start with /".into()));
+        }
+        let mut reply_env = Environment::new();
+        reply_env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        let reply = sale.reply;
+        let expressions = [
+            ("approved", Some(&reply.approved)),
+            ("charge_id", Some(&reply.charge_id)),
+            ("decline_code", Some(&reply.decline_code)),
+            ("decline_message", reply.decline_message.as_ref()),
+            (
+                "network_transaction_id",
+                reply.network_transaction_id.as_ref(),
+            ),
+        ];
+        for (key, source) in expressions {
+            if let Some(source) = source {
+                reply_env.compile_expression(source).map_err(|e| {
+                    invalid(template_error(&format!("operations.sale.reply.{key}"), &e))
+                })?;
+            }
+        }
+        let idempotency_header = match (file.idempotency.strategy, &file.idempotency.header) {
+            (IdempotencyStrategy::Header, Some(h)) => Some(
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| invalid(format!("idempotency.header `{h}`")))?,
+            ),
+            (IdempotencyStrategy::Header, None) => {
+                return Err(invalid(
+                    "idempotency: strategy `header` needs `header`".into(),
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "idempotency: `header` only goes with strategy `header`".into(),
+                ))
+            }
+            (_, None) => None,
+        };
+        Ok(Self {
+            name: file.name,
+            description: file.description,
+            settings: file.settings,
+            idempotency: file.idempotency.strategy,
+            idempotency_header,
+            auth: file.auth,
+            method,
+            path: sale.path,
+            encoding: sale.encoding,
+            headers,
+            reply,
+            test: file.test,
+            env,
+            reply_env,
+        })
+    }
+
+    /// The documented test card of this processor, for `payvault processor render`/`check`.
+    pub fn test_card(&self) -> &str {
+        self.test.card.as_deref().unwrap_or("4111111111111111")
+    }
+
+    /// The test amount and currency (`10.00 USD` unless the profile says otherwise).
+    pub fn test_amount(&self) -> (&str, &str) {
+        (
+            self.test.amount.as_deref().unwrap_or("10.00"),
+            self.test.currency.as_deref().unwrap_or("USD"),
+        )
+    }
+}
+
+/// `template operations.sale.body, line 3: syntax error: unexpected end of input`.
+fn template_error(name: &str, e: &minijinja::Error) -> String {
+    let what = e
+        .detail()
+        .map_or_else(|| e.kind().to_string(), |d| format!("{}: {d}", e.kind()));
+    match e.line() {
+        Some(line) => format!("template {name}, line {line}: {what}"),
+        None => format!("template {name}: {what}"),
+    }
+}
+
+/// The variable a setting is read from: `secret_key` -> `PAYVAULT_PROCESSOR_SECRET_KEY`.
+pub fn setting_variable(name: &str) -> String {
+    format!("PAYVAULT_PROCESSOR_{}", name.to_ascii_uppercase())
+}
+
+// ---- a configured profile ---------------------------------------------------------------------
+
+/// Which of a profile's URLs to use (`PAYVAULT_PROCESSOR_ENVIRONMENT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessorEnvironment {
+    Test,
+    Live,
+}
+
+/// A profile with its settings, environment and base URL: everything to build the processor.
+#[derive(Debug)]
+pub struct ProfileConfig {
+    pub profile: Arc<Profile>,
+    pub environment: ProcessorEnvironment,
+    pub base_url: reqwest::Url,
+    settings: BTreeMap<String, Option<SecretString>>,
+}
+
+impl ProfileConfig {
+    /// Resolves every declared setting through `lookup` (by setting name), applies defaults,
+    /// refuses a missing required one, and renders the base URL (`url_override` wins).
+    pub fn resolve<E>(
+        profile: Profile,
+        environment: ProcessorEnvironment,
+        url_override: Option<&str>,
+        mut lookup: impl FnMut(&str, &SettingDecl) -> Result<Option<SecretString>, E>,
+    ) -> Result<Self, E>
+    where
+        E: From<ProfileError>,
+    {
+        let mut settings = BTreeMap::new();
+        for (name, decl) in &profile.settings {
+            let value =
+                lookup(name, decl)?.or_else(|| decl.default.clone().map(SecretString::from));
+            if value.is_none() && decl.required {
+                return Err(ProfileError::MissingSetting {
+                    profile: profile.name.clone(),
+                    variable: setting_variable(name),
+                    description: decl.description.clone(),
+                }
+                .into());
+            }
+            settings.insert(name.clone(), value);
+        }
+        let url = match url_override {
+            Some(url) => url.to_owned(),
+            None => {
+                let name = match environment {
+                    ProcessorEnvironment::Test => "urls.test",
+                    ProcessorEnvironment::Live => "urls.live",
+                };
+                let values = settings_value(&profile, &settings, Mode::Send);
+                render_plain(&profile, values, name)?.to_string()
+            }
+        };
+        let invalid = |reason: String| ProfileError::Invalid {
+            origin: profile.name.clone(),
+            reason,
+        };
+        let base_url = reqwest::Url::parse(url.trim())
+            .map_err(|e| invalid(format!("base URL `{url}`: {e}")))?;
+        if !matches!(base_url.scheme(), "https" | "http") || base_url.host_str().is_none() {
+            return Err(invalid(format!("base URL `{url}` must be http(s)://host")).into());
+        }
+        Ok(Self {
+            profile: Arc::new(profile),
+            environment,
+            base_url,
+            settings,
+        })
+    }
+
+    /// Like [`Self::resolve`] with the settings given directly (tests, embedding programs).
+    pub fn with_settings(
+        profile: Profile,
+        environment: ProcessorEnvironment,
+        url_override: Option<&str>,
+        settings: &[(&str, &str)],
+    ) -> Result<Self, ProfileError> {
+        Self::resolve(profile, environment, url_override, |name, _| {
+            Ok::<_, ProfileError>(
+                settings
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| SecretString::from(v.to_string())),
+            )
+        })
+    }
+
+    fn settings_value(&self, mode: Mode) -> Value {
+        settings_value(&self.profile, &self.settings, mode)
+    }
+
+    fn render_plain(&self, name: &str, mode: Mode) -> Result<Zeroizing<String>, ProfileError> {
+        render_plain(&self.profile, self.settings_value(mode), name)
+    }
+}
+
+/// `settings` as templates see them; secret ones masked in [`Mode::Masked`].
+fn settings_value(
+    profile: &Profile,
+    settings: &BTreeMap<String, Option<SecretString>>,
+    mode: Mode,
+) -> Value {
+    let map: BTreeMap<String, Value> = settings
+        .iter()
+        .map(|(name, value)| {
+            let secret = profile.settings.get(name).is_some_and(|d| d.secret);
+            let v = match (value, mode) {
+                (None, _) => Value::from(()),
+                (Some(_), Mode::Masked) if secret => Value::from("********"),
+                (Some(v), _) => Value::from(v.expose_secret()),
+            };
+            (name.clone(), v)
+        })
+        .collect();
+    Value::from(map)
+}
+
+/// Renders a template that sees only `settings` (URLs, auth values), trimmed.
+fn render_plain(
+    profile: &Profile,
+    settings: Value,
+    name: &str,
+) -> Result<Zeroizing<String>, ProfileError> {
+    let mut ctx = BTreeMap::new();
+    ctx.insert("settings", settings);
+    let invalid = |e: minijinja::Error| ProfileError::Invalid {
+        origin: profile.name.clone(),
+        reason: template_error(name, &e),
+    };
+    let template = profile.env.get_template(name).map_err(invalid)?;
+    let mut out = SecureBuf::with_capacity(256);
+    template
+        .render_captured_to(Value::from(ctx), &mut out)
+        .map_err(invalid)?;
+    let bytes = out.into_inner();
+    let text = std::str::from_utf8(&bytes).map_err(|_| ProfileError::Invalid {
+        origin: profile.name.clone(),
+        reason: format!("template {name} is not UTF-8"),
+    })?;
+    Ok(Zeroizing::new(text.trim().to_owned()))
+}
+
+// ---- the processor ----------------------------------------------------------------------------
+
+/// Authentication with its values rendered once, at start.
+#[derive(Debug)]
+enum Auth {
+    None,
+    Basic {
+        username: SecretString,
+        password: SecretString,
+    },
+    Bearer(SecretString),
+    Header {
+        name: HeaderName,
+        value: SecretString,
+    },
+    Cybersource(signature::CybersourceKey),
+}
+
+/// A request as it will be sent (or shown, masked). The body zeroizes when dropped.
+pub struct BuiltRequest {
+    pub method: reqwest::Method,
+    pub url: reqwest::Url,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for BuiltRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltRequest")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sends charges as a profile describes.
+#[derive(Debug)]
+pub struct ProfileProcessor {
+    client: reqwest::Client,
+    cfg: ProfileConfig,
+    auth: Auth,
+}
+
+fn sensitive_header(value: &str) -> Result<HeaderValue, ProcessorError> {
+    let mut v = HeaderValue::from_str(value)
+        .map_err(|_| ProcessorError::BadResponse("a profile header is not a valid header value"))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+impl ProfileProcessor {
+    pub fn new(
+        cfg: ProfileConfig,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Self, ProfileError> {
+        let secret = |name: &str| -> Result<SecretString, ProfileError> {
+            Ok(SecretString::from(
+                cfg.render_plain(name, Mode::Send)?.to_string(),
+            ))
+        };
+        let auth = match &cfg.profile.auth {
+            AuthDecl::None => Auth::None,
+            AuthDecl::Basic { .. } => Auth::Basic {
+                username: secret("auth.username")?,
+                password: secret("auth.password")?,
+            },
+            AuthDecl::Bearer { .. } => Auth::Bearer(secret("auth.token")?),
+            AuthDecl::Header { name, .. } => Auth::Header {
+                name: HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    ProfileError::Invalid {
+                        origin: cfg.profile.name.clone(),
+                        reason: "auth.name".into(),
+                    }
+                })?,
+                value: secret("auth.value")?,
+            },
+            AuthDecl::CybersourceSignature { .. } => {
+                let key = secret("auth.secret")?;
+                Auth::Cybersource(
+                    signature::CybersourceKey::new(
+                        cfg.render_plain("auth.merchant_id", Mode::Send)?
+                            .to_string(),
+                        cfg.render_plain("auth.key_id", Mode::Send)?.to_string(),
+                        key.expose_secret(),
+                    )
+                    .map_err(|reason| ProfileError::Invalid {
+                        origin: cfg.profile.name.clone(),
+                        reason,
+                    })?,
+                )
+            }
+        };
+        // TLS certificates are always verified (PCI DSS 4.2.1). Redirects are not followed:
+        // card data goes to the configured URL and nowhere else.
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("payvault/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ProfileError::Invalid {
+                origin: cfg.profile.name.clone(),
+                reason: format!("cannot set up the HTTP client: {e}"),
+            })?;
+        Ok(Self { client, cfg, auth })
+    }
+
+    pub fn config(&self) -> &ProfileConfig {
+        &self.cfg
+    }
+
+    /// The sale request for `req`: real values in [`Mode::Send`]; card data, secrets and auth
+    /// masked in [`Mode::Masked`].
+    pub fn build(&self, req: &ProcessorRequest<'_>, mode: Mode) -> Result<BuiltRequest, String> {
+        let profile = &self.cfg.profile;
+        let ctx = template::request_context(req, self.cfg.settings_value(mode), mode);
+        let render = |name: &str, capacity: usize| -> Result<Zeroizing<Vec<u8>>, String> {
+            let template = profile
+                .env
+                .get_template(name)
+                .map_err(|e| template_error(name, &e))?;
+            let mut out = SecureBuf::with_capacity(capacity);
+            template
+                .render_captured_to(ctx.clone(), &mut out)
+                .map_err(|e| template_error(name, &e))?;
+            Ok(out.into_inner())
+        };
+        let rendered = render(BODY, 4096)?;
+        // The body template must render JSON; a form body is that JSON flattened.
+        let parsed = template::WipedJson(
+            serde_json::from_slice(&rendered)
+                .map_err(|e| format!("template {BODY} did not render JSON: {e}"))?,
+        );
+        let (body, content_type) = match profile.encoding {
+            Encoding::Json => (rendered, "application/json"),
+            Encoding::Form => (
+                template::form_encode(&parsed.0).map_err(str::to_owned)?,
+                "application/x-www-form-urlencoded",
+            ),
+        };
+        drop(parsed);
+        let url = format!(
+            "{}{}",
+            self.cfg.base_url.as_str().trim_end_matches('/'),
+            profile.path
+        );
+        let url = reqwest::Url::parse(&url).map_err(|e| format!("URL `{url}`: {e}"))?;
+        let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
+        let mut has_content_type = false;
+        for name in &profile.headers {
+            let value = render(&header_template(name.as_str()), 128)?;
+            let value =
+                std::str::from_utf8(&value).map_err(|_| format!("header {name} is not UTF-8"))?;
+            has_content_type |= *name == CONTENT_TYPE;
+            headers.push((
+                name.clone(),
+                sensitive_header(value.trim()).map_err(|e| format!("header {name}: {e}"))?,
+            ));
+        }
+        if !has_content_type {
+            headers.push((CONTENT_TYPE, HeaderValue::from_static(content_type)));
+        }
+        if let Some(h) = &profile.idempotency_header {
+            headers.push((
+                h.clone(),
+                HeaderValue::from_str(req.idempotency_key)
+                    .map_err(|_| "the idempotency key is not a header value".to_owned())?,
+            ));
+        }
+        let masked = || HeaderValue::from_static("********");
+        let secret = |s: &SecretString| match mode {
+            Mode::Send => sensitive_header(s.expose_secret()).map_err(|e| e.to_string()),
+            Mode::Masked => Ok(masked()),
+        };
+        use base64::Engine as _;
+        match &self.auth {
+            Auth::None => {}
+            Auth::Basic { username, password } => {
+                let mut pair = Zeroizing::new(String::new());
+                pair.push_str(username.expose_secret());
+                pair.push(':');
+                pair.push_str(password.expose_secret());
+                let encoded = Zeroizing::new(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
+                ));
+                let value = match mode {
+                    Mode::Send => sensitive_header(&encoded).map_err(|e| e.to_string())?,
+                    Mode::Masked => HeaderValue::from_static("Basic ********"),
+                };
+                headers.push((reqwest::header::AUTHORIZATION, value));
+            }
+            Auth::Bearer(token) => {
+                let value = match mode {
+                    Mode::Send => sensitive_header(&Zeroizing::new(format!(
+                        "Bearer {}",
+                        token.expose_secret()
+                    )))
+                    .map_err(|e| e.to_string())?,
+                    Mode::Masked => HeaderValue::from_static("Bearer ********"),
+                };
+                headers.push((reqwest::header::AUTHORIZATION, value));
+            }
+            Auth::Header { name, value } => headers.push((name.clone(), secret(value)?)),
+            Auth::Cybersource(key) => {
+                let host = match url.port() {
+                    Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+                    None => url.host_str().unwrap_or_default().to_owned(),
+                };
+                let target = match url.query() {
+                    Some(q) => format!("{}?{q}", url.path()),
+                    None => url.path().to_owned(),
+                };
+                for (name, value) in signature::headers(
+                    key,
+                    profile.method.as_str(),
+                    &host,
+                    &target,
+                    &signature::http_date(),
+                    &body,
+                ) {
+                    let value = if name == "signature" && mode == Mode::Masked {
+                        HeaderValue::from_static("keyid=\"********\", algorithm=\"HmacSHA256\", headers=\"host date request-target digest v-c-merchant-id\", signature=\"********\"")
+                    } else {
+                        HeaderValue::from_str(&value).map_err(|_| format!("header {name}"))?
+                    };
+                    headers.push((HeaderName::from_static(name), value));
+                }
+            }
+        }
+        Ok(BuiltRequest {
+            method: profile.method.clone(),
+            url,
+            headers,
+            body,
+        })
+    }
+
+    /// Sends `req`; the HTTP status and the reply as read, or the failure.
+    async fn exchange(
+        &self,
+        req: &ProcessorRequest<'_>,
+    ) -> Result<(u16, Result<ProcessorReply, ProcessorError>), ProcessorError> {
+        let built = match self.build(req, Mode::Send) {
+            Ok(built) => built,
+            Err(reason) => {
+                // Nothing was sent: a definitive failure, not an unknown outcome.
+                tracing::error!(profile = %self.cfg.profile.name, %reason, "the processor profile could not build the request");
+                return Ok((
+                    0,
+                    Ok(ProcessorReply {
+                        charge_id: None,
+                        error_code: Some("processor_profile_error".into()),
+                        error_message: Some(
+                            "The processor profile could not build this request; nothing was sent."
+                                .into(),
+                        ),
+                        parameters: serde_json::Map::new(),
+                        network_transaction_id: None,
+                    }),
+                ));
+            }
+        };
+        let mut request = self
+            .client
+            .request(built.method, built.url)
+            .timeout(req.timeout);
+        for (name, value) in built.headers {
+            request = request.header(name, value);
+        }
+        // The body holds card data; the buffer is zeroized when the HTTP client drops it.
+        let request = request.body(Bytes::from_owner(built.body));
+        let mut response = request.send().await.map_err(|e| classify(&e))?;
+        let status = response.status();
+        if status.is_server_error() {
+            return Err(ProcessorError::ServerError(status.as_u16()));
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(ProcessorError::BadResponse("answer too large"));
+        }
+        // Read while it streams and stop at the limit; the answer may echo card data.
+        let mut body = SecureBuf::with_capacity(8 * 1024);
+        while let Some(chunk) = response.chunk().await.map_err(|e| classify(&e))? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(ProcessorError::BadResponse("answer too large"));
+            }
+            body.push(&chunk);
+        }
+        let body = body.into_inner();
+        let (pan, cvv, account) = known_values(req.method);
+        let known: Vec<&str> = [pan, cvv, account].into_iter().flatten().collect();
+        let reply = reply::read(
+            &self.cfg.profile.reply,
+            &self.cfg.profile.reply_env,
+            status.as_u16(),
+            &body,
+            &known,
+        );
+        Ok((status.as_u16(), reply))
+    }
+
+    /// Sends `req` and returns the HTTP status beside the reply (`payvault processor check`).
+    pub async fn probe(
+        &self,
+        req: &ProcessorRequest<'_>,
+    ) -> Result<(u16, Result<ProcessorReply, ProcessorError>), ProcessorError> {
+        self.exchange(req).await
+    }
+}
+
+fn known_values(method: &PaymentMethod) -> (Option<&str>, Option<&str>, Option<&str>) {
+    match method {
+        PaymentMethod::Card(c) => (
+            Some(c.number.digits()),
+            c.cvv.as_ref().map(|v| v.digits()),
+            None,
+        ),
+        PaymentMethod::Bank(b) => (None, None, Some(b.account.digits())),
+    }
+}
+
+fn classify(err: &reqwest::Error) -> ProcessorError {
+    if err.is_timeout() {
+        ProcessorError::Timeout
+    } else if err.is_connect() {
+        ProcessorError::Unreachable
+    } else {
+        // The connection broke after the request may have been sent.
+        ProcessorError::BadResponse("connection failed during the exchange")
+    }
+}
+
+impl Processor for ProfileProcessor {
+    fn charge<'a>(
+        &'a self,
+        req: &'a ProcessorRequest<'a>,
+    ) -> BoxFuture<'a, Result<ProcessorReply, ProcessorError>> {
+        Box::pin(async move { self.exchange(req).await.and_then(|(_, reply)| reply) })
+    }
+}
+
+#[cfg(test)]
+mod tests;
