@@ -4,6 +4,7 @@
 //! here, the helpers they share.
 
 mod authorizenet;
+mod nmi;
 
 use std::time::Duration;
 

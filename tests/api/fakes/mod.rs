@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod authorizenet;
+pub mod nmi;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
