@@ -5,6 +5,7 @@
 
 mod authorizenet;
 mod nmi;
+mod stripe;
 
 use std::time::Duration;
 

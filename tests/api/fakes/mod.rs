@@ -19,6 +19,7 @@
 
 pub mod authorizenet;
 pub mod nmi;
+pub mod stripe;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
