@@ -3,6 +3,7 @@
 //! rejection and execute nothing, decline triggers decline, idempotency replays execute once;
 //! here, the helpers they share.
 
+mod adyen;
 mod authorizenet;
 mod nmi;
 mod stripe;

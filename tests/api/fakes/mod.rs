@@ -17,6 +17,7 @@
 // profile tests the rest.
 #![allow(dead_code)]
 
+pub mod adyen;
 pub mod authorizenet;
 pub mod nmi;
 pub mod stripe;
