@@ -5,6 +5,7 @@
 
 mod adyen;
 mod authorizenet;
+mod checkout;
 mod nmi;
 mod stripe;
 

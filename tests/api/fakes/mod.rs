@@ -19,6 +19,7 @@
 
 pub mod adyen;
 pub mod authorizenet;
+pub mod checkout;
 pub mod nmi;
 pub mod stripe;
 
