@@ -6,6 +6,7 @@
 mod adyen;
 mod authorizenet;
 mod checkout;
+mod cybersource;
 mod nmi;
 mod stripe;
 

@@ -20,6 +20,7 @@
 pub mod adyen;
 pub mod authorizenet;
 pub mod checkout;
+pub mod cybersource;
 pub mod nmi;
 pub mod stripe;
 
