@@ -76,6 +76,13 @@ async fn approves_the_documented_moto_sale() {
         b["amount"] = json!(2600);
     });
     assert_eq!(post(&fake, &strings, None).await.0, 201);
+    // A first CIT storing the card for a series: MOTO + Recurring is unconfirmed, so it passes.
+    let first_of_series = edit(|b| {
+        b["payment_type"] = json!("Recurring");
+        b["merchant_initiated"] = json!(false);
+        b["amount"] = json!(2700);
+    });
+    assert_eq!(post(&fake, &first_of_series, None).await.0, 201);
 }
 
 #[tokio::test]

@@ -11,7 +11,8 @@
 //!   not expired (`card_expired`, §6.6), `cvv` 3–4 digits when present (§6.2);
 //! - `payment_type` in the enum (Regular, Recurring, MOTO, Installment, PayLater, Unscheduled),
 //!   and `"MOTO"` on a keyed customer-initiated card sale (§6.2; requiring it is the fake's
-//!   check);
+//!   check). A first phone CIT that stores the card may instead say `Recurring`, `Unscheduled`
+//!   or `Installment`: how those combine with MOTO is **unconfirmed** (§6.4), so they pass;
 //! - MIT (`merchant_initiated: true`, §6.4): `payment_type` not Regular (Recurring, Unscheduled or
 //!   Installment), a non-empty `previous_payment_id`, no `cvv`, and `source.stored: true`
 //!   (CKO-COF asks for it on card details stored on the merchant's side);
@@ -202,7 +203,8 @@ fn check(req: &Incoming, cx: &mut Cx<'_>) -> Result<Reply, Reply> {
                 if source.get("stored") != Some(&json!(true)) {
                     return Err(invalid(cx, &["source_stored_required"]));
                 }
-            } else if payment_type != "MOTO" {
+            } else if !["MOTO", "Recurring", "Unscheduled", "Installment"].contains(&payment_type) {
+                // Regular or PayLater: a keyed phone sale must not pass as e-commerce.
                 return Err(invalid(cx, &["payment_type_invalid"]));
             }
         }

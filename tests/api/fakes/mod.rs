@@ -12,6 +12,12 @@
 //!
 //! A fake never stores a PAN, a CVV or a bank account number: the record keeps BIN+last4, `***`
 //! and last4 respectively.
+//!
+//! Use: `let fake = fakes::stripe::start().await;` then point the profile at `fake.base_url`
+//! (each module's `PATH` constants name its endpoints and its `pub const`s the credentials the
+//! fake accepts); `fake.fault_next(Fault::Delay(..))` for one bad answer; afterwards
+//! `assert!(fake.sales_executed() <= 1)`, `fake.record().idempotency_keys`,
+//! `fake.last_fields()["…"]`. `fake_selftest` shows a correct request for each processor.
 
 // The fakes are a library for the processor-profile tests; the self-tests use most of it, the
 // profile tests the rest.
