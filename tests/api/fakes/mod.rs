@@ -132,7 +132,8 @@ pub enum Idem {
     None,
     /// Stripe §4.5: `Idempotency-Key`; the first answer (including 5xx) is stored once execution
     /// starts; validation failures are not stored; different parameters under the same key are an
-    /// error; a concurrent request with an in-flight key is a 409.
+    /// error (the fake compares the exact body bytes, so a reordered but equal body counts as
+    /// different: stricter than Stripe); a concurrent request with an in-flight key is a 409.
     Stripe,
     /// Adyen §5.5: `Idempotency-Key`; a processed request's answer is replayed, the key echoed.
     Adyen,
