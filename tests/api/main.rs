@@ -3,6 +3,8 @@
 //! security regression tests that scan the database and the logs for card data.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fake_selftest;
+mod fakes;
 mod helpers;
 
 mod audit;
