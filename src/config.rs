@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use crate::domain::SecretText;
 
 use crate::processor::generic::ProcessorAuth;
 use crate::processor::profile::{
@@ -47,13 +47,13 @@ pub fn var(name: &'static str) -> Result<Option<String>, ConfigError> {
 }
 
 /// Reads a secret from `NAME` or from the file named by `NAME_FILE` (trailing newline removed).
-pub fn secret_var(name: &'static str) -> Result<Option<SecretString>, ConfigError> {
+pub fn secret_var(name: &'static str) -> Result<Option<SecretText>, ConfigError> {
     let file_var = format!("{name}_FILE");
     let direct = var(name)?;
     let file = std::env::var(&file_var).ok().filter(|v| !v.is_empty());
     match (direct, file) {
         (Some(_), Some(_)) => Err(ConfigError::Both(name)),
-        (Some(v), None) => Ok(Some(SecretString::from(v))),
+        (Some(v), None) => Ok(Some(SecretText::from(v))),
         (None, Some(path)) => {
             let mut text = std::fs::read_to_string(&path).map_err(|source| ConfigError::File {
                 name,
@@ -62,7 +62,7 @@ pub fn secret_var(name: &'static str) -> Result<Option<SecretString>, ConfigErro
             })?;
             let trimmed_len = text.trim_end_matches(['\n', '\r']).len();
             text.truncate(trimmed_len);
-            Ok(Some(SecretString::from(text)))
+            Ok(Some(SecretText::from(text)))
         }
         (None, None) => Ok(None),
     }
@@ -96,7 +96,7 @@ pub fn audit_retention_days() -> Result<i64, ConfigError> {
 }
 
 /// The database URL (`DATABASE_URL` or `DATABASE_URL_FILE`).
-pub fn database_url() -> Result<SecretString, ConfigError> {
+pub fn database_url() -> Result<SecretText, ConfigError> {
     secret_var("DATABASE_URL")?.ok_or(ConfigError::Missing("DATABASE_URL"))
 }
 
@@ -146,7 +146,7 @@ fn tls_files() -> Result<Option<TlsFiles>, ConfigError> {
 #[derive(Debug)]
 pub struct DevCredential {
     pub username: String,
-    pub password: SecretString,
+    pub password: SecretText,
 }
 
 const DEV_CREDENTIAL: &str = "PAYVAULT_DEV_CONNECTOR_CREDENTIAL";
@@ -161,7 +161,7 @@ fn dev_credential() -> Result<Option<DevCredential>, ConfigError> {
         reason: reason.into(),
     };
     let (username, password) = text
-        .expose_secret()
+        .expose()
         .split_once(':')
         .ok_or_else(|| invalid("must be username:password"))?;
     if username.is_empty() {
@@ -172,7 +172,7 @@ fn dev_credential() -> Result<Option<DevCredential>, ConfigError> {
     }
     Ok(Some(DevCredential {
         username: username.to_owned(),
-        password: SecretString::from(password.to_owned()),
+        password: SecretText::from(password.to_owned()),
     }))
 }
 
@@ -180,7 +180,7 @@ fn dev_credential() -> Result<Option<DevCredential>, ConfigError> {
 #[derive(Debug)]
 pub struct ServeConfig {
     pub environment: Environment,
-    pub database_url: SecretString,
+    pub database_url: SecretText,
     /// Inbound HTTPS; plain HTTP when `None` (TLS terminated by a proxy).
     pub tls: Option<TlsFiles>,
     /// A connector credential to create at start (`PAYVAULT_DEV_CONNECTOR_CREDENTIAL`,
@@ -219,7 +219,7 @@ pub enum ProcessorConfig {
 }
 
 /// Reads `PAYVAULT_PROCESSOR_<SETTING>` (and `_FILE` for a secret setting).
-fn profile_setting(name: &str, secret: bool) -> Result<Option<SecretString>, ConfigError> {
+fn profile_setting(name: &str, secret: bool) -> Result<Option<SecretText>, ConfigError> {
     let variable = setting_variable(name);
     let read = |v: &str| match std::env::var(v) {
         Ok(value) if value.is_empty() => Ok(None),
@@ -238,7 +238,7 @@ fn profile_setting(name: &str, secret: bool) -> Result<Option<SecretString>, Con
             name: variable,
             reason: format!("set either it or {file_var}, not both"),
         }),
-        (Some(v), None) => Ok(Some(SecretString::from(v))),
+        (Some(v), None) => Ok(Some(SecretText::from(v))),
         (None, Some(path)) => {
             let mut text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Setting {
                 name: file_var.clone(),
@@ -246,7 +246,7 @@ fn profile_setting(name: &str, secret: bool) -> Result<Option<SecretString>, Con
             })?;
             let trimmed_len = text.trim_end_matches(['\n', '\r']).len();
             text.truncate(trimmed_len);
-            Ok(Some(SecretString::from(text)))
+            Ok(Some(SecretText::from(text)))
         }
         (None, None) => Ok(None),
     }
@@ -386,7 +386,7 @@ impl ServeConfig {
 
     /// The defaults: what `payvault serve` runs with when no variable says otherwise (the README's
     /// configuration table lists the same values). Tests and embedding programs start here.
-    pub fn new(database_url: SecretString) -> Self {
+    pub fn new(database_url: SecretText) -> Self {
         Self {
             environment: Environment::Development,
             database_url,
@@ -410,7 +410,7 @@ impl ServeConfig {
     }
 
     /// Everything but the database URL from the environment (`payvault dev` has its own).
-    pub fn from_env_with_database(database_url: SecretString) -> Result<Self, ConfigError> {
+    pub fn from_env_with_database(database_url: SecretText) -> Result<Self, ConfigError> {
         let d = Self::new(database_url);
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Ok(Self {
@@ -506,7 +506,7 @@ mod tests {
     fn config(environment: Environment, processor: ProcessorConfig) -> ServeConfig {
         ServeConfig {
             environment,
-            database_url: SecretString::from("postgres://localhost/x"),
+            database_url: SecretText::from("postgres://localhost/x"),
             tls: None,
             dev_connector_credential: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -551,7 +551,7 @@ mod tests {
         let mut with_dev_credential = config(prod, ProcessorConfig::None);
         with_dev_credential.dev_connector_credential = Some(DevCredential {
             username: "a".into(),
-            password: SecretString::from("b"),
+            password: SecretText::from("b"),
         });
         assert_eq!(with_dev_credential.production_refusals(false).len(), 1);
     }

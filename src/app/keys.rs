@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::domain::SecretText;
 use anyhow::Context;
-use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 
 use crate::config;
@@ -16,7 +16,7 @@ use crate::store;
 pub enum KeySource {
     Configured {
         keys: Vec<MasterKey>,
-        passphrase: Option<(SecretString, i32)>,
+        passphrase: Option<(SecretText, i32)>,
     },
     /// A ring already loaded (an embedding program or a test that shares it).
     Loaded(Arc<KeyRing>),
@@ -27,9 +27,7 @@ impl KeySource {
     /// required.
     pub fn from_env() -> anyhow::Result<Self> {
         let keys = match config::secret_var("PAYVAULT_MASTER_KEY")? {
-            Some(text) => {
-                MasterKey::parse_list(text.expose_secret()).context("PAYVAULT_MASTER_KEY")?
-            }
+            Some(text) => MasterKey::parse_list(text.expose()).context("PAYVAULT_MASTER_KEY")?,
             None => Vec::new(),
         };
         let passphrase = config::secret_var("PAYVAULT_MASTER_PASSPHRASE")?;
@@ -73,7 +71,7 @@ impl KeySource {
             let (matches, key) = tokio::task::spawn_blocking(move || {
                 MasterKey::from_passphrase(
                     version,
-                    passphrase.expose_secret(),
+                    passphrase.expose(),
                     &kdf.salt,
                     u32::try_from(kdf.m_cost_kib).unwrap_or(0),
                     u32::try_from(kdf.t_cost).unwrap_or(0),

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
@@ -276,7 +275,7 @@ async fn ensure_dev_connector(
         CredentialKind::Connector,
         vec![Scope::Connector, Scope::TokensCharge],
         &credential.username,
-        crate::domain::SecretText::new(credential.password.expose_secret().to_owned()),
+        crate::domain::SecretText::new(credential.password.expose().to_owned()),
     )
     .await
     .context("PAYVAULT_DEV_CONNECTOR_CREDENTIAL")?;

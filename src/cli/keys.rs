@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Subcommand;
-use secrecy::ExposeSecret;
 
 use super::db::cli_pool;
 use crate::app::KeySource;
@@ -87,7 +86,7 @@ async fn passphrase_init(version: i32) -> anyhow::Result<()> {
         config::secret_var("PAYVAULT_MASTER_PASSPHRASE")?.ok_or(config::ConfigError::Missing(
             "PAYVAULT_MASTER_PASSPHRASE (or PAYVAULT_MASTER_PASSPHRASE_FILE)",
         ))?;
-    if passphrase.expose_secret().chars().count() < 16 {
+    if passphrase.expose().chars().count() < 16 {
         anyhow::bail!("PAYVAULT_MASTER_PASSPHRASE must be at least 16 characters");
     }
     let pool = cli_pool().await?;
@@ -97,7 +96,7 @@ async fn passphrase_init(version: i32) -> anyhow::Result<()> {
     let (m, t, p) = (64 * 1024, 3, 1);
     let salt_for_kdf = salt.clone();
     let key = tokio::task::spawn_blocking(move || {
-        MasterKey::from_passphrase(version, passphrase.expose_secret(), &salt_for_kdf, m, t, p)
+        MasterKey::from_passphrase(version, passphrase.expose(), &salt_for_kdf, m, t, p)
     })
     .await??;
     let params = store::keys::KdfParams {

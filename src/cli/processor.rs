@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use secrecy::SecretString;
 
 use crate::config;
 use crate::domain::{
@@ -117,7 +116,7 @@ fn render(profile: Profile, bank: bool) -> anyhow::Result<()> {
         profile,
         ProcessorEnvironment::Test,
         url.as_deref(),
-        |name, decl| -> anyhow::Result<Option<SecretString>> {
+        |name, decl| -> anyhow::Result<Option<SecretText>> {
             let set = std::env::var(setting_variable(name))
                 .ok()
                 .filter(|v| !v.is_empty());
@@ -127,7 +126,7 @@ fn render(profile: Profile, bank: bool) -> anyhow::Result<()> {
             } else {
                 format!("<{}>", setting_variable(name))
             };
-            Ok(Some(SecretString::from(set.unwrap_or(placeholder))))
+            Ok(Some(SecretText::from(set.unwrap_or(placeholder))))
         },
     )?;
     let processor = ProfileProcessor::new(cfg, Duration::from_secs(3), Duration::from_secs(15))?;

@@ -17,17 +17,16 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::domain::SecretText;
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::auth::{admin, CredentialKind, Scope};
 use crate::config::{self, Environment, ProcessorConfig, ServeConfig};
 use crate::crypto::MasterKey;
-use crate::domain::SecretText;
 
 /// The vault's database in the local cluster.
 const DB_NAME: &str = "payvault";
@@ -96,7 +95,7 @@ async fn serve(dir: &Path, pgdata: &Path) -> anyhow::Result<()> {
     let key = load_or_create_key(&dir.join("master.key"))?;
     let creds = load_or_create_credentials(&dir.join("credentials.json"))?;
 
-    let mut cfg = ServeConfig::from_env_with_database(SecretString::from(url.clone()))?;
+    let mut cfg = ServeConfig::from_env_with_database(SecretText::from(url.clone()))?;
     if config::var("PAYVAULT_LISTEN")?.is_none() {
         cfg.listen = SocketAddr::from(([127, 0, 0, 1], 8080));
     }
@@ -106,7 +105,7 @@ async fn serve(dir: &Path, pgdata: &Path) -> anyhow::Result<()> {
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     let sandbox = matches!(cfg.processor, ProcessorConfig::Sandbox);
 
-    let pool = crate::store::connect(&SecretString::from(url.clone()), 2)
+    let pool = crate::store::connect(&SecretText::from(url.clone()), 2)
         .await
         .context("cannot connect to the local PostgreSQL")?;
     crate::store::migrate(&pool)

@@ -1,4 +1,6 @@
 //! A string that holds sensitive data: zeroized on drop, redacted in `Debug`, never `Serialize`.
+//! The one secret-string type of the crate: card fields, credentials, keys' text forms, the
+//! database URL and processor secrets all use it.
 //!
 //! Raw request fields that may carry a PAN, CVV or bank account number are read straight into
 //! this type, so no plain `String` copy of them exists in our code. Validated domain types
@@ -25,6 +27,12 @@ impl SecretText {
 impl fmt::Debug for SecretText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SecretText([REDACTED])")
+    }
+}
+
+impl From<String> for SecretText {
+    fn from(value: String) -> Self {
+        Self::new(value)
     }
 }
 

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use crate::domain::SecretText;
 use bytes::Bytes;
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
-use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
@@ -24,13 +24,13 @@ pub enum ProcessorAuth {
     None,
     Basic {
         username: String,
-        password: SecretString,
+        password: SecretText,
     },
-    Bearer(SecretString),
+    Bearer(SecretText),
     /// A named header such as `X-Api-Key`.
     Header {
         name: HeaderName,
-        value: SecretString,
+        value: SecretText,
     },
 }
 
@@ -191,8 +191,8 @@ fn classify(err: &reqwest::Error) -> ProcessorError {
     }
 }
 
-fn sensitive(value: &SecretString) -> Result<HeaderValue, ProcessorError> {
-    let mut v = HeaderValue::from_str(value.expose_secret()).map_err(|_| {
+fn sensitive(value: &SecretText) -> Result<HeaderValue, ProcessorError> {
+    let mut v = HeaderValue::from_str(value.expose()).map_err(|_| {
         ProcessorError::BadResponse("processor credential is not a valid header value")
     })?;
     v.set_sensitive(true);
@@ -217,9 +217,9 @@ impl Processor for GenericProcessor {
             request = match &self.auth {
                 ProcessorAuth::None => request,
                 ProcessorAuth::Basic { username, password } => {
-                    request.basic_auth(username, Some(password.expose_secret()))
+                    request.basic_auth(username, Some(password.expose()))
                 }
-                ProcessorAuth::Bearer(token) => request.bearer_auth(token.expose_secret()),
+                ProcessorAuth::Bearer(token) => request.bearer_auth(token.expose()),
                 ProcessorAuth::Header { name, value } => {
                     request.header(name.clone(), sensitive(value)?)
                 }

@@ -11,7 +11,7 @@ pub mod vault;
 
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use crate::domain::SecretText;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
@@ -22,8 +22,8 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(5);
 
 /// Opens a connection pool. Connections are opened lazily, so this succeeds with the database
 /// down; `/readyz` and the first query tell.
-pub fn connect_lazy(url: &SecretString, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    let options: PgConnectOptions = url.expose_secret().parse()?;
+pub fn connect_lazy(url: &SecretText, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.expose().parse()?;
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
@@ -44,7 +44,7 @@ pub fn connect_lazy(url: &SecretString, max_connections: u32) -> Result<PgPool, 
 }
 
 /// Opens a pool and checks the database answers.
-pub async fn connect(url: &SecretString, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+pub async fn connect(url: &SecretText, max_connections: u32) -> Result<PgPool, sqlx::Error> {
     let pool = connect_lazy(url, max_connections)?;
     pool.acquire().await?;
     Ok(pool)

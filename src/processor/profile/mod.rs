@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::domain::SecretText;
 use bytes::Bytes;
 use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -468,7 +468,7 @@ pub struct ProfileConfig {
     pub profile: Arc<Profile>,
     pub environment: ProcessorEnvironment,
     pub base_url: reqwest::Url,
-    settings: BTreeMap<String, Option<SecretString>>,
+    settings: BTreeMap<String, Option<SecretText>>,
 }
 
 impl ProfileConfig {
@@ -478,15 +478,14 @@ impl ProfileConfig {
         profile: Profile,
         environment: ProcessorEnvironment,
         url_override: Option<&str>,
-        mut lookup: impl FnMut(&str, &SettingDecl) -> Result<Option<SecretString>, E>,
+        mut lookup: impl FnMut(&str, &SettingDecl) -> Result<Option<SecretText>, E>,
     ) -> Result<Self, E>
     where
         E: From<ProfileError>,
     {
         let mut settings = BTreeMap::new();
         for (name, decl) in &profile.settings {
-            let value =
-                lookup(name, decl)?.or_else(|| decl.default.clone().map(SecretString::from));
+            let value = lookup(name, decl)?.or_else(|| decl.default.clone().map(SecretText::from));
             if value.is_none() && decl.required {
                 return Err(ProfileError::MissingSetting {
                     profile: profile.name.clone(),
@@ -537,7 +536,7 @@ impl ProfileConfig {
                 settings
                     .iter()
                     .find(|(n, _)| *n == name)
-                    .map(|(_, v)| SecretString::from(v.to_string())),
+                    .map(|(_, v)| SecretText::from(v.to_string())),
             )
         })
     }
@@ -554,7 +553,7 @@ impl ProfileConfig {
 /// `settings` as templates see them; secret ones masked in [`Mode::Masked`].
 fn settings_value(
     profile: &Profile,
-    settings: &BTreeMap<String, Option<SecretString>>,
+    settings: &BTreeMap<String, Option<SecretText>>,
     mode: Mode,
 ) -> Value {
     let map: BTreeMap<String, Value> = settings
@@ -564,7 +563,7 @@ fn settings_value(
             let v = match (value, mode) {
                 (None, _) => Value::from(()),
                 (Some(_), Mode::Masked) if secret => Value::from("********"),
-                (Some(v), _) => Value::from(v.expose_secret()),
+                (Some(v), _) => Value::from(v.expose()),
             };
             (name.clone(), v)
         })
@@ -604,13 +603,13 @@ fn render_plain(
 enum Auth {
     None,
     Basic {
-        username: SecretString,
-        password: SecretString,
+        username: SecretText,
+        password: SecretText,
     },
-    Bearer(SecretString),
+    Bearer(SecretText),
     Header {
         name: HeaderName,
-        value: SecretString,
+        value: SecretText,
     },
     Cybersource(signature::CybersourceKey),
 }
@@ -653,8 +652,8 @@ impl ProfileProcessor {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<Self, ProfileError> {
-        let secret = |name: &str| -> Result<SecretString, ProfileError> {
-            Ok(SecretString::from(
+        let secret = |name: &str| -> Result<SecretText, ProfileError> {
+            Ok(SecretText::from(
                 cfg.render_plain(name, Mode::Send)?.to_string(),
             ))
         };
@@ -681,7 +680,7 @@ impl ProfileProcessor {
                         cfg.render_plain("auth.merchant_id", Mode::Send)?
                             .to_string(),
                         cfg.render_plain("auth.key_id", Mode::Send)?.to_string(),
-                        key.expose_secret(),
+                        key.expose(),
                     )
                     .map_err(|reason| ProfileError::Invalid {
                         origin: cfg.profile.name.clone(),
@@ -768,8 +767,8 @@ impl ProfileProcessor {
             ));
         }
         let masked = || HeaderValue::from_static("********");
-        let secret = |s: &SecretString| match mode {
-            Mode::Send => sensitive_header(s.expose_secret()).map_err(|e| e.to_string()),
+        let secret = |s: &SecretText| match mode {
+            Mode::Send => sensitive_header(s.expose()).map_err(|e| e.to_string()),
             Mode::Masked => Ok(masked()),
         };
         use base64::Engine as _;
@@ -777,9 +776,9 @@ impl ProfileProcessor {
             Auth::None => {}
             Auth::Basic { username, password } => {
                 let mut pair = Zeroizing::new(String::new());
-                pair.push_str(username.expose_secret());
+                pair.push_str(username.expose());
                 pair.push(':');
-                pair.push_str(password.expose_secret());
+                pair.push_str(password.expose());
                 let encoded = Zeroizing::new(format!(
                     "Basic {}",
                     base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
@@ -792,11 +791,10 @@ impl ProfileProcessor {
             }
             Auth::Bearer(token) => {
                 let value = match mode {
-                    Mode::Send => sensitive_header(&Zeroizing::new(format!(
-                        "Bearer {}",
-                        token.expose_secret()
-                    )))
-                    .map_err(|e| e.to_string())?,
+                    Mode::Send => {
+                        sensitive_header(&Zeroizing::new(format!("Bearer {}", token.expose())))
+                            .map_err(|e| e.to_string())?
+                    }
                     Mode::Masked => HeaderValue::from_static("Bearer ********"),
                 };
                 headers.push((reqwest::header::AUTHORIZATION, value));

@@ -1,5 +1,6 @@
 //! A payvault server per test, on a loopback port, and the client side of it.
 
+use payvault::domain::SecretText;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,7 +140,7 @@ impl Options {
             dedup: false,
             processor: ProcessorConfig::Generic {
                 url: url.parse().unwrap(),
-                auth: ProcessorAuth::Bearer(secrecy::SecretString::from("stub-secret")),
+                auth: ProcessorAuth::Bearer(SecretText::from("stub-secret")),
             },
             processor_timeout: timeout,
             idempotency_wait: Duration::from_secs(9),
