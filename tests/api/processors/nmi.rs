@@ -43,6 +43,11 @@ async fn nmi_decline_reaches_twilio_as_the_processors_error() {
 }
 
 #[tokio::test]
+async fn nmi_unknown_outcomes_leave_no_card_data() {
+    wire::unknown_outcomes(&wire().await, PAN).await;
+}
+
+#[tokio::test]
 async fn nmi_echoed_dotted_pan_is_scrubbed() {
     wire::echo_is_scrubbed(&wire().await).await;
 }
