@@ -3,7 +3,7 @@
 use crate::fakes::cybersource::{self, DECLINE_CARD, KEY_ID, MERCHANT_ID, SHARED_SECRET};
 use crate::helpers::new_txn;
 
-use super::wire::{self, Wire, PAN};
+use super::wire::{self, Wire, ACCOUNT, PAN, ROUTING};
 
 async fn wire() -> Wire {
     Wire {
@@ -60,6 +60,26 @@ async fn cybersource_unknown_outcomes_leave_no_card_data() {
 #[tokio::test]
 async fn cybersource_echoed_dotted_pan_is_scrubbed() {
     wire::echo_is_scrubbed(&wire().await).await;
+}
+
+#[tokio::test]
+async fn cybersource_ach_is_a_tel_check_with_the_holder_name() {
+    let wire = wire().await;
+    let app = wire.app().await;
+    let (_, body) = app
+        .post("/", &wire::bank(&new_txn(), ACCOUNT, ROUTING, "25.00"))
+        .await;
+    let charge_id = wire::approved(&body);
+    assert_eq!(wire.fake.record().sales[0].id, charge_id);
+    let fields = wire.fake.last_fields();
+    assert_eq!(fields["paymentInformation.paymentType.name"], "CHECK");
+    assert_eq!(
+        fields["processingInformation.bankTransferOptions.secCode"],
+        "TEL"
+    );
+    assert_eq!(fields["orderInformation.billTo.firstName"], "Ada");
+    assert_eq!(fields["orderInformation.billTo.lastName"], "Lovelace");
+    assert_eq!(fields["paymentInformation.bank.routingNumber"], ROUTING);
 }
 
 #[tokio::test]
