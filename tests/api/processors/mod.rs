@@ -1,6 +1,14 @@
 //! Processor profiles end to end: a charge on payvault's root endpoint goes out as the profile
 //! describes, to a local fake that checks it the way the real processor would.
 
+mod adyen;
+mod authorizenet;
+mod checkout;
+mod cybersource;
+mod nmi;
+mod stripe_fake;
+mod wire;
+
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::{Arc, Mutex};

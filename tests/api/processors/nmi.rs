@@ -1,0 +1,86 @@
+//! The `nmi` profile against the NMI fake (processors.md §3).
+
+use crate::fakes::nmi::{self, SECURITY_KEY, TEST_ACCOUNT, TEST_ROUTING};
+use crate::helpers::new_txn;
+
+use super::wire::{self, Wire, HOLDER, PAN};
+
+async fn wire() -> Wire {
+    Wire {
+        profile: "nmi",
+        settings: vec![("security_key", SECURITY_KEY)],
+        fake: nmi::start().await,
+        base_path: "",
+    }
+}
+
+#[tokio::test]
+async fn nmi_approves_a_keyed_sale_and_a_retry_executes_once() {
+    let wire = wire().await;
+    wire::approve_and_retry(&wire, PAN, "12.34").await;
+    let fields = wire.fake.last_fields();
+    assert_eq!(fields["type"], "sale");
+    assert_eq!(fields["amount"], "12.34", "major units");
+    assert_eq!(fields["currency"], "USD");
+    assert_eq!(fields["ccnumber"], "411111…1111");
+    assert_eq!(fields["ccexp"], "0835", "MMYY");
+    assert_eq!(fields["cvv"], "***");
+    assert_eq!(fields["zip"], "94111");
+    assert_eq!(fields["security_key"], "***");
+    // No MOTO variable is documented (§3.2): none is sent.
+    assert!(!fields.contains_key("industry"));
+}
+
+#[tokio::test]
+async fn nmi_decline_reaches_twilio_as_the_processors_error() {
+    let wire = wire().await;
+    let app = wire.app().await;
+    let (_, answer) = app.post("/", &wire::card(&new_txn(), PAN, "0.50")).await;
+    let (code, message) = wire::declined(&answer);
+    assert_eq!(code, "200", "{answer}");
+    assert_eq!(message, "DECLINE");
+    assert_eq!(wire.fake.sales_executed(), 1);
+}
+
+#[tokio::test]
+async fn nmi_unknown_outcomes_leave_no_card_data() {
+    wire::unknown_outcomes(&wire().await, PAN).await;
+}
+
+#[tokio::test]
+async fn nmi_echoed_dotted_pan_is_scrubbed() {
+    wire::echo_is_scrubbed(&wire().await).await;
+}
+
+#[tokio::test]
+async fn nmi_ach_is_a_tel_check_with_the_holder_name() {
+    let wire = wire().await;
+    let app = wire.app().await;
+    let (_, body) = app
+        .post(
+            "/",
+            &wire::bank(&new_txn(), TEST_ACCOUNT, TEST_ROUTING, "25.00"),
+        )
+        .await;
+    let charge_id = wire::approved(&body);
+    assert_eq!(wire.fake.record().sales[0].id, charge_id);
+    let fields = wire.fake.last_fields();
+    assert_eq!(fields["payment"], "check");
+    assert_eq!(fields["sec_code"], "TEL");
+    assert_eq!(fields["checkname"], HOLDER);
+    assert_eq!(fields["checkaba"], TEST_ROUTING);
+    assert_eq!(fields["checkaccount"], "…3815");
+}
+
+#[tokio::test]
+async fn nmi_merchant_initiated_charges_cite_the_first_transaction_id() {
+    let wire = wire().await;
+    let (anchor, seen) = wire::merchant_initiated(&wire).await;
+    for fields in &seen {
+        assert_eq!(fields["initiated_by"], "merchant");
+        assert_eq!(fields["stored_credential_indicator"], "used");
+        assert_eq!(fields["initial_transaction_id"], anchor);
+    }
+    assert_eq!(seen[0]["billing_method"], "recurring");
+    assert!(!seen[1].contains_key("billing_method"), "unscheduled");
+}

@@ -1,0 +1,297 @@
+//! What the per-processor wire tests share: a payvault server (or a bare profile processor)
+//! pointed at a fake, Twilio request bodies, and the scenarios every processor goes through
+//! (unknown outcomes, a PAN echoed with dots, Twilio's retry, merchant-initiated follow-ups).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use payvault::config::ProcessorConfig;
+use payvault::domain::{
+    Amount, Card, CardNumber, Cvv, Expiry, PaymentMethod, PostalCode, SecretText,
+};
+use payvault::processor::profile::{
+    ProcessorEnvironment, Profile, ProfileConfig, ProfileProcessor,
+};
+use payvault::processor::{Initiator, Processor, ProcessorError, ProcessorReply, ProcessorRequest};
+use serde_json::{json, Value};
+
+use crate::fakes::{Fake, Fault};
+use crate::helpers::{
+    assert_no_leaks, captured_logs, card_charge, new_txn, spawn_app_opts, test_keys, Options,
+    TestApp, TestDb,
+};
+
+/// The card the tests key (a test card at all six processors) and its CVV: four digits with a
+/// leading zero, so the leak scan cannot confuse it with a count or a latency.
+pub const PAN: &str = "4111111111111111";
+pub const CVV: &str = "0729";
+pub const DOTTED_PAN: &str = "4111.1111.1111.1111";
+/// The holder name Twilio passes as `parameters.AVSName`.
+pub const HOLDER: &str = "Ada Lovelace";
+/// A bank account and routing number (ABA-valid) for ACH (NMI's sandbox pair, §3.3).
+pub const ACCOUNT: &str = "24413815";
+pub const ROUTING: &str = "490000018";
+
+/// The processor timeout of the test servers; the delay fault holds the answer longer.
+pub const TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// A processor under test: its built-in profile, the settings the fake accepts, the fake.
+pub struct Wire {
+    pub profile: &'static str,
+    pub settings: Vec<(&'static str, &'static str)>,
+    pub fake: Fake,
+    /// Appended to the fake's address to make the base URL (Adyen's `/v71`).
+    pub base_path: &'static str,
+}
+
+impl Wire {
+    pub fn config(&self) -> ProfileConfig {
+        let profile = Profile::builtin(self.profile).unwrap().unwrap();
+        ProfileConfig::with_settings(
+            profile,
+            ProcessorEnvironment::Test,
+            Some(&format!("{}{}", self.fake.base_url, self.base_path)),
+            &self.settings,
+        )
+        .unwrap()
+    }
+
+    /// A payvault server charging through this profile.
+    pub async fn app(&self) -> TestApp {
+        spawn_app_opts(
+            Arc::new(TestDb::new().await),
+            test_keys(),
+            Options {
+                processor: ProcessorConfig::Profile(self.config()),
+                processor_timeout: TIMEOUT,
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    /// The profile processor itself, for charges the root endpoint cannot make yet.
+    pub fn processor(&self) -> ProfileProcessor {
+        ProfileProcessor::new(self.config(), Duration::from_secs(1), TIMEOUT).unwrap()
+    }
+}
+
+/// Twilio's card charge: [`CVV`], a postal code, the holder name in `AVSName`.
+pub fn card(txn: &str, pan: &str, amount: &str) -> Value {
+    let mut body = card_charge(txn, pan, amount);
+    body["cvv"] = json!(CVV);
+    body["parameters"] = json!({"AVSName": HOLDER, "order_id": "A-1"});
+    body
+}
+
+/// Twilio's ACH charge.
+pub fn bank(txn: &str, account: &str, routing: &str, amount: &str) -> Value {
+    json!({"method": "charge", "transaction_id": txn, "bankaccountnumber": account,
+           "routingnumber": routing, "amount": amount, "currency_code": "USD",
+           "description": "phone order", "parameters": {"AVSName": HOLDER}})
+}
+
+/// An approval: the charge id, no error.
+pub fn approved(body: &Value) -> String {
+    assert_eq!(body["error_code"], Value::Null, "{body}");
+    body["charge_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no charge_id: {body}"))
+        .to_owned()
+}
+
+/// A definitive decline: an error code, no charge id.
+pub fn declined(body: &Value) -> (String, String) {
+    assert_eq!(body["charge_id"], Value::Null, "{body}");
+    let code = body["error_code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"));
+    assert!(
+        !code.starts_with("processor_"),
+        "a payvault error, not the processor's decline: {body}"
+    );
+    (
+        code.to_owned(),
+        body["error_message"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+/// Approves a keyed sale, then Twilio retries it: the same charge id, one sale executed.
+pub async fn approve_and_retry(wire: &Wire, pan: &str, amount: &str) -> (TestApp, String) {
+    let app = wire.app().await;
+    let txn = new_txn();
+    let (status, body) = app.post("/", &card(&txn, pan, amount)).await;
+    assert_eq!(status, 200, "{body}");
+    let charge_id = approved(&body);
+    let sales = wire.fake.record().sales;
+    assert_eq!(sales.len(), 1, "{sales:?}");
+    assert_eq!(
+        sales[0].id, charge_id,
+        "Twilio gets the fake's transaction id"
+    );
+    assert!(sales[0].approved && !sales[0].merchant_initiated);
+    let (_, again) = app.post("/", &card(&txn, pan, amount)).await;
+    assert_eq!(approved(&again), charge_id, "{again}");
+    assert_eq!(wire.fake.sales_executed(), 1, "the retry executed nothing");
+    (app, charge_id)
+}
+
+/// A 5xx, an answer later than the processor timeout and a truncated answer each give Twilio an
+/// unknown-outcome error; then nothing in the database or the logs holds the card.
+pub async fn unknown_outcomes(wire: &Wire, pan: &str) {
+    let app = wire.app().await;
+    let cases = [
+        (Fault::ServerError, "processor_error"),
+        (
+            Fault::Delay(TIMEOUT + Duration::from_secs(1)),
+            "processor_timeout",
+        ),
+        (Fault::Malformed, "processor_bad_response"),
+    ];
+    for (fault, code) in cases {
+        wire.fake.fault_next(fault.clone());
+        let (status, body) = app.post("/", &card(&new_txn(), pan, "10.00")).await;
+        assert_eq!(status, 200, "{fault:?}: {body}");
+        assert_eq!(body["charge_id"], Value::Null, "{fault:?}: {body}");
+        assert_eq!(body["error_code"], code, "{fault:?}: {body}");
+    }
+    assert_no_leaks(app.pool(), &[pan], &[CVV], &captured_logs()).await;
+}
+
+/// The processor echoes the PAN written with dots in its decline message: Twilio, the database
+/// and the logs get it scrubbed.
+pub async fn echo_is_scrubbed(wire: &Wire) {
+    let app = wire.app().await;
+    wire.fake.fault_next(Fault::EchoPan);
+    let (_, body) = app.post("/", &card(&new_txn(), PAN, "10.00")).await;
+    let (_, message) = declined(&body);
+    let text = body.to_string();
+    assert!(!text.contains(DOTTED_PAN) && !text.contains(PAN), "{text}");
+    assert!(message.contains("[redacted]"), "{body}");
+    assert_no_leaks(app.pool(), &[PAN, DOTTED_PAN], &[CVV], &captured_logs()).await;
+}
+
+pub fn card_method(pan: &str, cvv: Option<&str>) -> PaymentMethod {
+    PaymentMethod::Card(Card {
+        number: CardNumber::parse(SecretText::from(pan)).unwrap(),
+        expiry: Expiry::from_stored(3, 2031).unwrap(),
+        cvv: cvv.map(|c| Cvv::parse(SecretText::from(c)).unwrap()),
+        postal_code: Some(PostalCode::parse("94105").unwrap()),
+    })
+}
+
+/// One charge through `Processor::charge`, as the charge flow makes it.
+pub async fn direct(
+    processor: &ProfileProcessor,
+    method: &PaymentMethod,
+    amount: &str,
+    initiator: Initiator,
+) -> Result<ProcessorReply, ProcessorError> {
+    let amount = Amount::parse(amount, "USD").unwrap();
+    let parameters = BTreeMap::from([("AVSName".to_owned(), HOLDER.to_owned())]);
+    let txn = new_txn();
+    let key = new_txn();
+    let req = ProcessorRequest {
+        transaction_id: &txn,
+        idempotency_key: &key,
+        method,
+        amount: &amount,
+        description: Some("monthly"),
+        parameters: &parameters,
+        timeout: TIMEOUT,
+        initiator,
+    };
+    processor.charge(&req).await
+}
+
+/// A customer-initiated sale whose reply carries the fake's network transaction id, then a
+/// recurring and an unscheduled merchant-initiated follow-up citing it: the fake takes both as
+/// merchant-initiated sales. The card handed to the follow-ups still has a CVV, which must not
+/// be sent. Returns the NTID and each follow-up's masked fields.
+pub async fn merchant_initiated(wire: &Wire) -> (String, Vec<BTreeMap<String, String>>) {
+    let processor = wire.processor();
+    let first = direct(
+        &processor,
+        &card_method(PAN, Some(CVV)),
+        "10.00",
+        Initiator::CustomerMoto,
+    )
+    .await
+    .unwrap();
+    let charge_id = first
+        .charge_id
+        .clone()
+        .unwrap_or_else(|| panic!("{first:?}"));
+    let sale = wire.fake.record().sales.last().cloned().unwrap();
+    assert_eq!(sale.id, charge_id);
+    let ntid = first
+        .network_transaction_id
+        .clone()
+        .unwrap_or_else(|| panic!("no network transaction id read: {first:?}"));
+    // NMI answers none: its own transaction id is the anchor (§3.4).
+    let expected = sale.network_transaction_id.unwrap_or(sale.id);
+    assert_eq!(ntid, expected, "the NTID is read from the fake's reply");
+
+    let mut seen = Vec::new();
+    for recurring in [true, false] {
+        let reply = direct(
+            &processor,
+            &card_method(PAN, Some(CVV)),
+            "10.00",
+            Initiator::Merchant {
+                network_transaction_id: Some(ntid.clone()),
+                recurring,
+            },
+        )
+        .await
+        .unwrap();
+        let id = reply
+            .charge_id
+            .clone()
+            .unwrap_or_else(|| panic!("recurring={recurring}: {reply:?}"));
+        let sale = wire.fake.record().sales.last().cloned().unwrap();
+        assert_eq!(sale.id, id);
+        assert!(sale.merchant_initiated && sale.approved, "{sale:?}");
+        let fields = wire.fake.last_fields();
+        assert!(
+            fields.values().any(|v| *v == ntid),
+            "the NTID is sent: {fields:?}"
+        );
+        let cvv_fields: HashSet<&String> = fields
+            .keys()
+            .filter(|k| {
+                let k = k.to_ascii_lowercase();
+                k.contains("cvv")
+                    || k.contains("cvc")
+                    || k.contains("securitycode")
+                    || k.contains("cardcode")
+            })
+            .collect();
+        assert!(
+            cvv_fields.is_empty(),
+            "no CVV on a merchant-initiated charge: {fields:?}"
+        );
+        seen.push(fields);
+    }
+    // Without a network transaction id nothing is sent: a definitive profile error.
+    let before = wire.fake.record().requests.len();
+    let reply = direct(
+        &processor,
+        &card_method(PAN, None),
+        "10.00",
+        Initiator::Merchant {
+            network_transaction_id: None,
+            recurring: true,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        reply.error_code.as_deref(),
+        Some("processor_profile_error"),
+        "{reply:?}"
+    );
+    assert_eq!(wire.fake.record().requests.len(), before);
+    (ntid, seen)
+}
