@@ -19,6 +19,8 @@ use serde_json::{Map, Value};
 
 use crate::domain::{Amount, PaymentMethod};
 
+pub use profile::IdempotencyStrategy;
+
 /// What payvault asks the processor to do. Holds card data: it lives for one call.
 #[derive(Debug)]
 pub struct ProcessorRequest<'a> {
@@ -36,9 +38,8 @@ pub struct ProcessorRequest<'a> {
     pub initiator: Initiator,
 }
 
-/// Who initiates a charge. Today every charge is a caller on the phone keying a card
-/// (customer-initiated MOTO); merchant-initiated follow-ups on a stored credential come with the
-/// charge flow's token charges.
+/// Who initiates a charge: a caller on the phone keying a card (customer-initiated MOTO), or the
+/// merchant charging a stored token (merchant-initiated, on the stored credential).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Initiator {
     /// The cardholder gives the card over the phone: mail/telephone order.
@@ -110,6 +111,37 @@ pub trait Processor: Send + Sync + std::fmt::Debug {
         &'a self,
         req: &'a ProcessorRequest<'a>,
     ) -> BoxFuture<'a, Result<ProcessorReply, ProcessorError>>;
+
+    /// How a re-send after an unknown outcome (timeout, 5xx, unreadable answer, an attempt
+    /// abandoned by a crashed instance) is made safe. The default is an idempotency key the
+    /// processor honours (`Idempotency-Key`, sent on every attempt), as the generic adapter and
+    /// the sandbox do; a profile answers from its declared strategy.
+    fn resend_safety(&self) -> IdempotencyStrategy {
+        IdempotencyStrategy::Header
+    }
+}
+
+impl IdempotencyStrategy {
+    /// Whether the charge flow may re-send an attempt whose outcome is unknown. `header` and
+    /// `duplicate_window` make the same request with the same key harmless; with `none` a
+    /// re-send could charge twice, and `lookup`/`reversal` need a query or an undo first that
+    /// payvault does not make yet: those are never re-sent and wait for reconciliation.
+    pub fn allows_resend(self) -> bool {
+        matches!(
+            self,
+            IdempotencyStrategy::Header | IdempotencyStrategy::DuplicateWindow
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdempotencyStrategy::Header => "header",
+            IdempotencyStrategy::DuplicateWindow => "duplicate_window",
+            IdempotencyStrategy::Lookup => "lookup",
+            IdempotencyStrategy::Reversal => "reversal",
+            IdempotencyStrategy::None => "none",
+        }
+    }
 }
 
 /// Used when no processor is configured: every charge fails clearly, tokenize still works.
