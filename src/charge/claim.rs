@@ -11,6 +11,7 @@ use super::{ChargeError, ChargeOutcome, ChargeRequest, Charger, RequestIdentity,
 use crate::audit::AuditEvent;
 use crate::auth::Principal;
 use crate::crypto::CryptoError;
+use crate::processor::IdempotencyStrategy;
 use crate::store;
 use crate::store::audit::AuditBatch;
 use crate::store::charges::{ChargeRecord, ChargeState, NewCharge, TakeOver};
@@ -28,6 +29,9 @@ pub(super) struct Attempt {
     pub processor_key: String,
     /// Time allowed for the processor call.
     pub timeout: Duration,
+    /// For a take-over with a processor that looks up or reverses an earlier attempt first
+    /// (`lookup` or `reversal`): that strategy.
+    pub recover: Option<IdempotencyStrategy>,
 }
 
 pub(super) enum Claim {
@@ -65,6 +69,7 @@ impl Charger {
                     number: 1,
                     processor_key: id.processor_key.clone(),
                     timeout: self.processor_timeout,
+                    recover: None,
                 }));
             }
             let Some(rec) =
@@ -89,7 +94,8 @@ impl Charger {
                     continue;
                 }
             }
-            if !self.processor.resend_safety().allows_resend() {
+            let strategy = self.processor.resend_safety();
+            if !strategy.allows_resend() && !strategy.recovers_first() {
                 // Without a key the processor honours, a re-send could charge twice.
                 if let Some(outcome) = self.hold_unknown(who, req, rec, event).await? {
                     return Ok(Claim::Unresolved(outcome));
@@ -225,6 +231,7 @@ impl Charger {
                 .processor_key
                 .unwrap_or_else(|| id.processor_key.clone()),
             timeout: remaining.min(self.processor_timeout),
+            recover: Some(self.processor.resend_safety()).filter(|s| s.recovers_first()),
         }))
     }
 

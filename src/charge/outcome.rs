@@ -12,7 +12,8 @@ use crate::auth::Principal;
 use crate::crypto::CryptoError;
 use crate::domain::PaymentMethod;
 use crate::processor::{
-    scrub_value_with, scrub_with, Initiator, ProcessorError, ProcessorReply, ProcessorRequest,
+    scrub_value_with, scrub_with, IdempotencyStrategy, Initiator, Lookup, ProcessorError,
+    ProcessorReply, ProcessorRequest, Reversal,
 };
 use crate::store;
 use crate::store::audit::AuditBatch;
@@ -45,7 +46,22 @@ impl Charger {
             initiator,
         };
         let call_started = Instant::now();
-        let result = self.processor.charge(&call).await;
+        let result = match attempt.recover {
+            None => self.processor.charge(&call).await,
+            // Ask what became of the earlier attempt; re-send only if the processor never saw it.
+            Some(IdempotencyStrategy::Lookup) => match self.processor.lookup(&call).await {
+                Ok(Lookup::Found(reply)) => Ok(reply),
+                Ok(Lookup::NotFound) => self.processor.charge(&call).await,
+                Ok(Lookup::Unsupported) => Err(ProcessorError::RecoveryUnavailable),
+                Err(e) => Err(e),
+            },
+            // Undo the earlier attempt; re-send only once it is reversed.
+            Some(_) => match self.processor.reverse(&call).await {
+                Ok(Reversal::Reversed) => self.processor.charge(&call).await,
+                Ok(Reversal::Unsupported) => Err(ProcessorError::RecoveryUnavailable),
+                Err(e) => Err(e),
+            },
+        };
         let latency_ms = call_started.elapsed().as_millis() as u64;
         let kind = match &result {
             Ok(r) if r.approved() => "approved",
@@ -76,14 +92,25 @@ impl Charger {
         let (state, mut outcome) = outcome_of(processed.result);
         scrub_card_data(&mut outcome, method);
         let resend = self.processor.resend_safety();
+        if state == ChargeState::Unknown && attempt.recover.is_some() {
+            // The earlier attempt could not be looked up or undone (or its re-send was lost too):
+            // still unknown, and said so as a retry of a held charge is.
+            outcome.error_code = Some(OUTCOME_UNKNOWN.into());
+        }
         if state == ChargeState::Unknown {
-            let held = !resend.allows_resend();
-            if held {
+            let label = if resend.allows_resend() {
+                "allowed"
+            } else if resend.recovers_first() {
+                if let Some(m) = &mut outcome.error_message {
+                    m.push_str(UNKNOWN_RECOVER);
+                }
+                "recover"
+            } else {
                 if let Some(m) = &mut outcome.error_message {
                     m.push_str(UNKNOWN_HELD);
                 }
-            }
-            let label = if held { "never" } else { "allowed" };
+                "never"
+            };
             metrics::counter!("payvault_charges_unknown_total", "resend" => label).increment(1);
         }
 
@@ -246,6 +273,11 @@ pub const OUTCOME_UNKNOWN: &str = "processor_outcome_unknown";
 /// Added to the message of an unknown outcome that will not be re-sent.
 const UNKNOWN_HELD: &str = "; this processor cannot safely be asked again, so payvault will not \
      re-send it: the charge is held for reconciliation";
+
+/// Added to the message of an unknown outcome that a retry looks up or reverses first.
+const UNKNOWN_RECOVER: &str =
+    "; payvault will not re-send it before the processor says what became \
+     of it (lookup) or has undone it (reversal): until then it is held for reconciliation";
 
 /// The network transaction id of an approved charge, if the processor returned a plausible one
 /// (not containing this request's card or account number).

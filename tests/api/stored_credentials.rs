@@ -14,8 +14,8 @@ use payvault::auth::{CredentialKind, Principal, Scope};
 use payvault::charge::{ChargeRequest, Charger, Source};
 use payvault::domain::{Amount, Token};
 use payvault::processor::{
-    BoxFuture, IdempotencyStrategy, Initiator, Processor, ProcessorError, ProcessorReply,
-    ProcessorRequest,
+    BoxFuture, IdempotencyStrategy, Initiator, Lookup, Processor, ProcessorError, ProcessorReply,
+    ProcessorRequest, Reversal,
 };
 use payvault::vault::Vault;
 use serde_json::{json, Value};
@@ -240,6 +240,10 @@ struct Scripted {
     strategy: IdempotencyStrategy,
     calls: Mutex<Vec<Call>>,
     answer: fn(usize) -> (Duration, Result<ProcessorReply, ProcessorError>),
+    /// What `lookup` / `reverse` answer (`None`: the trait's default), and how often they ran.
+    lookup: Option<Lookup>,
+    reversal: Option<Reversal>,
+    recoveries: Mutex<usize>,
 }
 
 impl Scripted {
@@ -251,7 +255,28 @@ impl Scripted {
             strategy,
             calls: Mutex::default(),
             answer,
+            lookup: None,
+            reversal: None,
+            recoveries: Mutex::default(),
         })
+    }
+    fn recovering(
+        strategy: IdempotencyStrategy,
+        answer: fn(usize) -> (Duration, Result<ProcessorReply, ProcessorError>),
+        lookup: Option<Lookup>,
+        reversal: Option<Reversal>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            strategy,
+            calls: Mutex::default(),
+            answer,
+            lookup,
+            reversal,
+            recoveries: Mutex::default(),
+        })
+    }
+    fn recoveries(&self) -> usize {
+        *self.recoveries.lock().unwrap()
     }
     fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
@@ -295,6 +320,24 @@ impl Processor for Scripted {
 
     fn resend_safety(&self) -> IdempotencyStrategy {
         self.strategy
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        _req: &'a ProcessorRequest<'a>,
+    ) -> BoxFuture<'a, Result<Lookup, ProcessorError>> {
+        *self.recoveries.lock().unwrap() += 1;
+        let answer = self.lookup.clone().unwrap_or(Lookup::Unsupported);
+        Box::pin(async move { Ok(answer) })
+    }
+
+    fn reverse<'a>(
+        &'a self,
+        _req: &'a ProcessorRequest<'a>,
+    ) -> BoxFuture<'a, Result<Reversal, ProcessorError>> {
+        *self.recoveries.lock().unwrap() += 1;
+        let answer = self.reversal.unwrap_or(Reversal::Unsupported);
+        Box::pin(async move { Ok(answer) })
     }
 }
 
@@ -554,4 +597,87 @@ async fn without_an_idempotency_key_an_abandoned_attempt_is_not_re_sent() {
     assert_eq!(processor.calls().len(), 1);
     let listed = payvault_charges_unknown(&app.db);
     assert!(listed.contains("processor_attempt_abandoned"), "{listed}");
+}
+
+/// Times out on the first call, approves `ch_<n>` after.
+fn lost_then_approved(n: usize) -> (Duration, Result<ProcessorReply, ProcessorError>) {
+    match n {
+        1 => (Duration::from_secs(60), approved("ch_lost", None)),
+        n => (Duration::ZERO, approved(&format!("ch_{n}"), None)),
+    }
+}
+
+#[tokio::test]
+async fn lookup_and_reversal_decide_whether_an_unknown_outcome_is_re_sent() {
+    let app = spawn_app().await;
+    let token = tokenize(&app).await;
+    let who = principal(&app);
+    // (strategy, lookup, reversal) -> (charge calls, retry's charge id or error code)
+    let cases = [
+        (
+            IdempotencyStrategy::Lookup,
+            Some(Lookup::Found(approved("ch_found", None).unwrap())),
+            None,
+            1,
+            "ch_found",
+        ),
+        (
+            IdempotencyStrategy::Lookup,
+            Some(Lookup::NotFound),
+            None,
+            2,
+            "ch_2",
+        ),
+        (
+            IdempotencyStrategy::Lookup,
+            None,
+            None,
+            1,
+            "processor_outcome_unknown",
+        ),
+        (
+            IdempotencyStrategy::Reversal,
+            None,
+            Some(Reversal::Reversed),
+            2,
+            "ch_2",
+        ),
+        (
+            IdempotencyStrategy::Reversal,
+            None,
+            None,
+            1,
+            "processor_outcome_unknown",
+        ),
+    ];
+    for (strategy, lookup, reversal, calls, answer) in cases {
+        let processor = Scripted::recovering(strategy, lost_then_approved, lookup, reversal);
+        let charger = charger_for(&app, processor.clone(), Duration::from_secs(5));
+        let req = token_request(&new_txn(), &token, None);
+        let first = charger
+            .charge(&who, &Origin::default(), &req, Instant::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            first.outcome.error_code.as_deref(),
+            Some("processor_timeout")
+        );
+        let retry = charger
+            .charge(&who, &Origin::default(), &req, Instant::now())
+            .await
+            .unwrap();
+        let got = retry
+            .outcome
+            .charge_id
+            .clone()
+            .or(retry.outcome.error_code.clone())
+            .unwrap();
+        assert_eq!(got, answer, "{strategy:?}: {:?}", retry.outcome);
+        assert_eq!(processor.calls().len(), calls, "{strategy:?}");
+        assert_eq!(processor.recoveries(), 1, "{strategy:?}");
+        if calls == 2 {
+            let c = processor.calls();
+            assert_eq!(c[0].idempotency_key, c[1].idempotency_key);
+        }
+    }
 }
