@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres};
 
-use super::{ChargeError, ChargeRequest, Charger, RequestIdentity, Source};
+use super::{ChargeError, ChargeOutcome, ChargeRequest, Charger, RequestIdentity, Source};
 use crate::audit::AuditEvent;
 use crate::auth::Principal;
+use crate::crypto::CryptoError;
+use crate::processor::IdempotencyStrategy;
 use crate::store;
 use crate::store::audit::AuditBatch;
 use crate::store::charges::{ChargeRecord, ChargeState, NewCharge, TakeOver};
@@ -27,12 +29,18 @@ pub(super) struct Attempt {
     pub processor_key: String,
     /// Time allowed for the processor call.
     pub timeout: Duration,
+    /// For a take-over with a processor that looks up or reverses an earlier attempt first
+    /// (`lookup` or `reversal`): that strategy.
+    pub recover: Option<IdempotencyStrategy>,
 }
 
 pub(super) enum Claim {
     Attempt(Attempt),
     /// An earlier attempt of the same request finished: answer from its record.
     Finished(ChargeRecord),
+    /// An earlier attempt's outcome is unknown and the processor cannot safely be asked again:
+    /// answered as unknown, never re-sent (the stored outcome of that attempt).
+    Unresolved(ChargeOutcome),
 }
 
 impl Charger {
@@ -61,6 +69,7 @@ impl Charger {
                     number: 1,
                     processor_key: id.processor_key.clone(),
                     timeout: self.processor_timeout,
+                    recover: None,
                 }));
             }
             let Some(rec) =
@@ -85,10 +94,71 @@ impl Charger {
                     continue;
                 }
             }
+            let strategy = self.processor.resend_safety();
+            if !strategy.allows_resend() && !strategy.recovers_first() {
+                // Without a key the processor honours, a re-send could charge twice.
+                if let Some(outcome) = self.hold_unknown(who, req, rec, event).await? {
+                    return Ok(Claim::Unresolved(outcome));
+                }
+                continue;
+            }
             if let Some(attempt) = self.take_over(who, req, id, rec, event, started).await? {
                 return Ok(Claim::Attempt(attempt));
             }
         }
+    }
+
+    /// For a processor a re-send is not safe with: the unknown outcome stands. An attempt
+    /// abandoned in flight (its instance died) is marked unknown first, audited in the same
+    /// statement. `None` when another caller moved the record first.
+    async fn hold_unknown(
+        &self,
+        who: &Principal,
+        req: &ChargeRequest,
+        rec: ChargeRecord,
+        event: &AuditEvent,
+    ) -> Result<Option<ChargeOutcome>, ChargeError> {
+        if rec.state == ChargeState::Unknown {
+            let outcome = rec
+                .outcome
+                .and_then(|o| serde_json::from_value(o).ok())
+                .ok_or(ChargeError::Crypto(CryptoError::Malformed))?;
+            return Ok(Some(outcome));
+        }
+        let outcome = ChargeOutcome {
+            charge_id: None,
+            error_code: Some("processor_attempt_abandoned".into()),
+            error_message: Some(
+                "the payvault instance making this attempt stopped before the processor answered"
+                    .into(),
+            ),
+            parameters: Default::default(),
+            token_id: match &req.source {
+                Source::Token(t) => Some(t.as_str().to_owned()),
+                Source::Payment(_) => None,
+            },
+        };
+        let mut abandoned = event.clone().failed("processor_attempt_abandoned");
+        abandoned.details = serde_json::json!({
+            "attempt": rec.attempts,
+            "state": ChargeState::Unknown,
+            "resend": self.processor.resend_safety().as_str(),
+        });
+        let stored = serde_json::to_value(&outcome).unwrap_or(serde_json::Value::Null);
+        let done = store::charges::abandon_charge(
+            &self.pool,
+            who.id,
+            &req.key,
+            rec.attempts,
+            &stored,
+            &AuditBatch::one(&abandoned),
+        )
+        .await?;
+        if !done {
+            return Ok(None);
+        }
+        metrics::counter!("payvault_charges_unknown_total", "resend" => "never").increment(1);
+        Ok(Some(outcome))
     }
 
     /// Inserts the claim of a first attempt and its audit events (the token's resolution, the
@@ -161,6 +231,7 @@ impl Charger {
                 .processor_key
                 .unwrap_or_else(|| id.processor_key.clone()),
             timeout: remaining.min(self.processor_timeout),
+            recover: Some(self.processor.resend_safety()).filter(|s| s.recovers_first()),
         }))
     }
 

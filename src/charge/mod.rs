@@ -15,7 +15,15 @@
 //! - A retry while another attempt is in flight waits for it, polling the record, for at most
 //!   `wait` (below Twilio's 10 s), and never calls the processor itself.
 //! - A retry of an `unknown` outcome re-sends with the same processor idempotency key, fixed at
-//!   the first attempt, so a processor that honours it cannot charge twice.
+//!   the first attempt, so a processor that honours it cannot charge twice; only if the
+//!   processor says a re-send is safe ([`Processor::resend_safety`]: `header` or
+//!   `duplicate_window`). Otherwise the outcome stays unknown: a retry is answered
+//!   `processor_outcome_unknown` without calling the processor, an abandoned attempt is marked
+//!   unknown the same way, and the charge waits for reconciliation (`payvault charges unknown`).
+//!
+//! Stored credentials: a charge of a stored token is merchant-initiated (no CVV), citing the
+//! network transaction id stored with the token; the first approved charge that returns one
+//! (a `save_card` charge, or the first charge of a tokenized card) stores it, once.
 //! - The same key with a different payload is refused as a duplicate.
 //!
 //! Every attempt and every outcome is audited in the transaction that records it.
@@ -45,7 +53,7 @@ use crate::audit::{AuditEvent, Origin};
 use crate::auth::Principal;
 use crate::crypto::CryptoError;
 use crate::domain::{Amount, InvalidInput, PaymentMethod, Token};
-use crate::processor::Processor;
+use crate::processor::{Initiator, Processor};
 use crate::store;
 use crate::store::charges::ChargeRecord;
 use crate::vault::Vault;
@@ -118,6 +126,24 @@ pub enum ChargeError {
     Database(#[from] sqlx::Error),
     #[error("key error")]
     Crypto(#[from] CryptoError),
+}
+
+/// `<Parameter name="stored_credential">` (Twilio) / `"stored_credential"` (merchant API): what
+/// kind of merchant-initiated charge a token charge is.
+pub const STORED_CREDENTIAL_PARAMETER: &str = "stored_credential";
+
+/// Whether a token charge is `recurring` (a series at fixed intervals) rather than
+/// `unscheduled` (the default). Anything else is refused, naming the field, never the value.
+pub fn recurring(parameters: &BTreeMap<String, String>) -> Result<bool, InvalidInput> {
+    match parameters
+        .get(STORED_CREDENTIAL_PARAMETER)
+        .map(|v| v.trim())
+    {
+        None | Some("") => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("unscheduled") => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("recurring") => Ok(true),
+        Some(_) => Err(InvalidInput::StoredCredential),
+    }
 }
 
 impl ChargeError {
@@ -199,17 +225,27 @@ impl Charger {
         started: Instant,
         base_event: &AuditEvent,
     ) -> Result<Charged, ChargeError> {
+        let recurring = recurring(&req.parameters).map_err(ChargeError::Invalid)?;
         let id = self.identify(who, req)?;
 
         // The connection that resolves a token also makes the first claim: one checkout.
         let mut conn = self.pool.acquire().await?;
         let resolved;
+        // A card in the request is the caller on the phone (customer-initiated MOTO); a stored
+        // token is charged by the merchant on the stored credential.
+        let mut initiator = Initiator::CustomerMoto;
+        let mut stored_ntid = false;
         let method = match &req.source {
             Source::Payment(m) => m,
             Source::Token(token) => {
                 match self.resolve_token(&mut conn, who, req, token, &id).await? {
-                    Resolved::Method(m) => {
+                    Resolved::Method(m, network_transaction_id) => {
                         resolved = m;
+                        stored_ntid = network_transaction_id.is_some();
+                        initiator = Initiator::Merchant {
+                            network_transaction_id,
+                            recurring,
+                        };
                         &resolved
                     }
                     Resolved::Finished(rec) => {
@@ -228,9 +264,10 @@ impl Charger {
         let attempt = match self.claim(conn, who, req, &id, &event, started).await? {
             Claim::Attempt(attempt) => attempt,
             Claim::Finished(rec) => return self.replay(rec, event).await,
+            Claim::Unresolved(outcome) => return self.answer_unknown(outcome, event).await,
         };
-        let result = self.call_processor(req, method, &attempt).await;
-        self.record_outcome(who, req, method, &attempt, result, event)
+        let result = self.call_processor(req, method, &attempt, initiator).await;
+        self.record_outcome(who, req, method, &attempt, result, event, stored_ntid)
             .await
     }
 
@@ -268,7 +305,15 @@ impl Charger {
     fn mac_input(&self, req: &ChargeRequest) -> Zeroizing<Vec<u8>> {
         let mut input = match &req.source {
             Source::Payment(m) => m.request_mac_input(),
-            Source::Token(t) => Zeroizing::new(format!("token:{}", t.as_str()).into_bytes()),
+            Source::Token(t) => {
+                let mut input = Zeroizing::new(format!("token:{}", t.as_str()).into_bytes());
+                // A recurring charge differs from an unscheduled one (the default, which keeps
+                // the MAC of requests made before stored credentials existed).
+                if recurring(&req.parameters) == Ok(true) {
+                    input.extend_from_slice(b"|recurring");
+                }
+                input
+            }
         };
         input.extend_from_slice(&req.amount.minor_units().to_be_bytes());
         input.extend_from_slice(req.amount.currency().as_bytes());

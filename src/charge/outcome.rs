@@ -12,7 +12,8 @@ use crate::auth::Principal;
 use crate::crypto::CryptoError;
 use crate::domain::PaymentMethod;
 use crate::processor::{
-    scrub_value_with, scrub_with, ProcessorError, ProcessorReply, ProcessorRequest,
+    scrub_value_with, scrub_with, IdempotencyStrategy, Initiator, Lookup, ProcessorError,
+    ProcessorReply, ProcessorRequest, Reversal,
 };
 use crate::store;
 use crate::store::audit::AuditBatch;
@@ -31,6 +32,7 @@ impl Charger {
         req: &ChargeRequest,
         method: &PaymentMethod,
         attempt: &Attempt,
+        initiator: Initiator,
     ) -> ProcessorResult {
         let params = req.parameters.clone();
         let call = ProcessorRequest {
@@ -41,10 +43,25 @@ impl Charger {
             description: req.description.as_deref(),
             parameters: &params,
             timeout: attempt.timeout,
-            initiator: Default::default(),
+            initiator,
         };
         let call_started = Instant::now();
-        let result = self.processor.charge(&call).await;
+        let result = match attempt.recover {
+            None => self.processor.charge(&call).await,
+            // Ask what became of the earlier attempt; re-send only if the processor never saw it.
+            Some(IdempotencyStrategy::Lookup) => match self.processor.lookup(&call).await {
+                Ok(Lookup::Found(reply)) => Ok(reply),
+                Ok(Lookup::NotFound) => self.processor.charge(&call).await,
+                Ok(Lookup::Unsupported) => Err(ProcessorError::RecoveryUnavailable),
+                Err(e) => Err(e),
+            },
+            // Undo the earlier attempt; re-send only once it is reversed.
+            Some(_) => match self.processor.reverse(&call).await {
+                Ok(Reversal::Reversed) => self.processor.charge(&call).await,
+                Ok(Reversal::Unsupported) => Err(ProcessorError::RecoveryUnavailable),
+                Err(e) => Err(e),
+            },
+        };
         let latency_ms = call_started.elapsed().as_millis() as u64;
         let kind = match &result {
             Ok(r) if r.approved() => "approved",
@@ -58,7 +75,9 @@ impl Charger {
     }
 
     /// Records the attempt's outcome, its audit event, and (for `save_card`) the new vault
-    /// entry, in one transaction.
+    /// entry, in one transaction; with them the network transaction id of an approved charge,
+    /// stored with its token once (`ntid_stored`: the charged token already has one).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn record_outcome(
         &self,
         who: &Principal,
@@ -67,22 +86,60 @@ impl Charger {
         attempt: &Attempt,
         processed: ProcessorResult,
         mut event: AuditEvent,
+        ntid_stored: bool,
     ) -> Result<Charged, ChargeError> {
+        let ntid = network_transaction_id(&processed.result, method);
         let (state, mut outcome) = outcome_of(processed.result);
         scrub_card_data(&mut outcome, method);
+        let resend = self.processor.resend_safety();
+        if state == ChargeState::Unknown && attempt.recover.is_some() {
+            // The earlier attempt could not be looked up or undone (or its re-send was lost too):
+            // still unknown, and said so as a retry of a held charge is.
+            outcome.error_code = Some(OUTCOME_UNKNOWN.into());
+        }
+        if state == ChargeState::Unknown {
+            let label = if resend.allows_resend() {
+                "allowed"
+            } else if resend.recovers_first() {
+                if let Some(m) = &mut outcome.error_message {
+                    m.push_str(UNKNOWN_RECOVER);
+                }
+                "recover"
+            } else {
+                if let Some(m) = &mut outcome.error_message {
+                    m.push_str(UNKNOWN_HELD);
+                }
+                "never"
+            };
+            metrics::counter!("payvault_charges_unknown_total", "resend" => label).increment(1);
+        }
 
         // Only `save_card` needs a transaction (a vault entry beside the outcome); otherwise the
         // outcome and its audit event are one statement.
         let mut tx = None;
         let mut saved = None;
+        let mut ntid_saved = false;
         match &req.source {
-            Source::Token(t) => outcome.token_id = Some(t.as_str().to_owned()),
+            Source::Token(t) => {
+                outcome.token_id = Some(t.as_str().to_owned());
+                // The first charge of a tokenized card that returns one anchors later ones.
+                if let (Some(ntid), false) = (&ntid, ntid_stored) {
+                    let tx = tx.insert(self.pool.begin().await?);
+                    ntid_saved =
+                        store::vault::set_network_transaction_id(&mut **tx, t.as_str(), ntid)
+                            .await?;
+                }
+            }
             Source::Payment(m) if req.save_card && outcome.approved() => {
                 let tx = tx.insert(self.pool.begin().await?);
                 let token = self
                     .vault
                     .insert_entry(tx, who, m, req.token_expires_at)
                     .await?;
+                if let Some(ntid) = &ntid {
+                    ntid_saved =
+                        store::vault::set_network_transaction_id(&mut **tx, &token, ntid).await?;
+                }
                 // Ours are added without clobbering the processor's parameters.
                 let key = if outcome.parameters.contains_key("token_id") {
                     "payvault_token_id"
@@ -105,6 +162,8 @@ impl Charger {
             "processor_latency_ms": processed.latency_ms,
             "kind": method.kind(),
             "saved_token": saved,
+            // Whether a network transaction id was stored with the token: never the id.
+            "network_transaction_id_stored": ntid_saved,
         });
         if let Some(token) = &outcome.token_id {
             event.token = Some(token.clone());
@@ -153,6 +212,39 @@ impl Charger {
         })
     }
 
+    /// Answers a retry of a charge whose outcome is unknown and which the processor cannot
+    /// safely be asked again: the processor is not called, the charge waits for
+    /// reconciliation. Audited as a replay.
+    pub(super) async fn answer_unknown(
+        &self,
+        earlier: ChargeOutcome,
+        mut event: AuditEvent,
+    ) -> Result<Charged, ChargeError> {
+        let outcome = ChargeOutcome {
+            charge_id: None,
+            error_code: Some(OUTCOME_UNKNOWN.into()),
+            error_message: Some(format!(
+                "an earlier attempt of this charge got no definitive answer from the payment \
+                 processor, which cannot safely be asked again (idempotency: {}); payvault does \
+                 not re-send it: check the charge with the processor before charging again",
+                self.processor.resend_safety().as_str()
+            )),
+            parameters: Map::new(),
+            token_id: earlier.token_id,
+        };
+        event.details = serde_json::json!({
+            "replayed": true,
+            "held_for_reconciliation": true,
+            "earlier_error_code": earlier.error_code,
+        });
+        event = event.failed(OUTCOME_UNKNOWN);
+        store::audit::insert_audit_event(&self.pool, &event).await?;
+        Ok(Charged {
+            outcome,
+            replayed: true,
+        })
+    }
+
     /// Answers from a finished record, auditing the replay.
     pub(super) async fn replay(
         &self,
@@ -173,6 +265,36 @@ impl Charger {
             replayed: true,
         })
     }
+}
+
+/// The answer to a retry of a charge whose outcome is unknown and is not re-sent.
+pub const OUTCOME_UNKNOWN: &str = "processor_outcome_unknown";
+
+/// Added to the message of an unknown outcome that will not be re-sent.
+const UNKNOWN_HELD: &str = "; this processor cannot safely be asked again, so payvault will not \
+     re-send it: the charge is held for reconciliation";
+
+/// Added to the message of an unknown outcome that a retry looks up or reverses first.
+const UNKNOWN_RECOVER: &str =
+    "; payvault will not re-send it before the processor says what became \
+     of it (lookup) or has undone it (reversal): until then it is held for reconciliation";
+
+/// The network transaction id of an approved charge, if the processor returned a plausible one
+/// (not containing this request's card or account number).
+fn network_transaction_id(
+    result: &Result<ProcessorReply, ProcessorError>,
+    method: &PaymentMethod,
+) -> Option<String> {
+    let ntid = match result {
+        Ok(reply) if reply.approved() => reply.network_transaction_id.as_deref()?.trim(),
+        _ => return None,
+    };
+    let known = method.secret_digits();
+    let long_known: Vec<&str> = known.iter().copied().filter(|k| k.len() >= 8).collect();
+    let plausible = (1..=255).contains(&ntid.len())
+        && ntid.chars().all(|c| c.is_ascii_graphic())
+        && scrub_with(ntid, &long_known, false) == ntid;
+    plausible.then(|| ntid.to_owned())
 }
 
 /// The record's new state and the answer a retry will get back.

@@ -12,7 +12,9 @@ use crate::store::vault::StoredEntry;
 
 /// A token charge's source, or the record that answers it.
 pub(super) enum Resolved {
-    Method(PaymentMethod),
+    /// The stored card or bank account (never a CVV), and the stored credential's network
+    /// transaction id, if a charge returned one.
+    Method(PaymentMethod, Option<String>),
     /// The token is unusable, but this request already finished: its retry is answered from the
     /// record even if the token has been deleted or has expired since.
     Finished(ChargeRecord),
@@ -31,7 +33,7 @@ impl Charger {
         id: &RequestIdentity,
     ) -> Result<Resolved, ChargeError> {
         match self.decrypt_token(db, token).await {
-            Ok(method) => Ok(Resolved::Method(method)),
+            Ok((method, ntid)) => Ok(Resolved::Method(method, ntid)),
             Err(
                 e @ (ChargeError::UnknownToken
                 | ChargeError::TokenDeleted
@@ -52,17 +54,18 @@ impl Charger {
         &self,
         db: &mut PgConnection,
         token: &Token,
-    ) -> Result<PaymentMethod, ChargeError> {
+    ) -> Result<(PaymentMethod, Option<String>), ChargeError> {
         let entry = store::vault::find_entry(db, token.as_str())
             .await?
             .ok_or(ChargeError::UnknownToken)?;
-        let (sealed, exp_month, exp_year) = match entry {
+        let (sealed, exp_month, exp_year, ntid) = match entry {
             StoredEntry::Active {
                 sealed,
                 exp_month,
                 exp_year,
+                network_transaction_id,
                 ..
-            } => (sealed, exp_month, exp_year),
+            } => (sealed, exp_month, exp_year, network_transaction_id),
             StoredEntry::Deleted => return Err(ChargeError::TokenDeleted),
             StoredEntry::Expired => return Err(ChargeError::TokenExpired),
         };
@@ -73,13 +76,15 @@ impl Charger {
             }
             _ => None,
         };
-        let method = PaymentMethod::from_secret_payload(&plain, expiry)
+        let mut method = PaymentMethod::from_secret_payload(&plain, expiry)
             .ok_or(ChargeError::Crypto(CryptoError::Malformed))?;
-        if let PaymentMethod::Card(c) = &method {
+        if let PaymentMethod::Card(c) = &mut method {
             if c.expiry.is_expired(chrono::Utc::now().date_naive()) {
                 return Err(ChargeError::Invalid(InvalidInput::StoredCardExpired));
             }
+            // A vault entry never holds a CVV; a merchant-initiated charge never sends one.
+            c.cvv = None;
         }
-        Ok(method)
+        Ok((method, ntid))
     }
 }

@@ -2,6 +2,7 @@
 //! own file; `serve` and `dev` both end in [`crate::app::launch`].
 
 mod audit;
+mod charges;
 mod credentials;
 mod db;
 mod keys;
@@ -55,6 +56,9 @@ enum Command {
     /// Read, verify, export and prune the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Charges that need an operator: `unknown` lists those whose outcome is unknown.
+    #[command(subcommand)]
+    Charges(charges::ChargesCommand),
     /// Zero-configuration local mode: a private PostgreSQL cluster, development keys and
     /// credentials, and the sandbox processor, all kept in one directory. Never for real cards.
     Dev(crate::dev::DevArgs),
@@ -95,6 +99,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => crate::dev::run(args).await,
         Command::Healthcheck { url } => healthcheck(url).await,
         Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Charges(cmd) => charges::run(cmd).await,
         Command::Sandbox { listen, slow_ms } => {
             let sandbox = Arc::new(Sandbox::new(Duration::from_millis(slow_ms)));
             let listener = tokio::net::TcpListener::bind(listen)

@@ -72,6 +72,8 @@ pub enum InvalidInput {
     StoredCardExpired,
     #[error("{0}")]
     TokenExpiry(&'static str),
+    #[error("field `stored_credential` must be `recurring` or `unscheduled`")]
+    StoredCredential,
 }
 
 impl InvalidInput {
@@ -109,6 +111,7 @@ impl InvalidInput {
             Self::TokenWithCardData => "ambiguous_payment_method",
             Self::StoredCardExpired => "card_expired",
             Self::TokenExpiry(_) => "invalid_token_expiry",
+            Self::StoredCredential => "invalid_stored_credential",
         }
     }
 }

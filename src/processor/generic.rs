@@ -1,5 +1,8 @@
 //! The `generic` adapter: POSTs the Generic Pay Connector JSON to the merchant's processor or
-//! gateway and reads `{charge_id, error_code, error_message, parameters}` back.
+//! gateway and reads `{charge_id, error_code, error_message, parameters}` back (and an optional
+//! `network_transaction_id`). A merchant-initiated charge of a stored token adds `initiator`
+//! (`merchant`), `stored_credential` (`recurring` | `unscheduled`) and, when stored,
+//! `network_transaction_id`; it never carries a CVV.
 
 use std::time::Duration;
 
@@ -11,7 +14,8 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use super::{
-    scrub, scrub_value, BoxFuture, Processor, ProcessorError, ProcessorReply, ProcessorRequest,
+    scrub, scrub_value, BoxFuture, Initiator, Processor, ProcessorError, ProcessorReply,
+    ProcessorRequest,
 };
 use crate::domain::PaymentMethod;
 
@@ -90,6 +94,16 @@ struct Outbound<'a> {
     currency_code: &'a str,
     description: Option<&'a str>,
     parameters: &'a std::collections::BTreeMap<String, String>,
+    /// Only on a merchant-initiated charge of a stored token (a customer's MOTO charge keeps
+    /// Twilio's own format): `merchant`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    initiator: Option<&'static str>,
+    /// `recurring` or `unscheduled`, with `initiator`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stored_credential: Option<&'static str>,
+    /// The network transaction id of the stored credential's first charge, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network_transaction_id: Option<&'a str>,
 }
 
 /// Serializes the request into a zeroizing buffer sized up front so it never reallocates.
@@ -108,11 +122,32 @@ pub(crate) fn encode(req: &ProcessorRequest<'_>) -> Zeroizing<Vec<u8>> {
         currency_code: req.amount.currency(),
         description: req.description,
         parameters: req.parameters,
+        initiator: None,
+        stored_credential: None,
+        network_transaction_id: None,
     };
+    if let Initiator::Merchant {
+        network_transaction_id,
+        recurring,
+    } = &req.initiator
+    {
+        body.initiator = Some("merchant");
+        body.stored_credential = Some(if *recurring {
+            "recurring"
+        } else {
+            "unscheduled"
+        });
+        body.network_transaction_id = network_transaction_id.as_deref();
+    }
     match req.method {
         PaymentMethod::Card(c) => {
             body.cardnumber = Some(c.number.digits());
-            body.cvv = c.cvv.as_ref().map(|v| v.digits());
+            // Never a CVV on a merchant-initiated charge.
+            body.cvv = c
+                .cvv
+                .as_ref()
+                .filter(|_| req.initiator == Initiator::CustomerMoto)
+                .map(|v| v.digits());
             body.expiry_month = Some(format!("{:02}", c.expiry.month()));
             body.expiry_year = Some(format!("{:02}", c.expiry.year() % 100));
             body.postal_code = c.postal_code.as_ref().map(|p| p.as_str());
@@ -129,7 +164,14 @@ pub(crate) fn encode(req: &ProcessorRequest<'_>) -> Zeroizing<Vec<u8>> {
             .iter()
             .map(|(k, v)| k.len() + v.len() + 8)
             .sum::<usize>()
-        + req.transaction_id.len();
+        + req.transaction_id.len()
+        + match &req.initiator {
+            Initiator::Merchant {
+                network_transaction_id: Some(n),
+                ..
+            } => n.len(),
+            _ => 0,
+        };
     let mut out = Zeroizing::new(Vec::with_capacity(512 + 6 * free_text));
     // Writing JSON into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, &body);
@@ -170,13 +212,16 @@ pub(crate) fn parse_reply(body: &[u8]) -> Result<ProcessorReply, ProcessorError>
         },
         _ => Map::new(),
     };
+    // Optional: the card network's transaction id, kept with a vaulted card for later
+    // merchant-initiated charges.
+    let network_transaction_id = text("network_transaction_id")?;
     Ok(ProcessorReply {
         // A decline wins over a stray charge id.
         charge_id: charge_id.filter(|_| error_code.is_none()),
         error_code,
         error_message,
         parameters,
-        network_transaction_id: None,
+        network_transaction_id,
     })
 }
 

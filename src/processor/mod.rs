@@ -19,6 +19,8 @@ use serde_json::{Map, Value};
 
 use crate::domain::{Amount, PaymentMethod};
 
+pub use profile::IdempotencyStrategy;
+
 /// What payvault asks the processor to do. Holds card data: it lives for one call.
 #[derive(Debug)]
 pub struct ProcessorRequest<'a> {
@@ -36,9 +38,8 @@ pub struct ProcessorRequest<'a> {
     pub initiator: Initiator,
 }
 
-/// Who initiates a charge. Today every charge is a caller on the phone keying a card
-/// (customer-initiated MOTO); merchant-initiated follow-ups on a stored credential come with the
-/// charge flow's token charges.
+/// Who initiates a charge: a caller on the phone keying a card (customer-initiated MOTO), or the
+/// merchant charging a stored token (merchant-initiated, on the stored credential).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Initiator {
     /// The cardholder gives the card over the phone: mail/telephone order.
@@ -86,6 +87,12 @@ pub enum ProcessorError {
     BadResponse(&'static str),
     #[error("no payment processor is configured (set PAYVAULT_PROCESSOR_URL or PAYVAULT_PROCESSOR=sandbox)")]
     NotConfigured,
+    /// An earlier attempt's outcome is unknown and this processor can neither look it up nor
+    /// undo it: nothing was sent, the outcome stays unknown.
+    #[error(
+        "the payment processor cannot look up or undo the earlier attempt; the outcome is unknown"
+    )]
+    RecoveryUnavailable,
 }
 
 impl ProcessorError {
@@ -97,6 +104,7 @@ impl ProcessorError {
             ProcessorError::ServerError(_) => "processor_error",
             ProcessorError::BadResponse(_) => "processor_bad_response",
             ProcessorError::NotConfigured => "processor_not_configured",
+            ProcessorError::RecoveryUnavailable => "processor_outcome_unknown",
         }
     }
 }
@@ -110,6 +118,86 @@ pub trait Processor: Send + Sync + std::fmt::Debug {
         &'a self,
         req: &'a ProcessorRequest<'a>,
     ) -> BoxFuture<'a, Result<ProcessorReply, ProcessorError>>;
+
+    /// How a re-send after an unknown outcome (timeout, 5xx, unreadable answer, an attempt
+    /// abandoned by a crashed instance) is made safe. The default is an idempotency key the
+    /// processor honours (`Idempotency-Key`, sent on every attempt), as the generic adapter and
+    /// the sandbox do; a profile answers from its declared strategy.
+    fn resend_safety(&self) -> IdempotencyStrategy {
+        IdempotencyStrategy::Header
+    }
+
+    /// For [`IdempotencyStrategy::Lookup`]: what became of an earlier attempt of `req` (same
+    /// transaction id and idempotency key), asked before anything is re-sent. The default
+    /// cannot look anything up, so the outcome stays unknown.
+    fn lookup<'a>(
+        &'a self,
+        _req: &'a ProcessorRequest<'a>,
+    ) -> BoxFuture<'a, Result<Lookup, ProcessorError>> {
+        Box::pin(async { Ok(Lookup::Unsupported) })
+    }
+
+    /// For [`IdempotencyStrategy::Reversal`]: undoes an earlier attempt of `req` whose outcome
+    /// is unknown (a timeout reversal/void), so that it can be re-sent. The default cannot, so
+    /// the outcome stays unknown.
+    fn reverse<'a>(
+        &'a self,
+        _req: &'a ProcessorRequest<'a>,
+    ) -> BoxFuture<'a, Result<Reversal, ProcessorError>> {
+        Box::pin(async { Ok(Reversal::Unsupported) })
+    }
+}
+
+/// What a processor knows of an earlier attempt ([`Processor::lookup`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// It was processed: its definitive answer.
+    Found(ProcessorReply),
+    /// The processor has no such transaction: nothing was charged, a re-send is safe.
+    NotFound,
+    /// This processor cannot look attempts up.
+    Unsupported,
+}
+
+/// Whether an earlier attempt was undone ([`Processor::reverse`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reversal {
+    /// Reversed (or voided): nothing stands charged, a re-send is safe.
+    Reversed,
+    /// This processor cannot reverse attempts.
+    Unsupported,
+}
+
+impl IdempotencyStrategy {
+    /// Whether the charge flow may re-send an attempt whose outcome is unknown. `header` and
+    /// `duplicate_window` make the same request with the same key harmless; with `none` a
+    /// re-send could charge twice, and `lookup`/`reversal` need a query or an undo first that
+    /// only [`Processor::lookup`] / [`Processor::reverse`] can make safe (see `recovers_first`).
+    pub fn allows_resend(self) -> bool {
+        matches!(
+            self,
+            IdempotencyStrategy::Header | IdempotencyStrategy::DuplicateWindow
+        )
+    }
+
+    /// Whether a retry first asks the processor about the earlier attempt ([`Processor::lookup`])
+    /// or undoes it ([`Processor::reverse`]), and re-sends only if that makes it safe.
+    pub fn recovers_first(self) -> bool {
+        matches!(
+            self,
+            IdempotencyStrategy::Lookup | IdempotencyStrategy::Reversal
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdempotencyStrategy::Header => "header",
+            IdempotencyStrategy::DuplicateWindow => "duplicate_window",
+            IdempotencyStrategy::Lookup => "lookup",
+            IdempotencyStrategy::Reversal => "reversal",
+            IdempotencyStrategy::None => "none",
+        }
+    }
 }
 
 /// Used when no processor is configured: every charge fails clearly, tokenize still works.

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
@@ -211,4 +213,96 @@ pub async fn finish_charge(
     .fetch_optional(db)
     .await?;
     Ok(finished.is_some())
+}
+
+/// Marks an abandoned attempt (in flight past its lease: its instance died) as `unknown`
+/// without re-sending it, for a processor a re-send is not safe with, and records `events` in
+/// the same statement. `false` when another caller moved the record first.
+pub async fn abandon_charge(
+    db: impl PgExecutor<'_>,
+    credential_id: Uuid,
+    key: &str,
+    seen_attempts: i32,
+    outcome: &serde_json::Value,
+    events: &AuditBatch<'_>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query_scalar!(
+        r#"
+        WITH abandoned AS (
+            UPDATE idempotency_records
+            SET state = $4, outcome = $5, lease_expires_at = NULL, updated_at = now()
+            WHERE credential_id = $1 AND idempotency_key = $2 AND operation = 'charge'
+              AND attempts = $3 AND state = $6 AND lease_expires_at < now()
+            RETURNING attempts
+        ), audited AS (
+            SELECT payvault_insert_audit_events($7) FROM abandoned
+        )
+        SELECT attempts AS "attempts!" FROM abandoned, audited
+        "#,
+        credential_id,
+        key,
+        seen_attempts,
+        ChargeState::Unknown as ChargeState,
+        outcome,
+        ChargeState::InFlight as ChargeState,
+        events.json() as _,
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(done.is_some())
+}
+
+/// A charge whose outcome is unknown, for reconciliation: never card data (the masked card,
+/// token, amount and first attempt time come from the charge's first `charge_attempt` audit
+/// event).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnknownCharge {
+    pub transaction_id: String,
+    pub credential: String,
+    /// `unknown`, or `in_flight` past its lease (its instance died).
+    pub state: String,
+    pub attempts: i32,
+    pub token: Option<String>,
+    pub masked_card: Option<String>,
+    pub amount_minor: Option<i64>,
+    pub currency: Option<String>,
+    pub first_attempt_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    pub processor_error: Option<String>,
+}
+
+/// Charges whose outcome is unknown (or whose in-flight attempt was abandoned), oldest first.
+pub async fn list_unknown_charges(
+    db: impl PgExecutor<'_>,
+    limit: i64,
+) -> Result<Vec<UnknownCharge>, sqlx::Error> {
+    sqlx::query_as!(
+        UnknownCharge,
+        r#"
+        SELECT r.idempotency_key AS transaction_id, c.name AS credential, r.state,
+               r.attempts, a.token AS "token?", a.masked_data AS "masked_card?",
+               a.amount_minor AS "amount_minor?", a.currency AS "currency?",
+               a.occurred_at AS "first_attempt_at?", r.updated_at,
+               r.outcome ->> 'error_code' AS processor_error
+        FROM idempotency_records r
+        JOIN credentials c ON c.id = r.credential_id
+        LEFT JOIN LATERAL (
+            SELECT e.token, e.masked_data, e.amount_minor, e.currency, e.occurred_at
+            FROM audit_events e
+            WHERE e.action = 'charge_attempt' AND e.actor_id = r.credential_id
+              AND e.transaction_id = r.idempotency_key
+            ORDER BY e.id
+            LIMIT 1
+        ) a ON true
+        WHERE r.operation = 'charge'
+          AND (r.state = $1 OR (r.state = $2 AND r.lease_expires_at < now()))
+        ORDER BY r.created_at, r.idempotency_key
+        LIMIT $3
+        "#,
+        ChargeState::Unknown as ChargeState,
+        ChargeState::InFlight as ChargeState,
+        limit,
+    )
+    .fetch_all(db)
+    .await
 }

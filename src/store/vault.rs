@@ -161,6 +161,8 @@ pub enum StoredEntry {
         kind: String,
         exp_month: Option<i16>,
         exp_year: Option<i16>,
+        /// The stored credential's network transaction id, once a charge returned one.
+        network_transaction_id: Option<String>,
     },
     /// Crypto-shredded: the data key is gone.
     Deleted,
@@ -175,6 +177,7 @@ pub async fn find_entry(
     let row = sqlx::query!(
         r#"
         SELECT key_version, wrapped_key, ciphertext, kind, exp_month, exp_year,
+               network_transaction_id,
                deleted_at IS NOT NULL AS "deleted!",
                coalesce(expires_at <= now(), false) AS "expired!"
         FROM vault_entries WHERE token = $1
@@ -194,6 +197,7 @@ pub async fn find_entry(
                 kind: r.kind,
                 exp_month: r.exp_month,
                 exp_year: r.exp_year,
+                network_transaction_id: r.network_transaction_id,
             },
             (false, true, _, _) => StoredEntry::Expired,
             _ => StoredEntry::Deleted,
@@ -235,6 +239,8 @@ pub struct TokenMetadata {
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Whether a network transaction id is stored for merchant-initiated charges (never the id).
+    pub has_network_transaction_id: bool,
 }
 
 pub async fn find_token_metadata(
@@ -245,13 +251,34 @@ pub async fn find_token_metadata(
         TokenMetadata,
         r#"
         SELECT token, kind, brand, bin, last4, exp_month, exp_year, fingerprint, created_at,
-               expires_at, deleted_at
+               expires_at, deleted_at,
+               network_transaction_id IS NOT NULL AS "has_network_transaction_id!"
         FROM vault_entries WHERE token = $1
         "#,
         token,
     )
     .fetch_optional(db)
     .await
+}
+
+/// Stores the network transaction id of a token's first approved charge that returned one. Set
+/// once: `false` when the entry already has one (or is gone), and the stored one stands.
+pub async fn set_network_transaction_id(
+    db: impl PgExecutor<'_>,
+    token: &str,
+    network_transaction_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        r#"
+        UPDATE vault_entries SET network_transaction_id = $2
+        WHERE token = $1 AND network_transaction_id IS NULL AND deleted_at IS NULL
+        "#,
+        token,
+        network_transaction_id,
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Crypto-shreds a live entry: its wrapped data key and ciphertext are destroyed. Returns

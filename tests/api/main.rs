@@ -15,5 +15,6 @@ mod keys;
 mod ops;
 mod processors;
 mod security;
+mod stored_credentials;
 mod tokenize;
 mod tokens;

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{refuse, text};
 use crate::auth::Scope;
-use crate::charge::{ChargeRequest, Source};
+use crate::charge::{recurring, ChargeRequest, Source, STORED_CREDENTIAL_PARAMETER};
 use crate::domain::{Amount, InvalidInput, Token, TransactionId};
 use crate::http::error::{ApiError, ErrorBody, ErrorDetail, Kind};
 use crate::http::{AppState, Caller};
@@ -28,7 +28,7 @@ use crate::http::{AppState, Caller};
     ),
     security(("basic" = []), ("bearer" = []))
 )]
-/// `POST /v1/tokens/{token}/charges`: charges a stored token (recurring billing, no CVV).
+/// `POST /v1/tokens/{token}/charges`: charges a stored token, merchant-initiated (no CVV).
 /// Requires the `tokens:charge` scope and an `Idempotency-Key` header.
 pub async fn charge_token(
     State(app): State<AppState>,
@@ -116,6 +116,16 @@ fn parse(
     };
     let amount = text(&body, "amount")?.ok_or(InvalidInput::MissingField("amount"))?;
     let currency = text(&body, "currency")?.ok_or(InvalidInput::MissingField("currency"))?;
+    // `recurring` | `unscheduled` (the default): the kind of merchant-initiated charge.
+    let mut parameters = std::collections::BTreeMap::new();
+    match body.get(STORED_CREDENTIAL_PARAMETER) {
+        None | Some(Value::Null) => {}
+        Some(Value::String(kind)) => {
+            parameters.insert(STORED_CREDENTIAL_PARAMETER.to_owned(), kind.clone());
+            recurring(&parameters)?;
+        }
+        Some(_) => return Err(InvalidInput::StoredCredential),
+    }
     let req = ChargeRequest {
         key: key.as_str().to_owned(),
         source: Source::Token(token.clone()),
@@ -123,7 +133,7 @@ fn parse(
         save_card: false,
         token_expires_at: None,
         description: text(&body, "description")?,
-        parameters: Default::default(),
+        parameters,
     };
     Ok((token, req))
 }
@@ -156,4 +166,8 @@ pub struct ChargeTokenRequest {
     pub currency: String,
     /// Forwarded to the processor.
     pub description: Option<String>,
+    /// `recurring` (a series at fixed intervals) or `unscheduled` (the default): the charge is
+    /// merchant-initiated on the stored credential, citing the network transaction id of the
+    /// token's first charge when one was returned. Never sent with a CVV.
+    pub stored_credential: Option<String>,
 }

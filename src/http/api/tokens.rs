@@ -30,6 +30,9 @@ pub struct TokenView {
     created_at: chrono::DateTime<chrono::Utc>,
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
     deleted_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Whether a network transaction id from the card's first approved charge is stored, for
+    /// merchant-initiated charges of the token (the id itself is never shown).
+    has_network_transaction_id: bool,
 }
 
 impl From<TokenInfo> for TokenView {
@@ -48,6 +51,7 @@ impl From<TokenInfo> for TokenView {
             created_at: m.created_at,
             expires_at: m.expires_at,
             deleted_at: m.deleted_at,
+            has_network_transaction_id: m.has_network_transaction_id,
         }
     }
 }

@@ -938,6 +938,10 @@ impl Processor for ProfileProcessor {
     ) -> BoxFuture<'a, Result<ProcessorReply, ProcessorError>> {
         Box::pin(async move { self.exchange(req).await.and_then(|(_, reply)| reply) })
     }
+
+    fn resend_safety(&self) -> IdempotencyStrategy {
+        self.cfg.profile.idempotency
+    }
 }
 
 #[cfg(test)]

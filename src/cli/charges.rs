@@ -1,0 +1,103 @@
+//! `payvault charges`: charges that need an operator. `unknown` lists the charges whose outcome
+//! is unknown (the processor's answer was lost, or the instance making the attempt died), for
+//! reconciliation with the processor. Never card data: the masked card, the token, the amount
+//! and the first attempt's time. The listing is audited.
+
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
+
+use super::db::cli_pool;
+use crate::audit::{AuditEvent, AuditLog};
+use crate::store;
+use crate::store::charges::UnknownCharge;
+
+#[derive(Debug, Subcommand)]
+pub enum ChargesCommand {
+    /// List charges whose outcome is unknown, oldest first: a charge held because its
+    /// processor cannot safely be asked again (idempotency `none`, `lookup` or `reversal`)
+    /// stays here until it is reconciled with the processor.
+    Unknown {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// At most this many charges.
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    /// One JSON object per line.
+    Json,
+}
+
+pub async fn run(cmd: ChargesCommand) -> anyhow::Result<()> {
+    let pool = cli_pool().await?;
+    match cmd {
+        ChargesCommand::Unknown { format, limit } => {
+            let rows = store::charges::list_unknown_charges(&pool, limit.clamp(1, 100_000))
+                .await
+                .context("cannot read the charges")?;
+            let mut event = AuditEvent::operator("charges_unknown_list");
+            if let Some(details) = event.details.as_object_mut() {
+                details.insert("count".into(), rows.len().into());
+            }
+            AuditLog::new(pool.clone())
+                .record(&event)
+                .await
+                .context("cannot write the audit log")?;
+            print(&rows, format);
+        }
+    }
+    Ok(())
+}
+
+fn amount(r: &UnknownCharge) -> String {
+    match (r.amount_minor, &r.currency) {
+        (Some(a), Some(c)) => crate::domain::Amount::display_minor(a, c),
+        _ => String::new(),
+    }
+}
+
+fn print(rows: &[UnknownCharge], format: Format) {
+    match format {
+        Format::Json => {
+            for r in rows {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("amount".into(), amount(r).into());
+                }
+                println!("{v}");
+            }
+        }
+        Format::Table => {
+            println!(
+                "{:<36}  {:<20}  {:<9}  {:<26}  {:<24}  {:>14}  {:<20}  ERROR",
+                "TRANSACTION",
+                "CREDENTIAL",
+                "STATE",
+                "TOKEN",
+                "CARD",
+                "AMOUNT",
+                "FIRST ATTEMPT (UTC)"
+            );
+            for r in rows {
+                println!(
+                    "{:<36}  {:<20}  {:<9}  {:<26}  {:<24}  {:>14}  {:<20}  {}",
+                    r.transaction_id,
+                    r.credential,
+                    r.state,
+                    r.token.as_deref().unwrap_or("-"),
+                    r.masked_card.as_deref().unwrap_or("-"),
+                    amount(r),
+                    r.first_attempt_at
+                        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    r.processor_error.as_deref().unwrap_or("-"),
+                );
+            }
+        }
+    }
+}
