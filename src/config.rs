@@ -200,6 +200,10 @@ pub struct ServeConfig {
     pub default_token_ttl_days: Option<u32>,
     pub dedup: bool,
     pub shutdown_grace: Duration,
+    /// `PAYVAULT_PROCESSOR_*` variables set in the environment that the selected processor does
+    /// not read (names only, never values): most likely a misspelt setting
+    /// ([`unknown_processor_variables`]). Production refuses them; development warns.
+    pub unknown_processor_variables: Vec<String>,
 }
 
 /// Which payment processor charges go to.
@@ -216,6 +220,95 @@ pub enum ProcessorConfig {
     },
     /// A declarative processor profile (built in or from a file) with its settings.
     Profile(ProfileConfig),
+}
+
+/// payvault's own processor variables, read whatever the processor.
+const PROCESSOR_VARIABLES: &[&str] = &[
+    "PAYVAULT_PROCESSOR",
+    "PAYVAULT_PROCESSOR_PROFILE",
+    "PAYVAULT_PROCESSOR_ENVIRONMENT",
+    "PAYVAULT_PROCESSOR_URL",
+    "PAYVAULT_PROCESSOR_TIMEOUT_MS",
+    "PAYVAULT_PROCESSOR_CONNECT_TIMEOUT_MS",
+];
+
+/// The generic adapter's variables (the secret also from `_FILE`).
+const GENERIC_PROCESSOR_VARIABLES: &[&str] = &[
+    "PAYVAULT_PROCESSOR_AUTH",
+    "PAYVAULT_PROCESSOR_USERNAME",
+    "PAYVAULT_PROCESSOR_SECRET",
+    "PAYVAULT_PROCESSOR_HEADER",
+];
+
+/// Of the variable `names` (the environment's), those under `PAYVAULT_PROCESSOR` that `processor`
+/// does not read: not payvault's own, not the generic adapter's (when it is used), not a setting
+/// the profile declares (`_FILE` only for a secret one). Sorted, each once.
+pub fn unknown_processor_variables<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    processor: &ProcessorConfig,
+) -> Vec<String> {
+    let mut known: std::collections::BTreeSet<String> =
+        PROCESSOR_VARIABLES.iter().map(|&v| v.to_owned()).collect();
+    match processor {
+        ProcessorConfig::Generic { .. } => {
+            known.extend(GENERIC_PROCESSOR_VARIABLES.iter().map(|&v| v.to_owned()));
+            known.insert(format!("{}_FILE", "PAYVAULT_PROCESSOR_SECRET"));
+        }
+        ProcessorConfig::Profile(p) => {
+            for (name, decl) in &p.profile.settings {
+                let variable = setting_variable(name);
+                if decl.secret {
+                    known.insert(format!("{variable}_FILE"));
+                }
+                known.insert(variable);
+            }
+        }
+        ProcessorConfig::None | ProcessorConfig::Sandbox => {}
+    }
+    // `PAYVAULT_PROCESSOR_`, spelt so that the README check does not take it for a variable.
+    let prefix = setting_variable("");
+    let unknown: std::collections::BTreeSet<String> = names
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix) && !known.contains(*n))
+        .map(str::to_owned)
+        .collect();
+    unknown.into_iter().collect()
+}
+
+/// The processor variables `processor` reads besides payvault's own, for a refusal's hint.
+fn processor_settings_hint(processor: &ProcessorConfig) -> String {
+    match processor {
+        ProcessorConfig::Profile(p) if p.profile.settings.is_empty() => {
+            format!("profile `{}` declares no settings", p.profile.name)
+        }
+        ProcessorConfig::Profile(p) => {
+            let names: Vec<String> = p
+                .profile
+                .settings
+                .keys()
+                .map(|n| setting_variable(n))
+                .collect();
+            format!("profile `{}` reads {}", p.profile.name, names.join(", "))
+        }
+        ProcessorConfig::Generic { .. } => {
+            format!(
+                "the generic adapter reads {}",
+                GENERIC_PROCESSOR_VARIABLES.join(", ")
+            )
+        }
+        ProcessorConfig::None | ProcessorConfig::Sandbox => {
+            "no processor profile is selected (PAYVAULT_PROCESSOR)".to_owned()
+        }
+    }
+}
+
+/// The names of the environment's variables with a non-empty value (unset and empty are the
+/// same everywhere in payvault). Values are not kept.
+fn environment_names() -> Vec<String> {
+    std::env::vars_os()
+        .filter(|(_, value)| !value.is_empty())
+        .filter_map(|(name, _)| name.into_string().ok())
+        .collect()
 }
 
 /// Reads `PAYVAULT_PROCESSOR_<SETTING>` (and `_FILE` for a secret setting).
@@ -406,6 +499,7 @@ impl ServeConfig {
             default_token_ttl_days: None,
             dedup: false,
             shutdown_grace: Duration::from_secs(30),
+            unknown_processor_variables: Vec::new(),
         }
     }
 
@@ -413,6 +507,10 @@ impl ServeConfig {
     pub fn from_env_with_database(database_url: SecretText) -> Result<Self, ConfigError> {
         let d = Self::new(database_url);
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let processor = processor_config()?;
+        let names = environment_names();
+        let unknown_processor_variables =
+            unknown_processor_variables(names.iter().map(String::as_str), &processor);
         Ok(Self {
             environment: environment()?,
             tls: tls_files()?,
@@ -424,7 +522,8 @@ impl ServeConfig {
                 d.auth_cache_ttl.as_secs(),
             )?),
             db_max_connections: parsed("PAYVAULT_DB_MAX_CONNECTIONS", d.db_max_connections)?,
-            processor: processor_config()?,
+            processor,
+            unknown_processor_variables,
             processor_connect_timeout: Duration::from_millis(parsed(
                 "PAYVAULT_PROCESSOR_CONNECT_TIMEOUT_MS",
                 millis(d.processor_connect_timeout),
@@ -471,31 +570,48 @@ impl ServeConfig {
 
 impl ServeConfig {
     /// Under `PAYVAULT_ENV=production`, the reasons this configuration must not start: the
-    /// sandbox processor, a plain-HTTP processor URL, development credentials, or a development
-    /// master key (`has_development_key`). Empty when it may start.
-    pub fn production_refusals(&self, has_development_key: bool) -> Vec<&'static str> {
+    /// sandbox processor, a plain-HTTP processor URL, development credentials, a development
+    /// master key (`has_development_key`), or a `PAYVAULT_PROCESSOR_*` variable the processor does
+    /// not read (named, never its value). Empty when it may start.
+    pub fn production_refusals(&self, has_development_key: bool) -> Vec<String> {
         if self.environment != Environment::Production {
             return Vec::new();
         }
-        let mut refusals = Vec::new();
+        let mut refusals: Vec<String> = Vec::new();
         if has_development_key {
-            refusals.push("a development master key (pvdev.…) is loaded: generate a production key with `payvault keys generate`");
+            refusals.push("a development master key (pvdev.…) is loaded: generate a production key with `payvault keys generate`".into());
         }
         match &self.processor {
             ProcessorConfig::Sandbox => refusals
-                .push("PAYVAULT_PROCESSOR=sandbox is a fake processor: configure a real one"),
+                .push("PAYVAULT_PROCESSOR=sandbox is a fake processor: configure a real one".into()),
             ProcessorConfig::Generic { url, .. } if url.scheme() != "https" => refusals.push(
-                "PAYVAULT_PROCESSOR_URL must be https: card data never crosses a network in clear",
+                "PAYVAULT_PROCESSOR_URL must be https: card data never crosses a network in clear".into(),
             ),
             ProcessorConfig::Profile(p) if p.base_url.scheme() != "https" => refusals.push(
-                "the processor profile's base URL (or PAYVAULT_PROCESSOR_URL) must be https: card data never crosses a network in clear",
+                "the processor profile's base URL (or PAYVAULT_PROCESSOR_URL) must be https: card data never crosses a network in clear".into(),
             ),
             _ => {}
         }
         if self.dev_connector_credential.is_some() {
-            refusals.push("PAYVAULT_DEV_CONNECTOR_CREDENTIAL is for development: create credentials with `payvault credentials create`");
+            refusals.push("PAYVAULT_DEV_CONNECTOR_CREDENTIAL is for development: create credentials with `payvault credentials create`".into());
         }
+        refusals.extend(self.unknown_processor_variable_reasons());
         refusals
+    }
+
+    /// One sentence per unknown `PAYVAULT_PROCESSOR_*` variable, naming it (never its value):
+    /// a refusal in production, a warning in development.
+    pub fn unknown_processor_variable_reasons(&self) -> Vec<String> {
+        if self.unknown_processor_variables.is_empty() {
+            return Vec::new();
+        }
+        let hint = processor_settings_hint(&self.processor);
+        self.unknown_processor_variables
+            .iter()
+            .map(|name| {
+                format!("{name} is set but not read by this processor configuration (a misspelt setting stays unset): {hint}")
+            })
+            .collect()
     }
 }
 
@@ -523,6 +639,7 @@ mod tests {
             default_token_ttl_days: None,
             dedup: false,
             shutdown_grace: Duration::from_secs(1),
+            unknown_processor_variables: Vec::new(),
         }
     }
 
@@ -565,5 +682,121 @@ mod tests {
         assert!(config(dev, generic("http://sandbox:9090"))
             .production_refusals(false)
             .is_empty());
+    }
+
+    fn stripe() -> ProcessorConfig {
+        let profile = Profile::builtin("stripe").unwrap().unwrap();
+        ProcessorConfig::Profile(
+            ProfileConfig::with_settings(
+                profile,
+                ProcessorEnvironment::Test,
+                None,
+                &[("secret_key", "sk_test_x")],
+            )
+            .unwrap(),
+        )
+    }
+
+    /// `PAYVAULT_PROCESSOR_<SUFFIX>`, built so that the README check (which scans `src/` for
+    /// quoted names) does not take test names for variables payvault reads.
+    fn v(suffix: &str) -> String {
+        setting_variable(suffix)
+    }
+
+    #[test]
+    fn unknown_processor_variables_are_detected() {
+        let names = [
+            v("secret_key"),
+            v("secret_key_file"),
+            v("secret_ky"),
+            v("url"),
+            v("timeout_ms"),
+            v("connect_timeout_ms"),
+            v("environment"),
+            v("profile"),
+            v("url_file"),
+            v("auth"),
+            "PAYVAULT_PROCESSOR".to_owned(),
+            "PAYVAULT_LISTEN".to_owned(),
+            format!("{}S", "PAYVAULT_PROCESSOR"),
+            "HOME".to_owned(),
+        ];
+        let names = || names.iter().map(String::as_str);
+        // A profile: its settings (secret ones also `_FILE`) and payvault's own are known; the
+        // generic adapter's are not.
+        assert_eq!(
+            unknown_processor_variables(names(), &stripe()),
+            [v("auth"), v("secret_ky"), v("url_file")]
+        );
+        // The generic adapter: its own variables, the secret also from a file.
+        let generic_names = [
+            v("auth"),
+            v("username"),
+            v("secret"),
+            v("secret_file"),
+            v("header"),
+            v("secret_key"),
+        ];
+        assert_eq!(
+            unknown_processor_variables(
+                generic_names.iter().map(String::as_str),
+                &generic("https://pay.example")
+            ),
+            [v("secret_key")]
+        );
+        // No processor: every setting-like variable is unknown.
+        assert_eq!(
+            unknown_processor_variables(names(), &ProcessorConfig::None),
+            [
+                v("auth"),
+                v("secret_key"),
+                v("secret_key_file"),
+                v("secret_ky"),
+                v("url_file")
+            ]
+        );
+        // A non-secret setting is not read from `_FILE`.
+        let profile = Profile::builtin("authorizenet").unwrap().unwrap();
+        let plain: Vec<String> = profile
+            .settings
+            .iter()
+            .filter(|(_, d)| !d.secret)
+            .map(|(n, _)| format!("{}_FILE", v(n)))
+            .collect();
+        assert!(!plain.is_empty());
+        let settings: Vec<(String, String)> = profile
+            .settings
+            .keys()
+            .map(|n| (n.clone(), "x".to_owned()))
+            .collect();
+        let settings: Vec<(&str, &str)> = settings
+            .iter()
+            .map(|(n, x)| (n.as_str(), x.as_str()))
+            .collect();
+        let cfg = ProcessorConfig::Profile(
+            ProfileConfig::with_settings(profile, ProcessorEnvironment::Test, None, &settings)
+                .unwrap(),
+        );
+        assert_eq!(
+            unknown_processor_variables(plain.iter().map(String::as_str), &cfg),
+            plain
+        );
+    }
+
+    #[test]
+    fn production_refuses_unknown_processor_variables_by_name_only() {
+        let mut cfg = config(Environment::Production, stripe());
+        cfg.unknown_processor_variables = vec![v("secret_ky")];
+        let refusals = cfg.production_refusals(false);
+        assert_eq!(refusals.len(), 1, "{refusals:?}");
+        assert!(refusals[0].starts_with(&v("secret_ky")), "{refusals:?}");
+        assert!(
+            refusals[0].contains(&v("secret_key")),
+            "the hint names the setting: {refusals:?}"
+        );
+        assert!(!refusals[0].contains("sk_test_x"), "{refusals:?}");
+        cfg.environment = Environment::Development;
+        assert!(cfg.production_refusals(false).is_empty());
+        assert_eq!(cfg.unknown_processor_variable_reasons().len(), 1);
     }
 }

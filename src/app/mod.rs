@@ -65,6 +65,11 @@ pub async fn launch(
             refusals.join("\n  - ")
         );
     }
+    if cfg.environment == config::Environment::Development {
+        for reason in cfg.unknown_processor_variable_reasons() {
+            tracing::warn!("{reason}");
+        }
+    }
     let tls = match &cfg.tls {
         Some(files) => Some(crate::http::tls::acceptor(&files.cert, &files.key)?),
         None => None,

@@ -738,6 +738,8 @@ fn production_refuses_development_keys_sandbox_and_plain_http() {
             .env("PAYVAULT_ENV", "production")
             // Never reached: the refusal comes before any connection.
             .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            // Any free port: these tests run in parallel and must not race for 8080.
+            .env("PAYVAULT_LISTEN", "127.0.0.1:0")
             .env("PAYVAULT_MASTER_KEY", key)
             .env_remove("PAYVAULT_PROCESSOR")
             .env_remove("PAYVAULT_PROCESSOR_URL");
@@ -770,6 +772,53 @@ fn production_refuses_development_keys_sandbox_and_plain_http() {
         !err.contains("refuses") && err.contains("cannot connect to the database"),
         "{err}"
     );
+}
+
+#[test]
+fn production_refuses_a_misspelt_processor_setting_naming_it_without_its_value() {
+    let secret = "sk_live_misspelt9Qz7wX";
+    let serve = |env: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_payvault"));
+        cmd.arg("serve")
+            .env("PAYVAULT_ENV", env)
+            // Never reached: the refusal comes before any connection.
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            // Any free port: these tests run in parallel and must not race for 8080.
+            .env("PAYVAULT_LISTEN", "127.0.0.1:0")
+            .env("PAYVAULT_MASTER_KEY", fresh_key())
+            .env_remove("PAYVAULT_PROCESSOR_PROFILE")
+            .env_remove("PAYVAULT_PROCESSOR_URL")
+            .env_remove("PAYVAULT_PROCESSOR_ENVIRONMENT")
+            .env("PAYVAULT_PROCESSOR", "stripe")
+            // The profile's setting is spelt right once (so the profile resolves)...
+            .env("PAYVAULT_PROCESSOR_SECRET_KEY", "sk_live_correct0000")
+            // ...and wrong once: production must not start with a setting silently ignored.
+            .env("PAYVAULT_PROCESSOR_SECRET_KY", secret);
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let err = serve("production");
+    assert!(
+        err.contains("PAYVAULT_ENV=production refuses to start")
+            && err.contains("PAYVAULT_PROCESSOR_SECRET_KY is set but not read"),
+        "{err}"
+    );
+    assert!(!err.contains(secret), "the value is never printed: {err}");
+    assert!(!err.contains("sk_live_correct0000"), "{err}");
+    // Development only warns (by name) and goes on to fail on the database.
+    let err = serve("development");
+    assert!(
+        !err.contains("refuses")
+            && err.contains("PAYVAULT_PROCESSOR_SECRET_KY")
+            && err.contains("cannot connect to the database"),
+        "{err}"
+    );
+    assert!(!err.contains(secret), "{err}");
 }
 
 #[tokio::test]
@@ -909,6 +958,8 @@ fn bad_serve_settings_are_named_without_echoing_secrets() {
         cmd.arg("serve")
             // Never reached: configuration is checked before any connection.
             .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            // Any free port: these tests run in parallel and must not race for 8080.
+            .env("PAYVAULT_LISTEN", "127.0.0.1:0")
             .env("PAYVAULT_MASTER_KEY", fresh_key())
             .env_remove("PAYVAULT_ENV");
         for (name, value) in vars {

@@ -13,6 +13,7 @@ mod cli;
 mod dev;
 mod keys;
 mod ops;
+mod processor_cli;
 mod processors;
 mod security;
 mod stored_credentials;
