@@ -73,3 +73,8 @@ async fn adyen_merchant_initiated_charges_cite_the_network_transaction_id() {
     assert_eq!(seen[0]["recurringProcessingModel"], "Subscription");
     assert_eq!(seen[1]["recurringProcessingModel"], "UnscheduledCardOnFile");
 }
+
+#[tokio::test]
+async fn adyen_an_unknown_outcome_then_twilios_retry_is_replayed_under_the_same_key() {
+    wire::lost_answer_is_replayed_by_key(&wire().await, PAN, "12.34").await;
+}

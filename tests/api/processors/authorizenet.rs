@@ -105,3 +105,19 @@ async fn authorizenet_merchant_initiated_charges_cite_the_network_transaction_id
     );
     assert!(!unscheduled.contains_key(&f("transactionSettings.setting.1.settingName")));
 }
+
+#[tokio::test]
+async fn authorizenet_an_unknown_outcome_then_twilios_retry_reads_the_duplicate_as_the_original() {
+    let wire = wire().await;
+    let (_app, _txn, retry, resent) = wire::lost_answer_then_retry(&wire, PAN, "12.34").await;
+    let record = wire.fake.record();
+    assert_eq!(record.sales.len(), 1, "{:?}", record.sales);
+    // The re-send (the profile sends duplicateWindow explicitly) is refused as a duplicate
+    // carrying the original transaction (§2.5): Twilio gets the original charge id.
+    assert_eq!(resent, 1, "one re-send: {:?}", record.requests);
+    assert_eq!(wire::approved(&retry), record.sales[0].id, "{retry}");
+    assert_eq!(
+        retry["parameters"]["transactionResponse_authCode"], "A00001",
+        "the original auth code: {retry}"
+    );
+}

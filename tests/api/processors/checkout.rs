@@ -73,3 +73,8 @@ async fn checkout_merchant_initiated_charges_cite_the_scheme_id() {
     assert_eq!(seen[0]["payment_type"], "Recurring");
     assert_eq!(seen[1]["payment_type"], "Unscheduled");
 }
+
+#[tokio::test]
+async fn checkout_an_unknown_outcome_then_twilios_retry_is_replayed_under_the_same_key() {
+    wire::lost_answer_is_replayed_by_key(&wire().await, PAN, "12.34").await;
+}

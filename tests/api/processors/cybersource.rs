@@ -104,3 +104,8 @@ async fn cybersource_merchant_initiated_charges_cite_the_network_transaction_id(
         "internet"
     );
 }
+
+#[tokio::test]
+async fn cybersource_an_unknown_outcome_then_twilios_retry_is_held_for_reconciliation() {
+    wire::lost_answer_is_held_for_reconciliation(&wire().await, PAN, "12.34").await;
+}

@@ -66,3 +66,8 @@ async fn stripe_fake_merchant_initiated_charges_cite_the_network_transaction_id(
         assert!(!fields.contains_key("payment_method_options[card][moto]"));
     }
 }
+
+#[tokio::test]
+async fn stripe_an_unknown_outcome_then_twilios_retry_is_replayed_under_the_same_key() {
+    wire::lost_answer_is_replayed_by_key(&wire().await, PAN, "12.34").await;
+}

@@ -295,3 +295,98 @@ pub async fn merchant_initiated(wire: &Wire) -> (String, Vec<BTreeMap<String, St
     assert_eq!(wire.fake.record().requests.len(), before);
     (ntid, seen)
 }
+
+/// An unknown outcome followed by Twilio's retry: the fake executes the first sale but answers
+/// after the processor timeout (Twilio hears `processor_timeout`), then Twilio retries the same
+/// `transaction_id`. Returns the app, the transaction id, the retry's answer and how many
+/// requests the retry made the fake answer (the lost first request is never recorded as
+/// answered: payvault hangs up on it before the fake's delay ends). The fake executed at most
+/// one sale.
+pub async fn lost_answer_then_retry(
+    wire: &Wire,
+    pan: &str,
+    amount: &str,
+) -> (TestApp, String, Value, usize) {
+    let app = wire.app().await;
+    let txn = new_txn();
+    wire.fake
+        .fault_next(Fault::Delay(TIMEOUT + Duration::from_secs(1)));
+    let (status, first) = app.post("/", &card(&txn, pan, amount)).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["charge_id"], Value::Null, "{first}");
+    assert_eq!(first["error_code"], "processor_timeout", "{first}");
+    assert_eq!(
+        wire.fake.sales_executed(),
+        1,
+        "the first sale ran before its answer was lost"
+    );
+    let before = wire.fake.record().requests.len();
+    let (status, retry) = app.post("/", &card(&txn, pan, amount)).await;
+    assert_eq!(status, 200, "{retry}");
+    let record = wire.fake.record();
+    assert!(
+        record.sales.len() <= 1,
+        "at most one sale executed: {:?}",
+        record.sales
+    );
+    (app, txn, retry, record.requests.len() - before)
+}
+
+/// For a `header` profile: the retry re-sends with the same idempotency key, the fake replays
+/// the first answer and Twilio gets the first sale's charge id.
+pub async fn lost_answer_is_replayed_by_key(wire: &Wire, pan: &str, amount: &str) {
+    let (_app, _txn, retry, resent) = lost_answer_then_retry(wire, pan, amount).await;
+    let record = wire.fake.record();
+    assert_eq!(record.sales.len(), 1, "{:?}", record.sales);
+    assert_eq!(
+        approved(&retry),
+        record.sales[0].id,
+        "the original charge id"
+    );
+    assert_eq!(resent, 1, "one re-send: {:?}", record.requests);
+    assert_eq!(record.replays, 1, "the re-send was answered from the key");
+    let keys = &record.idempotency_keys;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(!keys[0].is_empty());
+    assert_eq!(keys[0], keys[1], "the re-send carries the first key");
+}
+
+/// For a profile that cannot re-send safely (`lookup`, `reversal`, `none`): the retry does not
+/// reach the processor, Twilio hears that the outcome is unknown, and the charge is listed by
+/// `payvault charges unknown` for reconciliation.
+pub async fn lost_answer_is_held_for_reconciliation(wire: &Wire, pan: &str, amount: &str) {
+    let (app, txn, retry, resent) = lost_answer_then_retry(wire, pan, amount).await;
+    let record = wire.fake.record();
+    assert_eq!(record.sales.len(), 1, "{:?}", record.sales);
+    assert_eq!(
+        resent, 0,
+        "the retry did not call the processor: {:?}",
+        record.requests
+    );
+    assert_eq!(retry["charge_id"], Value::Null, "{retry}");
+    assert_eq!(retry["error_code"], "processor_outcome_unknown", "{retry}");
+    let listed = charges_unknown(&app);
+    let rows: Vec<Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{listed}");
+    assert_eq!(rows[0]["transaction_id"], txn.as_str(), "{listed}");
+    assert_eq!(rows[0]["state"], "unknown", "{listed}");
+}
+
+/// `payvault charges unknown --format json` against the app's database: one JSON object a line.
+pub fn charges_unknown(app: &TestApp) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_payvault"))
+        .args(["charges", "unknown", "--format", "json"])
+        .env_remove("DATABASE_URL_FILE")
+        .env("DATABASE_URL", app.db.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
