@@ -85,14 +85,10 @@ async fn nmi_merchant_initiated_charges_cite_the_first_transaction_id() {
     assert!(!seen[1].contains_key("billing_method"), "unscheduled");
 }
 
-// Fails today: nmi.toml declares `duplicate_window`, so payvault re-sends, and the profile sends
-// no `dup_seconds`, so the fake (which checks duplicates only when `dup_seconds` is sent: NMI's
-// default window is not in processors.md §3.5) executes a second sale. With `dup_seconds` sent,
-// NMI's duplicate answer (`response=3&response_code=300`, §3.5) carries no original outcome and
-// would reach Twilio as a decline of a charged sale. The profile should declare `lookup` (the
-// query API, §3.5) or `none`; un-ignore once it does.
+// NMI has no idempotency key and its duplicate answer does not carry the original outcome
+// (processors.md §3.5): the profile declares `lookup`, so a lost answer is never re-sent (this
+// test once caught a second, real sale when the profile declared `duplicate_window`).
 #[tokio::test]
-#[ignore = "nmi.toml declares duplicate_window: the retry re-sends and charges twice"]
 async fn nmi_an_unknown_outcome_then_twilios_retry_is_held_for_reconciliation() {
     wire::lost_answer_is_held_for_reconciliation(&wire().await, PAN, "12.34").await;
 }
