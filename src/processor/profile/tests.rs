@@ -7,6 +7,7 @@ use crate::domain::{
     SecretText,
 };
 use crate::processor::Initiator;
+use minijinja::{Environment, UndefinedBehavior};
 
 const PAN: &str = "4111111111111111";
 
