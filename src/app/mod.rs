@@ -76,9 +76,13 @@ pub async fn launch(
     };
     let trusted_proxies = TrustedProxies::parse(&cfg.trusted_proxies)
         .map_err(|e| anyhow::anyhow!("PAYVAULT_TRUSTED_PROXIES: {e}"))?;
-    let pool = store::connect(&cfg.database_url, cfg.db_max_connections)
-        .await
-        .context("cannot connect to the database")?;
+    let pool = store::connect_with_timeout(
+        &cfg.database_url,
+        cfg.db_max_connections,
+        cfg.db_acquire_timeout,
+    )
+    .await
+    .context("cannot connect to the database")?;
     if migrate {
         store::migrate(&pool).await.context("migration failed")?;
     }

@@ -356,6 +356,37 @@ fn check_row(keys: &KeyRing, row: &SealedRow, prev: &[u8]) -> Result<Option<Stri
     }))
 }
 
+/// Whether master key version `version` made the newest seal it is recorded as having made:
+/// `None` when it sealed nothing that can be checked on its own (its predecessor is gone).
+/// Used once per version, before its check value is recorded (see `app::keys`).
+pub async fn key_made_newest_seal(
+    pool: &PgPool,
+    keys: &KeyRing,
+    version: i32,
+) -> Result<Option<bool>, SealError> {
+    let Some(seq) = store::keys::newest_seal_of_version(pool, version).await? else {
+        return Ok(None);
+    };
+    let prev = if seq == 1 {
+        vec![0u8; 32]
+    } else {
+        match store::seals::seals_after(pool, seq - 2, 1).await?.pop() {
+            Some(p) if p.seq == seq - 1 => p.mac,
+            _ => match store::seals::anchor_before(pool, seq).await? {
+                Some(a) if a.seq == seq - 1 => a.mac,
+                _ => return Ok(None),
+            },
+        }
+    };
+    let Some(row) = store::seals::seals_after(pool, seq - 1, 1).await?.pop() else {
+        return Ok(None);
+    };
+    if row.event.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(check_row(keys, &row, &prev)?.is_none()))
+}
+
 /// The newest seal as a checkpoint.
 pub async fn checkpoint(pool: &PgPool) -> Result<Option<Checkpoint>, SealError> {
     let row = store::seals::newest_seal(pool).await?;

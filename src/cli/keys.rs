@@ -38,6 +38,9 @@ pub enum KeysCommand {
         #[arg(long, default_value_t = 1)]
         version: i32,
     },
+    /// Print a fresh random passphrase (175 bits) for PAYVAULT_MASTER_PASSPHRASE, alone on the
+    /// last line.
+    GeneratePassphrase,
     /// Check that no entry still uses VERSION, so it can be removed from PAYVAULT_MASTER_KEY.
     Retire { version: i32 },
     /// How many entries each master key version protects.
@@ -49,6 +52,15 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Rotate { batch } => rotate_keys(batch.max(1)).await,
         KeysCommand::Retire { version } => retire_key(version).await,
         KeysCommand::PassphraseInit { version } => passphrase_init(version).await,
+        KeysCommand::GeneratePassphrase => {
+            println!("# New payvault master key passphrase. Keep it in a secret manager: with a database backup, it opens the vault.");
+            println!("# Set it as PAYVAULT_MASTER_PASSPHRASE (or in a file named by PAYVAULT_MASTER_PASSPHRASE_FILE), then run `payvault keys passphrase-init`.");
+            println!(
+                "{}",
+                crate::crypto::passphrase::generate_passphrase().as_str()
+            );
+            Ok(())
+        }
         KeysCommand::Status => {
             let pool = cli_pool().await?;
             println!("{:<8} ENTRIES", "VERSION");
@@ -86,8 +98,13 @@ async fn passphrase_init(version: i32) -> anyhow::Result<()> {
         config::secret_var("PAYVAULT_MASTER_PASSPHRASE")?.ok_or(config::ConfigError::Missing(
             "PAYVAULT_MASTER_PASSPHRASE (or PAYVAULT_MASTER_PASSPHRASE_FILE)",
         ))?;
-    if passphrase.expose().chars().count() < 16 {
-        anyhow::bail!("PAYVAULT_MASTER_PASSPHRASE must be at least 16 characters");
+    // Salt, cost and check value sit in the database: a backup allows offline guessing.
+    let bits = crate::crypto::passphrase::estimated_bits(passphrase.expose());
+    if bits < crate::crypto::passphrase::MIN_PASSPHRASE_BITS {
+        anyhow::bail!(
+            "PAYVAULT_MASTER_PASSPHRASE is too weak: about {bits:.0} bits estimated, at least {:.0} required (anyone with a database backup can guess it offline). Use `payvault keys generate-passphrase`, or a sentence of well over 100 characters",
+            crate::crypto::passphrase::MIN_PASSPHRASE_BITS
+        );
     }
     let pool = cli_pool().await?;
     let mut salt = vec![0u8; 16];

@@ -21,12 +21,6 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("set either {0} or {0}_FILE, not both")]
     Both(&'static str),
-    #[error("cannot read {name}_FILE ({path}): {source}")]
-    File {
-        name: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
     #[error("{name} is invalid: {reason}")]
     Invalid { name: &'static str, reason: String },
     #[error(transparent)]
@@ -57,17 +51,68 @@ pub fn secret_var(name: &'static str) -> Result<Option<SecretText>, ConfigError>
     match (direct, file) {
         (Some(_), Some(_)) => Err(ConfigError::Both(name)),
         (Some(v), None) => Ok(Some(SecretText::from(v))),
-        (None, Some(path)) => {
-            let mut text = std::fs::read_to_string(&path).map_err(|source| ConfigError::File {
-                name,
-                path,
-                source,
-            })?;
-            let trimmed_len = text.trim_end_matches(['\n', '\r']).len();
-            text.truncate(trimmed_len);
-            Ok(Some(SecretText::from(text)))
-        }
+        (None, Some(path)) => read_secret_file(&file_var, &path).map(Some),
         (None, None) => Ok(None),
+    }
+}
+
+/// Reads the secret file named by `file_var` (every `_FILE` setting comes through here). A file
+/// that group or others can read or write, or that belongs to another user than payvault's (or
+/// root), is refused under production and warned about otherwise: whoever can read the master
+/// key can decrypt the vault. Read into a zeroizing buffer sized once; one trailing newline
+/// sequence removed. Errors name the variable and path, never the content.
+pub(crate) fn read_secret_file(file_var: &str, path: &str) -> Result<SecretText, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let fail = |reason: String| ConfigError::Setting {
+        name: file_var.to_owned(),
+        reason,
+    };
+    let mut file =
+        std::fs::File::open(path).map_err(|e| fail(format!("cannot read {path}: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| fail(format!("cannot read {path}: {e}")))?;
+    let mut problems = Vec::new();
+    if meta.mode() & 0o077 != 0 {
+        problems.push(format!(
+            "{path} is accessible to group or others (mode {:04o}): `chmod 600 {path}`",
+            meta.mode() & 0o7777
+        ));
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    if meta.uid() != euid && meta.uid() != 0 {
+        problems.push(format!(
+            "{path} belongs to uid {}, neither payvault's user (uid {euid}) nor root",
+            meta.uid()
+        ));
+    }
+    if !problems.is_empty() {
+        if environment()? == Environment::Production {
+            return Err(fail(format!(
+                "{} (refused under PAYVAULT_ENV=production)",
+                problems.join("; ")
+            )));
+        }
+        for problem in &problems {
+            tracing::warn!("{file_var}: {problem} (refused under PAYVAULT_ENV=production)");
+        }
+    }
+    // Sized once (plus room for std's end-of-file probe) so no reallocation leaves a copy behind.
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(
+        usize::try_from(meta.len()).unwrap_or(0).saturating_add(64),
+    ));
+    file.read_to_end(&mut buf)
+        .map_err(|e| fail(format!("cannot read {path}: {e}")))?;
+    while matches!(buf.last(), Some(b'\n' | b'\r')) {
+        buf.pop();
+    }
+    match String::from_utf8(std::mem::take(&mut *buf)) {
+        Ok(text) => Ok(SecretText::new(text)),
+        Err(e) => {
+            zeroize::Zeroize::zeroize(&mut e.into_bytes());
+            Err(fail(format!("{path} is not valid UTF-8")))
+        }
     }
 }
 
@@ -110,11 +155,19 @@ pub enum Environment {
     Production,
 }
 
-/// `PAYVAULT_ENV`: `development` (the default) or `production`.
+/// `PAYVAULT_ENV`: `production` (the default: a server nobody marked must not accept
+/// development conveniences) or `development`, which must be said (`payvault dev`, the compose
+/// file and the test harness do).
 pub fn environment() -> Result<Environment, ConfigError> {
+    Ok(environment_setting()?.unwrap_or(Environment::Production))
+}
+
+/// `PAYVAULT_ENV` as set, `None` when unset (`payvault dev` defaults it to development).
+pub fn environment_setting() -> Result<Option<Environment>, ConfigError> {
     match var("PAYVAULT_ENV")?.as_deref() {
-        None | Some("development") => Ok(Environment::Development),
-        Some("production") => Ok(Environment::Production),
+        None => Ok(None),
+        Some("development") => Ok(Some(Environment::Development)),
+        Some("production") => Ok(Some(Environment::Production)),
         Some(other) => Err(ConfigError::Invalid {
             name: "PAYVAULT_ENV",
             reason: format!("`{other}` is not one of development, production"),
@@ -193,6 +246,8 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     pub auth_cache_ttl: Duration,
     pub db_max_connections: u32,
+    /// How long a request waits for a database connection (`PAYVAULT_DB_ACQUIRE_TIMEOUT_MS`).
+    pub db_acquire_timeout: Duration,
     pub processor: ProcessorConfig,
     pub processor_connect_timeout: Duration,
     pub processor_timeout: Duration,
@@ -218,7 +273,7 @@ impl ServeConfig {
     /// configuration table lists the same values). Tests and embedding programs start here.
     pub fn new(database_url: SecretText) -> Self {
         Self {
-            environment: Environment::Development,
+            environment: Environment::Production,
             database_url,
             tls: None,
             dev_connector_credential: None,
@@ -226,6 +281,7 @@ impl ServeConfig {
             max_body_bytes: 16 * 1024,
             auth_cache_ttl: Duration::from_secs(60),
             db_max_connections: 16,
+            db_acquire_timeout: crate::store::DEFAULT_ACQUIRE_TIMEOUT,
             processor: ProcessorConfig::None,
             processor_connect_timeout: Duration::from_millis(3_000),
             processor_timeout: Duration::from_millis(15_000),
@@ -259,6 +315,10 @@ impl ServeConfig {
                 d.auth_cache_ttl.as_secs(),
             )?),
             db_max_connections: parsed("PAYVAULT_DB_MAX_CONNECTIONS", d.db_max_connections)?,
+            db_acquire_timeout: Duration::from_millis(parsed(
+                "PAYVAULT_DB_ACQUIRE_TIMEOUT_MS",
+                millis(d.db_acquire_timeout),
+            )?),
             processor,
             unknown_processor_variables,
             processor_connect_timeout: Duration::from_millis(parsed(
@@ -370,6 +430,7 @@ mod tests {
             max_body_bytes: 1024,
             auth_cache_ttl: Duration::from_secs(1),
             db_max_connections: 1,
+            db_acquire_timeout: Duration::from_secs(1),
             processor,
             processor_connect_timeout: Duration::from_secs(1),
             processor_timeout: Duration::from_secs(1),

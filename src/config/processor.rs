@@ -135,15 +135,7 @@ fn profile_setting(name: &str, secret: bool) -> Result<Option<SecretText>, Confi
             reason: format!("set either it or {file_var}, not both"),
         }),
         (Some(v), None) => Ok(Some(SecretText::from(v))),
-        (None, Some(path)) => {
-            let mut text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Setting {
-                name: file_var.clone(),
-                reason: format!("cannot read {path}: {e}"),
-            })?;
-            let trimmed_len = text.trim_end_matches(['\n', '\r']).len();
-            text.truncate(trimmed_len);
-            Ok(Some(SecretText::from(text)))
-        }
+        (None, Some(path)) => super::read_secret_file(&file_var, &path).map(Some),
         (None, None) => Ok(None),
     }
 }

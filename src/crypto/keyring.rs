@@ -178,6 +178,9 @@ pub(crate) struct DerivedKeys {
     pub(crate) request_mac: HmacSha256,
     /// Keys the audit log's seal chain.
     pub(crate) audit_seal: HmacSha256,
+    /// This version's check value (`master_key_checks`): a MAC of a fixed label under its own
+    /// derived key, so publishing it reveals nothing about the other keys.
+    pub(crate) check: [u8; 32],
 }
 
 impl DerivedKeys {
@@ -195,7 +198,14 @@ impl DerivedKeys {
         let fingerprint = expand(b"payvault/fingerprint");
         let request_mac = expand(b"payvault/request-mac");
         let audit_seal = expand(b"payvault/audit-seal");
+        let check_key = expand(b"payvault/key-check");
+        let version = master.version.to_be_bytes();
+        let check = mac_parts(
+            &new_hmac(check_key.as_ref()),
+            &[b"payvault/key-check/v1", &version],
+        );
         Self {
+            check,
             audit_seal: new_hmac(audit_seal.as_ref()),
             kek: Aes256Gcm::new(kek.as_ref().into()),
             fingerprint: new_hmac(fingerprint.as_ref()),
@@ -262,6 +272,12 @@ impl KeyRing {
         self.keys
             .get(&version)
             .ok_or(CryptoError::UnknownKeyVersion(version))
+    }
+
+    /// The check value of `version`: stored once per version, compared at every start, so a
+    /// wrong key is refused before it decrypts or seals anything.
+    pub fn check_value(&self, version: i32) -> Result<[u8; 32], CryptoError> {
+        Ok(self.get(version)?.check)
     }
 
     /// HMAC-SHA256 fingerprint of `parts` (length-prefixed, so field boundaries are unambiguous)
@@ -367,6 +383,26 @@ mod tests {
             KeyRing::parse(&dup),
             Err(KeyRingError::DuplicateVersion(1))
         ));
+    }
+
+    #[test]
+    fn check_value_depends_on_key_and_version_only() {
+        let key = MasterKey::generate(1);
+        let text = key.encode();
+        let a = KeyRing::parse(&text).unwrap();
+        let b = KeyRing::parse(&text).unwrap();
+        assert_eq!(a.check_value(1).unwrap(), b.check_value(1).unwrap());
+        let other = KeyRing::from_keys(vec![MasterKey::generate(1)]).unwrap();
+        assert_ne!(a.check_value(1).unwrap(), other.check_value(1).unwrap());
+        // The same bytes under another version number give another check value.
+        let relabelled = KeyRing::parse(&text.replacen("pvmk.1.", "pvmk.2.", 1)).unwrap();
+        assert_ne!(
+            a.check_value(1).unwrap(),
+            relabelled.check_value(2).unwrap()
+        );
+        assert!(a.check_value(2).is_err());
+        // Not the passphrase check value, nor any other derived MAC.
+        assert_ne!(a.check_value(1).unwrap(), key.check_mac());
     }
 
     #[test]

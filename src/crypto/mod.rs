@@ -14,6 +14,7 @@
 
 mod envelope;
 mod keyring;
+pub mod passphrase;
 
 pub use envelope::SealedEntry;
 pub use keyring::{HmacSha256, KeyRing, KeyRingError, MasterKey};

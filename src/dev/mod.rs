@@ -61,7 +61,7 @@ impl Drop for DevCredentials {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    if config::environment()? == Environment::Production {
+    if config::environment_setting()? == Some(Environment::Production) {
         bail!("`payvault dev` is a development mode: PAYVAULT_ENV=production refuses it; use `payvault serve`");
     }
     let pg_user = postgres::postgres_account()?;
@@ -96,6 +96,8 @@ async fn serve(dir: &Path, pgdata: &Path) -> anyhow::Result<()> {
     let creds = load_or_create_credentials(&dir.join("credentials.json"))?;
 
     let mut cfg = ServeConfig::from_env_with_database(SecretText::from(url.clone()))?;
+    // Development unless said otherwise (production was refused above).
+    cfg.environment = Environment::Development;
     if config::var("PAYVAULT_LISTEN")?.is_none() {
         cfg.listen = SocketAddr::from(([127, 0, 0, 1], 8080));
     }

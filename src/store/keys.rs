@@ -44,3 +44,57 @@ pub async fn insert_kdf(db: impl PgExecutor<'_>, p: &KdfParams) -> Result<bool, 
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// The recorded check value of each master key version (`master_key_checks`).
+pub async fn find_key_checks(db: impl PgExecutor<'_>) -> Result<Vec<(i32, Vec<u8>)>, sqlx::Error> {
+    let rows = sqlx::query!("SELECT version, check_mac FROM master_key_checks ORDER BY version")
+        .fetch_all(db)
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.version, r.check_mac)).collect())
+}
+
+/// Records a version's check value; `false` if it already has one (it never changes).
+pub async fn insert_key_check(
+    db: impl PgExecutor<'_>,
+    version: i32,
+    check_mac: &[u8],
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        r#"
+        INSERT INTO master_key_checks (version, check_mac) VALUES ($1, $2)
+        ON CONFLICT ON CONSTRAINT master_key_checks_pkey DO NOTHING
+        "#,
+        version,
+        check_mac,
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A live entry encrypted under `version`, if any: evidence for checking a key that has no
+/// recorded check value yet.
+pub async fn sample_entry_token(
+    db: impl PgExecutor<'_>,
+    version: i32,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT token FROM vault_entries WHERE key_version = $1 AND wrapped_key IS NOT NULL AND deleted_at IS NULL LIMIT 1",
+        version,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// The newest audit seal made under `version`, if any (its chain position).
+pub async fn newest_seal_of_version(
+    db: impl PgExecutor<'_>,
+    version: i32,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT max(seq) FROM audit_seals WHERE key_version = $1",
+        version,
+    )
+    .fetch_one(db)
+    .await
+}

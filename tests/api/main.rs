@@ -16,6 +16,7 @@ mod ops;
 mod processor_cli;
 mod processors;
 mod security;
+mod startup;
 mod stored_credentials;
 mod tokenize;
 mod tokens;

@@ -283,6 +283,45 @@ async fn readyz_fails_while_the_database_is_down_and_recovers() {
 }
 
 #[tokio::test]
+async fn a_request_while_the_database_refuses_connections_gets_internal_error_quickly() {
+    let db = Arc::new(TestDb::new().await);
+    let mut proxy = DbProxy::start().await;
+    let opts = Options {
+        database_url: Some(proxy.url_for(&db)),
+        ..Default::default()
+    };
+    let app = spawn_app_opts(db, test_keys(), opts).await;
+    // A first request caches the credential, so the next one needs the database only to store.
+    let (_, first) = app
+        .post("/", &card_tokenize(&new_txn(), "4111111111111111"))
+        .await;
+    assert!(first["token_id"].is_string(), "{first}");
+
+    proxy.down();
+    // Once the pool has dropped its cut connections, every query must open a new one, which
+    // the database refuses: sqlx retries until the acquire timeout.
+    wait_for_readyz(&app, 503, Duration::from_secs(15)).await;
+    let started = Instant::now();
+    let (status, body) = app
+        .post("/", &card_tokenize(&new_txn(), "4111111111111111"))
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (200, Some("internal_error")),
+        "{body}"
+    );
+    assert!(body["token_id"].is_null(), "{body}");
+    // The default acquire timeout (PAYVAULT_DB_ACQUIRE_TIMEOUT_MS, 2 s), not sqlx's 30 s or the
+    // 5 s it used to be: Twilio's 10 s leave room for its retry.
+    assert!(
+        waited < Duration::from_millis(4_500),
+        "answered after {waited:?}"
+    );
+    proxy.up().await;
+}
+
+#[tokio::test]
 async fn serves_https_when_given_a_certificate_and_key() {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = std::env::temp_dir().join(format!("pvtls-{}", uuid::Uuid::new_v4().simple()));

@@ -164,6 +164,9 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
     // The same launch path as `payvault serve`, configured as a test needs it.
     let url = opts.database_url.clone().unwrap_or_else(|| db.url());
     let mut config = ServeConfig::new(url.into());
+    // Tests use the sandbox and fakes over plain HTTP: development, said explicitly (the default
+    // is production).
+    config.environment = payvault::config::Environment::Development;
     config.max_body_bytes = 16 * 1024;
     config.db_max_connections = 10;
     config.processor = opts.processor;
