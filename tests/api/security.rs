@@ -450,3 +450,101 @@ async fn a_tokenize_whose_audit_event_cannot_be_written_does_not_happen() {
         0
     );
 }
+
+// --- Secret files (`*_FILE`): mode and owner checked where every one is read. ---------------
+
+/// A file holding `content`, with `mode`.
+fn secret_file(content: &str, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join(format!("pv-secret-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, format!("{content}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+#[test]
+fn secret_files_readable_by_others_are_refused_in_production_and_warned_about_otherwise() {
+    use crate::startup::{key_text, run, stderr};
+    let key = key_text(1);
+    let open = secret_file(&key, 0o644);
+    let private = secret_file(&key, 0o600);
+    let unreachable_db = ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none");
+    let serve = |file: &std::path::PathBuf, env: Option<&str>| {
+        let mut vars = vec![
+            unreachable_db,
+            ("PAYVAULT_MASTER_KEY_FILE", file.to_str().unwrap()),
+        ];
+        if let Some(env) = env {
+            vars.push(("PAYVAULT_ENV", env));
+        }
+        run(&["serve"], &vars)
+    };
+    // Production (the default): refused before anything connects, naming variable and path.
+    for env in [None, Some("production")] {
+        let out = serve(&open, env);
+        let err = stderr(&out);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("PAYVAULT_MASTER_KEY_FILE")
+                && err.contains(open.to_str().unwrap())
+                && err.contains("accessible to group or others")
+                && !err.contains("connection refused"),
+            "{err}"
+        );
+        assert!(!err.contains(&key[7..]), "{err}");
+    }
+    // Development: a warning, then the start goes on (to the unreachable database).
+    let err = stderr(&serve(&open, Some("development")));
+    assert!(
+        err.contains("accessible to group or others") && err.contains("connection refused"),
+        "{err}"
+    );
+    // A private file passes in production.
+    let err = stderr(&serve(&private, None));
+    assert!(
+        !err.contains("accessible to group or others") && err.contains("connection refused"),
+        "{err}"
+    );
+    // Processor secrets come through the same check.
+    let out = run(
+        &["serve"],
+        &[
+            unreachable_db,
+            ("PAYVAULT_MASTER_KEY", &key),
+            ("PAYVAULT_PROCESSOR", "stripe"),
+            ("PAYVAULT_PROCESSOR_SECRET_KEY_FILE", open.to_str().unwrap()),
+        ],
+    );
+    let err = stderr(&out);
+    assert!(
+        !out.status.success()
+            && err.contains("PAYVAULT_PROCESSOR_SECRET_KEY_FILE")
+            && err.contains("accessible to group or others"),
+        "{err}"
+    );
+    // So does the database URL (a password inside).
+    let url_file = secret_file("postgres://payvault:hunter2hunter2@127.0.0.1:1/x", 0o640);
+    let out = run(
+        &["credentials", "list"],
+        &[("DATABASE_URL_FILE", url_file.to_str().unwrap())],
+    );
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("DATABASE_URL_FILE") && !err.contains("hunter2"),
+        "{err}"
+    );
+    // A private file that belongs to someone else (only root can make one to test with).
+    if rustix::process::geteuid().is_root() {
+        let foreign = secret_file(&key, 0o600);
+        std::os::unix::fs::chown(&foreign, Some(65534), None).unwrap();
+        let err = stderr(&serve(&foreign, None));
+        assert!(
+            err.contains("belongs to uid 65534") && !err.contains("connection refused"),
+            "{err}"
+        );
+        std::fs::remove_file(foreign).unwrap();
+    }
+    for f in [open, private, url_file] {
+        std::fs::remove_file(f).unwrap();
+    }
+}

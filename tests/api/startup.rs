@@ -3,8 +3,6 @@
 //! the data it protects), production is the default, secret files are checked, and database
 //! errors say what is wrong.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
@@ -12,12 +10,12 @@ use crate::helpers::{self, card_tokenize, new_txn, spawn_app_with, TestDb};
 use payvault::audit::AuditEvent;
 use payvault::crypto::{KeyRing, MasterKey};
 
-fn key_text(version: i32) -> String {
+pub(crate) fn key_text(version: i32) -> String {
     MasterKey::generate(version).encode().to_string()
 }
 
 /// Runs `payvault args` with the given variables and none inherited that could change it.
-fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
+pub(crate) fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_payvault"));
     cmd.args(args);
     for name in [
@@ -41,7 +39,7 @@ fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
@@ -188,89 +186,6 @@ async fn the_first_check_value_of_a_version_that_only_sealed_is_proved_by_its_se
         &[("DATABASE_URL", &db.url()), ("PAYVAULT_MASTER_KEY", &right)],
     );
     assert!(ok.status.success(), "{}", stderr(&ok));
-}
-
-/// A file holding `content`, with `mode`.
-fn secret_file(content: &str, mode: u32) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("pv-secret-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&path, format!("{content}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-    path
-}
-
-#[test]
-fn secret_files_readable_by_others_are_refused_in_production_and_warned_about_otherwise() {
-    let key = key_text(1);
-    let open = secret_file(&key, 0o644);
-    let private = secret_file(&key, 0o600);
-    let unreachable_db = ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none");
-    let serve = |file: &PathBuf, env: Option<&str>| {
-        let mut vars = vec![
-            unreachable_db,
-            ("PAYVAULT_MASTER_KEY_FILE", file.to_str().unwrap()),
-        ];
-        if let Some(env) = env {
-            vars.push(("PAYVAULT_ENV", env));
-        }
-        run(&["serve"], &vars)
-    };
-    // Production (the default): refused before anything connects, naming variable and path.
-    for env in [None, Some("production")] {
-        let out = serve(&open, env);
-        let err = stderr(&out);
-        assert!(!out.status.success());
-        assert!(
-            err.contains("PAYVAULT_MASTER_KEY_FILE")
-                && err.contains(open.to_str().unwrap())
-                && err.contains("accessible to group or others")
-                && !err.contains("connection refused"),
-            "{err}"
-        );
-        assert!(!err.contains(&key[7..]), "{err}");
-    }
-    // Development: a warning, then the start goes on (to the unreachable database).
-    let err = stderr(&serve(&open, Some("development")));
-    assert!(
-        err.contains("accessible to group or others") && err.contains("connection refused"),
-        "{err}"
-    );
-    // A private file passes in production.
-    let err = stderr(&serve(&private, None));
-    assert!(
-        !err.contains("accessible to group or others") && err.contains("connection refused"),
-        "{err}"
-    );
-    // Processor secrets come through the same check.
-    let out = run(
-        &["serve"],
-        &[
-            unreachable_db,
-            ("PAYVAULT_MASTER_KEY", &key),
-            ("PAYVAULT_PROCESSOR", "stripe"),
-            ("PAYVAULT_PROCESSOR_SECRET_KEY_FILE", open.to_str().unwrap()),
-        ],
-    );
-    let err = stderr(&out);
-    assert!(
-        !out.status.success()
-            && err.contains("PAYVAULT_PROCESSOR_SECRET_KEY_FILE")
-            && err.contains("accessible to group or others"),
-        "{err}"
-    );
-    // So does the database URL (a password inside).
-    let url_file = secret_file("postgres://payvault:hunter2hunter2@127.0.0.1:1/x", 0o640);
-    let out = run(
-        &["credentials", "list"],
-        &[("DATABASE_URL_FILE", url_file.to_str().unwrap())],
-    );
-    let err = stderr(&out);
-    assert!(
-        !out.status.success() && err.contains("DATABASE_URL_FILE") && !err.contains("hunter2"),
-        "{err}"
-    );
-    for f in [open, private, url_file] {
-        std::fs::remove_file(f).unwrap();
-    }
 }
 
 #[test]
