@@ -230,3 +230,85 @@ fn serve_refuses_a_heartbeat_not_shorter_than_the_lease() {
         "{err}"
     );
 }
+
+/// `lease_expires_at` of the only charge record, as seconds from now (`None` when cleared).
+async fn lease_left(db: &TestDb) -> Option<f64> {
+    sqlx::query_scalar(
+        "SELECT extract(epoch FROM lease_expires_at - now())::float8 \
+         FROM idempotency_records WHERE operation = 'charge'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_heartbeat_renews_only_the_attempt_that_holds_the_charge() {
+    use payvault::store::audit::AuditBatch;
+    use payvault::store::charges::{
+        claim_new_charge, finish_charge, renew_charge_lease, take_over_charge, ChargeState,
+        FinishedCharge, NewCharge, TakeOver,
+    };
+    let db = TestDb::new().await;
+    let who = admin::create_credential(&db.pool, "twilio", CredentialKind::Connector, None)
+        .await
+        .unwrap()
+        .row
+        .id;
+    let key = new_txn();
+    let none = AuditBatch::new(&[]);
+    let lease = Duration::from_secs(60);
+    let claim = NewCharge {
+        credential_id: who,
+        key: &key,
+        request_mac: &[0; 32],
+        mac_key_version: 1,
+        processor_key: "pv_test",
+        lease: Duration::from_secs(1),
+    };
+    assert!(claim_new_charge(&db.pool, &claim, &none).await.unwrap());
+    let renew = |attempt| renew_charge_lease(&db.pool, who, &key, attempt, lease);
+    assert!(renew(1).await.unwrap());
+    assert!(lease_left(&db).await.unwrap() > 50.0, "renewed for a lease");
+    let lapse = || async {
+        sqlx::query("UPDATE idempotency_records SET lease_expires_at = now() - interval '1 s'")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    };
+    // A late beat of a live attempt nobody has taken over yet renews it.
+    lapse().await;
+    assert!(renew(1).await.unwrap());
+    assert!(lease_left(&db).await.unwrap() > 50.0);
+
+    // Once a retry took it over, the first attempt's beats no longer extend anything.
+    lapse().await;
+    let take = TakeOver {
+        credential_id: who,
+        key: &key,
+        seen_attempts: 1,
+        lease,
+    };
+    assert_eq!(
+        take_over_charge(&db.pool, &take, &none).await.unwrap(),
+        Some(2)
+    );
+    let before = lease_left(&db).await.unwrap();
+    assert!(!renew(1).await.unwrap(), "attempt 1 lost the charge");
+    assert!(lease_left(&db).await.unwrap() <= before);
+    assert!(renew(2).await.unwrap());
+
+    // A finished charge has no lease to renew.
+    let outcome = serde_json::json!({"charge_id": "ch_1"});
+    let finish = FinishedCharge {
+        credential_id: who,
+        key: &key,
+        attempt: 2,
+        state: ChargeState::Succeeded,
+        outcome: &outcome,
+        token: None,
+    };
+    assert!(finish_charge(&db.pool, &finish, &none).await.unwrap());
+    assert!(!renew(2).await.unwrap());
+    assert_eq!(lease_left(&db).await, None);
+}
