@@ -31,8 +31,6 @@ use crate::processor::{Processor, Unconfigured};
 use crate::store;
 use crate::vault::Vault;
 
-/// Margin added to the processor timeout before an in-flight charge is presumed dead.
-const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// How often expired tokens are looked for.
 const EXPIRY_PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -119,7 +117,8 @@ pub async fn launch(
         vault: vault.clone(),
         processor,
         wait: cfg.idempotency_wait,
-        lease: cfg.processor_timeout + LEASE_MARGIN,
+        lease: cfg.charge_lease,
+        heartbeat: cfg.charge_heartbeat,
         processor_timeout: cfg.processor_timeout,
     };
     let state = AppState {

@@ -1,7 +1,10 @@
 //! Step 2: the right to call the processor. The first attempt claims the key; a later one
 //! replays a finished charge, waits for one in flight elsewhere, or takes over one whose outcome
-//! is unknown or whose instance died.
+//! is unknown or whose instance died. The attempt holding the key renews its short lease while
+//! it calls the processor ([`Charger::holding_lease`]), so a dead holder's lease lapses within
+//! seconds.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
@@ -18,6 +21,9 @@ use crate::store::charges::{ChargeRecord, ChargeState, NewCharge, TakeOver};
 
 /// The least time a re-sent attempt gets, however little is left of the caller's wait.
 const MIN_RESEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The shortest heartbeat, so that a zero interval (never configured so) cannot spin.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 
 const POLL_START: Duration = Duration::from_millis(10);
 const POLL_MAX: Duration = Duration::from_millis(200);
@@ -233,6 +239,55 @@ impl Charger {
             timeout: remaining.min(self.processor_timeout),
             recover: Some(self.processor.resend_safety()).filter(|s| s.recovers_first()),
         }))
+    }
+
+    /// Runs `work` (this attempt's processor call) while renewing the attempt's lease every
+    /// `heartbeat`, and stops renewing when it ends: the lease outlives its holder by at most
+    /// `lease`, so when this instance dies mid-call, a retry on another instance takes over
+    /// within a few seconds instead of waiting out the processor timeout. Dropping the returned
+    /// future (the attempt is abandoned) stops the renewals too.
+    pub(super) async fn holding_lease<F: Future>(
+        &self,
+        who: &Principal,
+        key: &str,
+        attempt: &Attempt,
+        work: F,
+    ) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        tokio::select! {
+            biased;
+            out = &mut work => out,
+            () = self.renew_lease(who, key, attempt.number) => work.await,
+        }
+    }
+
+    /// Renews the lease of attempt `number` every `heartbeat`; returns only when the attempt
+    /// has lost it (another attempt took over after it lapsed). A failed renewal (database
+    /// unreachable) is retried at the next beat: the lease lapses only if every renewal within
+    /// `lease` fails, and then the guarded write in `record_outcome` keeps this attempt's late
+    /// outcome from replacing the newer attempt's.
+    async fn renew_lease(&self, who: &Principal, key: &str, number: i32) {
+        let every = self.heartbeat.max(MIN_HEARTBEAT);
+        let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            beats.tick().await;
+            match store::charges::renew_charge_lease(&self.pool, who.id, key, number, self.lease)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        attempt = number,
+                        "charge lease lost to a newer attempt; this attempt's outcome will not replace it"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(attempt = number, error = %e, "cannot renew the charge lease")
+                }
+            }
+        }
     }
 
     /// Polls the record until its attempt counter or state moves, or the wait runs out.

@@ -7,10 +7,14 @@
 //!   (none) --claim--> in_flight --processor approved--> succeeded   (final, replayed)
 //!                         |      --processor declined--> failed      (final, replayed)
 //!                         |      --timeout / 5xx / bad answer / unreachable--> unknown
-//!                         +-- lease expired (instance died) --+
+//!                         +-- lease expired (no heartbeat: instance died) --+
 //!   unknown | expired in_flight --retry takes over--> in_flight (same processor key)
 //! ```
 //!
+//! - The attempt in flight renews its lease (a few seconds) by heartbeat while it runs, so the
+//!   lease expires only after its instance died: a retry on another instance then takes over
+//!   within the lease, well inside Twilio's 10 s budget, rather than waiting out the processor
+//!   timeout. An attempt that outlived its lease cannot record its outcome over the newer one's.
 //! - A retry of a final record gets the stored outcome: the same `charge_id`, byte for byte.
 //! - A retry while another attempt is in flight waits for it, polling the record, for at most
 //!   `wait` (below Twilio's 10 s), and never calls the processor itself.
@@ -170,8 +174,12 @@ pub struct Charger {
     pub processor: Arc<dyn Processor>,
     /// How long a retry waits for an in-flight attempt before answering `transaction_in_progress`.
     pub wait: Duration,
-    /// How long an in-flight attempt is presumed alive: the processor timeout plus a margin.
+    /// How long an in-flight attempt is presumed alive without a renewal: the attempt renews it
+    /// every `heartbeat` while it calls the processor, so it lapses (and a retry may take the
+    /// charge over) only once its instance has died or lost the database for this long.
     pub lease: Duration,
+    /// How often the attempt holding a charge renews its lease; shorter than `lease`.
+    pub heartbeat: Duration,
     /// Total time allowed for a first attempt's processor call.
     pub processor_timeout: Duration,
 }
@@ -266,7 +274,8 @@ impl Charger {
             Claim::Finished(rec) => return self.replay(rec, event).await,
             Claim::Unresolved(outcome) => return self.answer_unknown(outcome, event).await,
         };
-        let result = self.call_processor(req, method, &attempt, initiator).await;
+        let call = self.call_processor(req, method, &attempt, initiator);
+        let result = self.holding_lease(who, &req.key, &attempt, call).await;
         self.record_outcome(who, req, method, &attempt, result, event, stored_ntid)
             .await
     }

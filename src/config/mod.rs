@@ -232,6 +232,31 @@ fn dev_credential() -> Result<Option<DevCredential>, ConfigError> {
     }))
 }
 
+/// Checks a charge attempt's lease and heartbeat: both positive, the heartbeat shorter than the
+/// lease (or a live attempt's lease would lapse between renewals and a retry could take over a
+/// charge still with the processor).
+pub fn checked_charge_lease(
+    lease: Duration,
+    heartbeat: Duration,
+) -> Result<(Duration, Duration), ConfigError> {
+    if lease.is_zero() {
+        return Err(ConfigError::Invalid {
+            name: "PAYVAULT_CHARGE_LEASE_MS",
+            reason: "must be positive".into(),
+        });
+    }
+    if heartbeat.is_zero() || heartbeat >= lease {
+        return Err(ConfigError::Invalid {
+            name: "PAYVAULT_CHARGE_HEARTBEAT_MS",
+            reason: format!(
+                "must be positive and shorter than PAYVAULT_CHARGE_LEASE_MS ({} ms)",
+                lease.as_millis()
+            ),
+        });
+    }
+    Ok((lease, heartbeat))
+}
+
 /// Settings of `payvault serve`. `Debug` shows no secret: the URL and key ring redact themselves.
 #[derive(Debug)]
 pub struct ServeConfig {
@@ -252,6 +277,10 @@ pub struct ServeConfig {
     pub processor_connect_timeout: Duration,
     pub processor_timeout: Duration,
     pub idempotency_wait: Duration,
+    /// How long a charge attempt's claim lasts without renewal (`PAYVAULT_CHARGE_LEASE_MS`).
+    pub charge_lease: Duration,
+    /// How often a live attempt renews it (`PAYVAULT_CHARGE_HEARTBEAT_MS`), shorter than the lease.
+    pub charge_heartbeat: Duration,
     pub sandbox_slow: Duration,
     pub trusted_proxies: String,
     pub seal_interval: Duration,
@@ -286,6 +315,8 @@ impl ServeConfig {
             processor_connect_timeout: Duration::from_millis(3_000),
             processor_timeout: Duration::from_millis(15_000),
             idempotency_wait: Duration::from_millis(9_000),
+            charge_lease: Duration::from_millis(5_000),
+            charge_heartbeat: Duration::from_millis(1_000),
             sandbox_slow: Duration::from_millis(12_000),
             trusted_proxies: String::new(),
             seal_interval: Duration::from_millis(200),
@@ -304,7 +335,16 @@ impl ServeConfig {
         let names = environment_names();
         let unknown_processor_variables =
             unknown_processor_variables(names.iter().map(String::as_str), &processor);
+        let (charge_lease, charge_heartbeat) = checked_charge_lease(
+            Duration::from_millis(parsed("PAYVAULT_CHARGE_LEASE_MS", millis(d.charge_lease))?),
+            Duration::from_millis(parsed(
+                "PAYVAULT_CHARGE_HEARTBEAT_MS",
+                millis(d.charge_heartbeat),
+            )?),
+        )?;
         Ok(Self {
+            charge_lease,
+            charge_heartbeat,
             environment: environment()?,
             tls: tls_files()?,
             dev_connector_credential: dev_credential()?,
@@ -435,6 +475,8 @@ mod tests {
             processor_connect_timeout: Duration::from_secs(1),
             processor_timeout: Duration::from_secs(1),
             idempotency_wait: Duration::from_secs(1),
+            charge_lease: Duration::from_secs(5),
+            charge_heartbeat: Duration::from_secs(1),
             sandbox_slow: Duration::from_secs(1),
             trusted_proxies: String::new(),
             seal_interval: Duration::from_secs(1),
@@ -473,6 +515,32 @@ mod tests {
             password: SecretText::from("b"),
         });
         assert_eq!(with_dev_credential.production_refusals(false).len(), 1);
+    }
+
+    #[test]
+    fn the_charge_heartbeat_must_be_shorter_than_the_lease() {
+        let ms = Duration::from_millis;
+        let defaults = ServeConfig::new(SecretText::from("postgres://localhost/x"));
+        assert!(checked_charge_lease(defaults.charge_lease, defaults.charge_heartbeat).is_ok());
+        assert!(
+            defaults.charge_lease < defaults.idempotency_wait,
+            "a retry waiting on a dead attempt sees its lease expire within the wait"
+        );
+        assert_eq!(
+            checked_charge_lease(ms(3000), ms(500)).unwrap(),
+            (ms(3000), ms(500))
+        );
+        for (lease, heartbeat, named) in [
+            (ms(1000), ms(1000), "PAYVAULT_CHARGE_HEARTBEAT_MS"),
+            (ms(1000), ms(2000), "PAYVAULT_CHARGE_HEARTBEAT_MS"),
+            (ms(1000), ms(0), "PAYVAULT_CHARGE_HEARTBEAT_MS"),
+            (ms(0), ms(0), "PAYVAULT_CHARGE_LEASE_MS"),
+        ] {
+            let err = checked_charge_lease(lease, heartbeat)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(named), "{lease:?}/{heartbeat:?}: {err}");
+        }
     }
 
     #[test]

@@ -167,6 +167,35 @@ pub async fn take_over_charge(
     .await
 }
 
+/// Renews the lease of attempt `attempt` (its holder's heartbeat): `false` when that attempt no
+/// longer holds the charge (another took it over, or marked it abandoned, after the lease
+/// lapsed), so its holder stops renewing. A lapsed lease nobody has acted on yet is renewed: the
+/// holder is alive, and a taker's update re-checks the lease in its own statement.
+pub async fn renew_charge_lease(
+    db: impl PgExecutor<'_>,
+    credential_id: Uuid,
+    key: &str,
+    attempt: i32,
+    lease: Duration,
+) -> Result<bool, sqlx::Error> {
+    let renewed = sqlx::query!(
+        r#"
+        UPDATE idempotency_records
+        SET lease_expires_at = now() + make_interval(secs => $4)
+        WHERE credential_id = $1 AND idempotency_key = $2 AND operation = 'charge'
+          AND attempts = $3 AND state = $5
+        "#,
+        credential_id,
+        key,
+        attempt,
+        lease.as_secs_f64(),
+        ChargeState::InFlight as ChargeState,
+    )
+    .execute(db)
+    .await?;
+    Ok(renewed.rows_affected() == 1)
+}
+
 /// The outcome of one attempt, to record.
 #[derive(Debug)]
 pub struct FinishedCharge<'a> {

@@ -258,7 +258,7 @@ async fn serve_migrates_answers_twilio_and_stops_on_sigterm() {
 }
 
 /// Kills the child process when dropped, so a failing test leaves nothing running.
-struct Child(std::process::Child);
+pub(crate) struct Child(pub(crate) std::process::Child);
 
 impl Drop for Child {
     fn drop(&mut self) {
@@ -717,7 +717,7 @@ fn create_connector(db: &TestDb) -> Value {
 }
 
 /// Polls `base`/healthz until payvault answers, with a deadline.
-async fn wait_until_serving(base: &str) {
+pub(crate) async fn wait_until_serving(base: &str) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.get(format!("{base}/healthz")).send().await.is_err() {
@@ -727,7 +727,7 @@ async fn wait_until_serving(base: &str) {
 }
 
 /// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -348,6 +348,7 @@ fn charger_for(app: &TestApp, processor: Arc<Scripted>, lease: Duration) -> Char
         processor,
         wait: Duration::from_secs(3),
         lease,
+        heartbeat: lease / 5,
         processor_timeout: Duration::from_millis(300),
     }
 }
@@ -566,11 +567,13 @@ async fn without_an_idempotency_key_an_unknown_outcome_is_never_re_sent_and_is_l
 async fn without_an_idempotency_key_an_abandoned_attempt_is_not_re_sent() {
     let app = spawn_app().await;
     let token = tokenize(&app).await;
-    // The first attempt hangs past its (short) lease, as if its instance had died.
+    // The first attempt hangs past its (short) lease without renewing it, as if its instance had
+    // died (or lost the database), and then comes back.
     let processor = Scripted::new(IdempotencyStrategy::None, |_| {
         (Duration::from_millis(250), approved("ch_1", None))
     });
-    let charger = charger_for(&app, processor.clone(), Duration::from_millis(50));
+    let mut charger = charger_for(&app, processor.clone(), Duration::from_millis(50));
+    charger.heartbeat = Duration::from_secs(60);
     let who = principal(&app);
     let req = Arc::new(token_request(&new_txn(), &token, None));
     let first = {

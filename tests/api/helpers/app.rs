@@ -116,6 +116,8 @@ pub struct Options {
     pub tls: Option<TlsFiles>,
     /// Reach the database through this URL (a proxy, say) instead of the test database's own.
     pub database_url: Option<String>,
+    /// A charge attempt's lease and heartbeat, instead of the defaults.
+    pub charge_lease: Option<(Duration, Duration)>,
 }
 
 impl Default for Options {
@@ -129,6 +131,7 @@ impl Default for Options {
             idempotency_wait: Duration::from_secs(9),
             tls: None,
             database_url: None,
+            charge_lease: None,
         }
     }
 }
@@ -179,6 +182,10 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
     config.dedup = opts.dedup;
     config.shutdown_grace = Duration::from_secs(5);
     config.tls = opts.tls;
+    if let Some((lease, heartbeat)) = opts.charge_lease {
+        config.charge_lease = lease;
+        config.charge_heartbeat = heartbeat;
+    }
     let service = Service {
         config,
         keys: KeySource::Loaded(keys.clone()),
