@@ -37,7 +37,7 @@ mod outcome;
 mod resolve;
 
 use claim::Claim;
-use resolve::Resolved;
+use resolve::{Resolved, StoredCredential};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -122,6 +122,10 @@ pub enum ChargeError {
     Duplicate,
     #[error("an earlier attempt with this idempotency key is still in progress; retry shortly")]
     InProgress,
+    /// A merchant-initiated charge through a processor that needs a network transaction id of
+    /// its own, for a token that has none from it. Processor names are not secret.
+    #[error("{0}")]
+    NoStoredCredential(String),
     #[error("database error")]
     Database(#[from] sqlx::Error),
     #[error("key error")]
@@ -155,6 +159,7 @@ impl ChargeError {
             ChargeError::TokenExpired => "token_expired",
             ChargeError::Duplicate => "duplicate_transaction",
             ChargeError::InProgress => "transaction_in_progress",
+            ChargeError::NoStoredCredential(_) => "stored_credential_unavailable",
             ChargeError::Database(_) | ChargeError::Crypto(_) => "internal_error",
         }
     }
@@ -239,8 +244,10 @@ impl Charger {
             Source::Payment(m) => m,
             Source::Token(token) => {
                 match self.resolve_token(&mut conn, who, req, token, &id).await? {
-                    Resolved::Method(m, network_transaction_id) => {
+                    Resolved::Method(m, stored) => {
                         resolved = m;
+                        let network_transaction_id = self.citable(stored)?;
+                        // An id from another processor is replaced by this one's, if it returns one.
                         stored_ntid = network_transaction_id.is_some();
                         initiator = Initiator::Merchant {
                             network_transaction_id,
@@ -269,6 +276,37 @@ impl Charger {
         let result = self.call_processor(req, method, &attempt, initiator).await;
         self.record_outcome(who, req, method, &attempt, result, event, stored_ntid)
             .await
+    }
+
+    /// The network transaction id a merchant-initiated charge of a token cites: the stored one,
+    /// only if this processor issued it (or its issuer was not recorded). Without one, the
+    /// charge goes without, if the processor allows that, or is refused before anything is sent.
+    fn citable(&self, stored: Option<StoredCredential>) -> Result<Option<String>, ChargeError> {
+        let processor = self.processor.name();
+        let other = match stored {
+            Some(s) if s.issuer.as_deref().is_none_or(|i| i == processor) => {
+                return Ok(Some(s.network_transaction_id))
+            }
+            Some(s) => s.issuer,
+            None => None,
+        };
+        if self.processor.merchant_initiated_without_network_transaction_id() {
+            return Ok(None);
+        }
+        let why = match other {
+            Some(issuer) => format!(
+                "the token's stored credential was established with processor {issuer}, and \
+                 processor {processor} needs a network transaction id of its own"
+            ),
+            None => format!(
+                "the token has no stored credential (network transaction id) from processor \
+                 {processor}, which needs one"
+            ),
+        };
+        Err(ChargeError::NoStoredCredential(format!(
+            "{why} for a merchant-initiated charge: charge the card once with the cardholder \
+             present (with save_card) to establish one; nothing was sent"
+        )))
     }
 
     /// The request MAC and processor key of this request.

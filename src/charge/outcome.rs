@@ -12,7 +12,7 @@ use crate::auth::Principal;
 use crate::crypto::CryptoError;
 use crate::domain::PaymentMethod;
 use crate::processor::{
-    scrub_value_with, scrub_with, IdempotencyStrategy, Initiator, Lookup, ProcessorError,
+    attempt_reference, scrub_value_with, scrub_with, IdempotencyStrategy, Initiator, Lookup, ProcessorError,
     ProcessorReply, ProcessorRequest, Reversal,
 };
 use crate::store;
@@ -35,9 +35,17 @@ impl Charger {
         initiator: Initiator,
     ) -> ProcessorResult {
         let params = req.parameters.clone();
+        // With `reversal` every attempt has its own reference, so undoing the earlier ones can
+        // never touch this one; the other strategies re-send under the first attempt's.
+        let reference = match attempt.recover {
+            Some(IdempotencyStrategy::Reversal) => {
+                attempt_reference(&attempt.processor_key, attempt.number)
+            }
+            _ => attempt.processor_key.clone(),
+        };
         let call = ProcessorRequest {
             transaction_id: &req.key,
-            idempotency_key: &attempt.processor_key,
+            idempotency_key: &reference,
             method,
             amount: &req.amount,
             description: req.description.as_deref(),
@@ -55,10 +63,10 @@ impl Charger {
                 Ok(Lookup::Unsupported) => Err(ProcessorError::RecoveryUnavailable),
                 Err(e) => Err(e),
             },
-            // Undo the earlier attempt; re-send only once it is reversed.
-            Some(_) => match self.processor.reverse(&call).await {
-                Ok(Reversal::Reversed) => self.processor.charge(&call).await,
-                Ok(Reversal::Unsupported) => Err(ProcessorError::RecoveryUnavailable),
+            // Undo every earlier attempt (each may have reached the processor, or not); re-send
+            // only once each is confirmed undone.
+            Some(_) => match self.reverse_earlier(&call, attempt).await {
+                Ok(()) => self.processor.charge(&call).await,
                 Err(e) => Err(e),
             },
         };
@@ -72,6 +80,28 @@ impl Charger {
         metrics::histogram!("payvault_processor_call_duration_seconds", "outcome" => kind)
             .record(call_started.elapsed().as_secs_f64());
         ProcessorResult { result, latency_ms }
+    }
+
+    /// Reverses attempts 1 to `attempt.number - 1` of `call`, each by its own reference, stopping
+    /// at the first that is not confirmed.
+    async fn reverse_earlier(
+        &self,
+        call: &ProcessorRequest<'_>,
+        attempt: &Attempt,
+    ) -> Result<(), ProcessorError> {
+        for number in 1..attempt.number {
+            let reference = attempt_reference(&attempt.processor_key, number);
+            let earlier = ProcessorRequest {
+                idempotency_key: &reference,
+                initiator: call.initiator.clone(),
+                ..*call
+            };
+            match self.processor.reverse(&earlier).await? {
+                Reversal::Reversed => {}
+                Reversal::Unsupported => return Err(ProcessorError::RecoveryUnavailable),
+            }
+        }
+        Ok(())
     }
 
     /// Records the attempt's outcome, its audit event, and (for `save_card`) the new vault
@@ -126,8 +156,13 @@ impl Charger {
                 if let (Some(ntid), false) = (&ntid, ntid_stored) {
                     let tx = tx.insert(self.pool.begin().await?);
                     ntid_saved =
-                        store::vault::set_network_transaction_id(&mut **tx, t.as_str(), ntid)
-                            .await?;
+                        store::vault::set_network_transaction_id(
+                            &mut **tx,
+                            t.as_str(),
+                            ntid,
+                            self.processor.name(),
+                        )
+                        .await?;
                 }
             }
             Source::Payment(m) if req.save_card && outcome.approved() => {
@@ -138,7 +173,13 @@ impl Charger {
                     .await?;
                 if let Some(ntid) = &ntid {
                     ntid_saved =
-                        store::vault::set_network_transaction_id(&mut **tx, &token, ntid).await?;
+                        store::vault::set_network_transaction_id(
+                            &mut **tx,
+                            &token,
+                            ntid,
+                            self.processor.name(),
+                        )
+                        .await?;
                 }
                 // Ours are added without clobbering the processor's parameters.
                 let key = if outcome.parameters.contains_key("token_id") {
