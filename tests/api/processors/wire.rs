@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use payvault::config::ProcessorConfig;
+use payvault::crypto::KeyRing;
 use payvault::domain::{
     Amount, Card, CardNumber, Cvv, Expiry, PaymentMethod, PostalCode, SecretText,
 };
@@ -62,6 +63,20 @@ impl Wire {
         spawn_app_opts(
             Arc::new(TestDb::new().await),
             test_keys(),
+            Options {
+                processor: ProcessorConfig::Profile(self.config()),
+                processor_timeout: TIMEOUT,
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    /// A payvault server charging through this profile on `db`, with `keys` (another instance's).
+    pub async fn app_on(&self, db: Arc<TestDb>, keys: Arc<KeyRing>) -> TestApp {
+        spawn_app_opts(
+            db,
+            keys,
             Options {
                 processor: ProcessorConfig::Profile(self.config()),
                 processor_timeout: TIMEOUT,
