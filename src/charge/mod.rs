@@ -17,13 +17,19 @@
 //! - A retry of an `unknown` outcome re-sends with the same processor idempotency key, fixed at
 //!   the first attempt, so a processor that honours it cannot charge twice; only if the
 //!   processor says a re-send is safe ([`Processor::resend_safety`]: `header` or
-//!   `duplicate_window`). Otherwise the outcome stays unknown: a retry is answered
+//!   `duplicate_window`). With `lookup` the retry first asks the processor what became of the
+//!   attempt (a transaction found is the outcome; none found, the sale is sent); with
+//!   `reversal` it first undoes every earlier attempt, each under its own reference, and sends
+//!   the sale under a new one only once all are confirmed undone; either waits
+//!   [`Processor::recovery_delay`] after the earlier attempt. Otherwise the outcome stays
+//!   unknown: a retry is answered
 //!   `processor_outcome_unknown` without calling the processor, an abandoned attempt is marked
 //!   unknown the same way, and the charge waits for reconciliation (`payvault charges unknown`).
 //!
 //! Stored credentials: a charge of a stored token is merchant-initiated (no CVV), citing the
-//! network transaction id stored with the token; the first approved charge that returns one
-//! (a `save_card` charge, or the first charge of a tokenized card) stores it, once.
+//! network transaction id stored with the token if this processor issued it; the first approved
+//! charge through a processor that returns one (a `save_card` charge, or the first charge of a
+//! tokenized card) stores it with the processor's name, once per processor.
 //! - The same key with a different payload is refused as a duplicate.
 //!
 //! Every attempt and every outcome is audited in the transaction that records it.
@@ -284,13 +290,16 @@ impl Charger {
     fn citable(&self, stored: Option<StoredCredential>) -> Result<Option<String>, ChargeError> {
         let processor = self.processor.name();
         let other = match stored {
-            Some(s) if s.issuer.as_deref().is_none_or(|i| i == processor) => {
+            Some(s) if s.issuer.as_deref().map_or(true, |i| i == processor) => {
                 return Ok(Some(s.network_transaction_id))
             }
             Some(s) => s.issuer,
             None => None,
         };
-        if self.processor.merchant_initiated_without_network_transaction_id() {
+        if self
+            .processor
+            .merchant_initiated_without_network_transaction_id()
+        {
             return Ok(None);
         }
         let why = match other {

@@ -12,8 +12,8 @@ use crate::auth::Principal;
 use crate::crypto::CryptoError;
 use crate::domain::PaymentMethod;
 use crate::processor::{
-    attempt_reference, scrub_value_with, scrub_with, IdempotencyStrategy, Initiator, Lookup, ProcessorError,
-    ProcessorReply, ProcessorRequest, Reversal,
+    attempt_reference, scrub_value_with, scrub_with, IdempotencyStrategy, Initiator, Lookup,
+    Processor, ProcessorError, ProcessorReply, ProcessorRequest, Reversal,
 };
 use crate::store;
 use crate::store::audit::AuditBatch;
@@ -155,14 +155,13 @@ impl Charger {
                 // The first charge of a tokenized card that returns one anchors later ones.
                 if let (Some(ntid), false) = (&ntid, ntid_stored) {
                     let tx = tx.insert(self.pool.begin().await?);
-                    ntid_saved =
-                        store::vault::set_network_transaction_id(
-                            &mut **tx,
-                            t.as_str(),
-                            ntid,
-                            self.processor.name(),
-                        )
-                        .await?;
+                    ntid_saved = store::vault::set_network_transaction_id(
+                        &mut **tx,
+                        t.as_str(),
+                        ntid,
+                        self.processor.name(),
+                    )
+                    .await?;
                 }
             }
             Source::Payment(m) if req.save_card && outcome.approved() => {
@@ -172,14 +171,13 @@ impl Charger {
                     .insert_entry(tx, who, m, req.token_expires_at)
                     .await?;
                 if let Some(ntid) = &ntid {
-                    ntid_saved =
-                        store::vault::set_network_transaction_id(
-                            &mut **tx,
-                            &token,
-                            ntid,
-                            self.processor.name(),
-                        )
-                        .await?;
+                    ntid_saved = store::vault::set_network_transaction_id(
+                        &mut **tx,
+                        &token,
+                        ntid,
+                        self.processor.name(),
+                    )
+                    .await?;
                 }
                 // Ours are added without clobbering the processor's parameters.
                 let key = if outcome.parameters.contains_key("token_id") {
@@ -264,12 +262,7 @@ impl Charger {
         let outcome = ChargeOutcome {
             charge_id: None,
             error_code: Some(OUTCOME_UNKNOWN.into()),
-            error_message: Some(format!(
-                "an earlier attempt of this charge got no definitive answer from the payment \
-                 processor, which cannot safely be asked again (idempotency: {}); payvault does \
-                 not re-send it: check the charge with the processor before charging again",
-                self.processor.resend_safety().as_str()
-            )),
+            error_message: Some(unknown_message(&*self.processor)),
             parameters: Map::new(),
             token_id: earlier.token_id,
         };
@@ -306,6 +299,29 @@ impl Charger {
             replayed: true,
         })
     }
+}
+
+/// Why a retry of a charge whose outcome is unknown is not sent to the processor.
+fn unknown_message(processor: &dyn Processor) -> String {
+    let strategy = processor.resend_safety();
+    if strategy.recovers_first() {
+        let op = match strategy {
+            IdempotencyStrategy::Lookup => "looks it up",
+            _ => "undoes it",
+        };
+        return format!(
+            "an earlier attempt of this charge got no definitive answer from the payment \
+             processor; payvault {op} with the processor before sending anything, no sooner \
+             than {} s after that attempt: retry later, or check the charge with the processor",
+            processor.recovery_delay().as_secs()
+        );
+    }
+    format!(
+        "an earlier attempt of this charge got no definitive answer from the payment processor, \
+         which cannot safely be asked again (idempotency: {}); payvault does not re-send it: \
+         check the charge with the processor before charging again",
+        strategy.as_str()
+    )
 }
 
 /// The answer to a retry of a charge whose outcome is unknown and is not re-sent.

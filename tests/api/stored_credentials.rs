@@ -720,11 +720,17 @@ async fn lookup_and_reversal_decide_whether_an_unknown_outcome_is_re_sent() {
 }
 
 fn approved_ntid_a(n: usize) -> (Duration, Result<ProcessorReply, ProcessorError>) {
-    (Duration::ZERO, approved(&format!("ch_a{n}"), Some("NTID-A")))
+    (
+        Duration::ZERO,
+        approved(&format!("ch_a{n}"), Some("NTID-A")),
+    )
 }
 
 fn approved_ntid_b(n: usize) -> (Duration, Result<ProcessorReply, ProcessorError>) {
-    (Duration::ZERO, approved(&format!("ch_b{n}"), Some("NTID-B")))
+    (
+        Duration::ZERO,
+        approved(&format!("ch_b{n}"), Some("NTID-B")),
+    )
 }
 
 async fn stored_ntid(app: &TestApp, token: &str) -> (Option<String>, Option<String>) {
@@ -789,7 +795,10 @@ async fn a_network_transaction_id_is_cited_only_to_the_processor_that_issued_it(
         message.contains("processor acme") && message.contains("processor bank-b"),
         "{message}"
     );
-    assert!(!message.contains("NTID-A"), "never the id itself: {message}");
+    assert!(
+        !message.contains("NTID-A"),
+        "never the id itself: {message}"
+    );
     assert!(b.calls().is_empty(), "nothing was sent");
 
     // A processor b that takes a merchant-initiated charge without gets none of a's...

@@ -450,7 +450,11 @@ impl Profile {
                     ("attempt.charge_id", &a.charge_id),
                     ("attempt.decline_code", &a.decline_code),
                 ]);
-                expressions.extend(a.decline_message.iter().map(|m| ("attempt.decline_message", m)));
+                expressions.extend(
+                    a.decline_message
+                        .iter()
+                        .map(|m| ("attempt.decline_message", m)),
+                );
                 expressions.extend(
                     a.network_transaction_id
                         .iter()
@@ -458,7 +462,10 @@ impl Profile {
                 );
                 for (key, source) in expressions {
                     reply_env.compile_expression(source).map_err(|e| {
-                        invalid(template_error(&format!("operations.lookup.reply.{key}"), &e))
+                        invalid(template_error(
+                            &format!("operations.lookup.reply.{key}"),
+                            &e,
+                        ))
                     })?;
                 }
                 Some(op)
@@ -470,7 +477,9 @@ impl Profile {
                 let op = compile_op("reversal", decl, &mut add, &invalid)?;
                 reply_env
                     .compile_expression(&op.reply.reversed)
-                    .map_err(|e| invalid(template_error("operations.reversal.reply.reversed", &e)))?;
+                    .map_err(|e| {
+                        invalid(template_error("operations.reversal.reply.reversed", &e))
+                    })?;
                 Some(op)
             }
             None => None,

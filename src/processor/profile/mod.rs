@@ -590,7 +590,10 @@ impl ProfileProcessor {
     }
 
     /// Undoes the earlier attempt (`[operations.reversal]`).
-    async fn reverse_attempt(&self, req: &ProcessorRequest<'_>) -> Result<Reversal, ProcessorError> {
+    async fn reverse_attempt(
+        &self,
+        req: &ProcessorRequest<'_>,
+    ) -> Result<Reversal, ProcessorError> {
         let profile = &self.cfg.profile;
         let Some(op) = &profile.reversal else {
             return Ok(Reversal::Unsupported);

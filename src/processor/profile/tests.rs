@@ -477,13 +477,20 @@ body = '{"ref": {{ idempotency_key }}}'
 reversed = "reply.status == 'VOIDED'"
 "#;
     let strategy = |s: &str| format!("[idempotency]\nstrategy = \"{s}\"\n");
-    let parse = |text: String| Profile::parse(&text, "t").map(|_| ()).map_err(|e| e.to_string());
+    let parse = |text: String| {
+        Profile::parse(&text, "t")
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
     let err = parse(format!("{base}{}", strategy("lookup"))).unwrap_err();
     assert!(err.contains("needs [operations.lookup]"), "{err}");
     let err = parse(format!("{base}{}", strategy("reversal"))).unwrap_err();
     assert!(err.contains("needs [operations.reversal]"), "{err}");
     let err = parse(format!("{base}{}{lookup}", strategy("none"))).unwrap_err();
-    assert!(err.contains("only goes with idempotency strategy `lookup`"), "{err}");
+    assert!(
+        err.contains("only goes with idempotency strategy `lookup`"),
+        "{err}"
+    );
     let err = parse(format!("{base}{}{reversal}", strategy("lookup"))).unwrap_err();
     assert!(err.contains("needs [operations.lookup]"), "{err}");
     parse(format!("{base}{}{lookup}", strategy("lookup"))).unwrap();
@@ -554,7 +561,10 @@ fn builtin_lookup_and_reversal_requests_carry_payvaults_reference() {
     let built = cs.build_recovery(&req, Mode::Send, op).unwrap();
     assert_eq!(built.url.path(), "/pts/v2/voids");
     let body: serde_json::Value = serde_json::from_slice(&built.body).unwrap();
-    assert_eq!(body["clientReferenceInformation"]["transactionId"], "idem-1");
+    assert_eq!(
+        body["clientReferenceInformation"]["transactionId"],
+        "idem-1"
+    );
     assert!(!body.to_string().contains(PAN));
     let header = |n: &str| {
         built

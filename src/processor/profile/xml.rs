@@ -82,10 +82,7 @@ mod tests {
             json!({"nm_response": ""})
         );
         let ns = r#"<s:Envelope xmlns:s="urn:x"><s:Body>ok</s:Body></s:Envelope>"#;
-        assert_eq!(
-            to_json(ns).unwrap(),
-            json!({"Envelope": {"Body": "ok"}})
-        );
+        assert_eq!(to_json(ns).unwrap(), json!({"Envelope": {"Body": "ok"}}));
     }
 
     #[test]

@@ -283,7 +283,11 @@ impl CyberSource {
             .ok()
             .filter(Value::is_object)
             .ok_or_else(|| {
-                invalid_request("INVALID_DATA", "", "Declined - The request body is not valid JSON")
+                invalid_request(
+                    "INVALID_DATA",
+                    "",
+                    "Declined - The request body is not valid JSON",
+                )
             })?;
         let reversal = req.path == REVERSAL_PATH;
         let merchant_id = body
@@ -328,7 +332,11 @@ impl CyberSource {
                 if !cx.record.undone.contains(&t.id) {
                     cx.record.undone.push(t.id.clone());
                 }
-                let amount = if reversal { "reversedAmount" } else { "voidAmount" };
+                let amount = if reversal {
+                    "reversedAmount"
+                } else {
+                    "voidAmount"
+                };
                 answer[amounts] = json!({amount: t.amount, "currency": t.currency});
             }
             // The original failed (declined), or never arrived: nothing stands charged.

@@ -399,11 +399,19 @@ impl Nmi {
         let authcode = format!("{:06}", 100_000 + n);
         let (kind, masked) = if pan.is_empty() {
             let account = get("checkaccount");
-            ("ck", format!("xxxx{}", &account[account.len().saturating_sub(4)..]))
+            (
+                "ck",
+                format!("xxxx{}", &account[account.len().saturating_sub(4)..]),
+            )
         } else {
             (
                 "cc",
-                format!("{}{}{}", &pan[..1], "x".repeat(pan.len() - 5), &pan[pan.len() - 4..]),
+                format!(
+                    "{}{}{}",
+                    &pan[..1],
+                    "x".repeat(pan.len() - 5),
+                    &pan[pan.len() - 4..]
+                ),
             )
         };
         self.txns.lock().unwrap().push(Txn {
@@ -414,7 +422,11 @@ impl Nmi {
             approved,
             kind,
             masked,
-            authcode: if approved { authcode.clone() } else { String::new() },
+            authcode: if approved {
+                authcode.clone()
+            } else {
+                String::new()
+            },
             when: chrono::Utc::now().format("%Y%m%d%H%M%S").to_string(),
             dup_key,
             at: Instant::now(),

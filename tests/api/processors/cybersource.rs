@@ -142,7 +142,11 @@ async fn cybersource_a_lost_answer_is_voided_then_sent_again_once() {
     let charge_id = wire::approved(&retry);
     assert_eq!(paths, [VOID_PATH, PATH], "voided, then sent again");
     assert_eq!(record.sales.len(), 2, "{:?}", record.sales);
-    assert_eq!(record.undone, [record.sales[0].id.clone()], "the first is voided");
+    assert_eq!(
+        record.undone,
+        [record.sales[0].id.clone()],
+        "the first is voided"
+    );
     let standing = record.standing_sales();
     assert_eq!(standing.len(), 1, "charged once: {:?}", record);
     assert_eq!(standing[0].id, charge_id);
@@ -154,7 +158,10 @@ async fn cybersource_a_lost_answer_is_voided_then_sent_again_once() {
     assert_ne!(merchant_id(sale2), merchant_id(void));
     assert!(merchant_id(sale2).starts_with(&merchant_id(void)));
     assert_eq!(void["clientReferenceInformation.code"], txn);
-    assert!(!void.keys().any(|k| k.starts_with("paymentInformation")), "{void:?}");
+    assert!(
+        !void.keys().any(|k| k.starts_with("paymentInformation")),
+        "{void:?}"
+    );
     // A later retry is answered from the record.
     let (_, again) = app.post("/", &wire::card(&txn, PAN, "12.34")).await;
     assert_eq!(wire::approved(&again), charge_id);

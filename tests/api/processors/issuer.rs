@@ -67,7 +67,10 @@ async fn a_token_whose_stored_credential_is_nmis_is_refused_by_cybersource_and_c
         "{message}"
     );
     assert!(!message.contains(&anchor), "never the id itself: {message}");
-    assert!(cs.fake.record().requests.is_empty(), "nothing reached CyberSource");
+    assert!(
+        cs.fake.record().requests.is_empty(),
+        "nothing reached CyberSource"
+    );
 
     // Through NMI the token's charge cites NMI's own transaction id.
     let (_, charged) = via_nmi.post_as(&twilio, "/", &token_charge()).await;

@@ -2,7 +2,9 @@
 
 use serde_json::Value;
 
-use crate::fakes::nmi::{self, QUERY_PATH, SECURITY_KEY, TEST_ACCOUNT, TEST_ROUTING, TRANSACT_PATH};
+use crate::fakes::nmi::{
+    self, QUERY_PATH, SECURITY_KEY, TEST_ACCOUNT, TEST_ROUTING, TRANSACT_PATH,
+};
 use crate::fakes::Fault;
 use crate::helpers::{assert_no_leaks, captured_logs, new_txn};
 
@@ -138,7 +140,11 @@ async fn nmi_a_sale_that_never_reached_nmi_is_sent_once_after_the_lookup() {
     let record = wire.fake.record();
     assert_eq!(record.sales.len(), 1, "{:?}", record.sales);
     assert_eq!(wire::approved(&retry), record.sales[0].id);
-    assert_eq!(paths, [QUERY_PATH, TRANSACT_PATH], "looked up, then sent once");
+    assert_eq!(
+        paths,
+        [QUERY_PATH, TRANSACT_PATH],
+        "looked up, then sent once"
+    );
 }
 
 #[tokio::test]
@@ -161,7 +167,12 @@ async fn nmi_a_failed_lookup_leaves_the_charge_unknown_and_listed() {
     // A lookup answering neither found nor not found (an error answer) is no better.
     let (_, again) = {
         let app2 = wire
-            .app_edited(|t| t.replace("\"order_id\": {{ transaction_id }}", "\"order_id\": \"x\", \"security_key\": \"wrong\""))
+            .app_edited(|t| {
+                t.replace(
+                    "\"order_id\": {{ transaction_id }}",
+                    "\"order_id\": \"x\", \"security_key\": \"wrong\"",
+                )
+            })
             .await;
         let (txn2, retry2, _) =
             wire::lost_then_retried(&wire, &app2, Lost::AfterTheSale, "12.34", None).await;
@@ -169,7 +180,11 @@ async fn nmi_a_failed_lookup_leaves_the_charge_unknown_and_listed() {
         (txn2, retry2)
     };
     assert_eq!(again["error_code"], "processor_outcome_unknown", "{again}");
-    assert_eq!(wire.fake.sales_executed(), 2, "the second charge's one sale, not re-sent");
+    assert_eq!(
+        wire.fake.sales_executed(),
+        2,
+        "the second charge's one sale, not re-sent"
+    );
     // Once NMI answers again, the next retry finds the first sale.
     let (_, later) = app.post("/", &wire::card(&txn, PAN, "12.34")).await;
     assert_eq!(wire::approved(&later), wire.fake.record().sales[0].id);
