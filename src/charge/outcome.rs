@@ -54,19 +54,23 @@ impl Charger {
             initiator,
         };
         let call_started = Instant::now();
+        // A lookup or reversals and the sale after them share the attempt's time, so that the
+        // attempt ends within its lease and no other instance takes over while a request of
+        // this one may still be on its way.
+        let deadline = call_started + attempt.timeout;
         let result = match attempt.recover {
             None => self.processor.charge(&call).await,
             // Ask what became of the earlier attempt; re-send only if the processor never saw it.
             Some(IdempotencyStrategy::Lookup) => match self.processor.lookup(&call).await {
                 Ok(Lookup::Found(reply)) => Ok(reply),
-                Ok(Lookup::NotFound) => self.processor.charge(&call).await,
+                Ok(Lookup::NotFound) => self.charge_by(&call, deadline).await,
                 Ok(Lookup::Unsupported) => Err(ProcessorError::RecoveryUnavailable),
                 Err(e) => Err(e),
             },
             // Undo every earlier attempt (each may have reached the processor, or not); re-send
             // only once each is confirmed undone.
-            Some(_) => match self.reverse_earlier(&call, attempt).await {
-                Ok(()) => self.processor.charge(&call).await,
+            Some(_) => match self.reverse_earlier(&call, attempt, deadline).await {
+                Ok(()) => self.charge_by(&call, deadline).await,
                 Err(e) => Err(e),
             },
         };
@@ -88,12 +92,14 @@ impl Charger {
         &self,
         call: &ProcessorRequest<'_>,
         attempt: &Attempt,
+        deadline: Instant,
     ) -> Result<(), ProcessorError> {
         for number in 1..attempt.number {
             let reference = attempt_reference(&attempt.processor_key, number);
             let earlier = ProcessorRequest {
                 idempotency_key: &reference,
                 initiator: call.initiator.clone(),
+                timeout: time_left(deadline)?,
                 ..*call
             };
             match self.processor.reverse(&earlier).await? {
@@ -102,6 +108,20 @@ impl Charger {
             }
         }
         Ok(())
+    }
+
+    /// Sends the sale of `call` with what is left of the attempt's time.
+    async fn charge_by(
+        &self,
+        call: &ProcessorRequest<'_>,
+        deadline: Instant,
+    ) -> Result<ProcessorReply, ProcessorError> {
+        let call = ProcessorRequest {
+            timeout: time_left(deadline)?,
+            initiator: call.initiator.clone(),
+            ..*call
+        };
+        self.processor.charge(&call).await
     }
 
     /// Records the attempt's outcome, its audit event, and (for `save_card`) the new vault
@@ -298,6 +318,16 @@ impl Charger {
             outcome,
             replayed: true,
         })
+    }
+}
+
+/// The time left before `deadline`; none left is a timeout before anything more is sent.
+fn time_left(deadline: Instant) -> Result<std::time::Duration, ProcessorError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(ProcessorError::Timeout)
+    } else {
+        Ok(left)
     }
 }
 

@@ -232,6 +232,7 @@ struct Call {
     initiator: Initiator,
     had_cvv: bool,
     idempotency_key: String,
+    timeout: Duration,
 }
 
 /// A processor that records each request and answers by script, declaring a strategy.
@@ -248,6 +249,8 @@ struct Scripted {
     /// transaction id of its own.
     name: &'static str,
     without_ntid: bool,
+    /// How long `lookup` takes.
+    lookup_delay: Duration,
 }
 
 impl Scripted {
@@ -264,6 +267,7 @@ impl Scripted {
             recoveries: Mutex::default(),
             name: "generic",
             without_ntid: true,
+            lookup_delay: Duration::ZERO,
         })
     }
     fn recovering(
@@ -281,6 +285,7 @@ impl Scripted {
             recoveries: Mutex::default(),
             name: "generic",
             without_ntid: true,
+            lookup_delay: Duration::ZERO,
         })
     }
     fn named(
@@ -297,6 +302,7 @@ impl Scripted {
             recoveries: Mutex::default(),
             name,
             without_ntid,
+            lookup_delay: Duration::ZERO,
         })
     }
     fn recoveries(&self) -> usize {
@@ -329,6 +335,7 @@ impl Processor for Scripted {
                     initiator: req.initiator.clone(),
                     had_cvv: matches!(req.method, payvault::domain::PaymentMethod::Card(c) if c.cvv.is_some()),
                     idempotency_key: req.idempotency_key.to_owned(),
+                    timeout: req.timeout,
                 });
                 calls.len()
             };
@@ -360,7 +367,11 @@ impl Processor for Scripted {
     ) -> BoxFuture<'a, Result<Lookup, ProcessorError>> {
         *self.recoveries.lock().unwrap() += 1;
         let answer = self.lookup.clone().unwrap_or(Lookup::Unsupported);
-        Box::pin(async move { Ok(answer) })
+        let delay = self.lookup_delay;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Ok(answer)
+        })
     }
 
     fn reverse<'a>(
@@ -843,5 +854,47 @@ async fn a_network_transaction_id_is_cited_only_to_the_processor_that_issued_it(
             network_transaction_id: Some("NTID-B".into()),
             recurring: true
         }
+    );
+}
+
+/// A lookup and the sale sent after it share the attempt's time: the attempt ends within its
+/// lease, so no other instance can take over while one of its requests may still be on its way.
+#[tokio::test]
+async fn a_lookup_and_the_sale_after_it_share_the_attempts_time() {
+    let app = spawn_app().await;
+    let token = tokenize(&app).await;
+    let who = principal(&app);
+    let processor = Arc::new(Scripted {
+        lookup_delay: Duration::from_millis(200),
+        ..Arc::into_inner(Scripted::recovering(
+            IdempotencyStrategy::Lookup,
+            lost_then_approved,
+            Some(Lookup::NotFound),
+            None,
+        ))
+        .unwrap()
+    });
+    // The processor timeout is 300 ms.
+    let charger = charger_for(&app, processor.clone(), Duration::from_secs(5));
+    let req = token_request(&new_txn(), &token, None);
+    let first = charger
+        .charge(&who, &Origin::default(), &req, Instant::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        first.outcome.error_code.as_deref(),
+        Some("processor_timeout")
+    );
+    let retry = charger
+        .charge(&who, &Origin::default(), &req, Instant::now())
+        .await
+        .unwrap();
+    assert_eq!(retry.outcome.charge_id.as_deref(), Some("ch_2"));
+    let calls = processor.calls();
+    assert_eq!(calls[0].timeout, Duration::from_millis(300));
+    assert!(
+        calls[1].timeout <= Duration::from_millis(100),
+        "the sale gets what the lookup left: {:?}",
+        calls[1].timeout
     );
 }
