@@ -577,3 +577,35 @@ fn builtin_lookup_and_reversal_requests_carry_payvaults_reference() {
     assert!(header("digest").starts_with("SHA-256="));
     assert!(header("signature").contains("keyid=\"k\""));
 }
+
+#[test]
+fn replies_may_be_xml_read_like_json() {
+    let (s, env) = spec(
+        "xml",
+        "reply.r.status == 'ok'",
+        "reply.r.id",
+        "reply.r.code if reply.r.status == 'declined'",
+    );
+    let ok = reply::read(
+        &s,
+        &env,
+        200,
+        b"\xEF\xBB\xBF<?xml version=\"1.0\"?><r><status>ok</status><id>ch_9</id></r>",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ok.charge_id.as_deref(), Some("ch_9"));
+    let declined = reply::read(
+        &s,
+        &env,
+        200,
+        b"<r><status>declined</status><code>05</code><msg>card 4111111111111111</msg></r>",
+        &[PAN],
+    )
+    .unwrap();
+    assert_eq!(declined.error_code.as_deref(), Some("05"));
+    assert!(matches!(
+        reply::read(&s, &env, 200, b"<r><status>ok</r>", &[]),
+        Err(ProcessorError::BadResponse(_))
+    ));
+}
