@@ -108,6 +108,13 @@ impl Charger {
                 }
                 continue;
             }
+            if strategy.recovers_first() && self.too_soon_to_recover(who, req).await? {
+                // Asking the processor now could overtake the attempt asked about.
+                if let Some(outcome) = self.hold_unknown(who, req, rec, event).await? {
+                    return Ok(Claim::Unresolved(outcome));
+                }
+                continue;
+            }
             if let Some(attempt) = self.take_over(who, req, id, rec, event, started).await? {
                 return Ok(Claim::Attempt(attempt));
             }
@@ -165,6 +172,21 @@ impl Charger {
         }
         metrics::counter!("payvault_charges_unknown_total", "resend" => "never").increment(1);
         Ok(Some(outcome))
+    }
+
+    /// Whether the processor's recovery delay ([`crate::processor::Processor::recovery_delay`])
+    /// has not yet passed since the earlier attempt was sent.
+    async fn too_soon_to_recover(
+        &self,
+        who: &Principal,
+        req: &ChargeRequest,
+    ) -> Result<bool, ChargeError> {
+        let delay = self.processor.recovery_delay();
+        if delay.is_zero() {
+            return Ok(false);
+        }
+        let age = store::charges::charge_record_age(&self.pool, who.id, &req.key).await?;
+        Ok(age.is_some_and(|age| age < delay))
     }
 
     /// Inserts the claim of a first attempt and its audit events (the token's resolution, the

@@ -21,13 +21,19 @@
 //! - A retry of an `unknown` outcome re-sends with the same processor idempotency key, fixed at
 //!   the first attempt, so a processor that honours it cannot charge twice; only if the
 //!   processor says a re-send is safe ([`Processor::resend_safety`]: `header` or
-//!   `duplicate_window`). Otherwise the outcome stays unknown: a retry is answered
+//!   `duplicate_window`). With `lookup` the retry first asks the processor what became of the
+//!   attempt (a transaction found is the outcome; none found, the sale is sent); with
+//!   `reversal` it first undoes every earlier attempt, each under its own reference, and sends
+//!   the sale under a new one only once all are confirmed undone; either waits
+//!   [`Processor::recovery_delay`] after the earlier attempt. Otherwise the outcome stays
+//!   unknown: a retry is answered
 //!   `processor_outcome_unknown` without calling the processor, an abandoned attempt is marked
 //!   unknown the same way, and the charge waits for reconciliation (`payvault charges unknown`).
 //!
 //! Stored credentials: a charge of a stored token is merchant-initiated (no CVV), citing the
-//! network transaction id stored with the token; the first approved charge that returns one
-//! (a `save_card` charge, or the first charge of a tokenized card) stores it, once.
+//! network transaction id stored with the token if this processor issued it; the first approved
+//! charge through a processor that returns one (a `save_card` charge, or the first charge of a
+//! tokenized card) stores it with the processor's name, once per processor.
 //! - The same key with a different payload is refused as a duplicate.
 //!
 //! Every attempt and every outcome is audited in the transaction that records it.
@@ -41,7 +47,7 @@ mod outcome;
 mod resolve;
 
 use claim::Claim;
-use resolve::Resolved;
+use resolve::{Resolved, StoredCredential};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -126,6 +132,10 @@ pub enum ChargeError {
     Duplicate,
     #[error("an earlier attempt with this idempotency key is still in progress; retry shortly")]
     InProgress,
+    /// A merchant-initiated charge through a processor that needs a network transaction id of
+    /// its own, for a token that has none from it. Processor names are not secret.
+    #[error("{0}")]
+    NoStoredCredential(String),
     #[error("database error")]
     Database(#[from] sqlx::Error),
     #[error("key error")]
@@ -159,6 +169,7 @@ impl ChargeError {
             ChargeError::TokenExpired => "token_expired",
             ChargeError::Duplicate => "duplicate_transaction",
             ChargeError::InProgress => "transaction_in_progress",
+            ChargeError::NoStoredCredential(_) => "stored_credential_unavailable",
             ChargeError::Database(_) | ChargeError::Crypto(_) => "internal_error",
         }
     }
@@ -247,8 +258,10 @@ impl Charger {
             Source::Payment(m) => m,
             Source::Token(token) => {
                 match self.resolve_token(&mut conn, who, req, token, &id).await? {
-                    Resolved::Method(m, network_transaction_id) => {
+                    Resolved::Method(m, stored) => {
                         resolved = m;
+                        let network_transaction_id = self.citable(stored)?;
+                        // An id from another processor is replaced by this one's, if it returns one.
                         stored_ntid = network_transaction_id.is_some();
                         initiator = Initiator::Merchant {
                             network_transaction_id,
@@ -278,6 +291,40 @@ impl Charger {
         let result = self.holding_lease(who, &req.key, &attempt, call).await;
         self.record_outcome(who, req, method, &attempt, result, event, stored_ntid)
             .await
+    }
+
+    /// The network transaction id a merchant-initiated charge of a token cites: the stored one,
+    /// only if this processor issued it (or its issuer was not recorded). Without one, the
+    /// charge goes without, if the processor allows that, or is refused before anything is sent.
+    fn citable(&self, stored: Option<StoredCredential>) -> Result<Option<String>, ChargeError> {
+        let processor = self.processor.name();
+        let other = match stored {
+            Some(s) if s.issuer.as_deref().map_or(true, |i| i == processor) => {
+                return Ok(Some(s.network_transaction_id))
+            }
+            Some(s) => s.issuer,
+            None => None,
+        };
+        if self
+            .processor
+            .merchant_initiated_without_network_transaction_id()
+        {
+            return Ok(None);
+        }
+        let why = match other {
+            Some(issuer) => format!(
+                "the token's stored credential was established with processor {issuer}, and \
+                 processor {processor} needs a network transaction id of its own"
+            ),
+            None => format!(
+                "the token has no stored credential (network transaction id) from processor \
+                 {processor}, which needs one"
+            ),
+        };
+        Err(ChargeError::NoStoredCredential(format!(
+            "{why} for a merchant-initiated charge: charge the card once with the cardholder \
+             present (with save_card) to establish one; nothing was sent"
+        )))
     }
 
     /// The request MAC and processor key of this request.

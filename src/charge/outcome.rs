@@ -12,8 +12,8 @@ use crate::auth::Principal;
 use crate::crypto::CryptoError;
 use crate::domain::PaymentMethod;
 use crate::processor::{
-    scrub_value_with, scrub_with, IdempotencyStrategy, Initiator, Lookup, ProcessorError,
-    ProcessorReply, ProcessorRequest, Reversal,
+    attempt_reference, scrub_value_with, scrub_with, IdempotencyStrategy, Initiator, Lookup,
+    Processor, ProcessorError, ProcessorReply, ProcessorRequest, Reversal,
 };
 use crate::store;
 use crate::store::audit::AuditBatch;
@@ -35,9 +35,17 @@ impl Charger {
         initiator: Initiator,
     ) -> ProcessorResult {
         let params = req.parameters.clone();
+        // With `reversal` every attempt has its own reference, so undoing the earlier ones can
+        // never touch this one; the other strategies re-send under the first attempt's.
+        let reference = match attempt.recover {
+            Some(IdempotencyStrategy::Reversal) => {
+                attempt_reference(&attempt.processor_key, attempt.number)
+            }
+            _ => attempt.processor_key.clone(),
+        };
         let call = ProcessorRequest {
             transaction_id: &req.key,
-            idempotency_key: &attempt.processor_key,
+            idempotency_key: &reference,
             method,
             amount: &req.amount,
             description: req.description.as_deref(),
@@ -46,19 +54,23 @@ impl Charger {
             initiator,
         };
         let call_started = Instant::now();
+        // A lookup or reversals and the sale after them share the attempt's time, so that the
+        // attempt ends within its lease and no other instance takes over while a request of
+        // this one may still be on its way.
+        let deadline = call_started + attempt.timeout;
         let result = match attempt.recover {
             None => self.processor.charge(&call).await,
             // Ask what became of the earlier attempt; re-send only if the processor never saw it.
             Some(IdempotencyStrategy::Lookup) => match self.processor.lookup(&call).await {
                 Ok(Lookup::Found(reply)) => Ok(reply),
-                Ok(Lookup::NotFound) => self.processor.charge(&call).await,
+                Ok(Lookup::NotFound) => self.charge_by(&call, deadline).await,
                 Ok(Lookup::Unsupported) => Err(ProcessorError::RecoveryUnavailable),
                 Err(e) => Err(e),
             },
-            // Undo the earlier attempt; re-send only once it is reversed.
-            Some(_) => match self.processor.reverse(&call).await {
-                Ok(Reversal::Reversed) => self.processor.charge(&call).await,
-                Ok(Reversal::Unsupported) => Err(ProcessorError::RecoveryUnavailable),
+            // Undo every earlier attempt (each may have reached the processor, or not); re-send
+            // only once each is confirmed undone.
+            Some(_) => match self.reverse_earlier(&call, attempt, deadline).await {
+                Ok(()) => self.charge_by(&call, deadline).await,
                 Err(e) => Err(e),
             },
         };
@@ -72,6 +84,44 @@ impl Charger {
         metrics::histogram!("payvault_processor_call_duration_seconds", "outcome" => kind)
             .record(call_started.elapsed().as_secs_f64());
         ProcessorResult { result, latency_ms }
+    }
+
+    /// Reverses attempts 1 to `attempt.number - 1` of `call`, each by its own reference, stopping
+    /// at the first that is not confirmed.
+    async fn reverse_earlier(
+        &self,
+        call: &ProcessorRequest<'_>,
+        attempt: &Attempt,
+        deadline: Instant,
+    ) -> Result<(), ProcessorError> {
+        for number in 1..attempt.number {
+            let reference = attempt_reference(&attempt.processor_key, number);
+            let earlier = ProcessorRequest {
+                idempotency_key: &reference,
+                initiator: call.initiator.clone(),
+                timeout: time_left(deadline)?,
+                ..*call
+            };
+            match self.processor.reverse(&earlier).await? {
+                Reversal::Reversed => {}
+                Reversal::Unsupported => return Err(ProcessorError::RecoveryUnavailable),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the sale of `call` with what is left of the attempt's time.
+    async fn charge_by(
+        &self,
+        call: &ProcessorRequest<'_>,
+        deadline: Instant,
+    ) -> Result<ProcessorReply, ProcessorError> {
+        let call = ProcessorRequest {
+            timeout: time_left(deadline)?,
+            initiator: call.initiator.clone(),
+            ..*call
+        };
+        self.processor.charge(&call).await
     }
 
     /// Records the attempt's outcome, its audit event, and (for `save_card`) the new vault
@@ -125,9 +175,13 @@ impl Charger {
                 // The first charge of a tokenized card that returns one anchors later ones.
                 if let (Some(ntid), false) = (&ntid, ntid_stored) {
                     let tx = tx.insert(self.pool.begin().await?);
-                    ntid_saved =
-                        store::vault::set_network_transaction_id(&mut **tx, t.as_str(), ntid)
-                            .await?;
+                    ntid_saved = store::vault::set_network_transaction_id(
+                        &mut **tx,
+                        t.as_str(),
+                        ntid,
+                        self.processor.name(),
+                    )
+                    .await?;
                 }
             }
             Source::Payment(m) if req.save_card && outcome.approved() => {
@@ -137,8 +191,13 @@ impl Charger {
                     .insert_entry(tx, who, m, req.token_expires_at)
                     .await?;
                 if let Some(ntid) = &ntid {
-                    ntid_saved =
-                        store::vault::set_network_transaction_id(&mut **tx, &token, ntid).await?;
+                    ntid_saved = store::vault::set_network_transaction_id(
+                        &mut **tx,
+                        &token,
+                        ntid,
+                        self.processor.name(),
+                    )
+                    .await?;
                 }
                 // Ours are added without clobbering the processor's parameters.
                 let key = if outcome.parameters.contains_key("token_id") {
@@ -223,12 +282,7 @@ impl Charger {
         let outcome = ChargeOutcome {
             charge_id: None,
             error_code: Some(OUTCOME_UNKNOWN.into()),
-            error_message: Some(format!(
-                "an earlier attempt of this charge got no definitive answer from the payment \
-                 processor, which cannot safely be asked again (idempotency: {}); payvault does \
-                 not re-send it: check the charge with the processor before charging again",
-                self.processor.resend_safety().as_str()
-            )),
+            error_message: Some(unknown_message(&*self.processor)),
             parameters: Map::new(),
             token_id: earlier.token_id,
         };
@@ -265,6 +319,39 @@ impl Charger {
             replayed: true,
         })
     }
+}
+
+/// The time left before `deadline`; none left is a timeout before anything more is sent.
+fn time_left(deadline: Instant) -> Result<std::time::Duration, ProcessorError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(ProcessorError::Timeout)
+    } else {
+        Ok(left)
+    }
+}
+
+/// Why a retry of a charge whose outcome is unknown is not sent to the processor.
+fn unknown_message(processor: &dyn Processor) -> String {
+    let strategy = processor.resend_safety();
+    if strategy.recovers_first() {
+        let op = match strategy {
+            IdempotencyStrategy::Lookup => "looks it up",
+            _ => "undoes it",
+        };
+        return format!(
+            "an earlier attempt of this charge got no definitive answer from the payment \
+             processor; payvault {op} with the processor before sending anything, no sooner \
+             than {} s after that attempt: retry later, or check the charge with the processor",
+            processor.recovery_delay().as_secs()
+        );
+    }
+    format!(
+        "an earlier attempt of this charge got no definitive answer from the payment processor, \
+         which cannot safely be asked again (idempotency: {}); payvault does not re-send it: \
+         check the charge with the processor before charging again",
+        strategy.as_str()
+    )
 }
 
 /// The answer to a retry of a charge whose outcome is unknown and is not re-sent.

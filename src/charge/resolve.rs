@@ -12,12 +12,20 @@ use crate::store::vault::StoredEntry;
 
 /// A token charge's source, or the record that answers it.
 pub(super) enum Resolved {
-    /// The stored card or bank account (never a CVV), and the stored credential's network
-    /// transaction id, if a charge returned one.
-    Method(PaymentMethod, Option<String>),
+    /// The stored card or bank account (never a CVV), and the stored credential, if a charge
+    /// returned a network transaction id.
+    Method(PaymentMethod, Option<StoredCredential>),
     /// The token is unusable, but this request already finished: its retry is answered from the
     /// record even if the token has been deleted or has expired since.
     Finished(ChargeRecord),
+}
+
+/// A token's network transaction id and the processor that issued it (`None`: not recorded, as
+/// for ids stored before issuers were).
+#[derive(Debug)]
+pub(super) struct StoredCredential {
+    pub network_transaction_id: String,
+    pub issuer: Option<String>,
 }
 
 impl Charger {
@@ -54,7 +62,7 @@ impl Charger {
         &self,
         db: &mut PgConnection,
         token: &Token,
-    ) -> Result<(PaymentMethod, Option<String>), ChargeError> {
+    ) -> Result<(PaymentMethod, Option<StoredCredential>), ChargeError> {
         let entry = store::vault::find_entry(db, token.as_str())
             .await?
             .ok_or(ChargeError::UnknownToken)?;
@@ -64,8 +72,17 @@ impl Charger {
                 exp_month,
                 exp_year,
                 network_transaction_id,
+                network_transaction_issuer,
                 ..
-            } => (sealed, exp_month, exp_year, network_transaction_id),
+            } => (
+                sealed,
+                exp_month,
+                exp_year,
+                network_transaction_id.map(|id| StoredCredential {
+                    network_transaction_id: id,
+                    issuer: network_transaction_issuer,
+                }),
+            ),
             StoredEntry::Deleted => return Err(ChargeError::TokenDeleted),
             StoredEntry::Expired => return Err(ChargeError::TokenExpired),
         };

@@ -223,6 +223,7 @@ impl From<ChargeError> for ApiError {
             ChargeError::UnknownToken => Kind::NotFound,
             ChargeError::TokenDeleted | ChargeError::TokenExpired => Kind::Gone,
             ChargeError::Duplicate | ChargeError::InProgress => Kind::Conflict,
+            ChargeError::NoStoredCredential(_) => Kind::Conflict,
             ChargeError::Database(_) | ChargeError::Crypto(_) => return Self::internal(&e),
         };
         Self::new(kind, e.code(), e.to_string())

@@ -146,6 +146,26 @@ pub trait Processor: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<Reversal, ProcessorError>> {
         Box::pin(async { Ok(Reversal::Unsupported) })
     }
+
+    /// For `lookup`/`reversal`: how long after an attempt was sent the processor may be asked
+    /// about it (a timeout reversal must not overtake the attempt it undoes). A retry sooner is
+    /// answered as unknown without calling the processor.
+    fn recovery_delay(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
+    /// The name of the processor (profile) this is, stored with the network transaction ids it
+    /// issues: a stored credential is cited only to the processor that issued it.
+    fn name(&self) -> &str {
+        "generic"
+    }
+
+    /// Whether a merchant-initiated charge may be sent without a network transaction id of this
+    /// processor's (a token whose first charge went through another processor). When not, such
+    /// a charge is refused before anything is sent.
+    fn merchant_initiated_without_network_transaction_id(&self) -> bool {
+        true
+    }
 }
 
 /// What a processor knows of an earlier attempt ([`Processor::lookup`]).
@@ -157,6 +177,18 @@ pub enum Lookup {
     NotFound,
     /// This processor cannot look attempts up.
     Unsupported,
+}
+
+/// The reference (`idempotency_key`) of attempt `number` of a charge whose first attempt had
+/// `first`, for a processor that undoes attempts ([`IdempotencyStrategy::Reversal`]): each
+/// attempt carries its own, so that undoing one can never touch a later re-send (CyberSource
+/// also wants a merchant transaction id unique per request).
+pub fn attempt_reference(first: &str, number: i32) -> String {
+    if number <= 1 {
+        first.to_owned()
+    } else {
+        format!("{first}-{number}")
+    }
 }
 
 /// Whether an earlier attempt was undone ([`Processor::reverse`]).

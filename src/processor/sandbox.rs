@@ -139,6 +139,10 @@ impl Processor for Sandbox {
                 .unwrap_or(Err(ProcessorError::Timeout))
         })
     }
+
+    fn name(&self) -> &str {
+        "sandbox"
+    }
 }
 
 #[cfg(test)]

@@ -335,3 +335,24 @@ pub async fn list_unknown_charges(
     .fetch_all(db)
     .await
 }
+
+/// How long ago a charge's record last changed (its latest attempt was claimed, or ended): a
+/// lower bound on how long ago that attempt's request went to the processor.
+pub async fn charge_record_age(
+    db: impl PgExecutor<'_>,
+    credential_id: Uuid,
+    key: &str,
+) -> Result<Option<std::time::Duration>, sqlx::Error> {
+    let secs = sqlx::query_scalar!(
+        r#"
+        SELECT extract(epoch FROM now() - updated_at)::float8 AS "age!"
+        FROM idempotency_records
+        WHERE credential_id = $1 AND idempotency_key = $2
+        "#,
+        credential_id,
+        key,
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(secs.map(|s| std::time::Duration::from_secs_f64(s.max(0.0))))
+}

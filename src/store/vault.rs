@@ -163,6 +163,9 @@ pub enum StoredEntry {
         exp_year: Option<i16>,
         /// The stored credential's network transaction id, once a charge returned one.
         network_transaction_id: Option<String>,
+        /// The processor (profile name) that issued it; `None` for ids stored before issuers
+        /// were recorded.
+        network_transaction_issuer: Option<String>,
     },
     /// Crypto-shredded: the data key is gone.
     Deleted,
@@ -177,7 +180,7 @@ pub async fn find_entry(
     let row = sqlx::query!(
         r#"
         SELECT key_version, wrapped_key, ciphertext, kind, exp_month, exp_year,
-               network_transaction_id,
+               network_transaction_id, network_transaction_issuer,
                deleted_at IS NOT NULL AS "deleted!",
                coalesce(expires_at <= now(), false) AS "expired!"
         FROM vault_entries WHERE token = $1
@@ -198,6 +201,7 @@ pub async fn find_entry(
                 exp_month: r.exp_month,
                 exp_year: r.exp_year,
                 network_transaction_id: r.network_transaction_id,
+                network_transaction_issuer: r.network_transaction_issuer,
             },
             (false, true, _, _) => StoredEntry::Expired,
             _ => StoredEntry::Deleted,
@@ -261,20 +265,27 @@ pub async fn find_token_metadata(
     .await
 }
 
-/// Stores the network transaction id of a token's first approved charge that returned one. Set
-/// once: `false` when the entry already has one (or is gone), and the stored one stands.
+/// Stores the network transaction id of a token's first approved charge through `issuer` (a
+/// processor profile name) that returned one. Set once per processor: `false` when the entry
+/// already has one from `issuer` (or of unrecorded issuer, or is gone), and that one stands.
 pub async fn set_network_transaction_id(
     db: impl PgExecutor<'_>,
     token: &str,
     network_transaction_id: &str,
+    issuer: &str,
 ) -> Result<bool, sqlx::Error> {
+    // Set once per processor: an id from another processor is replaced (the token is now
+    // charged through this one); one of unrecorded issuer is kept.
     let done = sqlx::query!(
         r#"
-        UPDATE vault_entries SET network_transaction_id = $2
-        WHERE token = $1 AND network_transaction_id IS NULL AND deleted_at IS NULL
+        UPDATE vault_entries
+        SET network_transaction_id = $2, network_transaction_issuer = $3
+        WHERE token = $1 AND deleted_at IS NULL
+          AND (network_transaction_id IS NULL OR network_transaction_issuer <> $3)
         "#,
         token,
         network_transaction_id,
+        issuer,
     )
     .execute(db)
     .await?;

@@ -232,6 +232,7 @@ struct Call {
     initiator: Initiator,
     had_cvv: bool,
     idempotency_key: String,
+    timeout: Duration,
 }
 
 /// A processor that records each request and answers by script, declaring a strategy.
@@ -244,6 +245,12 @@ struct Scripted {
     lookup: Option<Lookup>,
     reversal: Option<Reversal>,
     recoveries: Mutex<usize>,
+    /// The processor's name, and whether it takes a merchant-initiated charge without a network
+    /// transaction id of its own.
+    name: &'static str,
+    without_ntid: bool,
+    /// How long `lookup` takes.
+    lookup_delay: Duration,
 }
 
 impl Scripted {
@@ -258,6 +265,9 @@ impl Scripted {
             lookup: None,
             reversal: None,
             recoveries: Mutex::default(),
+            name: "generic",
+            without_ntid: true,
+            lookup_delay: Duration::ZERO,
         })
     }
     fn recovering(
@@ -273,6 +283,26 @@ impl Scripted {
             lookup,
             reversal,
             recoveries: Mutex::default(),
+            name: "generic",
+            without_ntid: true,
+            lookup_delay: Duration::ZERO,
+        })
+    }
+    fn named(
+        name: &'static str,
+        without_ntid: bool,
+        answer: fn(usize) -> (Duration, Result<ProcessorReply, ProcessorError>),
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            strategy: IdempotencyStrategy::Header,
+            calls: Mutex::default(),
+            answer,
+            lookup: None,
+            reversal: None,
+            recoveries: Mutex::default(),
+            name,
+            without_ntid,
+            lookup_delay: Duration::ZERO,
         })
     }
     fn recoveries(&self) -> usize {
@@ -305,6 +335,7 @@ impl Processor for Scripted {
                     initiator: req.initiator.clone(),
                     had_cvv: matches!(req.method, payvault::domain::PaymentMethod::Card(c) if c.cvv.is_some()),
                     idempotency_key: req.idempotency_key.to_owned(),
+                    timeout: req.timeout,
                 });
                 calls.len()
             };
@@ -322,13 +353,25 @@ impl Processor for Scripted {
         self.strategy
     }
 
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn merchant_initiated_without_network_transaction_id(&self) -> bool {
+        self.without_ntid
+    }
+
     fn lookup<'a>(
         &'a self,
         _req: &'a ProcessorRequest<'a>,
     ) -> BoxFuture<'a, Result<Lookup, ProcessorError>> {
         *self.recoveries.lock().unwrap() += 1;
         let answer = self.lookup.clone().unwrap_or(Lookup::Unsupported);
-        Box::pin(async move { Ok(answer) })
+        let delay = self.lookup_delay;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Ok(answer)
+        })
     }
 
     fn reverse<'a>(
@@ -680,7 +723,181 @@ async fn lookup_and_reversal_decide_whether_an_unknown_outcome_is_re_sent() {
         assert_eq!(processor.recoveries(), 1, "{strategy:?}");
         if calls == 2 {
             let c = processor.calls();
-            assert_eq!(c[0].idempotency_key, c[1].idempotency_key);
+            if strategy == IdempotencyStrategy::Reversal {
+                // Each attempt has its own reference: undoing the first cannot touch the second.
+                assert_eq!(c[1].idempotency_key, format!("{}-2", c[0].idempotency_key));
+            } else {
+                assert_eq!(c[0].idempotency_key, c[1].idempotency_key);
+            }
         }
     }
+}
+
+fn approved_ntid_a(n: usize) -> (Duration, Result<ProcessorReply, ProcessorError>) {
+    (
+        Duration::ZERO,
+        approved(&format!("ch_a{n}"), Some("NTID-A")),
+    )
+}
+
+fn approved_ntid_b(n: usize) -> (Duration, Result<ProcessorReply, ProcessorError>) {
+    (
+        Duration::ZERO,
+        approved(&format!("ch_b{n}"), Some("NTID-B")),
+    )
+}
+
+async fn stored_ntid(app: &TestApp, token: &str) -> (Option<String>, Option<String>) {
+    sqlx::query_as(
+        "SELECT network_transaction_id, network_transaction_issuer FROM vault_entries WHERE token = $1",
+    )
+    .bind(token)
+    .fetch_one(app.pool())
+    .await
+    .unwrap()
+}
+
+/// A network transaction id is cited only to the processor that issued it: another processor
+/// that needs its own refuses the charge before anything is sent, saying why; one that takes a
+/// merchant-initiated charge without gets none, and its own id then replaces the first.
+#[tokio::test]
+async fn a_network_transaction_id_is_cited_only_to_the_processor_that_issued_it() {
+    let app = spawn_app().await;
+    let token = tokenize(&app).await;
+    let who = principal(&app);
+    let charge = |processor: Arc<Scripted>| {
+        let charger = charger_for(&app, processor, Duration::from_secs(5));
+        let who = who.clone();
+        let token = token.clone();
+        async move {
+            charger
+                .charge(
+                    &who,
+                    &Origin::default(),
+                    &token_request(&new_txn(), &token, Some("recurring")),
+                    Instant::now(),
+                )
+                .await
+        }
+    };
+
+    // Processor a's first charge stores its id, with a as the issuer; a's next one cites it.
+    let a = Scripted::named("acme", false, approved_ntid_a);
+    charge(a.clone()).await.unwrap_err(); // a needs an id of its own: none stored yet
+    assert!(a.calls().is_empty());
+    let a_lenient = Scripted::named("acme", true, approved_ntid_a);
+    assert!(charge(a_lenient.clone()).await.unwrap().outcome.approved());
+    assert_eq!(
+        stored_ntid(&app, &token).await,
+        (Some("NTID-A".into()), Some("acme".into()))
+    );
+    assert!(charge(a.clone()).await.unwrap().outcome.approved());
+    assert_eq!(
+        a.calls()[0].initiator,
+        Initiator::Merchant {
+            network_transaction_id: Some("NTID-A".into()),
+            recurring: true
+        }
+    );
+
+    // Processor b needs its own: refused, named, nothing sent.
+    let b = Scripted::named("bank-b", false, approved_ntid_b);
+    let err = charge(b.clone()).await.unwrap_err();
+    assert_eq!(err.code(), "stored_credential_unavailable");
+    let message = err.to_string();
+    assert!(
+        message.contains("processor acme") && message.contains("processor bank-b"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("NTID-A"),
+        "never the id itself: {message}"
+    );
+    assert!(b.calls().is_empty(), "nothing was sent");
+
+    // A processor b that takes a merchant-initiated charge without gets none of a's...
+    let b_lenient = Scripted::named("bank-b", true, approved_ntid_b);
+    assert!(charge(b_lenient.clone()).await.unwrap().outcome.approved());
+    assert_eq!(
+        b_lenient.calls()[0].initiator,
+        Initiator::Merchant {
+            network_transaction_id: None,
+            recurring: true
+        },
+        "a's id is never sent to b"
+    );
+    // ...and the id it returns replaces a's: b's next charge cites it, a's no longer can.
+    assert_eq!(
+        stored_ntid(&app, &token).await,
+        (Some("NTID-B".into()), Some("bank-b".into()))
+    );
+    assert!(charge(b.clone()).await.unwrap().outcome.approved());
+    assert_eq!(
+        b.calls()[0].initiator,
+        Initiator::Merchant {
+            network_transaction_id: Some("NTID-B".into()),
+            recurring: true
+        }
+    );
+    assert_eq!(
+        charge(a.clone()).await.unwrap_err().code(),
+        "stored_credential_unavailable"
+    );
+
+    // An id stored before issuers were recorded is cited as it was before.
+    sqlx::query("UPDATE vault_entries SET network_transaction_issuer = NULL WHERE token = $1")
+        .bind(&token)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    assert!(charge(a.clone()).await.unwrap().outcome.approved());
+    assert_eq!(
+        a.calls().last().unwrap().initiator,
+        Initiator::Merchant {
+            network_transaction_id: Some("NTID-B".into()),
+            recurring: true
+        }
+    );
+}
+
+/// A lookup and the sale sent after it share the attempt's time: the attempt ends within its
+/// lease, so no other instance can take over while one of its requests may still be on its way.
+#[tokio::test]
+async fn a_lookup_and_the_sale_after_it_share_the_attempts_time() {
+    let app = spawn_app().await;
+    let token = tokenize(&app).await;
+    let who = principal(&app);
+    let processor = Arc::new(Scripted {
+        lookup_delay: Duration::from_millis(200),
+        ..Arc::into_inner(Scripted::recovering(
+            IdempotencyStrategy::Lookup,
+            lost_then_approved,
+            Some(Lookup::NotFound),
+            None,
+        ))
+        .unwrap()
+    });
+    // The processor timeout is 300 ms.
+    let charger = charger_for(&app, processor.clone(), Duration::from_secs(5));
+    let req = token_request(&new_txn(), &token, None);
+    let first = charger
+        .charge(&who, &Origin::default(), &req, Instant::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        first.outcome.error_code.as_deref(),
+        Some("processor_timeout")
+    );
+    let retry = charger
+        .charge(&who, &Origin::default(), &req, Instant::now())
+        .await
+        .unwrap();
+    assert_eq!(retry.outcome.charge_id.as_deref(), Some("ch_2"));
+    let calls = processor.calls();
+    assert_eq!(calls[0].timeout, Duration::from_millis(300));
+    assert!(
+        calls[1].timeout <= Duration::from_millis(100),
+        "the sale gets what the lookup left: {:?}",
+        calls[1].timeout
+    );
 }

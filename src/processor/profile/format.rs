@@ -65,6 +65,19 @@ pub(super) struct ProfileFile {
     pub(super) operations: Operations,
     #[serde(default)]
     pub(super) test: TestDecl,
+    #[serde(default)]
+    pub(super) stored_credential: StoredCredentialDecl,
+}
+
+/// `[stored_credential]`: merchant-initiated charges of stored tokens.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StoredCredentialDecl {
+    /// Whether the sale template handles a merchant-initiated charge without a network
+    /// transaction id from this processor (`previous_network_transaction_id` empty). When
+    /// false, payvault refuses such a charge before sending anything, saying why.
+    #[serde(default)]
+    pub(super) without_network_transaction_id: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +158,62 @@ pub(super) struct IdempotencyDecl {
 #[serde(deny_unknown_fields)]
 pub(super) struct Operations {
     pub(super) sale: OperationDecl,
+    /// For strategy `lookup`: asks what became of an earlier attempt, by payvault's reference.
+    pub(super) lookup: Option<RecoveryDecl<LookupReplySpec>>,
+    /// For strategy `reversal`: undoes an earlier attempt (a timeout reversal or void).
+    pub(super) reversal: Option<RecoveryDecl<ReversalReplySpec>>,
+}
+
+/// `[operations.lookup]` / `[operations.reversal]`: a request like the sale's (its templates see
+/// the same values, with `idempotency_key` the reference of the attempt concerned) and how to
+/// read its answer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RecoveryDecl<R> {
+    #[serde(default = "post")]
+    pub(super) method: String,
+    pub(super) path: String,
+    #[serde(default)]
+    pub(super) encoding: Encoding,
+    #[serde(default)]
+    pub(super) headers: BTreeMap<String, String>,
+    pub(super) body: String,
+    /// How long after the earlier attempt was sent the processor may be asked (CyberSource asks
+    /// for 60 s before a timeout reversal, so that it cannot overtake the attempt it undoes).
+    /// A retry sooner is answered as unknown without calling the processor.
+    #[serde(default)]
+    pub(super) not_before_seconds: u64,
+    pub(super) reply: R,
+}
+
+/// `[operations.lookup.reply]`. `found` and `not_found` read the whole answer; an answer that is
+/// neither (an error, several matches, a format not understood) leaves the outcome unknown.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LookupReplySpec {
+    #[serde(default)]
+    pub(super) format: ReplyFormat,
+    /// True when the processor has exactly one transaction of the earlier attempt.
+    pub(super) found: String,
+    /// True when it has none: nothing was charged, so the sale may be sent.
+    pub(super) not_found: String,
+    /// Dotted path of the part of the answer describing that transaction, which
+    /// `[operations.lookup.reply.attempt]` reads as `reply` (the whole answer when absent).
+    pub(super) record: Option<String>,
+    /// How to read the transaction found, as `[operations.sale.reply]` reads a sale's answer
+    /// (its `format` is not used).
+    pub(super) attempt: ReplySpec,
+}
+
+/// `[operations.reversal.reply]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReversalReplySpec {
+    #[serde(default)]
+    pub(super) format: ReplyFormat,
+    /// True only when the processor confirms that nothing of the earlier attempt stands charged
+    /// (reversed or voided). Anything else leaves the outcome unknown.
+    pub(super) reversed: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -179,6 +248,8 @@ pub(crate) enum ReplyFormat {
     #[default]
     Json,
     Form,
+    /// XML (NMI's query API), read as `xml.rs` describes.
+    Xml,
 }
 
 /// `[operations.*.reply]`: expressions over `reply` (the parsed body) and `http.status`.
@@ -213,6 +284,8 @@ pub struct Profile {
     pub description: String,
     pub settings: BTreeMap<String, SettingDecl>,
     pub idempotency: IdempotencyStrategy,
+    /// `[stored_credential] without_network_transaction_id`.
+    pub merchant_initiated_without_ntid: bool,
     pub(super) idempotency_header: Option<HeaderName>,
     pub(super) auth: AuthDecl,
     pub(super) method: reqwest::Method,
@@ -221,10 +294,24 @@ pub struct Profile {
     pub(super) headers: Vec<HeaderName>,
     pub(super) reply: ReplySpec,
     pub(super) test: TestDecl,
+    pub(super) lookup: Option<RecoveryOp<LookupReplySpec>>,
+    pub(super) reversal: Option<RecoveryOp<ReversalReplySpec>>,
     /// Request templates (`urls.*`, `auth.*`, `operations.sale.*`).
     pub(super) env: Environment<'static>,
     /// Reply expressions: undefined lookups chain to undefined.
     pub(super) reply_env: Environment<'static>,
+}
+
+/// A compiled `[operations.lookup]` or `[operations.reversal]`; its templates are
+/// `operations.<name>.body` and `operations.<name>.headers.<header>`.
+pub(super) struct RecoveryOp<R> {
+    pub(super) name: &'static str,
+    pub(super) method: reqwest::Method,
+    pub(super) path: String,
+    pub(super) encoding: Encoding,
+    pub(super) headers: Vec<HeaderName>,
+    pub(super) not_before: std::time::Duration,
+    pub(super) reply: R,
 }
 
 impl std::fmt::Debug for Profile {
@@ -290,7 +377,7 @@ impl Profile {
         // description, a parameter) cannot break out of its string. URLs, headers and auth
         // values are plain text.
         env.set_auto_escape_callback(|name| {
-            if name == BODY {
+            if name.starts_with("operations.") && name.ends_with(".body") {
                 AutoEscape::Json
             } else {
                 AutoEscape::None
@@ -352,6 +439,75 @@ impl Profile {
         }
         let mut reply_env = Environment::new();
         reply_env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        let lookup = match file.operations.lookup {
+            Some(decl) => {
+                let op = compile_op("lookup", decl, &mut add, &invalid)?;
+                let r = &op.reply;
+                let mut expressions = vec![("found", &r.found), ("not_found", &r.not_found)];
+                let a = &r.attempt;
+                expressions.extend([
+                    ("attempt.approved", &a.approved),
+                    ("attempt.charge_id", &a.charge_id),
+                    ("attempt.decline_code", &a.decline_code),
+                ]);
+                expressions.extend(
+                    a.decline_message
+                        .iter()
+                        .map(|m| ("attempt.decline_message", m)),
+                );
+                expressions.extend(
+                    a.network_transaction_id
+                        .iter()
+                        .map(|m| ("attempt.network_transaction_id", m)),
+                );
+                for (key, source) in expressions {
+                    reply_env.compile_expression(source).map_err(|e| {
+                        invalid(template_error(
+                            &format!("operations.lookup.reply.{key}"),
+                            &e,
+                        ))
+                    })?;
+                }
+                Some(op)
+            }
+            None => None,
+        };
+        let reversal = match file.operations.reversal {
+            Some(decl) => {
+                let op = compile_op("reversal", decl, &mut add, &invalid)?;
+                reply_env
+                    .compile_expression(&op.reply.reversed)
+                    .map_err(|e| {
+                        invalid(template_error("operations.reversal.reply.reversed", &e))
+                    })?;
+                Some(op)
+            }
+            None => None,
+        };
+        let strategy = file.idempotency.strategy;
+        match (strategy, lookup.is_some(), reversal.is_some()) {
+            (IdempotencyStrategy::Lookup, false, _) => {
+                return Err(invalid(
+                    "idempotency: strategy `lookup` needs [operations.lookup]".into(),
+                ))
+            }
+            (IdempotencyStrategy::Reversal, _, false) => {
+                return Err(invalid(
+                    "idempotency: strategy `reversal` needs [operations.reversal]".into(),
+                ))
+            }
+            (s, true, _) if s != IdempotencyStrategy::Lookup => {
+                return Err(invalid(
+                    "[operations.lookup] only goes with idempotency strategy `lookup`".into(),
+                ))
+            }
+            (s, _, true) if s != IdempotencyStrategy::Reversal => {
+                return Err(invalid(
+                    "[operations.reversal] only goes with idempotency strategy `reversal`".into(),
+                ))
+            }
+            _ => {}
+        }
         let reply = sale.reply;
         let expressions = [
             ("approved", Some(&reply.approved)),
@@ -392,6 +548,7 @@ impl Profile {
             description: file.description,
             settings: file.settings,
             idempotency: file.idempotency.strategy,
+            merchant_initiated_without_ntid: file.stored_credential.without_network_transaction_id,
             idempotency_header,
             auth: file.auth,
             method,
@@ -400,6 +557,8 @@ impl Profile {
             headers,
             reply,
             test: file.test,
+            lookup,
+            reversal,
             env,
             reply_env,
         })
@@ -417,6 +576,44 @@ impl Profile {
             self.test.currency.as_deref().unwrap_or("USD"),
         )
     }
+}
+
+/// Compiles a recovery operation's templates (body and headers) into the environment.
+fn compile_op<R>(
+    name: &'static str,
+    decl: RecoveryDecl<R>,
+    add: &mut impl FnMut(String, &str) -> Result<(), ProfileError>,
+    invalid: &impl Fn(String) -> ProfileError,
+) -> Result<RecoveryOp<R>, ProfileError> {
+    add(format!("operations.{name}.body"), &decl.body)?;
+    let mut headers = Vec::new();
+    for (header, value) in &decl.headers {
+        let header = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+            invalid(format!(
+                "operations.{name}.headers: `{header}` is not a header name"
+            ))
+        })?;
+        add(op_header_template(name, header.as_str()), value)?;
+        headers.push(header);
+    }
+    let method = reqwest::Method::from_bytes(decl.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| invalid(format!("operations.{name}.method `{}`", decl.method)))?;
+    if !decl.path.starts_with('/') {
+        return Err(invalid(format!("operations.{name}.path must start with /")));
+    }
+    Ok(RecoveryOp {
+        name,
+        method,
+        path: decl.path,
+        encoding: decl.encoding,
+        headers,
+        not_before: std::time::Duration::from_secs(decl.not_before_seconds),
+        reply: decl.reply,
+    })
+}
+
+pub(super) fn op_header_template(op: &str, name: &str) -> String {
+    format!("operations.{op}.headers.{name}")
 }
 
 /// `template operations.sale.body, line 3: syntax error: unexpected end of input`.

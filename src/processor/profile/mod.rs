@@ -7,6 +7,7 @@ mod format;
 mod reply;
 mod signature;
 mod template;
+mod xml;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +19,9 @@ use minijinja::value::Value;
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use zeroize::Zeroizing;
 
-use super::{BoxFuture, Processor, ProcessorError, ProcessorReply, ProcessorRequest};
+use super::{
+    BoxFuture, Lookup, Processor, ProcessorError, ProcessorReply, ProcessorRequest, Reversal,
+};
 use crate::domain::PaymentMethod;
 pub use template::Mode;
 use template::SecureBuf;
@@ -206,6 +209,17 @@ impl std::fmt::Debug for BuiltRequest {
     }
 }
 
+/// One operation's request parts: the sale's, or a lookup's or reversal's.
+struct OpRef<'a> {
+    body: &'a str,
+    method: &'a reqwest::Method,
+    path: &'a str,
+    encoding: Encoding,
+    headers: &'a [HeaderName],
+    header_template: &'a dyn Fn(&str) -> String,
+    idempotency_header: Option<&'a HeaderName>,
+}
+
 /// Sends charges as a profile describes.
 #[derive(Debug)]
 pub struct ProfileProcessor {
@@ -287,6 +301,47 @@ impl ProfileProcessor {
     /// masked in [`Mode::Masked`].
     pub fn build(&self, req: &ProcessorRequest<'_>, mode: Mode) -> Result<BuiltRequest, String> {
         let profile = &self.cfg.profile;
+        let sale = OpRef {
+            body: BODY,
+            method: &profile.method,
+            path: &profile.path,
+            encoding: profile.encoding,
+            headers: &profile.headers,
+            header_template: &|name| header_template(name),
+            idempotency_header: profile.idempotency_header.as_ref(),
+        };
+        self.build_op(req, mode, &sale)
+    }
+
+    /// The lookup or reversal request for the earlier attempt of `req` (`req.idempotency_key`
+    /// is that attempt's reference).
+    fn build_recovery<R>(
+        &self,
+        req: &ProcessorRequest<'_>,
+        mode: Mode,
+        op: &RecoveryOp<R>,
+    ) -> Result<BuiltRequest, String> {
+        let body = format!("operations.{}.body", op.name);
+        let name = op.name;
+        let recovery = OpRef {
+            body: &body,
+            method: &op.method,
+            path: &op.path,
+            encoding: op.encoding,
+            headers: &op.headers,
+            header_template: &|header| op_header_template(name, header),
+            idempotency_header: None,
+        };
+        self.build_op(req, mode, &recovery)
+    }
+
+    fn build_op(
+        &self,
+        req: &ProcessorRequest<'_>,
+        mode: Mode,
+        op: &OpRef<'_>,
+    ) -> Result<BuiltRequest, String> {
+        let profile = &self.cfg.profile;
         let ctx = template::request_context(req, self.cfg.settings_value(mode), mode);
         let render = |name: &str, capacity: usize| -> Result<Zeroizing<Vec<u8>>, String> {
             let template = profile
@@ -299,13 +354,13 @@ impl ProfileProcessor {
                 .map_err(|e| template_error(name, &e))?;
             Ok(out.into_inner())
         };
-        let rendered = render(BODY, 4096)?;
+        let rendered = render(op.body, 4096)?;
         // The body template must render JSON; a form body is that JSON flattened.
         let parsed = template::WipedJson(
             serde_json::from_slice(&rendered)
-                .map_err(|e| format!("template {BODY} did not render JSON: {e}"))?,
+                .map_err(|e| format!("template {} did not render JSON: {e}", op.body))?,
         );
-        let (body, content_type) = match profile.encoding {
+        let (body, content_type) = match op.encoding {
             Encoding::Json => (rendered, "application/json"),
             Encoding::Form => (
                 template::form_encode(&parsed.0).map_err(str::to_owned)?,
@@ -316,13 +371,13 @@ impl ProfileProcessor {
         let url = format!(
             "{}{}",
             self.cfg.base_url.as_str().trim_end_matches('/'),
-            profile.path
+            op.path
         );
         let url = reqwest::Url::parse(&url).map_err(|e| format!("URL `{url}`: {e}"))?;
         let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
         let mut has_content_type = false;
-        for name in &profile.headers {
-            let value = render(&header_template(name.as_str()), 128)?;
+        for name in op.headers {
+            let value = render(&(op.header_template)(name.as_str()), 128)?;
             let value =
                 std::str::from_utf8(&value).map_err(|_| format!("header {name} is not UTF-8"))?;
             has_content_type |= *name == CONTENT_TYPE;
@@ -334,7 +389,7 @@ impl ProfileProcessor {
         if !has_content_type {
             headers.push((CONTENT_TYPE, HeaderValue::from_static(content_type)));
         }
-        if let Some(h) = &profile.idempotency_header {
+        if let Some(h) = op.idempotency_header {
             headers.push((
                 h.clone(),
                 HeaderValue::from_str(req.idempotency_key)
@@ -386,7 +441,7 @@ impl ProfileProcessor {
                 };
                 for (name, value) in signature::headers(
                     key,
-                    profile.method.as_str(),
+                    op.method.as_str(),
                     &host,
                     &target,
                     &signature::http_date(),
@@ -402,7 +457,7 @@ impl ProfileProcessor {
             }
         }
         Ok(BuiltRequest {
-            method: profile.method.clone(),
+            method: op.method.clone(),
             url,
             headers,
             body,
@@ -434,10 +489,30 @@ impl ProfileProcessor {
                 ));
             }
         };
+        let (status, body) = self.send(built, req.timeout).await?;
+        let (pan, cvv, account) = known_values(req.method);
+        let known: Vec<&str> = [pan, cvv, account].into_iter().flatten().collect();
+        let reply = reply::read(
+            &self.cfg.profile.reply,
+            &self.cfg.profile.reply_env,
+            status,
+            &body,
+            &known,
+        );
+        Ok((status, reply))
+    }
+
+    /// Sends a built request within `timeout`; the status and the body, read while it streams
+    /// up to the limit. A 5xx, a timeout or a broken exchange is a failure.
+    async fn send(
+        &self,
+        built: BuiltRequest,
+        timeout: Duration,
+    ) -> Result<(u16, Zeroizing<Vec<u8>>), ProcessorError> {
         let mut request = self
             .client
             .request(built.method, built.url)
-            .timeout(req.timeout);
+            .timeout(timeout);
         for (name, value) in built.headers {
             request = request.header(name, value);
         }
@@ -462,17 +537,79 @@ impl ProfileProcessor {
             }
             body.push(&chunk);
         }
-        let body = body.into_inner();
-        let (pan, cvv, account) = known_values(req.method);
-        let known: Vec<&str> = [pan, cvv, account].into_iter().flatten().collect();
-        let reply = reply::read(
-            &self.cfg.profile.reply,
-            &self.cfg.profile.reply_env,
-            status.as_u16(),
-            &body,
-            &known,
-        );
-        Ok((status.as_u16(), reply))
+        Ok((status.as_u16(), body.into_inner()))
+    }
+
+    /// Builds and sends a lookup or reversal; the status and the parsed answer.
+    async fn recover<R>(
+        &self,
+        req: &ProcessorRequest<'_>,
+        op: &RecoveryOp<R>,
+        format: ReplyFormat,
+    ) -> Result<(u16, serde_json::Value), ProcessorError> {
+        let built = self.build_recovery(req, Mode::Send, op).map_err(|reason| {
+            tracing::error!(profile = %self.cfg.profile.name, operation = op.name, %reason,
+                "the processor profile could not build the request");
+            ProcessorError::RecoveryUnavailable
+        })?;
+        let (status, body) = self.send(built, req.timeout).await?;
+        Ok((status, reply::parse_body(format, &body)?))
+    }
+
+    /// Asks what became of the earlier attempt (`[operations.lookup]`).
+    async fn lookup_attempt(&self, req: &ProcessorRequest<'_>) -> Result<Lookup, ProcessorError> {
+        let profile = &self.cfg.profile;
+        let Some(op) = &profile.lookup else {
+            return Ok(Lookup::Unsupported);
+        };
+        let spec = &op.reply;
+        let (status, answer) = self.recover(req, op, spec.format).await?;
+        let env = &profile.reply_env;
+        let ctx = reply::reply_context(status, &answer);
+        let holds = |source: &str| -> Result<bool, ProcessorError> {
+            env.compile_expression(source)
+                .and_then(|e| e.eval(ctx.clone()))
+                .map(|v| v.is_true())
+                .map_err(|_| ProcessorError::BadResponse("a reply expression failed"))
+        };
+        match (holds(&spec.found)?, holds(&spec.not_found)?) {
+            (true, false) => {
+                let record = match &spec.record {
+                    Some(path) => reply::at_path(&answer, path)
+                        .ok_or(ProcessorError::BadResponse("the lookup record is missing"))?,
+                    None => &answer,
+                };
+                let (pan, cvv, account) = known_values(req.method);
+                let known: Vec<&str> = [pan, cvv, account].into_iter().flatten().collect();
+                reply::read_value(&spec.attempt, env, status, record, &known).map(Lookup::Found)
+            }
+            (false, true) => Ok(Lookup::NotFound),
+            // An error answer, several matches, or both at once: nothing is known.
+            _ => Err(ProcessorError::RecoveryUnavailable),
+        }
+    }
+
+    /// Undoes the earlier attempt (`[operations.reversal]`).
+    async fn reverse_attempt(
+        &self,
+        req: &ProcessorRequest<'_>,
+    ) -> Result<Reversal, ProcessorError> {
+        let profile = &self.cfg.profile;
+        let Some(op) = &profile.reversal else {
+            return Ok(Reversal::Unsupported);
+        };
+        let (status, answer) = self.recover(req, op, op.reply.format).await?;
+        let ctx = reply::reply_context(status, &answer);
+        let reversed = profile
+            .reply_env
+            .compile_expression(&op.reply.reversed)
+            .and_then(|e| e.eval(ctx))
+            .map_err(|_| ProcessorError::BadResponse("a reply expression failed"))?;
+        if reversed.is_true() {
+            Ok(Reversal::Reversed)
+        } else {
+            Err(ProcessorError::RecoveryUnavailable)
+        }
     }
 
     /// Sends `req` and returns the HTTP status beside the reply (`payvault processor check`).
@@ -516,6 +653,38 @@ impl Processor for ProfileProcessor {
 
     fn resend_safety(&self) -> IdempotencyStrategy {
         self.cfg.profile.idempotency
+    }
+
+    fn lookup<'a>(
+        &'a self,
+        req: &'a ProcessorRequest<'a>,
+    ) -> BoxFuture<'a, Result<Lookup, ProcessorError>> {
+        Box::pin(self.lookup_attempt(req))
+    }
+
+    fn reverse<'a>(
+        &'a self,
+        req: &'a ProcessorRequest<'a>,
+    ) -> BoxFuture<'a, Result<Reversal, ProcessorError>> {
+        Box::pin(self.reverse_attempt(req))
+    }
+
+    fn recovery_delay(&self) -> Duration {
+        let profile = &self.cfg.profile;
+        match profile.idempotency {
+            IdempotencyStrategy::Lookup => profile.lookup.as_ref().map(|op| op.not_before),
+            IdempotencyStrategy::Reversal => profile.reversal.as_ref().map(|op| op.not_before),
+            _ => None,
+        }
+        .unwrap_or_default()
+    }
+
+    fn name(&self) -> &str {
+        &self.cfg.profile.name
+    }
+
+    fn merchant_initiated_without_network_transaction_id(&self) -> bool {
+        self.cfg.profile.merchant_initiated_without_ntid
     }
 }
 

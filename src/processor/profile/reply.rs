@@ -13,7 +13,8 @@ pub(crate) fn strip_bom(body: &[u8]) -> &[u8] {
     body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
 }
 
-/// The answer as JSON: parsed JSON, or a query string (`a=b&c=d`) as an object of strings.
+/// The answer as JSON: parsed JSON, a query string (`a=b&c=d`) as an object of strings, or XML
+/// as `super::xml` maps it.
 pub(crate) fn parse_body(format: ReplyFormat, body: &[u8]) -> Result<Json, ProcessorError> {
     let body = strip_bom(body);
     match format {
@@ -30,6 +31,11 @@ pub(crate) fn parse_body(format: ReplyFormat, body: &[u8]) -> Result<Json, Proce
                 return Err(ProcessorError::BadResponse("not a query string"));
             }
             Ok(Json::Object(fields))
+        }
+        ReplyFormat::Xml => {
+            let text =
+                std::str::from_utf8(body).map_err(|_| ProcessorError::BadResponse("not UTF-8"))?;
+            super::xml::to_json(text)
         }
     }
 }
@@ -64,7 +70,7 @@ pub(crate) fn reply_context(status: u16, body: &Json) -> Value {
 }
 
 /// An expression's value as text: `none`, undefined, `false` and empty strings are no value.
-fn text(v: &Value) -> Option<String> {
+pub(crate) fn text(v: &Value) -> Option<String> {
     if v.is_undefined()
         || v.is_none()
         || (v.kind() == minijinja::value::ValueKind::Bool && !v.is_true())
@@ -76,7 +82,7 @@ fn text(v: &Value) -> Option<String> {
 }
 
 /// The value at a dotted path (`latest_charge.id`) of the body.
-fn at_path<'a>(body: &'a Json, path: &str) -> Option<&'a Json> {
+pub(crate) fn at_path<'a>(body: &'a Json, path: &str) -> Option<&'a Json> {
     path.split('.').try_fold(body, |v, key| match v {
         Json::Object(o) => o.get(key),
         Json::Array(a) => key.parse::<usize>().ok().and_then(|i| a.get(i)),
@@ -94,7 +100,18 @@ pub(crate) fn read(
     known: &[&str],
 ) -> Result<ProcessorReply, ProcessorError> {
     let json = parse_body(spec.format, body)?;
-    let ctx = reply_context(status, &json);
+    read_value(spec, env, status, &json, known)
+}
+
+/// Like [`read`], for an answer already parsed (a lookup's record of the earlier attempt).
+pub(crate) fn read_value(
+    spec: &ReplySpec,
+    env: &minijinja::Environment<'static>,
+    status: u16,
+    json: &Json,
+    known: &[&str],
+) -> Result<ProcessorReply, ProcessorError> {
+    let ctx = reply_context(status, json);
     let eval = |source: &str| -> Result<Value, ProcessorError> {
         env.compile_expression(source)
             .and_then(|e| e.eval(ctx.clone()))
@@ -126,7 +143,7 @@ pub(crate) fn read(
         optional(&spec.network_transaction_id)?.map(|t| scrub_with(&t, known, false));
     let mut parameters = Map::new();
     for path in &spec.parameters {
-        let value = match at_path(&json, path) {
+        let value = match at_path(json, path) {
             None | Some(Json::Null) => continue,
             Some(Json::String(s)) => s.clone(),
             Some(Json::Object(_) | Json::Array(_)) => continue,

@@ -438,3 +438,174 @@ fn every_builtin_profile_parses_and_renders_a_card_sale() {
         }
     }
 }
+
+#[test]
+fn recovery_operations_go_with_their_strategy() {
+    let base = r#"
+name = "t"
+[urls]
+test = "https://t.example"
+live = "https://t.example"
+[operations.sale]
+path = "/pay"
+body = '{}'
+[operations.sale.reply]
+approved = "reply.ok"
+charge_id = "reply.id"
+decline_code = "reply.code"
+"#;
+    let lookup = r#"
+[operations.lookup]
+path = "/query"
+body = '{"ref": {{ transaction_id }}}'
+[operations.lookup.reply]
+format = "xml"
+found = "reply.r.t is mapping"
+not_found = "reply.r == ''"
+record = "r.t"
+[operations.lookup.reply.attempt]
+approved = "reply.ok"
+charge_id = "reply.id"
+decline_code = "reply.code"
+"#;
+    let reversal = r#"
+[operations.reversal]
+path = "/void"
+not_before_seconds = 60
+body = '{"ref": {{ idempotency_key }}}'
+[operations.reversal.reply]
+reversed = "reply.status == 'VOIDED'"
+"#;
+    let strategy = |s: &str| format!("[idempotency]\nstrategy = \"{s}\"\n");
+    let parse = |text: String| {
+        Profile::parse(&text, "t")
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let err = parse(format!("{base}{}", strategy("lookup"))).unwrap_err();
+    assert!(err.contains("needs [operations.lookup]"), "{err}");
+    let err = parse(format!("{base}{}", strategy("reversal"))).unwrap_err();
+    assert!(err.contains("needs [operations.reversal]"), "{err}");
+    let err = parse(format!("{base}{}{lookup}", strategy("none"))).unwrap_err();
+    assert!(
+        err.contains("only goes with idempotency strategy `lookup`"),
+        "{err}"
+    );
+    let err = parse(format!("{base}{}{reversal}", strategy("lookup"))).unwrap_err();
+    assert!(err.contains("needs [operations.lookup]"), "{err}");
+    parse(format!("{base}{}{lookup}", strategy("lookup"))).unwrap();
+    parse(format!("{base}{}{reversal}", strategy("reversal"))).unwrap();
+    // Expressions and templates compile at load, named.
+    let broken = lookup.replace("reply.r.t is mapping", "reply.r.t is (");
+    let err = parse(format!("{base}{}{broken}", strategy("lookup"))).unwrap_err();
+    assert!(err.contains("operations.lookup.reply.found"), "{err}");
+    let broken = reversal.replace("{{ idempotency_key }}", "{{ idempotency_key | }}");
+    let err = parse(format!("{base}{}{broken}", strategy("reversal"))).unwrap_err();
+    assert!(err.contains("template operations.reversal.body"), "{err}");
+    let p = Profile::parse(&format!("{base}{}{reversal}", strategy("reversal")), "t").unwrap();
+    let proc = processor_without_settings(p);
+    assert_eq!(proc.recovery_delay(), Duration::from_secs(60));
+}
+
+fn processor_without_settings(p: Profile) -> ProfileProcessor {
+    let cfg = ProfileConfig::with_settings(p, ProcessorEnvironment::Test, None, &[]).unwrap();
+    ProfileProcessor::new(cfg, Duration::from_secs(1), Duration::from_secs(1)).unwrap()
+}
+
+#[test]
+fn builtin_lookup_and_reversal_requests_carry_payvaults_reference() {
+    let params = BTreeMap::new();
+    let (m, a) = (card(), usd());
+    let req = request(&m, &a, &params);
+
+    let nmi = Profile::builtin("nmi").unwrap().unwrap();
+    let cfg = ProfileConfig::with_settings(
+        nmi,
+        ProcessorEnvironment::Test,
+        None,
+        &[("security_key", "k-1")],
+    )
+    .unwrap();
+    let nmi = ProfileProcessor::new(cfg, Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+    let op = nmi.cfg.profile.lookup.as_ref().unwrap();
+    let built = nmi.build_recovery(&req, Mode::Send, op).unwrap();
+    assert_eq!(built.url.path(), "/api/query.php");
+    let fields: BTreeMap<String, String> =
+        form_urlencoded::parse(&built.body).into_owned().collect();
+    assert_eq!(
+        fields,
+        BTreeMap::from([
+            ("security_key".to_owned(), "k-1".to_owned()),
+            (
+                "order_id".to_owned(),
+                "72500aba-328c-445c-a12e-da5700e10b17".to_owned()
+            ),
+        ])
+    );
+
+    let cs = Profile::builtin("cybersource").unwrap().unwrap();
+    let cfg = ProfileConfig::with_settings(
+        cs,
+        ProcessorEnvironment::Test,
+        None,
+        &[
+            ("merchant_id", "m"),
+            ("key_id", "k"),
+            ("shared_secret", "c2VjcmV0"),
+        ],
+    )
+    .unwrap();
+    let cs = ProfileProcessor::new(cfg, Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+    assert_eq!(cs.recovery_delay(), Duration::from_secs(60));
+    let op = cs.cfg.profile.reversal.as_ref().unwrap();
+    let built = cs.build_recovery(&req, Mode::Send, op).unwrap();
+    assert_eq!(built.url.path(), "/pts/v2/voids");
+    let body: serde_json::Value = serde_json::from_slice(&built.body).unwrap();
+    assert_eq!(
+        body["clientReferenceInformation"]["transactionId"],
+        "idem-1"
+    );
+    assert!(!body.to_string().contains(PAN));
+    let header = |n: &str| {
+        built
+            .headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    assert!(header("digest").starts_with("SHA-256="));
+    assert!(header("signature").contains("keyid=\"k\""));
+}
+
+#[test]
+fn replies_may_be_xml_read_like_json() {
+    let (s, env) = spec(
+        "xml",
+        "reply.r.status == 'ok'",
+        "reply.r.id",
+        "reply.r.code if reply.r.status == 'declined'",
+    );
+    let ok = reply::read(
+        &s,
+        &env,
+        200,
+        b"\xEF\xBB\xBF<?xml version=\"1.0\"?><r><status>ok</status><id>ch_9</id></r>",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ok.charge_id.as_deref(), Some("ch_9"));
+    let declined = reply::read(
+        &s,
+        &env,
+        200,
+        b"<r><status>declined</status><code>05</code><msg>card 4111111111111111</msg></r>",
+        &[PAN],
+    )
+    .unwrap();
+    assert_eq!(declined.error_code.as_deref(), Some("05"));
+    assert!(matches!(
+        reply::read(&s, &env, 200, b"<r><status>ok</r>", &[]),
+        Err(ProcessorError::BadResponse(_))
+    ));
+}

@@ -6,7 +6,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::{client, future_year, PAN};
-use crate::fakes::cybersource::{self, KEY_ID, MERCHANT_ID, PATH, SHARED_SECRET};
+use crate::fakes::cybersource::{
+    self, KEY_ID, MERCHANT_ID, PATH, REVERSAL_PATH, SHARED_SECRET, VOID_PATH,
+};
 use crate::fakes::Fake;
 
 /// The §7.2 MOTO body.
@@ -42,6 +44,9 @@ struct Signing {
     /// Body sent instead of the signed one (signature and digest over the original).
     swap_body: Option<Vec<u8>>,
     date: Option<String>,
+    /// The endpoint posted to, and the one signed as request-target when different.
+    path: &'static str,
+    signed_path: Option<&'static str>,
 }
 
 impl Default for Signing {
@@ -54,6 +59,8 @@ impl Default for Signing {
             digest_override: None,
             swap_body: None,
             date: None,
+            path: PATH,
+            signed_path: None,
         }
     }
 }
@@ -77,8 +84,9 @@ fn signed(
         .digest_override
         .unwrap_or_else(|| format!("SHA-256={}", b64.encode(Sha256::digest(&bytes))));
     let label = s.target_label;
+    let target = s.signed_path.unwrap_or(s.path);
     let signing = format!(
-        "host: {host}\ndate: {date}\n{label}: post {PATH}\ndigest: {digest}\nv-c-merchant-id: {MERCHANT_ID}"
+        "host: {host}\ndate: {date}\n{label}: post {target}\ndigest: {digest}\nv-c-merchant-id: {MERCHANT_ID}"
     );
     let mut mac = Hmac::<Sha256>::new_from_slice(&b64.decode(&s.secret).unwrap()).unwrap();
     mac.update(signing.as_bytes());
@@ -87,7 +95,7 @@ fn signed(
         .headers_list
         .unwrap_or_else(|| format!("host date {label} digest v-c-merchant-id"));
     client
-        .post(format!("{}{PATH}", fake.base_url))
+        .post(format!("{}{}", fake.base_url, s.path))
         .header("content-type", "application/json;charset=utf-8")
         .header("accept", "application/hal+json;charset=utf-8")
         .header("v-c-merchant-id", MERCHANT_ID)
@@ -426,4 +434,75 @@ async fn the_shared_good_sale_is_approved() {
     let res = good_sale(&client(), &fake).await.unwrap();
     assert!(res.status().is_success(), "{}", res.status());
     assert_eq!(fake.approved_sales(), 1);
+}
+
+/// The timeout void (and the timeout authorization reversal) by merchant transaction id, signed
+/// for its own path.
+#[tokio::test]
+async fn a_timeout_void_by_merchant_transaction_id_is_signed_and_undoes_the_sale() {
+    let fake = cybersource::start().await;
+    let mut body = sale();
+    body["clientReferenceInformation"]["transactionId"] = json!("mt-1");
+    let (status, sold) = post(&fake, &body).await;
+    assert_eq!(status, 201, "{sold}");
+    // A merchant transaction id is used once.
+    let (status, again) = post(&fake, &body).await;
+    assert_eq!(status, 400, "{again}");
+    assert_eq!(again["reason"], "DUPLICATE_REQUEST");
+    assert_eq!(fake.sales_executed(), 1);
+
+    let void = json!({"clientReferenceInformation": {"code": "call-123", "transactionId": "mt-1"}});
+    let to_void = |signed_path| Signing {
+        path: VOID_PATH,
+        signed_path,
+        ..Signing::default()
+    };
+    // Signed for another request-target, or with another key: refused.
+    let (status, _) = send(signed(&client(), &fake, &void, to_void(Some(PATH)))).await;
+    assert_eq!(status, 401);
+    let wrong_key = Signing {
+        secret: "c2VjcmV0".into(),
+        ..to_void(None)
+    };
+    let (status, _) = send(signed(&client(), &fake, &void, wrong_key)).await;
+    assert_eq!(status, 401);
+    assert!(fake.record().undone.is_empty());
+    // Without the merchant transaction id: the missing field is named.
+    let (status, missing) = send(signed(
+        &client(),
+        &fake,
+        &json!({"clientReferenceInformation": {"code": "x"}}),
+        to_void(None),
+    ))
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        missing["details"][0]["field"],
+        "clientReferenceInformation.transactionId"
+    );
+
+    let (status, voided) = send(signed(&client(), &fake, &void, to_void(None))).await;
+    assert_eq!(status, 201, "{voided}");
+    assert_eq!(voided["status"], "VOIDED");
+    assert_eq!(voided["voidAmountDetails"]["voidAmount"], "25.00");
+    assert_eq!(fake.record().undone, [sold["id"].as_str().unwrap()]);
+    // A merchant transaction id the fake never saw: nothing stands, answered VOIDED all the same.
+    let unknown = json!({"clientReferenceInformation": {"transactionId": "mt-404"}});
+    let (status, never) = send(signed(&client(), &fake, &unknown, to_void(None))).await;
+    assert_eq!(status, 201, "{never}");
+    assert_eq!(
+        never["voidAmountDetails"]["originalTransactionAmount"],
+        "0.00"
+    );
+    assert_eq!(fake.record().undone.len(), 1);
+
+    // A timeout authorization reversal does not undo a captured sale.
+    let reversal = json!({"clientReferenceInformation": {"transactionId": "mt-1"},
+        "reversalInformation": {"amountDetails": {"totalAmount": "25.00"}, "reason": "timeout"}});
+    let to_reverse = Signing {
+        path: REVERSAL_PATH,
+        ..Signing::default()
+    };
+    let (status, refused) = send(signed(&client(), &fake, &reversal, to_reverse)).await;
+    assert_eq!(status, 400, "{refused}");
 }

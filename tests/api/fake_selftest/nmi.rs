@@ -278,6 +278,18 @@ async fn dup_seconds_rejects_a_repeat_and_the_query_api_finds_the_order() {
         "{xml}"
     );
     assert_eq!(xml.matches("<transaction>").count(), 1, "{xml}");
+    // NMI's shape: the condition, the sale action with its response, the card masked.
+    for part in [
+        "<condition>pendingsettlement</condition>",
+        "<order_id>ord-1</order_id>",
+        "<action_type>sale</action_type>",
+        "<success>1</success>",
+        "<response_code>100</response_code>",
+        "<cc_number>4xxxxxxxxxxx1111</cc_number>",
+    ] {
+        assert!(xml.contains(part), "{part}: {xml}");
+    }
+    assert!(!xml.contains("4111111111111111"), "{xml}");
     let xml = post(&fake, QUERY_PATH, &set(query.clone(), "order_id", "other")).await;
     assert!(!xml.contains("<transaction>"), "{xml}");
     let xml = post(&fake, QUERY_PATH, &set(query, "security_key", "nope")).await;

@@ -39,8 +39,32 @@
 //! (`INVALID_ACCOUNT` for card 42423482938483873 and for ACH account 550111 / routing 121107882,
 //! §7.7); 400 `status:"INVALID_REQUEST"` with `reason` and `details[].field`; 401; 502
 //! `SERVER_ERROR`. The 400/401 body layouts are CyberSource's public ones, not processors.md's.
+//!
+//! `clientReferenceInformation.transactionId` (the merchant transaction id) must be unique
+//! ("for 180 days", CyberSource's timeout-reversal page): a sale repeating one is refused with
+//! 400 `DUPLICATE_REQUEST` (the reason name is the fake's choice).
+//!
+//! Timeout void, `POST /pts/v2/voids` (§7.5; CyberSource's "Timeout Void" and
+//! "Merchant-Initiated Reversals and Voids" pages: a sale is undone by a void keyed on the
+//! merchant transaction id), signed like a payment: `clientReferenceInformation.transactionId`
+//! required. An approved sale with that id is voided: 201 `{"id","status":"VOIDED",
+//! "clientReferenceInformation":{…},"voidAmountDetails":{"voidAmount","currency"}}`, and recorded
+//! in [`super::Record::undone`]. A declined sale, or none at all, answers `VOIDED` with
+//! `voidAmountDetails.originalTransactionAmount` and `processorInformation.responseCode` (the
+//! vendor: "If the original transaction failed, the reply message for the reversal or void
+//! request includes" those; that a transaction that never arrived is answered the same way is
+//! **unconfirmed**). A second void of the same id answers `VOIDED` again (**unconfirmed**).
+//!
+//! Timeout authorization reversal, `POST /pts/v2/reversals` (§7.5): the same, with
+//! `reversalInformation.amountDetails.totalAmount` required, status `REVERSED`; a captured sale
+//! is refused with 400 `INVALID_REQUEST` (the vendor: timeout reversals are "supported only for
+//! authorizations that have not been captured and settled").
+//!
+//! The vendor asks for 60 s between the original request and its timeout reversal; the fake does
+//! not check timing (lenient).
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use axum::routing::post;
 use base64::Engine;
@@ -63,11 +87,32 @@ pub const DECLINE_CARD: &str = "42423482938483873";
 pub const DECLINE_ACCOUNT: &str = "550111";
 pub const DECLINE_ROUTING: &str = "121107882";
 
-pub struct CyberSource;
+pub const VOID_PATH: &str = "/pts/v2/voids";
+pub const REVERSAL_PATH: &str = "/pts/v2/reversals";
+
+/// A sale as the fake keeps it, by merchant transaction id.
+struct Txn {
+    merchant_transaction_id: String,
+    id: String,
+    amount: String,
+    currency: String,
+    approved: bool,
+    captured: bool,
+}
+
+#[derive(Default)]
+pub struct CyberSource {
+    txns: Mutex<Vec<Txn>>,
+}
 
 /// Starts the fake; the endpoint is `{base_url}/pts/v2/payments`.
 pub async fn start() -> Fake {
-    Fake::start(CyberSource, |r| r.route(PATH, post(entry))).await
+    Fake::start(CyberSource::default(), |r| {
+        r.route(PATH, post(entry))
+            .route(VOID_PATH, post(entry))
+            .route(REVERSAL_PATH, post(entry))
+    })
+    .await
 }
 
 fn now() -> String {
@@ -167,7 +212,7 @@ fn verify(req: &Incoming) -> Result<(), String> {
             "date" => Ok(format!("date: {date}")),
             "digest" => Ok(format!("digest: {digest}")),
             "v-c-merchant-id" => Ok(format!("v-c-merchant-id: {merchant}")),
-            "request-target" | "(request-target)" => Ok(format!("{name}: post {PATH}")),
+            "request-target" | "(request-target)" => Ok(format!("{name}: post {}", req.path)),
             other => req
                 .header(other)
                 .map(|v| format!("{other}: {v}"))
@@ -195,7 +240,12 @@ impl Processor for CyberSource {
     }
 
     fn handle(&self, req: &Incoming, cx: &mut Cx<'_>) -> Reply {
-        match check(req, cx) {
+        if req.path != PATH {
+            return match self.undo(req, cx) {
+                Ok(r) | Err(r) => r,
+            };
+        }
+        match check(req, cx, &self.txns) {
             Ok(r) | Err(r) => r,
         }
     }
@@ -218,7 +268,89 @@ fn declined(id: &str, code: &Value, reason: &str, message: &str) -> Reply {
     )
 }
 
-fn check(req: &Incoming, cx: &mut Cx<'_>) -> Result<Reply, Reply> {
+impl CyberSource {
+    /// A timeout void or timeout authorization reversal, by merchant transaction id.
+    fn undo(&self, req: &Incoming, cx: &mut Cx<'_>) -> Result<Reply, Reply> {
+        verify(req).map_err(|why| unauthorized(&why))?;
+        if !req
+            .header("content-type")
+            .unwrap_or("")
+            .starts_with("application/json")
+        {
+            return Err(bad("Content-Type"));
+        }
+        let body: Value = serde_json::from_slice(&req.body)
+            .ok()
+            .filter(Value::is_object)
+            .ok_or_else(|| {
+                invalid_request(
+                    "INVALID_DATA",
+                    "",
+                    "Declined - The request body is not valid JSON",
+                )
+            })?;
+        let reversal = req.path == REVERSAL_PATH;
+        let merchant_id = body
+            .pointer("/clientReferenceInformation/transactionId")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| missing("clientReferenceInformation.transactionId"))?;
+        if reversal
+            && body
+                .pointer("/reversalInformation/amountDetails/totalAmount")
+                .and_then(Value::as_str)
+                .is_none()
+        {
+            return Err(missing("reversalInformation.amountDetails.totalAmount"));
+        }
+        cx.validated = true;
+        let txns = self.txns.lock().unwrap();
+        let txn = txns
+            .iter()
+            .find(|t| t.merchant_transaction_id == merchant_id);
+        if reversal && txn.is_some_and(|t| t.captured) {
+            return Err(invalid_request(
+                "INVALID_REQUEST",
+                "clientReferenceInformation.transactionId",
+                "Declined - a timeout reversal applies to an authorization that was not captured",
+            ));
+        }
+        let n = cx.next_number();
+        let id = format!("{:022}", 6_750_124_119_000_000_000_000_u128 + u128::from(n));
+        let status = if reversal { "REVERSED" } else { "VOIDED" };
+        let amounts = if reversal {
+            "reversalAmountDetails"
+        } else {
+            "voidAmountDetails"
+        };
+        let mut answer = json!({"id": id, "submitTimeUtc": now(), "status": status,
+            "clientReferenceInformation": {
+                "code": body.pointer("/clientReferenceInformation/code").cloned().unwrap_or(Value::Null),
+                "transactionId": merchant_id}});
+        match txn {
+            Some(t) if t.approved => {
+                if !cx.record.undone.contains(&t.id) {
+                    cx.record.undone.push(t.id.clone());
+                }
+                let amount = if reversal {
+                    "reversedAmount"
+                } else {
+                    "voidAmount"
+                };
+                answer[amounts] = json!({amount: t.amount, "currency": t.currency});
+            }
+            // The original failed (declined), or never arrived: nothing stands charged.
+            other => {
+                answer[amounts] = json!({"originalTransactionAmount":
+                    other.map_or("0.00".to_owned(), |t| t.amount.clone())});
+                answer["processorInformation"] = json!({"responseCode": "000"});
+            }
+        }
+        Ok(Reply::json(201, &answer))
+    }
+}
+
+fn check(req: &Incoming, cx: &mut Cx<'_>, txns: &Mutex<Vec<Txn>>) -> Result<Reply, Reply> {
     verify(req).map_err(|why| unauthorized(&why))?;
     let content_type = req.header("content-type").unwrap_or("");
     if !content_type.starts_with("application/json") {
@@ -296,6 +428,22 @@ fn check(req: &Incoming, cx: &mut Cx<'_>) -> Result<Reply, Reply> {
         .pointer("/clientReferenceInformation/code")
         .cloned()
         .unwrap_or(Value::Null);
+    let merchant_transaction_id = s("/clientReferenceInformation/transactionId")
+        .unwrap_or("")
+        .to_owned();
+    if !merchant_transaction_id.is_empty()
+        && txns
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|t| t.merchant_transaction_id == merchant_transaction_id)
+    {
+        return Err(invalid_request(
+            "DUPLICATE_REQUEST",
+            "clientReferenceInformation.transactionId",
+            "Declined - The merchant transaction id was used before",
+        ));
+    }
     let n = cx.next_number();
     let id = format!("{:022}", 6_750_124_114_786_780_000_000_u128 + u128::from(n));
     let check = s("/paymentInformation/paymentType/name") == Some("CHECK");
@@ -379,6 +527,14 @@ fn check(req: &Incoming, cx: &mut Cx<'_>) -> Result<Reply, Reply> {
         ));
     }
     let ntid = format!("{:015}", 123_456_789_000_000_u64 + n);
+    txns.lock().unwrap().push(Txn {
+        merchant_transaction_id,
+        id: id.clone(),
+        amount: amount.to_owned(),
+        currency: currency.to_owned(),
+        approved: !decline,
+        captured: body.pointer("/processingInformation/capture") == Some(&json!(true)) || check,
+    });
     cx.sale(Sale {
         id: id.clone(),
         approved: !decline,

@@ -95,6 +95,18 @@ pub struct Record {
     pub requests: Vec<Seen>,
     /// Answers replayed from the idempotency store instead of executing.
     pub replays: usize,
+    /// Charge ids of executed sales since undone (a CyberSource timeout void or reversal).
+    pub undone: Vec<String>,
+}
+
+impl Record {
+    /// Approved sales that stand (not undone): what a cardholder is charged for.
+    pub fn standing_sales(&self) -> Vec<&Sale> {
+        self.sales
+            .iter()
+            .filter(|s| s.approved && !self.undone.contains(&s.id))
+            .collect()
+    }
 }
 
 /// An answer before faults are applied.

@@ -23,10 +23,17 @@
 //! MOTO marking: **unconfirmed** in processors.md (§3.2), so the fake requires none and accepts
 //! (and records) an `industry` field.
 //!
-//! `POST /api/query.php` (§3.5 recovery): `security_key` plus `order_id` or `transaction_id`
-//! answers the matching transactions. processors.md gives no response format; the fake answers
-//! NMI's XML `nm_response/transaction` with `transaction_id`, `order_id`, `condition`, `amount`
-//! (format **unconfirmed**).
+//! `POST /api/query.php` (§3.5 recovery; NMI's Query API documentation): form fields
+//! `security_key` (a wrong one answers `<nm_response><error_response>…</error_response>`), and
+//! the filters `order_id` and `transaction_id`, at least one of them (the real API lists
+//! everything without a filter; the fake refuses so that an unfiltered lookup fails a test).
+//! The answer is `text/xml`: `<nm_response>` holding one `<transaction>` per match (none when
+//! nothing matches), each with `transaction_id`, `transaction_type` (`cc`/`ck`), `condition`
+//! (`pendingsettlement` for an approved sale, `failed` for a declined one), `order_id`,
+//! `authorization_code`, `cc_number` (masked as NMI masks it, `4xxxxxxxxxxx1111`), `currency`,
+//! and an `<action>` with `amount`, `action_type` `sale`, `date`, `success` 1/0,
+//! `response_text` and `response_code`, as the sale answered. NMI's other transaction fields
+//! (name, address, AVS, batch ids...) are left out.
 //!
 //! Answers (§3.6): HTTP 200 with a query-string body: `response` 1/2/3, `responsetext`,
 //! `authcode`, `transactionid`, `avsresponse`, `cvvresponse`, `orderid`, `type`,
@@ -55,7 +62,13 @@ struct Txn {
     id: String,
     order_id: String,
     amount: String,
+    currency: String,
     approved: bool,
+    /// `cc` or `ck`, and the masked card (`4xxxxxxxxxxx1111`) or account.
+    kind: &'static str,
+    masked: String,
+    authcode: String,
+    when: String,
     /// Card BIN+last4 or account last4 plus amount, for the duplicate check (no PAN kept).
     dup_key: String,
     at: Instant,
@@ -135,6 +148,12 @@ impl Processor for Nmi {
     }
 }
 
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 fn xml(inner: &str) -> Reply {
     Reply::text(
         200,
@@ -156,12 +175,28 @@ impl Nmi {
             .filter(|t| order_id.map_or(true, |o| *o == t.order_id))
             .filter(|t| transaction_id.map_or(true, |i| *i == t.id))
             .map(|t| {
+                let (condition, success, text, code) = if t.approved {
+                    ("pendingsettlement", "1", "SUCCESS", "100")
+                } else {
+                    ("failed", "0", "DECLINE", "200")
+                };
                 format!(
-                    "<transaction><transaction_id>{}</transaction_id><order_id>{}</order_id><condition>{}</condition><amount>{}</amount></transaction>",
-                    t.id,
-                    t.order_id,
-                    if t.approved { "pendingsettlement" } else { "failed" },
-                    t.amount
+                    "<transaction><transaction_id>{id}</transaction_id>\
+                     <transaction_type>{kind}</transaction_type><condition>{condition}</condition>\
+                     <order_id>{order}</order_id><authorization_code>{auth}</authorization_code>\
+                     <cc_number>{masked}</cc_number><currency>{currency}</currency>\
+                     <action><amount>{amount}</amount><action_type>sale</action_type>\
+                     <date>{when}</date><success>{success}</success><source>api</source>\
+                     <response_text>{text}</response_text><response_code>{code}</response_code>\
+                     </action></transaction>",
+                    id = t.id,
+                    kind = t.kind,
+                    order = xml_escape(&t.order_id),
+                    auth = t.authcode,
+                    masked = t.masked,
+                    currency = xml_escape(&t.currency),
+                    amount = xml_escape(&t.amount),
+                    when = t.when,
                 )
             })
             .collect();
@@ -361,11 +396,38 @@ impl Nmi {
         let n = cx.next_number();
         let id = format!("{}", 2_762_700_000_u64 + n);
         let approved = minor >= 10_i64.pow(exp);
+        let authcode = format!("{:06}", 100_000 + n);
+        let (kind, masked) = if pan.is_empty() {
+            let account = get("checkaccount");
+            (
+                "ck",
+                format!("xxxx{}", &account[account.len().saturating_sub(4)..]),
+            )
+        } else {
+            (
+                "cc",
+                format!(
+                    "{}{}{}",
+                    &pan[..1],
+                    "x".repeat(pan.len() - 5),
+                    &pan[pan.len() - 4..]
+                ),
+            )
+        };
         self.txns.lock().unwrap().push(Txn {
             id: id.clone(),
             order_id: order_id.to_owned(),
             amount: amount.to_owned(),
+            currency: currency.to_owned(),
             approved,
+            kind,
+            masked,
+            authcode: if approved {
+                authcode.clone()
+            } else {
+                String::new()
+            },
+            when: chrono::Utc::now().format("%Y%m%d%H%M%S").to_string(),
             dup_key,
             at: Instant::now(),
             stored_billing_method: (indicator == Some("stored")).then(|| billing_method.clone()),
@@ -377,7 +439,6 @@ impl Nmi {
             network_transaction_id: None,
             merchant_initiated: mit,
         });
-        let authcode = format!("{:06}", 100_000 + n);
         let cvvresponse = if f.contains_key("cvv") { "M" } else { "" };
         Ok(if approved {
             answer(&[

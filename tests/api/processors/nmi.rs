@@ -1,9 +1,14 @@
 //! The `nmi` profile against the NMI fake (processors.md §3).
 
-use crate::fakes::nmi::{self, SECURITY_KEY, TEST_ACCOUNT, TEST_ROUTING};
-use crate::helpers::new_txn;
+use serde_json::Value;
 
-use super::wire::{self, Wire, HOLDER, PAN};
+use crate::fakes::nmi::{
+    self, QUERY_PATH, SECURITY_KEY, TEST_ACCOUNT, TEST_ROUTING, TRANSACT_PATH,
+};
+use crate::fakes::Fault;
+use crate::helpers::{assert_no_leaks, captured_logs, new_txn};
+
+use super::wire::{self, Lost, Wire, HOLDER, PAN};
 
 async fn wire() -> Wire {
     Wire {
@@ -86,9 +91,102 @@ async fn nmi_merchant_initiated_charges_cite_the_first_transaction_id() {
 }
 
 // NMI has no idempotency key and its duplicate answer does not carry the original outcome
-// (processors.md §3.5): the profile declares `lookup`, so a lost answer is never re-sent (this
-// test once caught a second, real sale when the profile declared `duplicate_window`).
+// (processors.md §3.5): the profile declares `lookup`, and a retry after an unknown outcome asks
+// NMI's Query API by orderid before anything is re-sent (a blind re-send once caught a second,
+// real sale here when the profile declared `duplicate_window`).
 #[tokio::test]
-async fn nmi_an_unknown_outcome_then_twilios_retry_is_held_for_reconciliation() {
-    wire::lost_answer_is_held_for_reconciliation(&wire().await, PAN, "12.34").await;
+async fn nmi_a_lost_answer_is_looked_up_and_the_retry_gets_the_original_charge_id() {
+    let wire = wire().await;
+    let app = wire.app().await;
+    let (txn, retry, paths) =
+        wire::lost_then_retried(&wire, &app, Lost::AfterTheSale, "12.34", None).await;
+    let record = wire.fake.record();
+    assert_eq!(record.sales.len(), 1, "{:?}", record.sales);
+    assert_eq!(
+        wire::approved(&retry),
+        record.sales[0].id,
+        "the original charge id"
+    );
+    assert_eq!(paths, [QUERY_PATH], "one lookup, no re-send");
+    let query = wire.fake.last_fields();
+    assert_eq!(query["order_id"], txn, "by payvault's reference");
+    assert_eq!(query["security_key"], "***");
+    assert_eq!(query.len(), 2, "{query:?}");
+    // The outcome is recorded: a later retry asks nothing.
+    let (_, again) = app.post("/", &wire::card(&txn, PAN, "12.34")).await;
+    assert_eq!(wire::approved(&again), record.sales[0].id);
+    assert_eq!(wire.fake.record().requests.len(), record.requests.len());
+    assert_no_leaks(app.pool(), &[PAN], &[wire::CVV], &captured_logs()).await;
+}
+
+#[tokio::test]
+async fn nmi_a_lost_decline_is_looked_up_as_the_decline() {
+    let wire = wire().await;
+    let app = wire.app().await;
+    let (_, retry, paths) =
+        wire::lost_then_retried(&wire, &app, Lost::AfterTheSale, "0.50", None).await;
+    let (code, message) = wire::declined(&retry);
+    assert_eq!((code.as_str(), message.as_str()), ("200", "DECLINE"));
+    assert_eq!(paths, [QUERY_PATH]);
+    assert_eq!(wire.fake.sales_executed(), 1);
+}
+
+#[tokio::test]
+async fn nmi_a_sale_that_never_reached_nmi_is_sent_once_after_the_lookup() {
+    let wire = wire().await;
+    let app = wire.app().await;
+    let (_, retry, paths) =
+        wire::lost_then_retried(&wire, &app, Lost::BeforeTheSale, "12.34", None).await;
+    let record = wire.fake.record();
+    assert_eq!(record.sales.len(), 1, "{:?}", record.sales);
+    assert_eq!(wire::approved(&retry), record.sales[0].id);
+    assert_eq!(
+        paths,
+        [QUERY_PATH, TRANSACT_PATH],
+        "looked up, then sent once"
+    );
+}
+
+#[tokio::test]
+async fn nmi_a_failed_lookup_leaves_the_charge_unknown_and_listed() {
+    let wire = wire().await;
+    let app = wire.app().await;
+    let (txn, retry, paths) = wire::lost_then_retried(
+        &wire,
+        &app,
+        Lost::AfterTheSale,
+        "12.34",
+        Some(Fault::ServerError),
+    )
+    .await;
+    assert_eq!(retry["charge_id"], Value::Null, "{retry}");
+    assert_eq!(retry["error_code"], "processor_outcome_unknown", "{retry}");
+    assert_eq!(paths, [QUERY_PATH], "nothing re-sent");
+    assert_eq!(wire.fake.sales_executed(), 1);
+    wire::assert_listed_unknown(&app, &txn);
+    // A lookup answering neither found nor not found (an error answer) is no better.
+    let (_, again) = {
+        let app2 = wire
+            .app_edited(|t| {
+                t.replace(
+                    "\"order_id\": {{ transaction_id }}",
+                    "\"order_id\": \"x\", \"security_key\": \"wrong\"",
+                )
+            })
+            .await;
+        let (txn2, retry2, _) =
+            wire::lost_then_retried(&wire, &app2, Lost::AfterTheSale, "12.34", None).await;
+        wire::assert_listed_unknown(&app2, &txn2);
+        (txn2, retry2)
+    };
+    assert_eq!(again["error_code"], "processor_outcome_unknown", "{again}");
+    assert_eq!(
+        wire.fake.sales_executed(),
+        2,
+        "the second charge's one sale, not re-sent"
+    );
+    // Once NMI answers again, the next retry finds the first sale.
+    let (_, later) = app.post("/", &wire::card(&txn, PAN, "12.34")).await;
+    assert_eq!(wire::approved(&later), wire.fake.record().sales[0].id);
+    assert_eq!(wire.fake.sales_executed(), 2);
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use payvault::config::ProcessorConfig;
+use payvault::crypto::KeyRing;
 use payvault::domain::{
     Amount, Card, CardNumber, Cvv, Expiry, PaymentMethod, PostalCode, SecretText,
 };
@@ -64,6 +65,48 @@ impl Wire {
             test_keys(),
             Options {
                 processor: ProcessorConfig::Profile(self.config()),
+                processor_timeout: TIMEOUT,
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    /// A payvault server charging through this profile on `db`, with `keys` (another instance's).
+    pub async fn app_on(&self, db: Arc<TestDb>, keys: Arc<KeyRing>) -> TestApp {
+        spawn_app_opts(
+            db,
+            keys,
+            Options {
+                processor: ProcessorConfig::Profile(self.config()),
+                processor_timeout: TIMEOUT,
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    /// A payvault server charging through this profile with its text edited by `edit` (a
+    /// shorter recovery delay than the processor documents, a different path).
+    pub async fn app_edited(&self, edit: impl Fn(&str) -> String) -> TestApp {
+        let text = payvault::processor::profile::BUILTIN
+            .iter()
+            .find(|(n, _)| *n == self.profile)
+            .map(|(_, t)| edit(t))
+            .unwrap();
+        let profile = Profile::parse(&text, "edited").unwrap();
+        let config = ProfileConfig::with_settings(
+            profile,
+            ProcessorEnvironment::Test,
+            Some(&format!("{}{}", self.fake.base_url, self.base_path)),
+            &self.settings,
+        )
+        .unwrap();
+        spawn_app_opts(
+            Arc::new(TestDb::new().await),
+            test_keys(),
+            Options {
+                processor: ProcessorConfig::Profile(config),
                 processor_timeout: TIMEOUT,
                 ..Options::default()
             },
@@ -389,4 +432,68 @@ pub fn charges_unknown(app: &TestApp) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// The first attempt's answer is lost in one of two ways.
+#[derive(Clone, Copy, Debug)]
+pub enum Lost {
+    /// The processor executed the sale; its answer came after the processor timeout.
+    AfterTheSale,
+    /// The processor answered 5xx without executing anything: the sale never reached it.
+    BeforeTheSale,
+}
+
+/// The first attempt of a card charge on `app` gets no definitive answer (`lost`), then Twilio
+/// retries the same `transaction_id`. Returns the transaction id, the retry's answer and the
+/// paths of the requests the retry made the fake answer.
+pub async fn lost_then_retried(
+    wire: &Wire,
+    app: &TestApp,
+    lost: Lost,
+    amount: &str,
+    before_retry: Option<Fault>,
+) -> (String, Value, Vec<String>) {
+    let txn = new_txn();
+    let (fault, code, executed) = match lost {
+        Lost::AfterTheSale => (
+            Fault::Delay(TIMEOUT + Duration::from_secs(1)),
+            "processor_timeout",
+            1,
+        ),
+        Lost::BeforeTheSale => (Fault::ServerError, "processor_error", 0),
+    };
+    let sales_before = wire.fake.sales_executed();
+    wire.fake.fault_next(fault);
+    let (status, first) = app.post("/", &card(&txn, PAN, amount)).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["charge_id"], Value::Null, "{first}");
+    assert_eq!(first["error_code"], code, "{first}");
+    assert_eq!(
+        wire.fake.sales_executed() - sales_before,
+        executed,
+        "{lost:?}"
+    );
+    let before = wire.fake.record().requests.len();
+    if let Some(fault) = before_retry {
+        wire.fake.fault_next(fault);
+    }
+    let (status, retry) = app.post("/", &card(&txn, PAN, amount)).await;
+    assert_eq!(status, 200, "{retry}");
+    let paths = wire.fake.record().requests[before..]
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
+    (txn, retry, paths)
+}
+
+/// The charge is listed by `payvault charges unknown`, as unknown.
+pub fn assert_listed_unknown(app: &TestApp, txn: &str) {
+    let listed = charges_unknown(app);
+    let rows: Vec<Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{listed}");
+    assert_eq!(rows[0]["transaction_id"], txn, "{listed}");
+    assert_eq!(rows[0]["state"], "unknown", "{listed}");
 }
