@@ -151,6 +151,7 @@ async fn rotate_keys(batch: i64) -> anyhow::Result<()> {
     let vault = crate::vault::Vault::new(pool.clone(), keys.clone());
     let mut done = 0u64;
     eprintln!("re-encrypting {total} entries under master key version {current}");
+    let mut progress = Progress::new(total.max(0).unsigned_abs());
     loop {
         let n = vault
             .rotate_batch(batch)
@@ -160,19 +161,9 @@ async fn rotate_keys(batch: i64) -> anyhow::Result<()> {
             break;
         }
         done += n;
-        let width = 30usize;
-        let filled = if total > 0 {
-            (done as usize * width / total as usize).min(width)
-        } else {
-            width
-        };
-        eprint!(
-            "\r[{}{}] {done}/{total}",
-            "#".repeat(filled),
-            " ".repeat(width - filled)
-        );
+        progress.update(done);
     }
-    eprintln!();
+    progress.finish(done);
     let mut event = AuditEvent::operator("key_rotate");
     event.details["to_version"] = current.into();
     event.details["rotated"] = done.into();
@@ -181,6 +172,57 @@ async fn rotate_keys(batch: i64) -> anyhow::Result<()> {
         .context("cannot write the audit log")?;
     println!("rotated {done} entries to master key version {current}");
     Ok(())
+}
+
+/// Rotation progress on stderr: a bar redrawn in place on a terminal; elsewhere (a log file, a
+/// pipe, a CI job) a plain line every few seconds, since `\r` redraws turn a log into one
+/// unreadable line.
+struct Progress {
+    total: u64,
+    terminal: bool,
+    last_line: std::time::Instant,
+}
+
+impl Progress {
+    /// How often a plain line is written when stderr is not a terminal.
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn new(total: u64) -> Self {
+        Self {
+            total,
+            terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            last_line: std::time::Instant::now(),
+        }
+    }
+
+    fn update(&mut self, done: u64) {
+        if self.terminal {
+            const WIDTH: usize = 30;
+            let filled = match self.total {
+                0 => WIDTH,
+                total => {
+                    usize::try_from(done * WIDTH as u64 / total).map_or(WIDTH, |f| f.min(WIDTH))
+                }
+            };
+            eprint!(
+                "\r[{}{}] {done}/{}",
+                "#".repeat(filled),
+                " ".repeat(WIDTH - filled),
+                self.total
+            );
+        } else if self.last_line.elapsed() >= Self::EVERY {
+            self.last_line = std::time::Instant::now();
+            eprintln!("re-encrypted {done}/{} entries", self.total);
+        }
+    }
+
+    fn finish(&self, done: u64) {
+        if self.terminal {
+            eprintln!();
+        } else {
+            eprintln!("re-encrypted {done}/{} entries", self.total);
+        }
+    }
 }
 
 async fn retire_key(version: i32) -> anyhow::Result<()> {
@@ -199,10 +241,32 @@ async fn retire_key(version: i32) -> anyhow::Result<()> {
             .context("cannot write the audit log")?;
         anyhow::bail!("refusing to retire master key version {version}: {in_use} entries still use it (run `payvault keys rotate` first)");
     }
+    // Loaded before the retirement is recorded: it needs the version's key to hand out its
+    // audit-only key.
+    let keys = master_keys(&pool).await?;
+    if version == keys.current_version() {
+        anyhow::bail!("master key version {version} is the current one, which encrypts new entries; deploy a newer version and run `payvault keys rotate` first");
+    }
     store::audit::insert_audit_event(&pool, &event)
         .await
         .context("cannot write the audit log")?;
-    println!("no entry uses master key version {version}: remove it from PAYVAULT_MASTER_KEY on every instance.");
-    println!("Keep a copy while audit events sealed under it must stay verifiable (until they are pruned).");
+    match keys.audit_key(version) {
+        Some(audit_key) => println!(
+            "No live entry uses master key version {version}. To retire it:
+  1. On every instance, replace pvmk.{version}.… in PAYVAULT_MASTER_KEY with the audit-only key
+     below: it keeps the audit events sealed under version {version} verifiable and decrypts nothing.
+  2. Destroy every copy of the version {version} master key (secret manager, key files, their
+     backups) or, if a passphrase derived it, that passphrase. Until then, entries deleted under
+     version {version} can still be decrypted from database backups and WAL archives; from then
+     on, by no one.
+{}",
+            audit_key.as_str()
+        ),
+        None => println!(
+            "No live entry uses master key version {version}, which is not loaded here as a master key.
+Destroy every copy of it (or of the passphrase that derived it). To keep the audit events sealed
+under it verifiable, load it and run this again: it prints the version's audit-only key."
+        ),
+    }
     Ok(())
 }

@@ -25,12 +25,17 @@ const PREFIX: &str = "pvmk";
 /// The prefix of development keys (`payvault dev`, the compose file's sample key), which
 /// `PAYVAULT_ENV=production` refuses.
 const DEV_PREFIX: &str = "pvdev";
+/// The prefix of audit-only keys (`payvault keys retire`): the audit-seal key of a retired
+/// version, which verifies the audit events sealed under it and opens nothing.
+const AUDIT_PREFIX: &str = "pvaudit";
 
 /// 32 bytes of master key material with its version. Zeroized on drop, redacted in `Debug`.
 pub struct MasterKey {
     version: i32,
     bytes: Zeroizing<[u8; 32]>,
     development: bool,
+    /// `bytes` is the audit-seal key of a retired version, not a master key (`pvaudit.`).
+    audit_only: bool,
 }
 
 impl MasterKey {
@@ -42,6 +47,7 @@ impl MasterKey {
             version,
             bytes,
             development: false,
+            audit_only: false,
         }
     }
 
@@ -66,7 +72,11 @@ impl MasterKey {
     /// The text form accepted by `PAYVAULT_MASTER_KEY`. Returned zeroizing: it is the key.
     pub fn encode(&self) -> Zeroizing<String> {
         let mut out = Zeroizing::new(String::with_capacity(64));
-        out.push_str(if self.development { DEV_PREFIX } else { PREFIX });
+        out.push_str(match (self.audit_only, self.development) {
+            (true, _) => AUDIT_PREFIX,
+            (false, true) => DEV_PREFIX,
+            (false, false) => PREFIX,
+        });
         out.push('.');
         out.push_str(&self.version.to_string());
         out.push('.');
@@ -96,6 +106,7 @@ impl MasterKey {
             version,
             bytes,
             development: false,
+            audit_only: false,
         })
     }
 
@@ -115,7 +126,7 @@ impl MasterKey {
 
     fn parse(text: &str) -> Result<Self, KeyRingError> {
         let mut parts = text.trim().splitn(3, '.');
-        let (Some(prefix @ (PREFIX | DEV_PREFIX)), Some(version), Some(material)) =
+        let (Some(prefix @ (PREFIX | DEV_PREFIX | AUDIT_PREFIX)), Some(version), Some(material)) =
             (parts.next(), parts.next(), parts.next())
         else {
             return Err(KeyRingError::Format);
@@ -138,16 +149,17 @@ impl MasterKey {
             version,
             bytes,
             development: prefix == DEV_PREFIX,
+            audit_only: prefix == AUDIT_PREFIX,
         })
     }
 }
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = if self.development {
-            ", development"
-        } else {
-            ""
+        let kind = match (self.audit_only, self.development) {
+            (true, _) => ", audit only",
+            (false, true) => ", development",
+            (false, false) => "",
         };
         write!(f, "MasterKey(v{}{kind}, [REDACTED])", self.version)
     }
@@ -181,6 +193,8 @@ pub(crate) struct DerivedKeys {
     /// This version's check value (`master_key_checks`): a MAC of a fixed label under its own
     /// derived key, so publishing it reveals nothing about the other keys.
     pub(crate) check: [u8; 32],
+    /// The same key's bytes, handed out by [`KeyRing::audit_key`] when the version is retired.
+    audit_seal_key: Zeroizing<[u8; 32]>,
 }
 
 impl DerivedKeys {
@@ -207,6 +221,7 @@ impl DerivedKeys {
         Self {
             check,
             audit_seal: new_hmac(audit_seal.as_ref()),
+            audit_seal_key: audit_seal,
             kek: Aes256Gcm::new(kek.as_ref().into()),
             fingerprint: new_hmac(fingerprint.as_ref()),
             request_mac: new_hmac(request_mac.as_ref()),
@@ -225,6 +240,8 @@ fn new_hmac(key: &[u8]) -> HmacSha256 {
 pub struct KeyRing {
     current: i32,
     keys: BTreeMap<i32, DerivedKeys>,
+    /// Seal keys of retired versions (`pvaudit.` keys): they verify old audit seals only.
+    audit_only: BTreeMap<i32, HmacSha256>,
     /// Whether any of the keys is a development key.
     development: bool,
 }
@@ -237,16 +254,24 @@ impl KeyRing {
 
     pub fn from_keys(keys: Vec<MasterKey>) -> Result<Self, KeyRingError> {
         let mut map = BTreeMap::new();
+        let mut audit_only = BTreeMap::new();
         let development = keys.iter().any(MasterKey::is_development);
         for key in keys {
-            if map.insert(key.version, DerivedKeys::derive(&key)).is_some() {
-                return Err(KeyRingError::DuplicateVersion(key.version));
+            let version = key.version;
+            if map.contains_key(&version) || audit_only.contains_key(&version) {
+                return Err(KeyRingError::DuplicateVersion(version));
+            }
+            if key.audit_only {
+                audit_only.insert(version, new_hmac(key.bytes.as_ref()));
+            } else {
+                map.insert(version, DerivedKeys::derive(&key));
             }
         }
         let current = *map.keys().next_back().ok_or(KeyRingError::Empty)?;
         Ok(Self {
             current,
             keys: map,
+            audit_only,
             development,
         })
     }
@@ -260,6 +285,7 @@ impl KeyRing {
         self.current
     }
 
+    /// The loaded master key versions (audit-only keys are not among them).
     pub fn versions(&self) -> impl Iterator<Item = i32> + '_ {
         self.keys.keys().copied()
     }
@@ -287,8 +313,31 @@ impl KeyRing {
     }
 
     /// MAC in the audit seal chain under the given version's seal key.
+    /// A retired version's audit-only key serves here too.
     pub fn seal_mac(&self, version: i32, parts: &[&[u8]]) -> Result<[u8; 32], CryptoError> {
-        Ok(mac_parts(&self.get(version)?.audit_seal, parts))
+        let key = match self.keys.get(&version) {
+            Some(derived) => &derived.audit_seal,
+            None => self
+                .audit_only
+                .get(&version)
+                .ok_or(CryptoError::UnknownKeyVersion(version))?,
+        };
+        Ok(mac_parts(key, parts))
+    }
+
+    /// The audit-only key of master key `version` (`pvaudit.<version>.<key>`), if loaded: what
+    /// to keep of a retired version so the audit events sealed under it stay verifiable. It
+    /// is an HKDF output, from which neither the master key nor the key wrapping data keys can
+    /// be computed, so it opens no vault entry.
+    pub fn audit_key(&self, version: i32) -> Option<Zeroizing<String>> {
+        let derived = self.keys.get(&version)?;
+        let key = MasterKey {
+            version,
+            bytes: derived.audit_seal_key.clone(),
+            development: false,
+            audit_only: true,
+        };
+        Some(key.encode())
     }
 
     /// MAC of a normalised request under the given version's request-MAC key.
@@ -302,6 +351,7 @@ impl fmt::Debug for KeyRing {
         f.debug_struct("KeyRing")
             .field("current", &self.current)
             .field("versions", &self.keys.keys().collect::<Vec<_>>())
+            .field("audit_only", &self.audit_only.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -403,6 +453,54 @@ mod tests {
         assert!(a.check_value(2).is_err());
         // Not the passphrase check value, nor any other derived MAC.
         assert_ne!(a.check_value(1).unwrap(), key.check_mac());
+    }
+
+    #[test]
+    fn an_audit_key_verifies_its_versions_seals_and_opens_nothing() {
+        let v1 = KeyRing::from_keys(vec![MasterKey::generate(1)]).unwrap();
+        let old_entry = v1.seal("tok_b", b"4111111111111111");
+        let seal = v1.seal_mac(1, &[b"event"]).unwrap();
+
+        let audit = v1.audit_key(1).unwrap();
+        assert!(audit.starts_with("pvaudit.1."));
+        let parsed = MasterKey::parse(&audit).unwrap();
+        assert_eq!(
+            format!("{parsed:?}"),
+            "MasterKey(v1, audit only, [REDACTED])"
+        );
+        assert_eq!(parsed.encode().as_str(), audit.as_str());
+
+        // What remains after retiring version 1: version 2 and version 1's audit-only key.
+        let remaining = KeyRing::parse(&format!(
+            "{},{}",
+            MasterKey::generate(2).encode().as_str(),
+            audit.as_str()
+        ))
+        .unwrap();
+        assert_eq!(remaining.seal_mac(1, &[b"event"]).unwrap(), seal);
+        assert_eq!(remaining.current_version(), 2);
+        assert_eq!(remaining.versions().collect::<Vec<_>>(), vec![2]);
+        assert!(matches!(
+            remaining.open("tok_b", &old_entry),
+            Err(CryptoError::UnknownKeyVersion(1))
+        ));
+        // Nor does it open anything passed off as the master key of its version.
+        let disguised = KeyRing::parse(&audit.replacen("pvaudit.", "pvmk.", 1)).unwrap();
+        assert!(matches!(
+            disguised.open("tok_b", &old_entry),
+            Err(CryptoError::Authentication)
+        ));
+        // An audit-only key alone is no key ring, and a version cannot be loaded twice.
+        assert!(matches!(KeyRing::parse(&audit), Err(KeyRingError::Empty)));
+        let twice = format!(
+            "{},{}",
+            MasterKey::generate(1).encode().as_str(),
+            audit.as_str()
+        );
+        assert!(matches!(
+            KeyRing::parse(&twice),
+            Err(KeyRingError::DuplicateVersion(1))
+        ));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! Stored formats (documented here because they outlive any one release):
 //! - master key: `pvmk.<version>.<base64url(32 random bytes)>`; a key ring is one or more of
 //!   these separated by commas, the highest version being current for new entries.
+//! - audit-only key: `pvaudit.<version>.<base64url(HKDF audit-seal key of that version)>`, what
+//!   `payvault keys retire` leaves of a retired version: it verifies old audit seals, opens nothing.
 //! - `vault_entries.wrapped_key`: `nonce(12) || AES-256-GCM(KEK_v, data key) || tag(16)` with
 //!   associated data `payvault/dek/v1|<token>|<version>`.
 //! - `vault_entries.ciphertext`: `nonce(12) || AES-256-GCM(data key, payload) || tag(16)` with

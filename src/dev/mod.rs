@@ -61,10 +61,24 @@ impl Drop for DevCredentials {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    // First of all, before any child process exists: from here on Ctrl-C (or SIGTERM, or the
+    // terminal closing) is ours, so it cannot kill payvault while PostgreSQL or initdb runs.
+    let stop = Stop::install()?;
     if config::environment_setting()? == Some(Environment::Production) {
         bail!("`payvault dev` is a development mode: PAYVAULT_ENV=production refuses it; use `payvault serve`");
     }
     let pg_user = postgres::postgres_account()?;
+    if let Some(account) = pg_user {
+        if let Some((blocked, mode)) = postgres::unreachable_ancestor(&args.dir, account)? {
+            bail!(
+                "PostgreSQL refuses to run as root, so `payvault dev` runs it as the `postgres` account, \
+                 which cannot enter {} (mode {mode:o}). Keep the vault where that account can reach it, \
+                 for example:\n    {} dev --dir /var/tmp/payvault-dev\nor run `payvault dev` as an ordinary user.",
+                blocked.display(),
+                self_command(),
+            );
+        }
+    }
     postgres::create_private_dir(&args.dir, pg_user.is_some())?;
     let dir = std::fs::canonicalize(&args.dir)
         .with_context(|| format!("cannot resolve {}", args.dir.display()))?;
@@ -76,22 +90,91 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             pgdata.display()
         );
     }
-    if !pgdata.join("PG_VERSION").exists() {
-        eprintln!(
-            "payvault dev: creating a PostgreSQL cluster in {}",
-            pgdata.display()
-        );
-        postgres::init_cluster(&bin, &pgdata, &dir, pg_user)?;
+    match postgres::cluster_state(&pgdata) {
+        postgres::ClusterState::Complete => {}
+        state => {
+            if state == postgres::ClusterState::Incomplete {
+                // Left by an earlier version, which ran initdb in place and was interrupted.
+                eprintln!(
+                    "payvault dev: removing the incomplete cluster in {}",
+                    pgdata.display()
+                );
+                std::fs::remove_dir_all(&pgdata)
+                    .with_context(|| format!("cannot remove {}", pgdata.display()))?;
+            }
+            eprintln!(
+                "payvault dev: creating a PostgreSQL cluster in {}",
+                pgdata.display()
+            );
+            stop.unless_stopped(postgres::init_cluster(&bin, &pgdata, &dir, pg_user))
+                .await?;
+        }
     }
-    let mut cluster = postgres::LocalPostgres::start(&bin, &pgdata, &dir, pg_user).await?;
-    let result = serve(&dir, &pgdata).await;
+    let mut cluster = stop
+        .unless_stopped(postgres::LocalPostgres::start(&bin, &pgdata, &dir, pg_user))
+        .await?;
+    let result = serve(&dir, &pgdata, &stop).await;
     cluster.stop().await;
     result
 }
 
-async fn serve(dir: &Path, pgdata: &Path) -> anyhow::Result<()> {
+/// Ctrl-C, SIGTERM or SIGHUP, listened for from the start of `payvault dev`. The handlers are
+/// installed when this is made, so the default action (dying at once, leaving PostgreSQL
+/// orphaned) never applies; each step of the start-up is cancelled by it, and the service drains
+/// on it.
+#[derive(Clone)]
+struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let handler = |kind| signal(kind).context("cannot install a signal handler");
+        let mut int = handler(SignalKind::interrupt())?;
+        let mut term = handler(SignalKind::terminate())?;
+        let mut hup = handler(SignalKind::hangup())?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        // Tokio keeps a handler installed once made, so later signals are ignored, not fatal:
+        // a second Ctrl-C does not cut the stopping of PostgreSQL short.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+                _ = hup.recv() => {}
+            }
+            tracing::info!("stop signal received; stopping");
+            let _ = tx.send(true);
+        });
+        Ok(Self(rx))
+    }
+
+    /// Resolves once a stop signal has arrived.
+    async fn stopped(mut self) {
+        let _ = self.0.wait_for(|stopped| *stopped).await;
+    }
+
+    /// Runs `step` unless a stop signal arrives first; then `step` is dropped (its guards stop
+    /// what it started) and the result is an error saying so.
+    async fn unless_stopped<T>(
+        &self,
+        step: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        let result = tokio::select! {
+            biased;
+            () = self.clone().stopped() => None,
+            result = step => Some(result),
+        };
+        match result {
+            Some(Ok(value)) => Ok(value),
+            // A Ctrl-C in a terminal also reaches initdb, which may fail of it first: the cause
+            // is still the interruption.
+            Some(Err(e)) if !*self.0.borrow() => Err(e),
+            _ => bail!("interrupted; stopped before the vault was ready"),
+        }
+    }
+}
+
+async fn serve(dir: &Path, pgdata: &Path, stop: &Stop) -> anyhow::Result<()> {
     let url = postgres::database_url(pgdata, DB_NAME)?;
-    postgres::create_database(pgdata, DB_NAME).await?;
     let key = load_or_create_key(&dir.join("master.key"))?;
     let creds = load_or_create_credentials(&dir.join("credentials.json"))?;
 
@@ -107,7 +190,41 @@ async fn serve(dir: &Path, pgdata: &Path) -> anyhow::Result<()> {
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     let sandbox = matches!(cfg.processor, ProcessorConfig::Sandbox);
 
-    let pool = crate::store::connect(&SecretText::from(url.clone()), 2)
+    stop.unless_stopped(prepare_database(pgdata, &url, &creds))
+        .await?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let service = crate::app::Service {
+        config: cfg,
+        keys: crate::app::KeySource::from_keys(vec![key]),
+        migrate: false,
+    };
+    let key_file = dir.join("master.key");
+    crate::app::launch(service, listener, stop.clone().stopped(), |addr| {
+        let base = format!("{scheme}://{addr}");
+        let processor = if sandbox {
+            "the built-in sandbox: no money moves"
+        } else {
+            "as configured by PAYVAULT_PROCESSOR"
+        };
+        print_banner(&Banner {
+            base: &base,
+            dir,
+            processor,
+            creds: &creds,
+            database_url: &url,
+            key_file: &key_file,
+            payvault: &self_command(),
+        });
+    })
+    .await
+}
+
+/// Creates the vault's database, applies migrations and ensures the development credentials.
+async fn prepare_database(pgdata: &Path, url: &str, creds: &DevCredentials) -> anyhow::Result<()> {
+    postgres::create_database(pgdata, DB_NAME).await?;
+    let pool = crate::store::connect(&SecretText::from(url.to_owned()), 2)
         .await
         .context("cannot connect to the local PostgreSQL")?;
     crate::store::migrate(&pool)
@@ -134,33 +251,29 @@ async fn serve(dir: &Path, pgdata: &Path) -> anyhow::Result<()> {
     .await
     .context("cannot create the development API credential")?;
     pool.close().await;
+    Ok(())
+}
 
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let service = crate::app::Service {
-        config: cfg,
-        keys: crate::app::KeySource::from_keys(vec![key]),
-        migrate: false,
-    };
-    let key_file = dir.join("master.key");
-    crate::app::launch(service, listener, crate::app::shutdown_signal(), |addr| {
-        let base = format!("{scheme}://{addr}");
-        let processor = if sandbox {
-            "the built-in sandbox: no money moves"
-        } else {
-            "as configured by PAYVAULT_PROCESSOR"
-        };
-        print_banner(&Banner {
-            base: &base,
-            dir,
-            processor,
-            creds: &creds,
-            database_url: &url,
-            key_file: &key_file,
-        });
-    })
-    .await
+/// This program as a shell word that runs as pasted from any directory: the absolute path of
+/// the running executable (after `cargo run`, `payvault` is not on PATH).
+fn self_command() -> String {
+    match std::env::current_exe() {
+        Ok(exe) => shell_quote(&exe.to_string_lossy()),
+        Err(_) => "payvault".into(),
+    }
+}
+
+/// `text` as one POSIX shell word.
+fn shell_quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:,=@%".contains(&b));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }
 
 struct Banner<'a> {
@@ -170,6 +283,8 @@ struct Banner<'a> {
     creds: &'a DevCredentials,
     database_url: &'a str,
     key_file: &'a Path,
+    /// How to run this program, as pasted (see [`self_command`]).
+    payvault: &'a str,
 }
 
 fn print_banner(b: &Banner<'_>) {
@@ -197,9 +312,11 @@ fn print_banner(b: &Banner<'_>) {
       "method": "tokenize", "transaction_id": "dev-1", "cardnumber": "4111111111111111",
       "cvv": "123", "expiry_month": "08", "expiry_year": "30", "description": "demo"}}'
 
-  Other payvault commands against this vault:
-    export DATABASE_URL='{db}'
-    export PAYVAULT_MASTER_KEY_FILE='{key}'
+  Other payvault commands against this vault (paste these lines into a shell):
+    export DATABASE_URL={db}
+    export PAYVAULT_MASTER_KEY_FILE={key}
+    {payvault} credentials list
+    {payvault} audit verify
 {rule}"#,
         base = b.base,
         processor = b.processor,
@@ -208,8 +325,9 @@ fn print_banner(b: &Banner<'_>) {
         cp = c.connector_password,
         au = c.api_username,
         asec = c.api_secret,
-        db = b.database_url,
-        key = b.key_file.display(),
+        db = shell_quote(b.database_url),
+        key = shell_quote(&b.key_file.to_string_lossy()),
+        payvault = b.payvault,
     );
     let _ = out.flush();
 }

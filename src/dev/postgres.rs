@@ -9,7 +9,6 @@
 //! harness that has no server to use: the same code paths, plus a watchdog that stops the
 //! cluster and removes its directory once the process that started it is gone.
 
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -118,25 +117,98 @@ fn pg_command(program: PathBuf, account: Option<Account>) -> Command {
     cmd
 }
 
-/// Runs `initdb` into `pgdata` (which must not exist), its output kept in `dir/initdb.log`.
-pub(super) fn init_cluster(
+/// Whether `pgdata` holds a cluster: made whole (see [`init_cluster`]), absent, or the incomplete
+/// remains of an interrupted `initdb` from a version that ran it in place.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum ClusterState {
+    Complete,
+    Missing,
+    Incomplete,
+}
+
+pub(super) fn cluster_state(pgdata: &Path) -> ClusterState {
+    if pgdata.join("PG_VERSION").exists() {
+        ClusterState::Complete
+    } else if pgdata.exists() {
+        ClusterState::Incomplete
+    } else {
+        ClusterState::Missing
+    }
+}
+
+/// Where `initdb` builds a cluster before it is renamed to `pgdata`.
+fn staging_dir(pgdata: &Path) -> PathBuf {
+    let mut name = pgdata.as_os_str().to_owned();
+    name.push(".initdb");
+    PathBuf::from(name)
+}
+
+/// An `initdb` run and its staging directory, both removed unless the run completed: dropped
+/// on an error, a panic or when the future running it is cancelled by Ctrl-C.
+struct Staging {
+    /// `None` once renamed into place.
+    dir: Option<PathBuf>,
+    initdb: Option<Child>,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.initdb.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Creates a cluster in `pgdata` (which must not exist), atomically: `initdb` runs in a staging
+/// sibling, `<pgdata>.initdb`, which is renamed to `pgdata` only once `initdb` has succeeded, so
+/// an interrupted run (Ctrl-C, a kill, a power cut) never leaves a half-made `pgdata` that
+/// would be taken for a cluster. A staging directory left by such a run is discarded first.
+/// `initdb`'s output goes to `dir/initdb.log`.
+pub(super) async fn init_cluster(
     bin: &Path,
     pgdata: &Path,
     dir: &Path,
     account: Option<Account>,
 ) -> anyhow::Result<()> {
+    let staging = staging_dir(pgdata);
+    match std::fs::remove_dir_all(&staging) {
+        Ok(()) => eprintln!(
+            "payvault dev: removed {}, left by an interrupted initdb",
+            staging.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot remove {}", staging.display()));
+        }
+    }
     std::fs::DirBuilder::new()
         .mode(0o700)
-        .create(pgdata)
-        .with_context(|| format!("cannot create {}", pgdata.display()))?;
+        .create(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    let mut guard = Staging {
+        dir: Some(staging.clone()),
+        initdb: None,
+    };
     if let Some(a) = account {
-        std::os::unix::fs::chown(pgdata, Some(a.uid), Some(a.gid))
-            .with_context(|| format!("cannot give {} to the postgres account", pgdata.display()))?;
+        std::os::unix::fs::chown(&staging, Some(a.uid), Some(a.gid)).with_context(|| {
+            format!("cannot give {} to the postgres account", staging.display())
+        })?;
     }
-    let log = dir.join("initdb.log");
-    let output = pg_command(bin.join("initdb"), account)
+    let log_path = dir.join("initdb.log");
+    let log = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let child = pg_command(bin.join("initdb"), account)
         .arg("--pgdata")
-        .arg(pgdata)
+        .arg(&staging)
         .args([
             "--username",
             DB_USER,
@@ -146,27 +218,37 @@ pub(super) fn init_cluster(
             "UTF8",
         ])
         .args(["--no-instructions"])
-        .output()
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
         .context("cannot run initdb")?;
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&log)
-    {
-        let _ = file.write_all(&[output.stdout.as_slice(), &output.stderr].concat());
-    }
-    if !output.status.success() {
-        // A half-made cluster would be mistaken for a finished one next time.
-        let _ = std::fs::remove_dir_all(pgdata);
+    // Polled rather than waited for on a blocking thread, so that Ctrl-C (which cancels this
+    // future) is answered at once: dropping the guard kills initdb and removes its staging.
+    let child = guard.initdb.insert(child);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    guard.initdb = None;
+    if !status.success() {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
         bail!(
-            "initdb failed ({}); its output is in {}:\n{}",
-            output.status,
-            log.display(),
-            String::from_utf8_lossy(&output.stderr)
+            "initdb failed ({status}); its output is in {}:\n{}",
+            log_path.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
+    std::fs::rename(&staging, pgdata).with_context(|| {
+        format!(
+            "cannot rename {} to {}",
+            staging.display(),
+            pgdata.display()
+        )
+    })?;
+    guard.dir = None;
     Ok(())
 }
 
@@ -208,7 +290,7 @@ impl LocalPostgres {
             .mode(0o600)
             .open(&log_path)
             .with_context(|| format!("cannot open {}", log_path.display()))?;
-        let mut child = pg_command(bin.join("postgres"), account)
+        let child = pg_command(bin.join("postgres"), account)
             // Its own process group: Ctrl-C in the terminal reaches payvault only, which drains
             // its requests first and then stops PostgreSQL itself.
             .process_group(0)
@@ -222,22 +304,27 @@ impl LocalPostgres {
             .stderr(log)
             .spawn()
             .context("cannot start postgres")?;
+        // Owned from here: if this future is cancelled (Ctrl-C) or fails, dropping `running`
+        // stops PostgreSQL.
+        let mut running = Self {
+            child: Some(child),
+            adopted: None,
+        };
         let deadline = Instant::now() + PG_DEADLINE;
         loop {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "postgres exited during start-up ({status}); see {}",
-                    log_path.display()
-                );
+            if let Some(child) = running.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    running.child = None;
+                    bail!(
+                        "postgres exited during start-up ({status}); see {}",
+                        log_path.display()
+                    );
+                }
             }
             if accepts_connections(pgdata).await {
-                return Ok(Self {
-                    child: Some(child),
-                    adopted: None,
-                });
+                return Ok(running);
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
                 bail!(
                     "postgres did not start within {PG_DEADLINE:?}; see {}",
                     log_path.display()
@@ -249,12 +336,21 @@ impl LocalPostgres {
 
     /// Fast shutdown (SIGINT): PostgreSQL rolls back open transactions and checkpoints.
     pub(super) async fn stop(&mut self) {
+        let mut taken = Self {
+            child: self.child.take(),
+            adopted: self.adopted.take(),
+        };
+        let _ = tokio::task::spawn_blocking(move || taken.stop_blocking()).await;
+    }
+
+    /// [`Self::stop`] on the calling thread; what `Drop` does when `stop` was not reached.
+    fn stop_blocking(&mut self) {
         if let Some((pid, pid_file)) = self.adopted.take() {
             // Not our child: signal it, and wait for it to remove its pid file.
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
             let deadline = Instant::now() + PG_DEADLINE;
             while pid_file.exists() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                std::thread::sleep(Duration::from_millis(50));
             }
             if pid_file.exists() {
                 eprintln!("payvault dev: the adopted PostgreSQL did not stop in time");
@@ -270,25 +366,27 @@ impl LocalPostgres {
         if let Some(pid) = pid {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
         }
-        let waited = tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + PG_DEADLINE;
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => return true,
-                    Ok(None) if Instant::now() > deadline => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return false;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+        let deadline = Instant::now() + PG_DEADLINE;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    eprintln!("payvault dev: PostgreSQL did not stop in time and was killed");
+                    return;
                 }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
             }
-        })
-        .await
-        .unwrap_or(false);
-        if !waited {
-            eprintln!("payvault dev: PostgreSQL did not stop in time and was killed");
         }
+    }
+}
+
+/// Every way out (an early error, a cancelled start, a panic) stops the PostgreSQL we started
+/// or adopted; [`LocalPostgres::stop`] is the same without blocking the runtime.
+impl Drop for LocalPostgres {
+    fn drop(&mut self) {
+        self.stop_blocking();
     }
 }
 
@@ -420,7 +518,7 @@ impl LocalCluster {
             },
             watchdog: Some(watchdog),
         };
-        init_cluster(&bin, &pgdata, &dir, account)?;
+        init_cluster(&bin, &pgdata, &dir, account).await?;
         cluster.postgres = match LocalPostgres::start(&bin, &pgdata, &dir, account).await {
             Ok(postgres) => postgres,
             Err(e) => {
@@ -476,7 +574,30 @@ fn spawn_watchdog(dir: &Path) -> anyhow::Result<(Child, ChildStdin)> {
 /// Refuses a parent directory the `postgres` account cannot traverse, with a clear message
 /// instead of initdb's "permission denied".
 fn check_reachable(dir: &Path, account: Account) -> anyhow::Result<()> {
-    for ancestor in dir.ancestors() {
+    if let Some((ancestor, mode)) = unreachable_ancestor(dir, account)? {
+        bail!(
+            "{} is not reachable by the postgres account (mode {mode:o}), which runs PostgreSQL as root; choose a directory such as /tmp",
+            ancestor.display(),
+        );
+    }
+    Ok(())
+}
+
+/// The first directory on the way to `path` (itself included, if it exists) that `account`
+/// cannot traverse, with its mode. The part of `path` that does not exist yet is skipped: what
+/// `payvault dev` creates there is traversable.
+pub(super) fn unreachable_ancestor(
+    path: &Path,
+    account: Account,
+) -> anyhow::Result<Option<(PathBuf, u32)>> {
+    let path =
+        std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
+    let Some(existing) = path.ancestors().find(|a| a.exists()) else {
+        return Ok(None);
+    };
+    let existing = std::fs::canonicalize(existing)
+        .with_context(|| format!("cannot resolve {}", existing.display()))?;
+    for ancestor in existing.ancestors() {
         let meta = std::fs::metadata(ancestor)
             .with_context(|| format!("cannot read {}", ancestor.display()))?;
         let mode = meta.mode();
@@ -484,12 +605,40 @@ fn check_reachable(dir: &Path, account: Account) -> anyhow::Result<()> {
             || (meta.uid() == account.uid && mode & 0o100 != 0)
             || (meta.gid() == account.gid && mode & 0o010 != 0);
         if !reachable {
-            bail!(
-                "{} is not reachable by the postgres account (mode {:o}), which runs PostgreSQL as root; choose a directory such as /tmp",
-                ancestor.display(),
-                mode & 0o777
-            );
+            return Ok(Some((ancestor.to_owned(), mode & 0o777)));
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn an_unreachable_ancestor_is_found_and_what_is_yet_to_be_made_is_not() {
+        // An account that owns nothing here: only the "other" bits count for it.
+        let stranger = Account {
+            uid: 0xfff0,
+            gid: 0xfff0,
+        };
+        let base = std::env::temp_dir().join(format!("pv-reach-{}", uuid::Uuid::new_v4().simple()));
+        let private = base.join("private");
+        std::fs::create_dir_all(&private).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let found = unreachable_ancestor(&private.join("not/yet/made"), stranger).unwrap();
+        assert_eq!(found, Some((private.clone(), 0o700)));
+        assert_eq!(
+            unreachable_ancestor(&base.join("open/dev"), stranger).unwrap(),
+            None
+        );
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).unwrap();
+        assert_eq!(
+            unreachable_ancestor(&private.join("dev"), stranger).unwrap(),
+            None
+        );
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

@@ -292,7 +292,8 @@ pub async fn set_network_transaction_id(
     Ok(done.rows_affected() == 1)
 }
 
-/// Crypto-shreds a live entry: its wrapped data key and ciphertext are destroyed. Returns
+/// Crypto-shreds a live entry: its wrapped data key and ciphertext are cleared (old row versions
+/// keep them until VACUUM, as the WAL and backups do; see the README). Returns
 /// `false` if it was already deleted or does not exist.
 pub async fn shred_entry(db: impl PgExecutor<'_>, token: &str) -> Result<bool, sqlx::Error> {
     let done = sqlx::query!(

@@ -1,11 +1,12 @@
-//! Master key rotation: re-encryption under load, resumption, and retirement.
+//! Master key rotation: re-encryption under load, resumption, and retirement; what retirement
+//! does for entries deleted earlier (crypto-shredding, backups included).
 
 use std::process::Command;
 use std::sync::Arc;
 
 use crate::helpers::{self, card_charge, card_tokenize, new_txn, spawn_app_with, TestDb};
 use payvault::auth::{CredentialKind, Scope};
-use payvault::crypto::{KeyRing, MasterKey};
+use payvault::crypto::{CryptoError, KeyRing, MasterKey, SealedEntry};
 use payvault::vault::Vault;
 use serde_json::{json, Value};
 
@@ -158,6 +159,13 @@ async fn an_interrupted_rotation_resumes_and_retirement_waits_for_it() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("rotated 7 entries to master key version 2")
     );
+    // Its stderr is a pipe here, as in a log: plain lines, no `\r` progress-bar redraws.
+    let progress = String::from_utf8_lossy(&out.stderr);
+    assert!(!progress.contains('\r'), "{progress:?}");
+    assert!(
+        progress.lines().any(|l| l == "re-encrypted 7/7 entries"),
+        "{progress:?}"
+    );
     assert_eq!(versions(&db.pool).await, [(2, 12)]);
     let status = String::from_utf8_lossy(&cli(&["keys", "status"]).stdout).into_owned();
     assert!(status.contains("2        12"), "{status}");
@@ -185,5 +193,132 @@ async fn an_interrupted_rotation_resumes_and_retirement_waits_for_it() {
             ("key_rotate", "success"),
             ("key_retire", "success")
         ]
+    );
+}
+
+/// `DELETE /v1/tokens/{t}` empties the live row, but a backup taken before (like the old row
+/// version in the heap until VACUUM, and the WAL) keeps the wrapped key and ciphertext, which the
+/// master key version that wrapped them still opens. The README's procedure (a new version,
+/// `keys rotate`, `keys retire` of the old one, keeping only its audit-only key) leaves nothing
+/// that opens them, while the audit log sealed under the old version stays verifiable.
+#[tokio::test]
+async fn a_deleted_entry_in_a_backup_cannot_be_opened_once_its_key_version_is_retired() {
+    let keys = Keys::new();
+    let db = Arc::new(TestDb::new().await);
+    let app = spawn_app_with(db.clone(), keys.ring(&[&keys.v1])).await;
+    let (_, body) = app
+        .post("/", &card_tokenize(&new_txn(), "4111111111111111"))
+        .await;
+    let token = body["token_id"].as_str().unwrap().to_owned();
+    let (_, body) = app
+        .post("/", &card_tokenize(&new_txn(), "5555555555554444"))
+        .await;
+    let kept = body["token_id"].as_str().unwrap().to_owned();
+
+    // What a backup holds of the entry.
+    let (key_version, wrapped_key, ciphertext): (i32, Vec<u8>, Vec<u8>) = sqlx::query_as(
+        "SELECT key_version, wrapped_key, ciphertext FROM vault_entries WHERE token = $1",
+    )
+    .bind(&token)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let backup = SealedEntry {
+        key_version,
+        wrapped_key,
+        ciphertext,
+    };
+
+    let deleter = app
+        .create_credential(
+            "deleter",
+            CredentialKind::Api,
+            Some(vec![Scope::TokensDelete]),
+        )
+        .await;
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/v1/tokens/{token}")))
+        .basic_auth(&deleter.row.username, Some(deleter.secret.expose()))
+        .header("idempotency-key", new_txn())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let live: (Option<Vec<u8>>, Option<Vec<u8>>) =
+        sqlx::query_as("SELECT wrapped_key, ciphertext FROM vault_entries WHERE token = $1")
+            .bind(&token)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(live, (None, None), "the live row is emptied");
+    // Deleting alone shreds nothing that was copied: version 1 still opens the backup.
+    let opened = keys.ring(&[&keys.v1]).open(&token, &backup).unwrap();
+    assert!(opened.windows(16).any(|w| w == b"4111111111111111"));
+    drop(app);
+    // The audit log so far is sealed under version 1, as the running service seals it.
+    payvault::audit::seal::seal_pending(&db.pool, &keys.ring(&[&keys.v1]))
+        .await
+        .unwrap();
+
+    let cli = |ring: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_payvault"))
+            .args(args)
+            .env("DATABASE_URL", db.url())
+            .env("PAYVAULT_MASTER_KEY", ring)
+            .env_remove("PAYVAULT_MASTER_KEY_FILE")
+            .output()
+            .unwrap()
+    };
+    let both = format!("{},{}", keys.v1, keys.v2);
+    let rotated = cli(&both, &["keys", "rotate"]);
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let retired = cli(&both, &["keys", "retire", "1"]);
+    let said = String::from_utf8_lossy(&retired.stdout).into_owned();
+    assert!(
+        retired.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&retired.stderr)
+    );
+    let audit_key = said.lines().last().unwrap().to_owned();
+    assert!(audit_key.starts_with("pvaudit.1."), "{said}");
+
+    // What is left once every copy of the version 1 master key is destroyed.
+    let remaining = format!("{},{audit_key}", keys.v2);
+    let ring = Arc::new(KeyRing::parse(&remaining).unwrap());
+    assert!(matches!(
+        ring.open(&token, &backup),
+        Err(CryptoError::UnknownKeyVersion(1))
+    ));
+    // Not even the audit-only key passed off as version 1's master key opens it.
+    let disguised = audit_key.replacen("pvaudit.", "pvmk.", 1);
+    let disguised = KeyRing::parse(&format!("{},{disguised}", keys.v2)).unwrap();
+    assert!(matches!(
+        disguised.open(&token, &backup),
+        Err(CryptoError::Authentication)
+    ));
+    // The live entry was re-encrypted and opens with what is left.
+    let vault = Vault::new(db.pool.clone(), ring);
+    assert!(vault.open_entry(&kept).await.unwrap().is_some());
+
+    // The audit log, partly sealed under version 1, verifies with what is left, and needs the
+    // audit-only key for it.
+    let verified = cli(&remaining, &["audit", "verify"]);
+    assert!(
+        verified.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    let without = cli(&keys.v2, &["audit", "verify"]);
+    assert!(!without.status.success());
+    assert!(
+        String::from_utf8_lossy(&without.stdout).contains("version 1, which is not loaded"),
+        "{}",
+        String::from_utf8_lossy(&without.stdout)
     );
 }

@@ -84,7 +84,8 @@ pub async fn get_token(
     security(("basic" = []), ("bearer" = []))
 )]
 /// `DELETE /v1/tokens/{token}`: crypto-shreds the entry (its wrapped data key and ciphertext
-/// are destroyed); the metadata and audit trail remain. Idempotent. Requires `tokens:delete`.
+/// are cleared; copies in backups stay decryptable until its master key version is retired);
+/// the metadata and audit trail remain. Idempotent. Requires `tokens:delete`.
 pub async fn delete_token(
     State(app): State<AppState>,
     caller: Caller,
