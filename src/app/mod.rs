@@ -24,7 +24,6 @@ use crate::charge::Charger;
 use crate::config::{self, ProcessorConfig, ServeConfig};
 use crate::crypto::KeyRing;
 use crate::http::{AppState, TrustedProxies};
-use crate::processor::generic::{GenericConfig, GenericProcessor};
 use crate::processor::profile::ProfileProcessor;
 use crate::processor::sandbox::Sandbox;
 use crate::processor::{Processor, Unconfigured};
@@ -243,15 +242,6 @@ fn build_processor(
             tracing::warn!("using the built-in SANDBOX processor: no real money moves");
             Arc::new(Sandbox::new(cfg.sandbox_slow))
         }
-        ProcessorConfig::Generic { url, auth } => Arc::new(
-            GenericProcessor::new(GenericConfig {
-                url,
-                auth,
-                connect_timeout: cfg.processor_connect_timeout,
-                timeout: cfg.processor_timeout,
-            })
-            .context("cannot set up the processor client")?,
-        ),
         ProcessorConfig::Profile(profile) => {
             tracing::info!(
                 profile = %profile.profile.name,

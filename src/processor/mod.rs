@@ -1,13 +1,12 @@
 //! Outbound payment processor adapters, behind one trait.
 //!
-//! - [`generic::GenericProcessor`] POSTs Twilio's Generic Pay Connector JSON to
-//!   `PAYVAULT_PROCESSOR_URL`, so any gateway that already speaks that format works behind payvault.
 //! - [`profile::ProfileProcessor`] sends whatever a declarative profile (TOML, minijinja
-//!   templates) describes: the built-in `stripe`, `checkout`, ... or a merchant's own file.
+//!   templates) describes: the built-in `stripe`, `checkout`, ..., `generic` (Twilio's Generic
+//!   Pay Connector JSON forwarded to `PAYVAULT_PROCESSOR_URL`, so any gateway that already
+//!   speaks that format works behind payvault), or a merchant's own file.
 //! - [`sandbox::Sandbox`] is a built-in fake processor with deterministic outcomes, used
 //!   in-process or served on its own by `payvault sandbox`.
 
-pub mod generic;
 pub mod profile;
 pub mod sandbox;
 
@@ -65,6 +64,13 @@ pub struct ProcessorReply {
     pub network_transaction_id: Option<String>,
 }
 
+/// `error_code` of a charge whose processor refused payvault's credentials (HTTP 401/403, or
+/// what the profile declares): a definite failure, nothing charged.
+pub const AUTH_FAILED: &str = "processor_auth_failed";
+/// `error_code` of a charge whose processor refused the request itself (invalid, rate-limited:
+/// what the profile declares), not a card decline: a definite failure, nothing charged.
+pub const REJECTED: &str = "processor_rejected";
+
 impl ProcessorReply {
     pub fn approved(&self) -> bool {
         self.charge_id.is_some() && self.error_code.is_none()
@@ -121,8 +127,7 @@ pub trait Processor: Send + Sync + std::fmt::Debug {
 
     /// How a re-send after an unknown outcome (timeout, 5xx, unreadable answer, an attempt
     /// abandoned by a crashed instance) is made safe. The default is an idempotency key the
-    /// processor honours (`Idempotency-Key`, sent on every attempt), as the generic adapter and
-    /// the sandbox do; a profile answers from its declared strategy.
+    /// processor honours (`Idempotency-Key`, sent on every attempt), as the sandbox does; a profile answers from its declared strategy.
     fn resend_safety(&self) -> IdempotencyStrategy {
         IdempotencyStrategy::Header
     }

@@ -235,7 +235,9 @@ async fn stripe_refusing_the_key_is_a_definitive_error() {
         .post("/", &card_charge(&new_txn(), "4242424242424242", "5.00"))
         .await;
     assert_eq!(body["charge_id"], Value::Null, "{body}");
-    assert_eq!(body["error_code"], "invalid_request_error", "{body}");
+    // HTTP 401: payvault's Stripe key was refused, a definite failure (never an unknown outcome).
+    assert_eq!(body["error_code"], "processor_auth_failed", "{body}");
+    assert_eq!(fake.calls().len(), 1);
 }
 
 const CUSTOM: &str = r#"
