@@ -220,16 +220,19 @@ impl Processor for Unconfigured {
 
 /// Replaces every run of 12 or more digits (single spaces or dashes between digits allowed)
 /// with `[redacted]`, and any Luhn-valid 13-19 digit sequence written with other separators
-/// (dots, runs of spaces/dashes/dots: `4111.1111.1111.1111`, `4111 - 1111 ...`). Applied to
+/// (dots, slashes, underscores, commas, tabs, runs of up to three of them, mixed:
+/// `4111.1111.1111.1111`, `4111 - 1111 ...`, `4111 .1111-1111/1111`). Applied to
 /// whatever text a processor sends back before it reaches Twilio, a log or the database, in
 /// case the processor echoes a card or account number.
 pub fn scrub(text: &str) -> String {
     scrub_with(text, &[], true)
 }
 
-/// Separators that may stand between the digits of one number.
+/// Separators that may stand between the digits of one number: how people and systems write
+/// card numbers (`4111 1111`, `4111-1111`, `4111.1111`, `4111/1111`, `4111_1111`, `4111,1111`,
+/// tabs). A run of up to three of them joins two digit groups.
 fn is_separator(b: u8) -> bool {
-    matches!(b, b' ' | b'-' | b'.')
+    matches!(b, b' ' | b'\t' | b'-' | b'.' | b'/' | b'_' | b',')
 }
 
 /// Like [`scrub`], and also redacts digit groups equal to one of `known` (the request's own
@@ -365,6 +368,23 @@ mod tests {
         assert_eq!(scrub("pan 4111.1111.1111.1111 seen"), "pan [redacted] seen");
         assert_eq!(scrub("pan 4111 - 1111 - 1111 - 1111"), "pan [redacted]");
         assert_eq!(scrub("amex 3782.822463.10005."), "amex [redacted].");
+        for written in [
+            "4111 .1111- 1111.1111",
+            "4111/1111/1111/1111",
+            "4111_1111_1111_1111",
+            "4111,1111,1111,1111",
+            "4111\t1111\t1111\t1111",
+            "5555 - 5555 - 5555 - 4444",
+        ] {
+            assert_eq!(scrub(&format!("card {written}!")), "card [redacted]!", "{written}");
+        }
+        assert_eq!(scrub("on 2026/11/30, 1,000,000 USD"), "on 2026/11/30, 1,000,000 USD");
+        // This request's own values, however written, and only whole.
+        let known = ["4111111111111111", "0729"];
+        assert_eq!(
+            scrub_with("pan 4111_1111 1111.1111 cvv 0 7 2 9", &known, false),
+            "pan [redacted] cvv [redacted]"
+        );
         assert_eq!(
             scrub("v 1.2.3.4.5.6.7.8.9.10.11"),
             "v 1.2.3.4.5.6.7.8.9.10.11"

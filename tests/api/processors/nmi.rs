@@ -92,3 +92,18 @@ async fn nmi_merchant_initiated_charges_cite_the_first_transaction_id() {
 async fn nmi_an_unknown_outcome_then_twilios_retry_is_held_for_reconciliation() {
     wire::lost_answer_is_held_for_reconciliation(&wire().await, PAN, "12.34").await;
 }
+
+#[tokio::test]
+async fn nmi_wrong_credentials_and_refused_requests_are_definite_failures() {
+    wire::refusals_are_definite(&wire().await, "security_key", "wrong-nmi-security-key").await;
+}
+
+#[tokio::test]
+async fn nmi_a_forty_mib_chunked_answer_is_cut_off_at_the_limit() {
+    wire::flood_is_cut_off(&wire().await).await;
+}
+
+#[tokio::test]
+async fn nmi_a_pan_echoed_with_any_separators_is_scrubbed_everywhere() {
+    wire::echoes_are_scrubbed(&wire().await, Some("authcode")).await;
+}
