@@ -5,6 +5,7 @@ mod adyen;
 mod authorizenet;
 mod checkout;
 mod cybersource;
+mod generic;
 mod nmi;
 mod stripe_fake;
 mod wire;
