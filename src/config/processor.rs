@@ -168,10 +168,7 @@ pub fn selected_profile() -> Result<Option<Profile>, ConfigError> {
                 let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
                 Err(ConfigError::Invalid {
                     name: "PAYVAULT_PROCESSOR",
-                    reason: format!(
-                        "`{name}` is not one of none, sandbox, {}",
-                        names.join(", ")
-                    ),
+                    reason: format!("`{name}` is not one of none, sandbox, {}", names.join(", ")),
                 })
             }
         },

@@ -376,9 +376,16 @@ mod tests {
             "4111\t1111\t1111\t1111",
             "5555 - 5555 - 5555 - 4444",
         ] {
-            assert_eq!(scrub(&format!("card {written}!")), "card [redacted]!", "{written}");
+            assert_eq!(
+                scrub(&format!("card {written}!")),
+                "card [redacted]!",
+                "{written}"
+            );
         }
-        assert_eq!(scrub("on 2026/11/30, 1,000,000 USD"), "on 2026/11/30, 1,000,000 USD");
+        assert_eq!(
+            scrub("on 2026/11/30, 1,000,000 USD"),
+            "on 2026/11/30, 1,000,000 USD"
+        );
         // This request's own values, however written, and only whole.
         let known = ["4111111111111111", "0729"];
         assert_eq!(

@@ -852,7 +852,11 @@ async fn generic_adapter_supports_basic_and_named_header_auth() {
             "Basic bWVyY2hhbnQ6czNjcmV0",
         ),
         (
-            vec![("auth", "header"), ("header", "x-api-key"), ("secret", "k-123")],
+            vec![
+                ("auth", "header"),
+                ("header", "x-api-key"),
+                ("secret", "k-123"),
+            ],
             "x-api-key",
             "k-123",
         ),

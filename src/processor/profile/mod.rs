@@ -251,8 +251,9 @@ fn auth_of(cfg: &ProfileConfig, decl: &AuthDecl, prefix: &str) -> Result<Auth, P
         AuthDecl::Header { .. } => {
             let name = render("name")?;
             Auth::Header {
-                name: HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| invalid(format!("{prefix}.name: `{}` is not a header name", *name)))?,
+                name: HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    invalid(format!("{prefix}.name: `{}` is not a header name", *name))
+                })?,
                 value: secret("value")?,
             }
         }
@@ -268,7 +269,9 @@ fn auth_of(cfg: &ProfileConfig, decl: &AuthDecl, prefix: &str) -> Result<Auth, P
             )
         }
         AuthDecl::Setting { .. } => {
-            return Err(invalid(format!("{prefix}: a choice cannot be chosen by a setting")))
+            return Err(invalid(format!(
+                "{prefix}: a choice cannot be chosen by a setting"
+            )))
         }
     })
 }

@@ -471,7 +471,10 @@ fn generic_reads_twilio_approvals_and_declines() {
         serde_json::Value::Object(ok.parameters),
         serde_json::json!({"auth_code": "A1", "n": "7"})
     );
-    assert_eq!(ok.network_transaction_id.as_deref(), Some("123456789012345"));
+    assert_eq!(
+        ok.network_transaction_id.as_deref(),
+        Some("123456789012345")
+    );
     let declined = read_generic(
         200,
         br#"{"charge_id":null,"error_code":"card_declined","error_message":"declined 4111 1111-1111.1111","parameters":{"x":"1","echo":"4111.1111.1111.1111"}}"#,
@@ -508,10 +511,7 @@ fn generic_refuses_answers_without_twilios_keys() {
         br#"{"charge_id":null,"error_code":42}"#,
     ] {
         assert!(
-            matches!(
-                read_generic(200, body),
-                Err(ProcessorError::BadResponse(_))
-            ),
+            matches!(read_generic(200, body), Err(ProcessorError::BadResponse(_))),
             "{}",
             String::from_utf8_lossy(body)
         );
@@ -526,7 +526,10 @@ fn refusals_are_definite_failures_not_unknown_outcomes() {
         assert_eq!(r.error_code.as_deref(), Some(AUTH_FAILED), "{status}");
         assert!(r.charge_id.is_none());
         let m = r.error_message.unwrap();
-        assert!(m.contains(&format!("HTTP {status}")) && m.contains("credentials"), "{m}");
+        assert!(
+            m.contains(&format!("HTTP {status}")) && m.contains("credentials"),
+            "{m}"
+        );
     }
     // The generic profile declares other 4xx without a Twilio decline a rejection, keeping the
     // processor's words (scrubbed); 409 stays unknown; a 4xx decline is a decline.
@@ -537,13 +540,20 @@ fn refusals_are_definite_failures_not_unknown_outcomes() {
     .unwrap();
     assert_eq!(r.error_code.as_deref(), Some(REJECTED));
     let m = r.error_message.unwrap();
-    assert!(m.contains("HTTP 400") && m.contains("bad card [redacted]"), "{m}");
+    assert!(
+        m.contains("HTTP 400") && m.contains("bad card [redacted]"),
+        "{m}"
+    );
     assert!(!m.contains(PAN));
     assert!(matches!(
         read_generic(409, b"conflict"),
         Err(ProcessorError::BadResponse(_))
     ));
-    let d = read_generic(402, br#"{"charge_id":null,"error_code":"insufficient_funds"}"#).unwrap();
+    let d = read_generic(
+        402,
+        br#"{"charge_id":null,"error_code":"insufficient_funds"}"#,
+    )
+    .unwrap();
     assert_eq!(d.error_code.as_deref(), Some("insufficient_funds"));
     // A profile that says nothing about refusals: 400 is read by its expressions as before.
     let (s, env) = spec("json", "reply.status == 'ok'", "reply.id", "reply.code");

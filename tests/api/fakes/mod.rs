@@ -443,7 +443,15 @@ pub async fn entry(
         Some(Fault::Oversize(n)) => pad(reply, n),
         Some(Fault::EchoPanAs { written, field }) => echo_as(reply, &written, field),
         Some(Fault::Flood(total)) => {
-            let response = finish(&core, &req, key.as_deref(), Reply { body: Vec::new(), ..reply.clone() });
+            let response = finish(
+                &core,
+                &req,
+                key.as_deref(),
+                Reply {
+                    body: Vec::new(),
+                    ..reply.clone()
+                },
+            );
             let flood = Arc::new(crate::helpers::Flood::default());
             core.shared.lock().unwrap().flood = Some(flood.clone());
             let (mut parts, _) = response.into_parts();
@@ -491,12 +499,18 @@ fn echo_as(mut reply: Reply, written: &str, field: Option<&str>) -> Reply {
     reply.body = text.into_bytes();
     let Some(field) = field else { return reply };
     if form {
-        reply.body.extend_from_slice(format!("&{field}={encoded}").as_bytes());
+        reply
+            .body
+            .extend_from_slice(format!("&{field}={encoded}").as_bytes());
         // The field may already be there: a later duplicate wins when parsed, as in the profile.
         return reply;
     }
     let bom = reply.body.starts_with(b"\xEF\xBB\xBF");
-    let json = if bom { &reply.body[3..] } else { &reply.body[..] };
+    let json = if bom {
+        &reply.body[3..]
+    } else {
+        &reply.body[..]
+    };
     let mut value: Value = serde_json::from_slice(json).expect("a JSON answer");
     let mut at = &mut value;
     let mut keys = field.split('.').peekable();
@@ -508,7 +522,11 @@ fn echo_as(mut reply: Reply, written: &str, field: Option<&str>) -> Reply {
         }
         at = object.entry(key).or_insert_with(|| serde_json::json!({}));
     }
-    let mut body = if bom { b"\xEF\xBB\xBF".to_vec() } else { Vec::new() };
+    let mut body = if bom {
+        b"\xEF\xBB\xBF".to_vec()
+    } else {
+        Vec::new()
+    };
     body.extend(serde_json::to_vec(&value).expect("json"));
     reply.body = body;
     reply

@@ -18,7 +18,10 @@ pub enum StubAnswer {
         body: String,
     },
     /// HTTP 200: an approval followed by spaces, streamed up to `total` bytes ([`Flood`]).
-    Flood { total: usize, flood: Arc<Flood> },
+    Flood {
+        total: usize,
+        flood: Arc<Flood>,
+    },
 }
 
 impl StubAnswer {

@@ -81,7 +81,12 @@ async fn checkout_an_unknown_outcome_then_twilios_retry_is_replayed_under_the_sa
 
 #[tokio::test]
 async fn checkout_wrong_credentials_and_refused_requests_are_definite_failures() {
-    wire::refusals_are_definite(&wire().await, "secret_key", "sk_sbox_wrongwrongwrongwrongwrong").await;
+    wire::refusals_are_definite(
+        &wire().await,
+        "secret_key",
+        "sk_sbox_wrongwrongwrongwrongwrong",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -112,7 +112,12 @@ async fn cybersource_an_unknown_outcome_then_twilios_retry_is_held_for_reconcili
 
 #[tokio::test]
 async fn cybersource_wrong_credentials_and_refused_requests_are_definite_failures() {
-    wire::refusals_are_definite(&wire().await, "shared_secret", "d3Jvbmcgc2hhcmVkIHNlY3JldCB3cm9uZyBzZWNyZXQ=").await;
+    wire::refusals_are_definite(
+        &wire().await,
+        "shared_secret",
+        "d3Jvbmcgc2hhcmVkIHNlY3JldCB3cm9uZyBzZWNyZXQ=",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 
 use super::wire::{self, ECHOES, FLOOD, PAN};
 use crate::helpers::{
-    assert_no_leaks, captured_logs, new_txn, spawn_app_opts, test_keys, Flood, Options,
-    Stub, StubAnswer, TestApp, TestDb,
+    assert_no_leaks, captured_logs, new_txn, spawn_app_opts, test_keys, Flood, Options, Stub,
+    StubAnswer, TestApp, TestDb,
 };
 
 async fn app(stub: &Stub) -> TestApp {
@@ -81,9 +81,7 @@ async fn generic_a_forty_mib_chunked_answer_is_cut_off_at_the_limit() {
     };
     let stub = Stub::start(move |_, _| answer.clone()).await;
     let app = app(&stub).await;
-    let (_, body) = app
-        .post("/", &wire::card(&new_txn(), PAN, "10.00"))
-        .await;
+    let (_, body) = app.post("/", &wire::card(&new_txn(), PAN, "10.00")).await;
     assert_eq!(body["charge_id"], Value::Null, "{body}");
     assert_eq!(body["error_code"], "processor_bad_response", "{body}");
     let taken = flood.wait_cut(Duration::from_secs(10)).await;
@@ -105,9 +103,7 @@ async fn generic_a_pan_echoed_with_any_separators_is_scrubbed_everywhere() {
     .await;
     let app = app(&stub).await;
     for written in ECHOES {
-        let (_, body) = app
-            .post("/", &wire::card(&new_txn(), PAN, "10.00"))
-            .await;
+        let (_, body) = app.post("/", &wire::card(&new_txn(), PAN, "10.00")).await;
         let text = body.to_string();
         assert!(!text.contains(written) && !text.contains(PAN), "{text}");
         assert_eq!(body["error_message"], "card [redacted] refused", "{body}");

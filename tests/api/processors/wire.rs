@@ -445,7 +445,10 @@ pub async fn refusals_are_definite(wire: &Wire, setting: &str, wrong: &str) {
         .iter()
         .map(|&(name, value)| (name, if name == setting { wrong } else { value }))
         .collect();
-    assert!(settings.iter().any(|&(_, v)| v == wrong), "no setting {setting}");
+    assert!(
+        settings.iter().any(|&(_, v)| v == wrong),
+        "no setting {setting}"
+    );
     let profile = Profile::builtin(wire.profile).unwrap().unwrap();
     let config = ProfileConfig::with_settings(
         profile,
@@ -529,7 +532,11 @@ pub async fn echoes_are_scrubbed(wire: &Wire, parameter: Option<&'static str>) {
     let outcomes = app
         .count("SELECT count(*) FROM idempotency_records WHERE outcome::text LIKE '%[redacted]%'")
         .await;
-    assert_eq!(outcomes, ECHOES.len() as i64, "the scrubbed text is what is stored");
+    assert_eq!(
+        outcomes,
+        ECHOES.len() as i64,
+        "the scrubbed text is what is stored"
+    );
     let mut needles = vec![PAN];
     needles.extend(ECHOES);
     assert_no_leaks(app.pool(), &needles, &[CVV], &captured_logs()).await;
