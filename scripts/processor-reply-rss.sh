@@ -67,7 +67,7 @@ PY
 python3 "$work/flood.py" "$FLOOD_PORT" "$FLOOD_MIB" > "$work/flood.log" 2>&1 &
 flood_pid=$!
 
-psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
+PGOPTIONS=--client-min-messages=warning psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
 DATABASE_URL=$URL $BIN migrate >/dev/null
 DATABASE_URL=$URL $BIN credentials create --name rss --kind connector --format json > "$work/cred.json"
 user=$(sed -E 's/.*"username":"([^"]+)".*/\1/' "$work/cred.json")
