@@ -75,6 +75,12 @@ pub async fn launch(
     };
     let trusted_proxies = TrustedProxies::parse(&cfg.trusted_proxies)
         .map_err(|e| anyhow::anyhow!("PAYVAULT_TRUSTED_PROXIES: {e}"))?;
+    // The processor first: a setting it refuses (a profile's auth) stops the start before the
+    // database is touched.
+    let processor = build_processor(
+        std::mem::replace(&mut cfg.processor, ProcessorConfig::None),
+        &cfg,
+    )?;
     let pool = store::connect(&cfg.database_url, cfg.db_max_connections)
         .await
         .context("cannot connect to the database")?;
@@ -85,10 +91,6 @@ pub async fn launch(
     if let Some(credential) = &cfg.dev_connector_credential {
         ensure_dev_connector(&pool, credential).await?;
     }
-    let processor = build_processor(
-        std::mem::replace(&mut cfg.processor, ProcessorConfig::None),
-        &cfg,
-    )?;
 
     // Start and stop of the service are audited (PCI DSS 10.2.1.6: start of audit logging).
     let addr = listener.local_addr()?;
