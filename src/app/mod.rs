@@ -24,7 +24,6 @@ use crate::charge::Charger;
 use crate::config::{self, ProcessorConfig, ServeConfig};
 use crate::crypto::KeyRing;
 use crate::http::{AppState, TrustedProxies};
-use crate::processor::generic::{GenericConfig, GenericProcessor};
 use crate::processor::profile::ProfileProcessor;
 use crate::processor::sandbox::Sandbox;
 use crate::processor::{Processor, Unconfigured};
@@ -74,6 +73,12 @@ pub async fn launch(
     };
     let trusted_proxies = TrustedProxies::parse(&cfg.trusted_proxies)
         .map_err(|e| anyhow::anyhow!("PAYVAULT_TRUSTED_PROXIES: {e}"))?;
+    // The processor first: a setting it refuses (a profile's auth) stops the start before the
+    // database is touched.
+    let processor = build_processor(
+        std::mem::replace(&mut cfg.processor, ProcessorConfig::None),
+        &cfg,
+    )?;
     let pool = store::connect_with_timeout(
         &cfg.database_url,
         cfg.db_max_connections,
@@ -88,10 +93,6 @@ pub async fn launch(
     if let Some(credential) = &cfg.dev_connector_credential {
         ensure_dev_connector(&pool, credential).await?;
     }
-    let processor = build_processor(
-        std::mem::replace(&mut cfg.processor, ProcessorConfig::None),
-        &cfg,
-    )?;
 
     // Start and stop of the service are audited (PCI DSS 10.2.1.6: start of audit logging).
     let addr = listener.local_addr()?;
@@ -246,15 +247,6 @@ fn build_processor(
             tracing::warn!("using the built-in SANDBOX processor: no real money moves");
             Arc::new(Sandbox::new(cfg.sandbox_slow))
         }
-        ProcessorConfig::Generic { url, auth } => Arc::new(
-            GenericProcessor::new(GenericConfig {
-                url,
-                auth,
-                connect_timeout: cfg.processor_connect_timeout,
-                timeout: cfg.processor_timeout,
-            })
-            .context("cannot set up the processor client")?,
-        ),
         ProcessorConfig::Profile(profile) => {
             tracing::info!(
                 profile = %profile.profile.name,

@@ -13,7 +13,7 @@ use crate::crypto::CryptoError;
 use crate::domain::PaymentMethod;
 use crate::processor::{
     attempt_reference, scrub_value_with, scrub_with, IdempotencyStrategy, Initiator, Lookup,
-    Processor, ProcessorError, ProcessorReply, ProcessorRequest, Reversal,
+    Processor, ProcessorError, ProcessorReply, ProcessorRequest, Reversal, AUTH_FAILED, REJECTED,
 };
 use crate::store;
 use crate::store::audit::AuditBatch;
@@ -77,6 +77,9 @@ impl Charger {
         let latency_ms = call_started.elapsed().as_millis() as u64;
         let kind = match &result {
             Ok(r) if r.approved() => "approved",
+            // Refusals of payvault's credentials or request: worth an alert of their own.
+            Ok(r) if r.error_code.as_deref() == Some(AUTH_FAILED) => AUTH_FAILED,
+            Ok(r) if r.error_code.as_deref() == Some(REJECTED) => REJECTED,
             Ok(_) => "declined",
             Err(e) => e.code(),
         };

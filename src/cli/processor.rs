@@ -120,6 +120,10 @@ fn render(profile: Profile, bank: bool) -> anyhow::Result<()> {
             let set = std::env::var(setting_variable(name))
                 .ok()
                 .filter(|v| !v.is_empty());
+            if set.is_none() && decl.default.is_some() {
+                // The profile's default applies.
+                return Ok(None);
+            }
             // A base64 placeholder, so that a signing key can be built from it.
             let placeholder = if decl.secret {
                 "cGxhY2Vob2xkZXI=".to_owned()
@@ -175,12 +179,14 @@ async fn check(profile: Profile) -> anyhow::Result<()> {
             Ok(())
         }
         Ok((status, Ok(reply))) => {
+            let refused = matches!(status, 401 | 403)
+                || reply.error_code.as_deref() == Some(crate::processor::AUTH_FAILED);
             println!(
                 "reached the processor: HTTP {status}, declined: {} {}",
                 reply.error_code.unwrap_or_default(),
                 reply.error_message.unwrap_or_default()
             );
-            if matches!(status, 401 | 403) {
+            if refused {
                 anyhow::bail!("the processor refused the credentials (HTTP {status})");
             }
             Ok(())

@@ -421,9 +421,6 @@ impl ServeConfig {
         match &self.processor {
             ProcessorConfig::Sandbox => refusals
                 .push("PAYVAULT_PROCESSOR=sandbox is a fake processor: configure a real one".into()),
-            ProcessorConfig::Generic { url, .. } if url.scheme() != "https" => refusals.push(
-                "PAYVAULT_PROCESSOR_URL must be https: card data never crosses a network in clear".into(),
-            ),
             ProcessorConfig::Profile(p) if p.base_url.scheme() != "https" => refusals.push(
                 "the processor profile's base URL (or PAYVAULT_PROCESSOR_URL) must be https: card data never crosses a network in clear".into(),
             ),
@@ -455,7 +452,6 @@ impl ServeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::processor::generic::ProcessorAuth;
     use crate::processor::profile::{
         setting_variable, ProcessorEnvironment, Profile, ProfileConfig,
     };
@@ -488,10 +484,11 @@ mod tests {
     }
 
     fn generic(url: &str) -> ProcessorConfig {
-        ProcessorConfig::Generic {
-            url: reqwest::Url::parse(url).unwrap(),
-            auth: ProcessorAuth::None,
-        }
+        let profile = Profile::builtin("generic").unwrap().unwrap();
+        ProcessorConfig::Profile(
+            ProfileConfig::with_settings(profile, ProcessorEnvironment::Test, Some(url), &[])
+                .unwrap(),
+        )
     }
 
     #[test]
@@ -593,12 +590,12 @@ mod tests {
         ];
         let names = || names.iter().map(String::as_str);
         // A profile: its settings (secret ones also `_FILE`) and payvault's own are known; the
-        // generic adapter's are not.
+        // generic profile's are not.
         assert_eq!(
             unknown_processor_variables(names(), &stripe()),
             [v("auth"), v("secret_ky"), v("url_file")]
         );
-        // The generic adapter: its own variables, the secret also from a file.
+        // The generic profile: its own variables, the secret also from a file.
         let generic_names = [
             v("auth"),
             v("username"),

@@ -2,9 +2,8 @@
 //! `PAYVAULT_PROCESSOR_<SETTING>` variables, and the detection of processor variables that the
 //! selected processor does not read (a misspelt setting).
 
-use super::{secret_var, var, ConfigError};
+use super::{var, ConfigError};
 use crate::domain::SecretText;
-use crate::processor::generic::ProcessorAuth;
 use crate::processor::profile::{
     setting_variable, ProcessorEnvironment, Profile, ProfileConfig, BUILTIN,
 };
@@ -16,12 +15,8 @@ pub enum ProcessorConfig {
     None,
     /// The built-in fake processor, in-process.
     Sandbox,
-    /// Generic Pay Connector JSON to this URL.
-    Generic {
-        url: reqwest::Url,
-        auth: ProcessorAuth,
-    },
-    /// A declarative processor profile (built in or from a file) with its settings.
+    /// A declarative processor profile (built in, `generic` included, or from a file) with its
+    /// settings.
     Profile(ProfileConfig),
 }
 
@@ -35,17 +30,8 @@ const PROCESSOR_VARIABLES: &[&str] = &[
     "PAYVAULT_PROCESSOR_CONNECT_TIMEOUT_MS",
 ];
 
-/// The generic adapter's variables (the secret also from `_FILE`).
-const GENERIC_PROCESSOR_VARIABLES: &[&str] = &[
-    "PAYVAULT_PROCESSOR_AUTH",
-    "PAYVAULT_PROCESSOR_USERNAME",
-    "PAYVAULT_PROCESSOR_SECRET",
-    "PAYVAULT_PROCESSOR_HEADER",
-];
-
 /// Of the variable `names` (the environment's), those under `PAYVAULT_PROCESSOR` that `processor`
-/// does not read: not payvault's own, not the generic adapter's (when it is used), not a setting
-/// the profile declares (`_FILE` only for a secret one). Sorted, each once.
+/// does not read: not payvault's own, not a setting the profile declares (`_FILE` only for a secret one). Sorted, each once.
 pub fn unknown_processor_variables<'a>(
     names: impl IntoIterator<Item = &'a str>,
     processor: &ProcessorConfig,
@@ -53,10 +39,6 @@ pub fn unknown_processor_variables<'a>(
     let mut known: std::collections::BTreeSet<String> =
         PROCESSOR_VARIABLES.iter().map(|&v| v.to_owned()).collect();
     match processor {
-        ProcessorConfig::Generic { .. } => {
-            known.extend(GENERIC_PROCESSOR_VARIABLES.iter().map(|&v| v.to_owned()));
-            known.insert(format!("{}_FILE", "PAYVAULT_PROCESSOR_SECRET"));
-        }
         ProcessorConfig::Profile(p) => {
             for (name, decl) in &p.profile.settings {
                 let variable = setting_variable(name);
@@ -92,12 +74,6 @@ pub(super) fn processor_settings_hint(processor: &ProcessorConfig) -> String {
                 .map(|n| setting_variable(n))
                 .collect();
             format!("profile `{}` reads {}", p.profile.name, names.join(", "))
-        }
-        ProcessorConfig::Generic { .. } => {
-            format!(
-                "the generic adapter reads {}",
-                GENERIC_PROCESSOR_VARIABLES.join(", ")
-            )
         }
         ProcessorConfig::None | ProcessorConfig::Sandbox => {
             "no processor profile is selected (PAYVAULT_PROCESSOR)".to_owned()
@@ -152,9 +128,17 @@ fn processor_environment() -> Result<ProcessorEnvironment, ConfigError> {
     }
 }
 
-/// The profile `PAYVAULT_PROCESSOR_PROFILE` or `PAYVAULT_PROCESSOR` names, if any.
+/// The profile `PAYVAULT_PROCESSOR_PROFILE` or `PAYVAULT_PROCESSOR` names, if any; with neither
+/// set, `generic` when `PAYVAULT_PROCESSOR_URL` is set.
 pub fn selected_profile() -> Result<Option<Profile>, ConfigError> {
-    let kind = var("PAYVAULT_PROCESSOR")?;
+    let kind = match var("PAYVAULT_PROCESSOR")? {
+        None if var("PAYVAULT_PROCESSOR_PROFILE")?.is_none()
+            && var("PAYVAULT_PROCESSOR_URL")?.is_some() =>
+        {
+            Some("generic".to_owned())
+        }
+        kind => kind,
+    };
     if let Some(path) = var("PAYVAULT_PROCESSOR_PROFILE")? {
         let profile = Profile::from_file(std::path::Path::new(&path))?;
         if let Some(kind) = kind.filter(|k| *k != profile.name) {
@@ -169,17 +153,14 @@ pub fn selected_profile() -> Result<Option<Profile>, ConfigError> {
         return Ok(Some(profile));
     }
     match kind.as_deref() {
-        None | Some("none" | "sandbox" | "generic") => Ok(None),
+        None | Some("none" | "sandbox") => Ok(None),
         Some(name) => match Profile::builtin(name) {
             Some(profile) => Ok(Some(profile?)),
             None => {
                 let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
                 Err(ConfigError::Invalid {
                     name: "PAYVAULT_PROCESSOR",
-                    reason: format!(
-                        "`{name}` is not one of none, sandbox, generic, {}",
-                        names.join(", ")
-                    ),
+                    reason: format!("`{name}` is not one of none, sandbox, {}", names.join(", ")),
                 })
             }
         },
@@ -201,68 +182,13 @@ pub(super) fn processor_config() -> Result<ProcessorConfig, ConfigError> {
     if let Some(profile) = selected_profile()? {
         return Ok(ProcessorConfig::Profile(profile_config(profile)?));
     }
-    let url = var("PAYVAULT_PROCESSOR_URL")?;
-    let kind = var("PAYVAULT_PROCESSOR")?
-        .unwrap_or_else(|| if url.is_some() { "generic" } else { "none" }.into());
-    match kind.as_str() {
-        "none" => Ok(ProcessorConfig::None),
-        "sandbox" => Ok(ProcessorConfig::Sandbox),
-        "generic" => {
-            let url = url.ok_or(ConfigError::Missing(
-                "PAYVAULT_PROCESSOR_URL (for PAYVAULT_PROCESSOR=generic)",
-            ))?;
-            let url = reqwest::Url::parse(&url).map_err(|e| ConfigError::Invalid {
-                name: "PAYVAULT_PROCESSOR_URL",
-                reason: e.to_string(),
-            })?;
-            if !matches!(url.scheme(), "https" | "http") {
-                return Err(ConfigError::Invalid {
-                    name: "PAYVAULT_PROCESSOR_URL",
-                    reason: "must be http(s)".into(),
-                });
-            }
-            Ok(ProcessorConfig::Generic {
-                url,
-                auth: processor_auth()?,
-            })
-        }
-        other => Err(ConfigError::Invalid {
+    match var("PAYVAULT_PROCESSOR")?.as_deref() {
+        None | Some("none") => Ok(ProcessorConfig::None),
+        Some("sandbox") => Ok(ProcessorConfig::Sandbox),
+        // `selected_profile` names every other value or refuses it.
+        Some(other) => Err(ConfigError::Invalid {
             name: "PAYVAULT_PROCESSOR",
-            reason: format!("`{other}` is not one of none, sandbox, generic"),
-        }),
-    }
-}
-
-fn processor_auth() -> Result<ProcessorAuth, ConfigError> {
-    let secret = || {
-        secret_var("PAYVAULT_PROCESSOR_SECRET")?
-            .ok_or(ConfigError::Missing("PAYVAULT_PROCESSOR_SECRET (or _FILE)"))
-    };
-    match var("PAYVAULT_PROCESSOR_AUTH")?.as_deref().unwrap_or("none") {
-        "none" => Ok(ProcessorAuth::None),
-        "basic" => Ok(ProcessorAuth::Basic {
-            username: var("PAYVAULT_PROCESSOR_USERNAME")?
-                .ok_or(ConfigError::Missing("PAYVAULT_PROCESSOR_USERNAME"))?,
-            password: secret()?,
-        }),
-        "bearer" => Ok(ProcessorAuth::Bearer(secret()?)),
-        "header" => {
-            let name = var("PAYVAULT_PROCESSOR_HEADER")?
-                .ok_or(ConfigError::Missing("PAYVAULT_PROCESSOR_HEADER"))?;
-            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                ConfigError::Invalid {
-                    name: "PAYVAULT_PROCESSOR_HEADER",
-                    reason: "not a valid header name".into(),
-                }
-            })?;
-            Ok(ProcessorAuth::Header {
-                name,
-                value: secret()?,
-            })
-        }
-        other => Err(ConfigError::Invalid {
-            name: "PAYVAULT_PROCESSOR_AUTH",
-            reason: format!("`{other}` is not one of none, basic, bearer, header"),
+            reason: format!("`{other}` is not a processor"),
         }),
     }
 }

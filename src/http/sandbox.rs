@@ -1,5 +1,5 @@
 //! `payvault sandbox`: the fake processor served over HTTP, speaking the same Generic Pay
-//! Connector JSON the `generic` adapter sends. Outcomes are documented in
+//! Connector JSON the `generic` profile sends. Outcomes are documented in
 //! [`crate::processor::sandbox`].
 
 use std::sync::Arc;

@@ -1,13 +1,12 @@
 //! Outbound payment processor adapters, behind one trait.
 //!
-//! - [`generic::GenericProcessor`] POSTs Twilio's Generic Pay Connector JSON to
-//!   `PAYVAULT_PROCESSOR_URL`, so any gateway that already speaks that format works behind payvault.
 //! - [`profile::ProfileProcessor`] sends whatever a declarative profile (TOML, minijinja
-//!   templates) describes: the built-in `stripe`, `checkout`, ... or a merchant's own file.
+//!   templates) describes: the built-in `stripe`, `checkout`, ..., `generic` (Twilio's Generic
+//!   Pay Connector JSON forwarded to `PAYVAULT_PROCESSOR_URL`, so any gateway that already
+//!   speaks that format works behind payvault), or a merchant's own file.
 //! - [`sandbox::Sandbox`] is a built-in fake processor with deterministic outcomes, used
 //!   in-process or served on its own by `payvault sandbox`.
 
-pub mod generic;
 pub mod profile;
 pub mod sandbox;
 
@@ -65,6 +64,13 @@ pub struct ProcessorReply {
     pub network_transaction_id: Option<String>,
 }
 
+/// `error_code` of a charge whose processor refused payvault's credentials (HTTP 401/403, or
+/// what the profile declares): a definite failure, nothing charged.
+pub const AUTH_FAILED: &str = "processor_auth_failed";
+/// `error_code` of a charge whose processor refused the request itself (invalid, rate-limited:
+/// what the profile declares), not a card decline: a definite failure, nothing charged.
+pub const REJECTED: &str = "processor_rejected";
+
 impl ProcessorReply {
     pub fn approved(&self) -> bool {
         self.charge_id.is_some() && self.error_code.is_none()
@@ -121,8 +127,7 @@ pub trait Processor: Send + Sync + std::fmt::Debug {
 
     /// How a re-send after an unknown outcome (timeout, 5xx, unreadable answer, an attempt
     /// abandoned by a crashed instance) is made safe. The default is an idempotency key the
-    /// processor honours (`Idempotency-Key`, sent on every attempt), as the generic adapter and
-    /// the sandbox do; a profile answers from its declared strategy.
+    /// processor honours (`Idempotency-Key`, sent on every attempt), as the sandbox does; a profile answers from its declared strategy.
     fn resend_safety(&self) -> IdempotencyStrategy {
         IdempotencyStrategy::Header
     }
@@ -247,16 +252,19 @@ impl Processor for Unconfigured {
 
 /// Replaces every run of 12 or more digits (single spaces or dashes between digits allowed)
 /// with `[redacted]`, and any Luhn-valid 13-19 digit sequence written with other separators
-/// (dots, runs of spaces/dashes/dots: `4111.1111.1111.1111`, `4111 - 1111 ...`). Applied to
+/// (dots, slashes, underscores, commas, tabs, runs of up to three of them, mixed:
+/// `4111.1111.1111.1111`, `4111 - 1111 ...`, `4111 .1111-1111/1111`). Applied to
 /// whatever text a processor sends back before it reaches Twilio, a log or the database, in
 /// case the processor echoes a card or account number.
 pub fn scrub(text: &str) -> String {
     scrub_with(text, &[], true)
 }
 
-/// Separators that may stand between the digits of one number.
+/// Separators that may stand between the digits of one number: how people and systems write
+/// card numbers (`4111 1111`, `4111-1111`, `4111.1111`, `4111/1111`, `4111_1111`, `4111,1111`,
+/// tabs). A run of up to three of them joins two digit groups.
 fn is_separator(b: u8) -> bool {
-    matches!(b, b' ' | b'-' | b'.')
+    matches!(b, b' ' | b'\t' | b'-' | b'.' | b'/' | b'_' | b',')
 }
 
 /// Like [`scrub`], and also redacts digit groups equal to one of `known` (the request's own
@@ -392,6 +400,30 @@ mod tests {
         assert_eq!(scrub("pan 4111.1111.1111.1111 seen"), "pan [redacted] seen");
         assert_eq!(scrub("pan 4111 - 1111 - 1111 - 1111"), "pan [redacted]");
         assert_eq!(scrub("amex 3782.822463.10005."), "amex [redacted].");
+        for written in [
+            "4111 .1111- 1111.1111",
+            "4111/1111/1111/1111",
+            "4111_1111_1111_1111",
+            "4111,1111,1111,1111",
+            "4111\t1111\t1111\t1111",
+            "5555 - 5555 - 5555 - 4444",
+        ] {
+            assert_eq!(
+                scrub(&format!("card {written}!")),
+                "card [redacted]!",
+                "{written}"
+            );
+        }
+        assert_eq!(
+            scrub("on 2026/11/30, 1,000,000 USD"),
+            "on 2026/11/30, 1,000,000 USD"
+        );
+        // This request's own values, however written, and only whole.
+        let known = ["4111111111111111", "0729"];
+        assert_eq!(
+            scrub_with("pan 4111_1111 1111.1111 cvv 0 7 2 9", &known, false),
+            "pan [redacted] cvv [redacted]"
+        );
         assert_eq!(
             scrub("v 1.2.3.4.5.6.7.8.9.10.11"),
             "v 1.2.3.4.5.6.7.8.9.10.11"

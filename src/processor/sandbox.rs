@@ -1,6 +1,6 @@
 //! The sandbox: a fake payment processor with deterministic outcomes, for demos and tests.
 //! Used in-process (`PAYVAULT_PROCESSOR=sandbox`) or served on its own by `payvault sandbox`,
-//! which the `generic` adapter can then call like a real gateway.
+//! which the `generic` profile can then call like a real gateway.
 //!
 //! Outcomes are chosen by card number (like other processors' test cards) or, since Twilio's
 //! TEST mode only lets its own test cards through, by the last two digits of the amount in
@@ -133,7 +133,7 @@ impl Processor for Sandbox {
     ) -> BoxFuture<'a, Result<ProcessorReply, ProcessorError>> {
         Box::pin(async move {
             let outcome = decide(req.method, req.amount);
-            // The call's timeout applies here as the generic adapter applies it.
+            // The call's timeout applies here as the profile engine applies it.
             tokio::time::timeout(req.timeout, self.answer(req.idempotency_key, outcome))
                 .await
                 .unwrap_or(Err(ProcessorError::Timeout))

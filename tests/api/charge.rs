@@ -841,34 +841,31 @@ async fn charge_traffic_leaves_no_card_data_anywhere_but_the_processor_body() {
 
 #[tokio::test]
 async fn generic_adapter_supports_basic_and_named_header_auth() {
-    use payvault::config::ProcessorConfig;
-    use payvault::processor::generic::ProcessorAuth;
     let cases = [
         (
-            ProcessorAuth::Basic {
-                username: "merchant".into(),
-                password: "s3cret".to_owned().into(),
-            },
+            vec![
+                ("auth", "basic"),
+                ("username", "merchant"),
+                ("secret", "s3cret"),
+            ],
             "authorization",
             "Basic bWVyY2hhbnQ6czNjcmV0",
         ),
         (
-            ProcessorAuth::Header {
-                name: "x-api-key".parse().unwrap(),
-                value: "k-123".to_owned().into(),
-            },
+            vec![
+                ("auth", "header"),
+                ("header", "x-api-key"),
+                ("secret", "k-123"),
+            ],
             "x-api-key",
             "k-123",
         ),
     ];
-    for (auth, header, expected) in cases {
+    for (settings, header, expected) in cases {
         let stub = Stub::start(|_, _| StubAnswer::approve("ch_1")).await;
         let opts = Options {
             dedup: false,
-            processor: ProcessorConfig::Generic {
-                url: stub.url.parse().unwrap(),
-                auth,
-            },
+            processor: helpers::generic_processor(&stub.url, &settings),
             processor_timeout: Duration::from_secs(2),
             idempotency_wait: Duration::from_secs(9),
             ..Default::default()

@@ -20,6 +20,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ),
     ("nmi", include_str!("../profiles/nmi.toml")),
     ("cybersource", include_str!("../profiles/cybersource.toml")),
+    ("generic", include_str!("../profiles/generic.toml")),
 ];
 
 /// Variable names a setting may not take: payvault reads them for other purposes.
@@ -27,10 +28,6 @@ pub(super) const RESERVED_SETTINGS: &[&str] = &[
     "url",
     "profile",
     "environment",
-    "auth",
-    "secret",
-    "username",
-    "header",
     "connect_timeout_ms",
     "timeout_ms",
 ];
@@ -55,7 +52,8 @@ pub(super) struct ProfileFile {
     pub(super) name: String,
     #[serde(default)]
     pub(super) description: String,
-    pub(super) urls: Urls,
+    /// Absent: the profile has no URL of its own and `PAYVAULT_PROCESSOR_URL` is required.
+    pub(super) urls: Option<Urls>,
     #[serde(default)]
     pub(super) settings: BTreeMap<String, SettingDecl>,
     #[serde(default)]
@@ -119,6 +117,7 @@ pub(super) enum AuthDecl {
         token: String,
     },
     Header {
+        /// A template over `settings`, like the value; rendered and checked at start.
         name: String,
         value: String,
     },
@@ -126,6 +125,12 @@ pub(super) enum AuthDecl {
         merchant_id: String,
         key_id: String,
         secret: String,
+    },
+    /// One of `choices`, picked at start by the value of the setting `setting` (the `generic`
+    /// profile's `PAYVAULT_PROCESSOR_AUTH`). A choice may not itself be a `setting` scheme.
+    Setting {
+        setting: String,
+        choices: BTreeMap<String, AuthDecl>,
     },
 }
 
@@ -263,8 +268,27 @@ pub(crate) struct ReplySpec {
     pub(super) decline_code: String,
     pub(super) decline_message: Option<String>,
     pub(super) network_transaction_id: Option<String>,
+    /// True when the processor refused payvault's credentials: `processor_auth_failed`, a
+    /// definite failure. Default: HTTP 401 or 403.
+    #[serde(default = "auth_failed_default")]
+    pub(super) auth_failed: String,
+    /// True when the processor refused the request itself (invalid, rate-limited...; nothing was
+    /// charged, and it is not a card decline): `processor_rejected`, a definite failure.
+    /// Default: never.
+    #[serde(default = "never")]
+    pub(super) rejected: String,
+    /// Dotted paths of the answer passed back to Twilio as `parameters` (`a.b` as `a_b`); a path
+    /// ending in `.*` passes each scalar member of that object under its own name.
     #[serde(default)]
     pub(super) parameters: Vec<String>,
+}
+
+fn auth_failed_default() -> String {
+    "http.status in [401, 403]".into()
+}
+
+fn never() -> String {
+    "false".into()
 }
 
 /// `[test]`: the processor's documented test card, used by `payvault processor render`/`check`.
@@ -396,29 +420,27 @@ impl Profile {
             env.add_template_owned(name.clone(), source.to_owned())
                 .map_err(|e| invalid(template_error(&name, &e)))
         };
-        add("urls.test".into(), &file.urls.test)?;
-        add("urls.live".into(), &file.urls.live)?;
+        if let Some(urls) = &file.urls {
+            add("urls.test".into(), &urls.test)?;
+            add("urls.live".into(), &urls.live)?;
+        }
         match &file.auth {
-            AuthDecl::None => {}
-            AuthDecl::Basic { username, password } => {
-                add("auth.username".into(), username)?;
-                add("auth.password".into(), password)?;
+            AuthDecl::Setting { setting, choices } => {
+                if !file.settings.contains_key(setting) {
+                    return Err(invalid(format!(
+                        "auth: setting `{setting}` is not declared in [settings]"
+                    )));
+                }
+                for (choice, decl) in choices {
+                    if matches!(decl, AuthDecl::Setting { .. }) {
+                        return Err(invalid(format!(
+                            "auth.choices.{choice}: a choice cannot itself be chosen by a setting"
+                        )));
+                    }
+                    add_auth(&mut add, decl, &format!("auth.choices.{choice}"))?;
+                }
             }
-            AuthDecl::Bearer { token } => add("auth.token".into(), token)?,
-            AuthDecl::Header { name, value } => {
-                HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| invalid(format!("auth: `{name}` is not a header name")))?;
-                add("auth.value".into(), value)?;
-            }
-            AuthDecl::CybersourceSignature {
-                merchant_id,
-                key_id,
-                secret,
-            } => {
-                add("auth.merchant_id".into(), merchant_id)?;
-                add("auth.key_id".into(), key_id)?;
-                add("auth.secret".into(), secret)?;
-            }
+            decl => add_auth(&mut add, decl, "auth")?,
         }
         let sale = file.operations.sale;
         add(BODY.into(), &sale.body)?;
@@ -434,7 +456,8 @@ impl Profile {
         }
         let method = reqwest::Method::from_bytes(sale.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| invalid(format!("operations.sale.method `{}`", sale.method)))?;
-        if !sale.path.starts_with('/') {
+        // An empty path: the base URL is the endpoint itself (the `generic` profile).
+        if !sale.path.is_empty() && !sale.path.starts_with('/') {
             return Err(invalid("operations.sale.path must start with /".into()));
         }
         let mut reply_env = Environment::new();
@@ -518,6 +541,8 @@ impl Profile {
                 "network_transaction_id",
                 reply.network_transaction_id.as_ref(),
             ),
+            ("auth_failed", Some(&reply.auth_failed)),
+            ("rejected", Some(&reply.rejected)),
         ];
         for (key, source) in expressions {
             if let Some(source) = source {
@@ -614,6 +639,35 @@ fn compile_op<R>(
 
 pub(super) fn op_header_template(op: &str, name: &str) -> String {
     format!("operations.{op}.headers.{name}")
+}
+
+/// Compiles the templates of one auth scheme under `prefix` (`auth`, `auth.choices.basic`).
+fn add_auth(
+    add: &mut impl FnMut(String, &str) -> Result<(), ProfileError>,
+    decl: &AuthDecl,
+    prefix: &str,
+) -> Result<(), ProfileError> {
+    let fields: Vec<(&str, &String)> = match decl {
+        AuthDecl::None | AuthDecl::Setting { .. } => Vec::new(),
+        AuthDecl::Basic { username, password } => {
+            vec![("username", username), ("password", password)]
+        }
+        AuthDecl::Bearer { token } => vec![("token", token)],
+        AuthDecl::Header { name, value } => vec![("name", name), ("value", value)],
+        AuthDecl::CybersourceSignature {
+            merchant_id,
+            key_id,
+            secret,
+        } => vec![
+            ("merchant_id", merchant_id),
+            ("key_id", key_id),
+            ("secret", secret),
+        ],
+    };
+    for (field, source) in fields {
+        add(format!("{prefix}.{field}"), source)?;
+    }
+    Ok(())
 }
 
 /// `template operations.sale.body, line 3: syntax error: unexpected end of input`.

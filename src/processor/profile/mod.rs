@@ -76,6 +76,15 @@ impl ProfileConfig {
         }
         let url = match url_override {
             Some(url) => url.to_owned(),
+            // A profile without `[urls]` (its templates were never added) has no URL of its own.
+            None if profile.env.get_template("urls.test").is_err() => {
+                return Err(ProfileError::MissingSetting {
+                    profile: profile.name.clone(),
+                    variable: "PAYVAULT_PROCESSOR_URL".into(),
+                    description: "the profile has no URL of its own".into(),
+                }
+                .into());
+            }
             None => {
                 let name = match environment {
                     ProcessorEnvironment::Test => "urls.test",
@@ -235,48 +244,77 @@ fn sensitive_header(value: &str) -> Result<HeaderValue, ProcessorError> {
     Ok(v)
 }
 
+/// One auth scheme's values rendered from `settings`; `prefix` names its templates
+/// (`auth`, `auth.choices.basic`).
+fn auth_of(cfg: &ProfileConfig, decl: &AuthDecl, prefix: &str) -> Result<Auth, ProfileError> {
+    let render = |field: &str| cfg.render_plain(&format!("{prefix}.{field}"), Mode::Send);
+    let secret = |field: &str| -> Result<SecretText, ProfileError> {
+        Ok(SecretText::from(render(field)?.to_string()))
+    };
+    let invalid = |reason: String| ProfileError::Invalid {
+        origin: cfg.profile.name.clone(),
+        reason,
+    };
+    Ok(match decl {
+        AuthDecl::None => Auth::None,
+        AuthDecl::Basic { .. } => Auth::Basic {
+            username: secret("username")?,
+            password: secret("password")?,
+        },
+        AuthDecl::Bearer { .. } => Auth::Bearer(secret("token")?),
+        AuthDecl::Header { .. } => {
+            let name = render("name")?;
+            Auth::Header {
+                name: HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    invalid(format!("{prefix}.name: `{}` is not a header name", *name))
+                })?,
+                value: secret("value")?,
+            }
+        }
+        AuthDecl::CybersourceSignature { .. } => {
+            let key = secret("secret")?;
+            Auth::Cybersource(
+                signature::CybersourceKey::new(
+                    render("merchant_id")?.to_string(),
+                    render("key_id")?.to_string(),
+                    key.expose(),
+                )
+                .map_err(invalid)?,
+            )
+        }
+        AuthDecl::Setting { .. } => {
+            return Err(invalid(format!(
+                "{prefix}: a choice cannot be chosen by a setting"
+            )))
+        }
+    })
+}
+
 impl ProfileProcessor {
     pub fn new(
         cfg: ProfileConfig,
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<Self, ProfileError> {
-        let secret = |name: &str| -> Result<SecretText, ProfileError> {
-            Ok(SecretText::from(
-                cfg.render_plain(name, Mode::Send)?.to_string(),
-            ))
-        };
         let auth = match &cfg.profile.auth {
-            AuthDecl::None => Auth::None,
-            AuthDecl::Basic { .. } => Auth::Basic {
-                username: secret("auth.username")?,
-                password: secret("auth.password")?,
-            },
-            AuthDecl::Bearer { .. } => Auth::Bearer(secret("auth.token")?),
-            AuthDecl::Header { name, .. } => Auth::Header {
-                name: HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                    ProfileError::Invalid {
-                        origin: cfg.profile.name.clone(),
-                        reason: "auth.name".into(),
-                    }
-                })?,
-                value: secret("auth.value")?,
-            },
-            AuthDecl::CybersourceSignature { .. } => {
-                let key = secret("auth.secret")?;
-                Auth::Cybersource(
-                    signature::CybersourceKey::new(
-                        cfg.render_plain("auth.merchant_id", Mode::Send)?
-                            .to_string(),
-                        cfg.render_plain("auth.key_id", Mode::Send)?.to_string(),
-                        key.expose(),
-                    )
-                    .map_err(|reason| ProfileError::Invalid {
-                        origin: cfg.profile.name.clone(),
-                        reason,
-                    })?,
-                )
+            AuthDecl::Setting { setting, choices } => {
+                let chosen = cfg
+                    .settings
+                    .get(setting)
+                    .and_then(|v| v.as_ref())
+                    .map(|v| v.expose().trim().to_owned())
+                    .unwrap_or_default();
+                let decl = choices.get(&chosen).ok_or_else(|| ProfileError::Invalid {
+                    origin: cfg.profile.name.clone(),
+                    reason: format!(
+                        "{}: `{chosen}` is not one of {}",
+                        setting_variable(setting),
+                        choices.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                })?;
+                auth_of(&cfg, decl, &format!("auth.choices.{chosen}"))?
             }
+            decl => auth_of(&cfg, decl, "auth")?,
         };
         // TLS certificates are always verified (PCI DSS 4.2.1). Redirects are not followed:
         // card data goes to the configured URL and nowhere else.
@@ -368,12 +406,17 @@ impl ProfileProcessor {
             ),
         };
         drop(parsed);
-        let url = format!(
-            "{}{}",
-            self.cfg.base_url.as_str().trim_end_matches('/'),
-            op.path
-        );
-        let url = reqwest::Url::parse(&url).map_err(|e| format!("URL `{url}`: {e}"))?;
+        let url = if op.path.is_empty() {
+            // The base URL is the endpoint itself.
+            self.cfg.base_url.clone()
+        } else {
+            let url = format!(
+                "{}{}",
+                self.cfg.base_url.as_str().trim_end_matches('/'),
+                op.path
+            );
+            reqwest::Url::parse(&url).map_err(|e| format!("URL `{url}`: {e}"))?
+        };
         let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
         let mut has_content_type = false;
         for name in op.headers {
@@ -499,6 +542,22 @@ impl ProfileProcessor {
             &body,
             &known,
         );
+        if let Ok(ProcessorReply {
+            error_code: Some(code),
+            ..
+        }) = &reply
+        {
+            if code == super::AUTH_FAILED || code == super::REJECTED {
+                // A definite failure a person must act on (credentials, a profile or request the
+                // processor does not accept): not an unknown outcome, never retried as one.
+                tracing::warn!(
+                    profile = %self.cfg.profile.name,
+                    http_status = status,
+                    error_code = %code,
+                    "the payment processor refused the request"
+                );
+            }
+        }
         Ok((status, reply))
     }
 

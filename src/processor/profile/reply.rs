@@ -6,7 +6,7 @@ use minijinja::value::Value;
 use serde_json::{Map, Value as Json};
 
 use super::{ReplyFormat, ReplySpec};
-use crate::processor::{scrub_with, ProcessorError, ProcessorReply};
+use crate::processor::{scrub_with, ProcessorError, ProcessorReply, AUTH_FAILED, REJECTED};
 
 /// `body` without a leading UTF-8 byte order mark (Authorize.net sends one).
 pub(crate) fn strip_bom(body: &[u8]) -> &[u8] {
@@ -99,8 +99,7 @@ pub(crate) fn read(
     body: &[u8],
     known: &[&str],
 ) -> Result<ProcessorReply, ProcessorError> {
-    let json = parse_body(spec.format, body)?;
-    read_value(spec, env, status, &json, known)
+    read_parsed(spec, env, status, parse_body(spec.format, body), known)
 }
 
 /// Like [`read`], for an answer already parsed (a lookup's record of the earlier attempt).
@@ -111,7 +110,20 @@ pub(crate) fn read_value(
     json: &Json,
     known: &[&str],
 ) -> Result<ProcessorReply, ProcessorError> {
-    let ctx = reply_context(status, json);
+    read_parsed(spec, env, status, Ok(json.clone()), known)
+}
+
+fn read_parsed(
+    spec: &ReplySpec,
+    env: &minijinja::Environment<'static>,
+    status: u16,
+    parsed: Result<Json, ProcessorError>,
+    known: &[&str],
+) -> Result<ProcessorReply, ProcessorError> {
+    // A refusal is often told by the status alone, with an empty or non-JSON body (Checkout.com's
+    // 401): those two expressions see an empty `reply` when the body cannot be parsed.
+    let empty = Json::Object(Map::new());
+    let ctx = reply_context(status, parsed.as_ref().unwrap_or(&empty));
     let eval = |source: &str| -> Result<Value, ProcessorError> {
         env.compile_expression(source)
             .and_then(|e| e.eval(ctx.clone()))
@@ -123,11 +135,28 @@ pub(crate) fn read_value(
             None => Ok(None),
         }
     };
+    for (source, refusal) in [
+        (&spec.auth_failed, Refusal::AuthFailed),
+        (&spec.rejected, Refusal::Rejected),
+    ] {
+        if eval(source)?.is_true() {
+            // The processor's own words, if the profile can read them, scrubbed and kept short.
+            let said = optional(&spec.decline_message)
+                .ok()
+                .flatten()
+                .map(|m| scrub_with(&m, known, true));
+            return Ok(refusal.reply(status, said));
+        }
+    }
+    let json = parsed?;
+    // Ids are often numbers or short codes: only a full card or account number is redacted there
+    // (a 3-digit CVV would otherwise cut `ch_123`), as the charge flow does.
+    let long_known: Vec<&str> = known.iter().copied().filter(|k| k.len() >= 8).collect();
     let approved = eval(&spec.approved)?.is_true();
     let (charge_id, error_code) = if approved {
         let id = text(&eval(&spec.charge_id)?)
             .ok_or(ProcessorError::BadResponse("approved without a charge id"))?;
-        (Some(scrub_with(&id, known, false)), None)
+        (Some(scrub_with(&id, &long_known, false)), None)
     } else {
         let code = text(&eval(&spec.decline_code)?).ok_or(ProcessorError::BadResponse(
             "neither an approval nor a readable decline",
@@ -140,19 +169,31 @@ pub(crate) fn read_value(
         optional(&spec.decline_message)?.map(|m| scrub_with(&m, known, true))
     };
     let network_transaction_id =
-        optional(&spec.network_transaction_id)?.map(|t| scrub_with(&t, known, false));
+        optional(&spec.network_transaction_id)?.map(|t| scrub_with(&t, &long_known, false));
     let mut parameters = Map::new();
-    for path in &spec.parameters {
-        let value = match at_path(json, path) {
-            None | Some(Json::Null) => continue,
+    let mut pass = |name: &str, value: Option<&Json>| {
+        let value = match value {
+            None | Some(Json::Null) => return,
             Some(Json::String(s)) => s.clone(),
-            Some(Json::Object(_) | Json::Array(_)) => continue,
+            Some(Json::Object(_) | Json::Array(_)) => return,
             Some(other) => other.to_string(),
         };
         parameters.insert(
-            path.replace('.', "_"),
+            scrub_with(name, known, true),
             Json::String(scrub_with(&value, known, true)),
         );
+    };
+    for path in &spec.parameters {
+        match path.strip_suffix(".*") {
+            Some(object) => {
+                if let Some(Json::Object(members)) = at_path(&json, object) {
+                    for (name, value) in members {
+                        pass(name, Some(value));
+                    }
+                }
+            }
+            None => pass(&path.replace('.', "_"), at_path(&json, path)),
+        }
     }
     Ok(ProcessorReply {
         charge_id,
@@ -161,4 +202,43 @@ pub(crate) fn read_value(
         parameters,
         network_transaction_id,
     })
+}
+
+/// A definite refusal that is not a card decline: nothing was charged, and a retry would be
+/// refused the same way, so it is final (never an unknown outcome).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// `processor_auth_failed`: payvault's processor credentials were refused.
+    AuthFailed,
+    /// `processor_rejected`: the processor refused the request itself.
+    Rejected,
+}
+
+/// Longest piece of the processor's own message kept in a refusal's `error_message`.
+const MAX_SAID: usize = 200;
+
+impl Refusal {
+    fn reply(self, status: u16, said: Option<String>) -> ProcessorReply {
+        let (code, what) = match self {
+            Refusal::AuthFailed => (
+                AUTH_FAILED,
+                "The payment processor refused payvault's credentials; check the processor settings",
+            ),
+            Refusal::Rejected => (REJECTED, "The payment processor rejected the request"),
+        };
+        let mut message = format!("{what} (HTTP {status})");
+        if let Some(said) = said.filter(|s| !s.trim().is_empty()) {
+            let cut: String = said.chars().take(MAX_SAID).collect();
+            message.push_str(": ");
+            message.push_str(cut.trim());
+        }
+        message.push_str(". Nothing was charged.");
+        ProcessorReply {
+            charge_id: None,
+            error_code: Some(code.into()),
+            error_message: Some(message),
+            parameters: Map::new(),
+            network_transaction_id: None,
+        }
+    }
 }

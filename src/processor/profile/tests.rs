@@ -6,7 +6,7 @@ use crate::domain::{
     AccountNumber, Amount, BankAccount, Card, CardNumber, Cvv, Expiry, PostalCode, RoutingNumber,
     SecretText,
 };
-use crate::processor::Initiator;
+use crate::processor::{Initiator, ProcessorError, ProcessorReply, AUTH_FAILED, REJECTED};
 use minijinja::{Environment, UndefinedBehavior};
 
 const PAN: &str = "4111111111111111";
@@ -335,7 +335,8 @@ fn reply_expressions_read_approvals_and_declines() {
     assert_eq!(declined.error_code.as_deref(), Some("card_declined"));
     assert_eq!(
         declined.error_message.as_deref(),
-        Some("card [redacted] / [redacted] declined")
+        // " / " joins both writings into one group, redacted whole.
+        Some("card [redacted] declined")
     );
     for body in [
         &br#"{"status":"weird"}"#[..],
@@ -398,6 +399,9 @@ fn every_builtin_profile_parses_and_renders_a_card_sale() {
             .map(|k| {
                 let v = if k == "shared_secret" {
                     "c2VjcmV0".to_owned()
+                } else if k == "auth" {
+                    // `generic`: an auth scheme that uses its other settings.
+                    "basic".to_owned()
                 } else {
                     format!("{k}-value")
                 };
@@ -408,8 +412,10 @@ fn every_builtin_profile_parses_and_renders_a_card_sale() {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
+        // `generic` has no URL of its own: the gateway's endpoint is configured.
+        let url = (*name == "generic").then_some("https://gateway.example/charge");
         let cfg =
-            ProfileConfig::with_settings(p, ProcessorEnvironment::Test, None, &settings).unwrap();
+            ProfileConfig::with_settings(p, ProcessorEnvironment::Test, url, &settings).unwrap();
         assert_eq!(cfg.base_url.scheme(), "https", "{name}");
         let proc =
             ProfileProcessor::new(cfg, Duration::from_secs(1), Duration::from_secs(1)).unwrap();
@@ -433,6 +439,10 @@ fn every_builtin_profile_parses_and_renders_a_card_sale() {
                     body.contains("123456789") && body.contains("TEL"),
                     "{name}: {body}"
                 );
+            }
+            "generic" => {
+                let body = String::from_utf8(bank_built.unwrap().body.to_vec()).unwrap();
+                assert!(body.contains("\"bankaccountnumber\""), "{name}: {body}");
             }
             _ => assert!(bank_built.unwrap_err().contains("cards only"), "{name}"),
         }
@@ -608,4 +618,119 @@ fn replies_may_be_xml_read_like_json() {
         reply::read(&s, &env, 200, b"<r><status>ok</r>", &[]),
         Err(ProcessorError::BadResponse(_))
     ));
+}
+
+/// The built-in `generic` profile's reply spec and expression environment.
+fn generic_reply() -> Profile {
+    Profile::builtin("generic").unwrap().unwrap()
+}
+
+fn read_generic(status: u16, body: &[u8]) -> Result<ProcessorReply, ProcessorError> {
+    let p = generic_reply();
+    reply::read(&p.reply, &p.reply_env, status, body, &[PAN, "737"])
+}
+
+#[test]
+fn generic_reads_twilio_approvals_and_declines() {
+    let ok = read_generic(
+        200,
+        br#"{"charge_id":"ch_1","error_code":null,"error_message":null,"parameters":{"auth_code":"A1","n":7},"network_transaction_id":"123456789012345"}"#,
+    )
+    .unwrap();
+    assert!(ok.approved());
+    assert_eq!(ok.charge_id.as_deref(), Some("ch_1"));
+    assert_eq!(
+        serde_json::Value::Object(ok.parameters),
+        serde_json::json!({"auth_code": "A1", "n": "7"})
+    );
+    assert_eq!(
+        ok.network_transaction_id.as_deref(),
+        Some("123456789012345")
+    );
+    let declined = read_generic(
+        200,
+        br#"{"charge_id":null,"error_code":"card_declined","error_message":"declined 4111 1111-1111.1111","parameters":{"x":"1","echo":"4111.1111.1111.1111"}}"#,
+    )
+    .unwrap();
+    assert!(!declined.approved());
+    assert_eq!(declined.error_code.as_deref(), Some("card_declined"));
+    assert_eq!(
+        declined.error_message.as_deref(),
+        Some("declined [redacted]")
+    );
+    assert_eq!(declined.parameters["x"], "1");
+    assert_eq!(declined.parameters["echo"], "[redacted]");
+    // Charge ids lose only a full card number, not a short code equal to the CVV.
+    let id = read_generic(200, br#"{"charge_id":"ch_737"}"#).unwrap();
+    assert_eq!(id.charge_id.as_deref(), Some("ch_737"));
+    let id = read_generic(200, br#"{"charge_id":"ch_4111-1111-1111-1111"}"#).unwrap();
+    assert_eq!(id.charge_id.as_deref(), Some("ch_[redacted]"));
+    // A decline wins over a stray charge id.
+    let both = read_generic(200, br#"{"charge_id":"ch_2","error_code":"do_not_honor"}"#).unwrap();
+    assert_eq!(both.charge_id, None);
+    assert_eq!(both.error_code.as_deref(), Some("do_not_honor"));
+}
+
+#[test]
+fn generic_refuses_answers_without_twilios_keys() {
+    for body in [
+        &b"<html>"[..],
+        b"[]",
+        b"{}",
+        br#"{"charge_id":null}"#,
+        br#"{"charge_id":42}"#,
+        br#"{"error_code":"no_charge_id_key"}"#,
+        br#"{"charge_id":null,"error_code":42}"#,
+    ] {
+        assert!(
+            matches!(read_generic(200, body), Err(ProcessorError::BadResponse(_))),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+}
+
+#[test]
+fn refusals_are_definite_failures_not_unknown_outcomes() {
+    // 401/403 by default, whatever the body (Checkout.com's 401 has none).
+    for (status, body) in [(401, &b""[..]), (403, b"<html>forbidden</html>")] {
+        let r = read_generic(status, body).unwrap();
+        assert_eq!(r.error_code.as_deref(), Some(AUTH_FAILED), "{status}");
+        assert!(r.charge_id.is_none());
+        let m = r.error_message.unwrap();
+        assert!(
+            m.contains(&format!("HTTP {status}")) && m.contains("credentials"),
+            "{m}"
+        );
+    }
+    // The generic profile declares other 4xx without a Twilio decline a rejection, keeping the
+    // processor's words (scrubbed); 409 stays unknown; a 4xx decline is a decline.
+    let r = read_generic(
+        400,
+        br#"{"charge_id":null,"error_message":"bad card 4111111111111111"}"#,
+    )
+    .unwrap();
+    assert_eq!(r.error_code.as_deref(), Some(REJECTED));
+    let m = r.error_message.unwrap();
+    assert!(
+        m.contains("HTTP 400") && m.contains("bad card [redacted]"),
+        "{m}"
+    );
+    assert!(!m.contains(PAN));
+    assert!(matches!(
+        read_generic(409, b"conflict"),
+        Err(ProcessorError::BadResponse(_))
+    ));
+    let d = read_generic(
+        402,
+        br#"{"charge_id":null,"error_code":"insufficient_funds"}"#,
+    )
+    .unwrap();
+    assert_eq!(d.error_code.as_deref(), Some("insufficient_funds"));
+    // A profile that says nothing about refusals: 400 is read by its expressions as before.
+    let (s, env) = spec("json", "reply.status == 'ok'", "reply.id", "reply.code");
+    let r = reply::read(&s, &env, 400, br#"{"code":"E1"}"#, &[]).unwrap();
+    assert_eq!(r.error_code.as_deref(), Some("E1"));
+    let r = reply::read(&s, &env, 401, br#"{"code":"E1"}"#, &[]).unwrap();
+    assert_eq!(r.error_code.as_deref(), Some(AUTH_FAILED));
 }

@@ -88,6 +88,11 @@ impl Processor for Adyen {
         }
     }
 
+    fn rejection(&self) -> Reply {
+        // §5.6: a 422 `ServiceError` (validation).
+        service_error(422, "137", "Invalid amount specified", "validation")
+    }
+
     fn server_error(&self) -> Reply {
         service_error(500, "000", "An internal error occurred", "internal")
     }

@@ -366,6 +366,16 @@ impl Processor for AuthorizeNet {
         }
     }
 
+    fn rejection(&self) -> Reply {
+        // §2.6: HTTP 200, an API-level error without a transactionResponse (the request does
+        // not validate against the XSD).
+        api_error(
+            &Value::Null,
+            "E00003",
+            "The 'AnetApi/xml/v1/schema/AnetApiSchema.xsd:amount' element is invalid - The value '' is invalid according to its datatype 'Decimal'.",
+        )
+    }
+
     fn server_error(&self) -> Reply {
         // Outage answers are not in processors.md (§2.6: non-2xx "unconfirmed"); a plain 503.
         Reply::text(

@@ -91,6 +91,15 @@ impl Processor for Checkout {
         }
     }
 
+    fn rejection(&self) -> Reply {
+        // §6.6: HTTP 422 `request_invalid` with `error_codes`.
+        Reply::json(
+            422,
+            &json!({"request_id": "req_fake_rejection", "error_type": "request_invalid",
+                    "error_codes": ["amount_invalid"]}),
+        )
+    }
+
     fn server_error(&self) -> Reply {
         Reply::text(502, "application/json", "")
     }

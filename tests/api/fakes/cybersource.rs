@@ -250,6 +250,15 @@ impl Processor for CyberSource {
         }
     }
 
+    fn rejection(&self) -> Reply {
+        // §7.6: HTTP 400 INVALID_REQUEST.
+        invalid_request(
+            "MISSING_FIELD",
+            "orderInformation.amountDetails.totalAmount",
+            "Declined - The request is missing one or more fields",
+        )
+    }
+
     fn server_error(&self) -> Reply {
         Reply::json(
             502,

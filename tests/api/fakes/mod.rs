@@ -60,6 +60,20 @@ pub enum Fault {
     /// Decline in the processor's documented shape with the PAN, written with dots
     /// (`4111.1111.1111.1111`), inside the message field. Nothing is executed.
     EchoPan,
+    /// Like [`Fault::EchoPan`], with the PAN written as given (`4111 1111-1111.1111`, ...) in
+    /// the message, and also as the value of the answer's top-level (or dotted, for JSON) field
+    /// `field`, where the profile under test reads a parameter it passes back to Twilio.
+    EchoPanAs {
+        written: String,
+        field: Option<&'static str>,
+    },
+    /// Refuse the request in the processor's documented shape for an invalid request
+    /// ([`Processor::rejection`]). Nothing is executed.
+    Reject,
+    /// Execute the request, then stream the real body followed by padding, chunked (no
+    /// Content-Length), up to this many bytes in all: only a reader that stops at its limit
+    /// while streaming gets away without buffering it. [`Fake::flood`] tells how much was taken.
+    Flood(usize),
 }
 
 /// An executed sale (approved or declined by the "issuer").
@@ -208,6 +222,8 @@ pub trait Processor: Send + Sync + 'static {
     fn handle(&self, req: &Incoming, cx: &mut Cx<'_>) -> Reply;
     /// The processor's 5xx answer.
     fn server_error(&self) -> Reply;
+    /// The processor's documented answer to a request it refuses as invalid (nothing executed).
+    fn rejection(&self) -> Reply;
     /// The answer to a known idempotency key with different parameters (Stripe only).
     fn idempotency_mismatch(&self, key: &str) -> Reply {
         Reply::json(
@@ -236,6 +252,8 @@ struct Shared {
     next_faults: VecDeque<Fault>,
     fault: Option<Fault>,
     idem: HashMap<String, Slot>,
+    /// The last [`Fault::Flood`] answer's progress.
+    flood: Option<Arc<crate::helpers::Flood>>,
 }
 
 pub struct Core {
@@ -302,6 +320,10 @@ impl Fake {
             .last()
             .map(|s| s.fields.clone())
             .unwrap_or_default()
+    }
+    /// The last [`Fault::Flood`] answer's progress, if one was made.
+    pub fn flood(&self) -> Option<Arc<crate::helpers::Flood>> {
+        self.shared().flood.clone()
     }
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.core.shared.lock().unwrap()
@@ -383,10 +405,12 @@ pub async fn entry(
     }
     let (reply, validated) = if fault == Some(Fault::ServerError) {
         (core.processor.server_error(), true)
+    } else if fault == Some(Fault::Reject) {
+        (core.processor.rejection(), false)
     } else {
         let mut shared = core.shared.lock().unwrap();
         let mut cx = Cx {
-            echo_pan: fault == Some(Fault::EchoPan),
+            echo_pan: matches!(fault, Some(Fault::EchoPan | Fault::EchoPanAs { .. })),
             validated: false,
             record: &mut shared.record,
             ids: &core.ids,
@@ -429,6 +453,30 @@ pub async fn entry(
             }
         }
         Some(Fault::Oversize(n)) => pad(reply, n),
+        Some(Fault::EchoPanAs { written, field }) => echo_as(reply, &written, field),
+        Some(Fault::Flood(total)) => {
+            let response = finish(
+                &core,
+                &req,
+                key.as_deref(),
+                Reply {
+                    body: Vec::new(),
+                    ..reply.clone()
+                },
+            );
+            let flood = Arc::new(crate::helpers::Flood::default());
+            core.shared.lock().unwrap().flood = Some(flood.clone());
+            let (mut parts, _) = response.into_parts();
+            let (prefix, filler) = if reply.content_type.starts_with("application/json") {
+                (reply.body, b' ')
+            } else {
+                let mut body = reply.body;
+                body.extend_from_slice(b"&padding=");
+                (body, b'a')
+            };
+            parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+            return Response::from_parts(parts, flood.body(prefix, filler, total));
+        }
         _ => reply,
     };
     finish(
@@ -446,6 +494,53 @@ fn with_key_echo(policy: Idem, key: &str, mut reply: Reply) -> Reply {
             .headers
             .push(("idempotency-key".to_owned(), key.to_owned()));
     }
+    reply
+}
+
+/// The dotted PAN of an [`Fault::EchoPan`] answer rewritten as `written`, and `written` set as
+/// the value of `field`.
+fn echo_as(mut reply: Reply, written: &str, field: Option<&str>) -> Reply {
+    let digits: String = written.chars().filter(char::is_ascii_digit).collect();
+    let form = !reply.content_type.starts_with("application/json");
+    let encoded: String = if form {
+        form_urlencoded::byte_serialize(written.as_bytes()).collect()
+    } else {
+        written.to_owned()
+    };
+    let text = String::from_utf8_lossy(&reply.body).replace(&dotted(&digits), &encoded);
+    reply.body = text.into_bytes();
+    let Some(field) = field else { return reply };
+    if form {
+        reply
+            .body
+            .extend_from_slice(format!("&{field}={encoded}").as_bytes());
+        // The field may already be there: a later duplicate wins when parsed, as in the profile.
+        return reply;
+    }
+    let bom = reply.body.starts_with(b"\xEF\xBB\xBF");
+    let json = if bom {
+        &reply.body[3..]
+    } else {
+        &reply.body[..]
+    };
+    let mut value: Value = serde_json::from_slice(json).expect("a JSON answer");
+    let mut at = &mut value;
+    let mut keys = field.split('.').peekable();
+    while let Some(key) = keys.next() {
+        let object = at.as_object_mut().expect("an object on the way");
+        if keys.peek().is_none() {
+            object.insert(key.to_owned(), Value::String(written.to_owned()));
+            break;
+        }
+        at = object.entry(key).or_insert_with(|| serde_json::json!({}));
+    }
+    let mut body = if bom {
+        b"\xEF\xBB\xBF".to_vec()
+    } else {
+        Vec::new()
+    };
+    body.extend(serde_json::to_vec(&value).expect("json"));
+    reply.body = body;
     reply
 }
 

@@ -139,6 +139,11 @@ impl Processor for Nmi {
         }
     }
 
+    fn rejection(&self) -> Reply {
+        // §3.6: response=3, response_code 300: rejected by the gateway.
+        reject("Invalid amount REFID:3159327751", "")
+    }
+
     fn server_error(&self) -> Reply {
         Reply::text(
             500,

@@ -132,6 +132,15 @@ impl Processor for Stripe {
         )
     }
 
+    fn rejection(&self) -> Reply {
+        // §4.6: HTTP 400, an `invalid_request_error`.
+        error(
+            400,
+            json!({"type": "invalid_request_error", "code": "parameter_invalid_integer",
+                   "param": "amount", "message": "Invalid integer: 12.5"}),
+        )
+    }
+
     fn server_error(&self) -> Reply {
         error(
             500,

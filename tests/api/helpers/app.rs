@@ -1,6 +1,5 @@
 //! A payvault server per test, on a loopback port, and the client side of it.
 
-use payvault::domain::SecretText;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +9,7 @@ use payvault::auth::admin::{self, CreatedCredential};
 use payvault::auth::{CredentialKind, Scope};
 use payvault::config::{ProcessorConfig, ServeConfig, TlsFiles};
 use payvault::crypto::{KeyRing, MasterKey};
-use payvault::processor::generic::ProcessorAuth;
+use payvault::processor::profile::{ProcessorEnvironment, Profile, ProfileConfig};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -137,19 +136,26 @@ impl Default for Options {
 }
 
 impl Options {
-    /// The generic adapter pointed at `url`, with bearer auth `stub-secret`.
+    /// The `generic` profile pointed at `url`, with bearer auth `stub-secret`.
     pub fn generic(url: &str, timeout: Duration) -> Self {
         Self {
             dedup: false,
-            processor: ProcessorConfig::Generic {
-                url: url.parse().unwrap(),
-                auth: ProcessorAuth::Bearer(SecretText::from("stub-secret")),
-            },
+            processor: generic_processor(url, &[("auth", "bearer"), ("secret", "stub-secret")]),
             processor_timeout: timeout,
             idempotency_wait: Duration::from_secs(9),
             ..Default::default()
         }
     }
+}
+
+/// The `generic` profile (Twilio's format forwarded) at `url` with these settings
+/// (`auth`, `username`, `secret`, `header`), as `PAYVAULT_PROCESSOR_<SETTING>` would give them.
+pub fn generic_processor(url: &str, settings: &[(&str, &str)]) -> ProcessorConfig {
+    let profile = Profile::builtin("generic").unwrap().unwrap();
+    ProcessorConfig::Profile(
+        ProfileConfig::with_settings(profile, ProcessorEnvironment::Test, Some(url), settings)
+            .unwrap(),
+    )
 }
 
 pub async fn spawn_app() -> TestApp {

@@ -17,6 +17,11 @@ pub enum StubAnswer {
         status: u16,
         body: String,
     },
+    /// HTTP 200: an approval followed by spaces, streamed up to `total` bytes ([`Flood`]).
+    Flood {
+        total: usize,
+        flood: Arc<Flood>,
+    },
 }
 
 impl StubAnswer {
@@ -99,6 +104,17 @@ impl Stub {
                                 )
                                     .into_response()
                             }
+                            StubAnswer::Flood { total, flood } => {
+                                let approval = serde_json::json!({"charge_id": "ch_flood", "error_code": null, "error_message": null});
+                                let mut response = flood
+                                    .body(approval.to_string().into_bytes(), b' ', total)
+                                    .into_response();
+                                response.headers_mut().insert(
+                                    axum::http::header::CONTENT_TYPE,
+                                    axum::http::HeaderValue::from_static("application/json"),
+                                );
+                                response
+                            }
                             StubAnswer::Raw { status, body } => {
                                 (axum::http::StatusCode::from_u16(status).unwrap(), body)
                                     .into_response()
@@ -120,5 +136,77 @@ impl Stub {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A processor answer that floods: `prefix` (a real answer) then `filler` bytes, streamed in
+/// 64 KiB chunks up to `total` bytes, with no Content-Length. It counts what the reader took and
+/// notes when the reader hung up (the server stops pulling the stream and drops it).
+#[derive(Debug, Default)]
+pub struct Flood {
+    /// Bytes handed to the HTTP server so far (it pulls as the socket drains).
+    pub sent: std::sync::atomic::AtomicUsize,
+    /// The stream was dropped before its end: the reader hung up.
+    pub cut: std::sync::atomic::AtomicBool,
+    /// Every byte was handed over.
+    pub complete: std::sync::atomic::AtomicBool,
+}
+
+/// Sets [`Flood::cut`] when the stream is dropped before its end.
+struct FloodGuard(Arc<Flood>);
+
+impl Drop for FloodGuard {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        if !self.0.complete.load(Ordering::SeqCst) {
+            self.0.cut.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Flood {
+    pub const CHUNK: usize = 64 * 1024;
+
+    pub fn body(self: &Arc<Self>, prefix: Vec<u8>, filler: u8, total: usize) -> axum::body::Body {
+        use std::sync::atomic::Ordering;
+        let fill = bytes::Bytes::from(vec![filler; Self::CHUNK]);
+        let state = (FloodGuard(self.clone()), Some(prefix), 0usize);
+        let stream = futures_util::stream::unfold(state, move |(guard, prefix, offset)| {
+            let fill = fill.clone();
+            async move {
+                let chunk = match prefix {
+                    Some(p) => bytes::Bytes::from(p),
+                    None if offset >= total => {
+                        guard.0.complete.store(true, Ordering::SeqCst);
+                        return None;
+                    }
+                    None => fill.slice(..Self::CHUNK.min(total - offset)),
+                };
+                guard.0.sent.fetch_add(chunk.len(), Ordering::SeqCst);
+                let next = offset + chunk.len();
+                Some((Ok::<_, std::io::Error>(chunk), (guard, None, next)))
+            }
+        });
+        axum::body::Body::from_stream(stream)
+    }
+
+    /// Waits (polling, up to `within`) until the reader hung up; the bytes it was handed.
+    pub async fn wait_cut(&self, within: Duration) -> usize {
+        use std::sync::atomic::Ordering;
+        let deadline = std::time::Instant::now() + within;
+        while !self.cut.load(Ordering::SeqCst) {
+            assert!(
+                !self.complete.load(Ordering::SeqCst),
+                "the whole flood was read ({} bytes)",
+                self.sent.load(Ordering::SeqCst)
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reader is still reading after {within:?}: {} bytes so far",
+                self.sent.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.sent.load(Ordering::SeqCst)
     }
 }

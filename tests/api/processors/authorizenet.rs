@@ -121,3 +121,18 @@ async fn authorizenet_an_unknown_outcome_then_twilios_retry_reads_the_duplicate_
         "the original auth code: {retry}"
     );
 }
+
+#[tokio::test]
+async fn authorizenet_wrong_credentials_and_refused_requests_are_definite_failures() {
+    wire::refusals_are_definite(&wire().await, "transaction_key", "wrong-transaction-key").await;
+}
+
+#[tokio::test]
+async fn authorizenet_a_forty_mib_chunked_answer_is_cut_off_at_the_limit() {
+    wire::flood_is_cut_off(&wire().await).await;
+}
+
+#[tokio::test]
+async fn authorizenet_a_pan_echoed_with_any_separators_is_scrubbed_everywhere() {
+    wire::echoes_are_scrubbed(&wire().await, Some("transactionResponse.authCode")).await;
+}

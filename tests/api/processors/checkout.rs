@@ -78,3 +78,23 @@ async fn checkout_merchant_initiated_charges_cite_the_scheme_id() {
 async fn checkout_an_unknown_outcome_then_twilios_retry_is_replayed_under_the_same_key() {
     wire::lost_answer_is_replayed_by_key(&wire().await, PAN, "12.34").await;
 }
+
+#[tokio::test]
+async fn checkout_wrong_credentials_and_refused_requests_are_definite_failures() {
+    wire::refusals_are_definite(
+        &wire().await,
+        "secret_key",
+        "sk_sbox_wrongwrongwrongwrongwrong",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn checkout_a_forty_mib_chunked_answer_is_cut_off_at_the_limit() {
+    wire::flood_is_cut_off(&wire().await).await;
+}
+
+#[tokio::test]
+async fn checkout_a_pan_echoed_with_any_separators_is_scrubbed_everywhere() {
+    wire::echoes_are_scrubbed(&wire().await, Some("status")).await;
+}

@@ -229,3 +229,23 @@ async fn cybersource_a_reversal_cannot_undo_a_captured_sale_so_nothing_is_re_sen
     assert_eq!(wire.fake.sales_executed(), 1);
     wire::assert_listed_unknown(&app, &txn);
 }
+
+#[tokio::test]
+async fn cybersource_wrong_credentials_and_refused_requests_are_definite_failures() {
+    wire::refusals_are_definite(
+        &wire().await,
+        "shared_secret",
+        "d3Jvbmcgc2hhcmVkIHNlY3JldCB3cm9uZyBzZWNyZXQ=",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn cybersource_a_forty_mib_chunked_answer_is_cut_off_at_the_limit() {
+    wire::flood_is_cut_off(&wire().await).await;
+}
+
+#[tokio::test]
+async fn cybersource_a_pan_echoed_with_any_separators_is_scrubbed_everywhere() {
+    wire::echoes_are_scrubbed(&wire().await, Some("status")).await;
+}

@@ -6,6 +6,7 @@ mod authorizenet;
 mod checkout;
 mod cybersource;
 mod issuer;
+mod generic;
 mod nmi;
 mod stripe_fake;
 mod wire;
@@ -236,7 +237,9 @@ async fn stripe_refusing_the_key_is_a_definitive_error() {
         .post("/", &card_charge(&new_txn(), "4242424242424242", "5.00"))
         .await;
     assert_eq!(body["charge_id"], Value::Null, "{body}");
-    assert_eq!(body["error_code"], "invalid_request_error", "{body}");
+    // HTTP 401: payvault's Stripe key was refused, a definite failure (never an unknown outcome).
+    assert_eq!(body["error_code"], "processor_auth_failed", "{body}");
+    assert_eq!(fake.calls().len(), 1);
 }
 
 const CUSTOM: &str = r#"
@@ -348,6 +351,70 @@ fn a_profile_with_a_template_error_is_refused_at_start_with_the_line() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("PAYVAULT_PROCESSOR_SECRET_KEY"), "{stderr}");
+}
+
+/// The `generic` profile's auth scheme comes from `PAYVAULT_PROCESSOR_AUTH`: an unknown scheme,
+/// or a scheme without the settings it needs, stops the start naming the variables (and never a
+/// secret's value), before the database is touched.
+#[test]
+fn generic_auth_settings_are_checked_at_start() {
+    let generated = Command::new(env!("CARGO_BIN_EXE_payvault"))
+        .args(["keys", "generate"])
+        .output()
+        .unwrap();
+    let key = String::from_utf8(generated.stdout).unwrap();
+    let key = key.lines().last().unwrap().to_owned();
+    let serve = |settings: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_payvault"));
+        cmd.arg("serve")
+            .env("DATABASE_URL", "postgres://127.0.0.1:1/unused")
+            .env("PAYVAULT_ENV", "development")
+            .env("PAYVAULT_MASTER_KEY", &key)
+            .env("PAYVAULT_PROCESSOR_URL", "http://127.0.0.1:1/charge")
+            .env_remove("PAYVAULT_PROCESSOR")
+            .env_remove("PAYVAULT_PROCESSOR_PROFILE");
+        for name in ["AUTH", "USERNAME", "SECRET", "SECRET_FILE", "HEADER"] {
+            cmd.env_remove(format!("PAYVAULT_PROCESSOR_{name}"));
+        }
+        for (name, value) in settings {
+            cmd.env(name, value);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = serve(&[("PAYVAULT_PROCESSOR_AUTH", "digest")]);
+    assert!(
+        err.contains("PAYVAULT_PROCESSOR_AUTH: `digest` is not one of basic, bearer, header, none"),
+        "{err}"
+    );
+    let err = serve(&[
+        ("PAYVAULT_PROCESSOR_AUTH", "basic"),
+        ("PAYVAULT_PROCESSOR_SECRET", "s3cret-do-not-print"),
+    ]);
+    assert!(
+        err.contains("PAYVAULT_PROCESSOR_USERNAME is required with PAYVAULT_PROCESSOR_AUTH=basic"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret-do-not-print"), "{err}");
+    let err = serve(&[("PAYVAULT_PROCESSOR_AUTH", "bearer")]);
+    assert!(
+        err.contains("PAYVAULT_PROCESSOR_SECRET (or _FILE) is required"),
+        "{err}"
+    );
+    let err = serve(&[
+        ("PAYVAULT_PROCESSOR_AUTH", "header"),
+        ("PAYVAULT_PROCESSOR_HEADER", "bad header"),
+        ("PAYVAULT_PROCESSOR_SECRET", "k"),
+    ]);
+    assert!(err.contains("`bad header` is not a header name"), "{err}");
+    // A correct one gets as far as the database.
+    let err = serve(&[
+        ("PAYVAULT_PROCESSOR_AUTH", "header"),
+        ("PAYVAULT_PROCESSOR_HEADER", "X-Api-Key"),
+        ("PAYVAULT_PROCESSOR_SECRET", "k"),
+    ]);
+    assert!(err.contains("cannot connect to the database"), "{err}");
 }
 
 #[test]

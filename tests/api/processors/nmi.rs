@@ -190,3 +190,18 @@ async fn nmi_a_failed_lookup_leaves_the_charge_unknown_and_listed() {
     assert_eq!(wire::approved(&later), wire.fake.record().sales[0].id);
     assert_eq!(wire.fake.sales_executed(), 2);
 }
+
+#[tokio::test]
+async fn nmi_wrong_credentials_and_refused_requests_are_definite_failures() {
+    wire::refusals_are_definite(&wire().await, "security_key", "wrong-nmi-security-key").await;
+}
+
+#[tokio::test]
+async fn nmi_a_forty_mib_chunked_answer_is_cut_off_at_the_limit() {
+    wire::flood_is_cut_off(&wire().await).await;
+}
+
+#[tokio::test]
+async fn nmi_a_pan_echoed_with_any_separators_is_scrubbed_everywhere() {
+    wire::echoes_are_scrubbed(&wire().await, Some("authcode")).await;
+}

@@ -497,3 +497,154 @@ pub fn assert_listed_unknown(app: &TestApp, txn: &str) {
     assert_eq!(rows[0]["transaction_id"], txn, "{listed}");
     assert_eq!(rows[0]["state"], "unknown", "{listed}");
 }
+
+/// A charge the processor refuses as a whole is a definite failure with payvault's own code:
+/// Twilio hears it (no charge id), the processor executed nothing, a retry of the same
+/// transaction is answered from the record without calling the processor again, nothing is
+/// listed for reconciliation, and a WARN line names the profile and the code.
+async fn assert_refused(wire: &Wire, app: &TestApp, code: &str, words: &str) {
+    let txn = new_txn();
+    let (status, body) = app.post("/", &card(&txn, PAN, "10.00")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["charge_id"], Value::Null, "{body}");
+    assert_eq!(body["error_code"], code, "{body}");
+    let message = body["error_message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(words) && message.contains("Nothing was charged"),
+        "{body}"
+    );
+    assert_eq!(wire.fake.sales_executed(), 0, "nothing executed");
+    let requests = wire.fake.record().requests.len();
+    let (_, again) = app.post("/", &card(&txn, PAN, "10.00")).await;
+    assert_eq!(again, body, "the retry gets the recorded answer");
+    assert_eq!(
+        wire.fake.record().requests.len(),
+        requests,
+        "a definite failure is not re-sent"
+    );
+    let failed = app
+        .count("SELECT count(*) FROM idempotency_records WHERE state = 'failed'")
+        .await;
+    assert!(failed >= 1, "recorded as a failure, not unknown");
+    assert_eq!(
+        app.count("SELECT count(*) FROM idempotency_records WHERE state = 'unknown'")
+            .await,
+        0
+    );
+    assert_eq!(charges_unknown(app), "", "nothing to reconcile");
+    let logs = captured_logs();
+    assert!(
+        logs.lines().any(|l| l.contains("WARN")
+            && l.contains("the payment processor refused the request")
+            && l.contains(&format!("profile={}", wire.profile))
+            && l.contains(&format!("error_code={code}"))),
+        "a WARN line for {} {code}",
+        wire.profile
+    );
+}
+
+/// Wrong credentials (`setting` given a wrong value) are `processor_auth_failed`; a request the
+/// processor refuses as invalid ([`Fault::Reject`]) is `processor_rejected`. Neither is an
+/// unknown outcome, and neither leaves card data behind.
+pub async fn refusals_are_definite(wire: &Wire, setting: &str, wrong: &str) {
+    let settings: Vec<(&str, &str)> = wire
+        .settings
+        .iter()
+        .map(|&(name, value)| (name, if name == setting { wrong } else { value }))
+        .collect();
+    assert!(
+        settings.iter().any(|&(_, v)| v == wrong),
+        "no setting {setting}"
+    );
+    let profile = Profile::builtin(wire.profile).unwrap().unwrap();
+    let config = ProfileConfig::with_settings(
+        profile,
+        ProcessorEnvironment::Test,
+        Some(&format!("{}{}", wire.fake.base_url, wire.base_path)),
+        &settings,
+    )
+    .unwrap();
+    let app = spawn_app_opts(
+        Arc::new(TestDb::new().await),
+        test_keys(),
+        Options {
+            processor: ProcessorConfig::Profile(config),
+            processor_timeout: TIMEOUT,
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_refused(wire, &app, "processor_auth_failed", "credentials").await;
+    assert_no_leaks(app.pool(), &[PAN], &[CVV], &captured_logs()).await;
+
+    let app = wire.app().await;
+    wire.fake.set_fault(Some(Fault::Reject));
+    assert_refused(wire, &app, "processor_rejected", "rejected the request").await;
+    wire.fake.set_fault(None);
+    assert_no_leaks(app.pool(), &[PAN], &[CVV], &captured_logs()).await;
+}
+
+/// The size of the answer that floods ([`Fault::Flood`]): 40 MiB, against payvault's 64 KiB.
+pub const FLOOD: usize = 40 * 1024 * 1024;
+
+/// The processor answers a real answer followed by 40 MiB of padding, chunked: payvault stops
+/// reading at its limit and hangs up (the fake was handed far less than the whole), and Twilio
+/// hears an unreadable answer, whose outcome is unknown.
+pub async fn flood_is_cut_off(wire: &Wire) {
+    let app = wire.app().await;
+    wire.fake.fault_next(Fault::Flood(FLOOD));
+    let (status, body) = app.post("/", &card(&new_txn(), PAN, "10.00")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["charge_id"], Value::Null, "{body}");
+    assert_eq!(body["error_code"], "processor_bad_response", "{body}");
+    let flood = wire.fake.flood().expect("the fake flooded");
+    let taken = flood.wait_cut(Duration::from_secs(10)).await;
+    assert!(
+        taken < FLOOD / 5,
+        "payvault hung up early, not after buffering: {taken} of {FLOOD} bytes handed over"
+    );
+}
+
+/// Ways a processor may write the card number back: dots, spaces, dashes, mixed.
+pub const ECHOES: &[&str] = &[
+    "4111.1111.1111.1111",
+    "4111 1111 1111 1111",
+    "4111-1111-1111-1111",
+    "4111 .1111-1111 1111",
+];
+
+/// The processor echoes the PAN, written each way of [`ECHOES`], in its decline message and, where
+/// the profile passes one back, in `parameter` (the answer's dotted path): Twilio, the database
+/// (`idempotency_records.outcome` included) and the logs never get it.
+pub async fn echoes_are_scrubbed(wire: &Wire, parameter: Option<&'static str>) {
+    let app = wire.app().await;
+    for written in ECHOES {
+        wire.fake.fault_next(Fault::EchoPanAs {
+            written: (*written).to_owned(),
+            field: parameter,
+        });
+        let (_, body) = app.post("/", &card(&new_txn(), PAN, "10.00")).await;
+        let (_, message) = declined(&body);
+        let text = body.to_string();
+        assert!(!text.contains(written) && !text.contains(PAN), "{text}");
+        assert!(message.contains("[redacted]"), "{written}: {body}");
+        if let Some(path) = parameter {
+            assert_eq!(
+                body["parameters"][path.replace('.', "_")],
+                "[redacted]",
+                "{written}: {body}"
+            );
+        }
+    }
+    let outcomes = app
+        .count("SELECT count(*) FROM idempotency_records WHERE outcome::text LIKE '%[redacted]%'")
+        .await;
+    assert_eq!(
+        outcomes,
+        ECHOES.len() as i64,
+        "the scrubbed text is what is stored"
+    );
+    let mut needles = vec![PAN];
+    needles.extend(ECHOES);
+    assert_no_leaks(app.pool(), &needles, &[CVV], &captured_logs()).await;
+}
