@@ -5,7 +5,11 @@
 //! - master key: `pvmk.<version>.<base64url(32 random bytes)>`; a key ring is one or more of
 //!   these separated by commas, the highest version being current for new entries.
 //! - `vault_entries.wrapped_key`: `nonce(12) || AES-256-GCM(KEK_v, data key) || tag(16)` with
-//!   associated data `payvault/dek/v1|<token>|<version>`.
+//!   associated data, by `vault_entries.aad_version`:
+//!   - 2: `payvault/dek/v2|<token>|<version>|<kind>|<exp_month>|<exp_year>` (`-` for an absent
+//!     month or year), so the clear columns a stored-token charge uses are authenticated;
+//!   - 1 (entries sealed before v2): `payvault/dek/v1|<token>|<version>`. `keys rotate`
+//!     re-seals them as v2.
 //! - `vault_entries.ciphertext`: `nonce(12) || AES-256-GCM(data key, payload) || tag(16)` with
 //!   associated data `payvault/entry/v1|<token>|<version>`.
 //!
@@ -15,7 +19,7 @@
 mod envelope;
 mod keyring;
 
-pub use envelope::SealedEntry;
+pub use envelope::{EntryBinding, SealedEntry, AAD_V1, AAD_V2};
 pub use keyring::{HmacSha256, KeyRing, KeyRingError, MasterKey};
 
 /// A decryption or key lookup failed. Deliberately carries no detail an attacker could use.
