@@ -416,6 +416,24 @@ pub async fn claim_for_rotation(
         .collect())
 }
 
+/// How many live entries [`claim_for_rotation`] has left to claim.
+pub async fn count_for_rotation(
+    db: impl PgExecutor<'_>,
+    current: i32,
+    aad_version: i16,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT count(*) AS "n!" FROM vault_entries
+        WHERE (key_version < $1 OR aad_version < $2) AND deleted_at IS NULL
+        "#,
+        current,
+        aad_version,
+    )
+    .fetch_one(db)
+    .await
+}
+
 pub async fn update_rotated(
     db: impl PgExecutor<'_>,
     token: &str,
