@@ -53,7 +53,9 @@ pub enum TokenizeError {
     #[error("transaction_id was already used for a different request")]
     DuplicateTransaction,
     /// A retry that came after the answer's retention period: still refused as a duplicate.
-    #[error("transaction_id was already used, longer ago than answers are kept; it was not run again")]
+    #[error(
+        "transaction_id was already used, longer ago than answers are kept; it was not run again"
+    )]
     AnswerPurged,
     #[error("database error")]
     Database(#[from] sqlx::Error),
@@ -228,7 +230,7 @@ impl Vault {
         token: &str,
         prepared: &PreparedEntry,
     ) -> Result<bool, TokenizeError> {
-        let Some(entry) = store::vault::find_sealed_entry(&mut *tx, token).await? else {
+        let Some(entry) = store::vault::lock_sealed_entry(&mut *tx, token).await? else {
             return Ok(false);
         };
         let new = prepared.binding();
@@ -319,7 +321,11 @@ impl Vault {
         let Some(entry) = store::vault::find_sealed_entry(&self.pool, token).await? else {
             return Ok(None);
         };
-        Ok(Some(self.keys.open(token, &entry.binding(), &entry.sealed)?))
+        Ok(Some(self.keys.open(
+            token,
+            &entry.binding(),
+            &entry.sealed,
+        )?))
     }
 
     /// Re-encrypts up to `limit` entries that are under an older master key version, or sealed

@@ -252,10 +252,8 @@ impl Charger {
         mut event: AuditEvent,
     ) -> Result<Charged, ChargeError> {
         // A final record without an outcome had it purged after the retention period.
-        let outcome: ChargeOutcome = rec
-            .outcome
-            .ok_or(ChargeError::AnswerPurged)
-            .and_then(|o| {
+        let outcome: ChargeOutcome =
+            rec.outcome.ok_or(ChargeError::AnswerPurged).and_then(|o| {
                 serde_json::from_value(o).map_err(|_| ChargeError::Crypto(CryptoError::Malformed))
             })?;
         event.details = serde_json::json!({ "replayed": true, "charge_id": outcome.charge_id });

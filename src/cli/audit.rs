@@ -321,10 +321,25 @@ mod tests {
 
     #[test]
     fn formula_leading_cells_are_neutralised() {
-        for cell in ["=1+2", "+1", "-1+1", "@SUM(A1)", "\tx", "\rx", "=HYPERLINK(\"x\")"] {
+        for cell in [
+            "=1+2",
+            "+1",
+            "-1+1",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+            "=HYPERLINK(\"x\")",
+        ] {
             assert_eq!(neutralise(cell), format!("'{cell}"), "{cell:?}");
         }
-        for cell in ["", "abc", "tok_abc", "visa 411111******1111", "{\"kind\":\"card\"}", "a=1"] {
+        for cell in [
+            "",
+            "abc",
+            "tok_abc",
+            "visa 411111******1111",
+            "{\"kind\":\"card\"}",
+            "a=1",
+        ] {
             assert_eq!(neutralise(cell), cell);
         }
     }

@@ -103,7 +103,10 @@ pub fn audit_retention_days() -> Result<i64, ConfigError> {
 /// at most 5 times, 10 s apart, so about a minute; a merchant backend may retry later. Past it a
 /// retry is refused as a duplicate, never run again.
 pub fn idempotency_retention(default: Duration) -> Result<Duration, ConfigError> {
-    let hours: u64 = parsed("PAYVAULT_IDEMPOTENCY_RETENTION_HOURS", default.as_secs() / 3600)?;
+    let hours: u64 = parsed(
+        "PAYVAULT_IDEMPOTENCY_RETENTION_HOURS",
+        default.as_secs() / 3600,
+    )?;
     if hours < 1 {
         return Err(ConfigError::Invalid {
             name: "PAYVAULT_IDEMPOTENCY_RETENTION_HOURS",

@@ -6,6 +6,10 @@
 //! v2): editing one in the database makes the entry fail to open. They are bound to the wrapped
 //! key rather than to the payload so that changing them legitimately (a deduplicated tokenize
 //! of a reissued card) re-wraps 32 bytes without ever decrypting the card.
+//!
+//! Not bound: `expires_at` (changed by `PATCH /v1/tokens/{token}`, enforced in SQL) and
+//! `network_transaction_id` (set after the first approved charge). Both change after sealing
+//! and neither changes which card is charged.
 
 use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::{Aead, OsRng, Payload};
@@ -200,7 +204,10 @@ mod tests {
             let mut bad = sealed.clone();
             bad.ciphertext[i] ^= 0x01;
             assert!(
-                matches!(ring.open("tok_a", &CARD, &bad), Err(CryptoError::Authentication)),
+                matches!(
+                    ring.open("tok_a", &CARD, &bad),
+                    Err(CryptoError::Authentication)
+                ),
                 "byte {i}"
             );
         }
@@ -208,7 +215,10 @@ mod tests {
             let mut bad = sealed.clone();
             bad.wrapped_key[i] ^= 0x80;
             assert!(
-                matches!(ring.open("tok_a", &CARD, &bad), Err(CryptoError::Authentication)),
+                matches!(
+                    ring.open("tok_a", &CARD, &bad),
+                    Err(CryptoError::Authentication)
+                ),
                 "byte {i}"
             );
         }

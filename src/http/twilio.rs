@@ -209,9 +209,7 @@ fn top_level_field(path: &serde_path_to_error::Path) -> Option<&'static str> {
 
 fn classify(err: serde_json::Error, field: Option<&'static str>) -> InvalidInput {
     match (err.classify(), field) {
-        (serde_json::error::Category::Data, Some(field)) => {
-            InvalidInput::InvalidFieldType(field)
-        }
+        (serde_json::error::Category::Data, Some(field)) => InvalidInput::InvalidFieldType(field),
         (serde_json::error::Category::Data, _) => InvalidInput::NotAnObject,
         _ => InvalidInput::MalformedJson {
             line: err.line(),

@@ -261,6 +261,37 @@ pub async fn find_sealed_entry(
     }))
 }
 
+/// Like [`find_sealed_entry`], locking the row until the caller's transaction ends, so that a
+/// concurrent `keys rotate` cannot replace the data key between reading and rewriting it.
+pub async fn lock_sealed_entry(
+    db: impl PgExecutor<'_>,
+    token: &str,
+) -> Result<Option<BoundEntry>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"
+        SELECT key_version, aad_version, wrapped_key, ciphertext, kind, exp_month, exp_year
+        FROM vault_entries WHERE token = $1 AND deleted_at IS NULL
+        FOR UPDATE
+        "#,
+        token,
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.and_then(|r| {
+        Some(BoundEntry {
+            sealed: SealedEntry {
+                key_version: r.key_version,
+                aad_version: r.aad_version,
+                wrapped_key: r.wrapped_key?,
+                ciphertext: r.ciphertext?,
+            },
+            kind: r.kind,
+            exp_month: r.exp_month,
+            exp_year: r.exp_year,
+        })
+    }))
+}
+
 /// What the merchant API shows about a token: never the card.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TokenMetadata {

@@ -114,7 +114,15 @@ async fn request_logs_never_name_a_token_for_any_token_route() {
     )
     .await;
     assert_eq!(status, 200, "{charged}");
-    let (status, _) = api(&app, &cred, reqwest::Method::DELETE, &path, &new_txn(), None).await;
+    let (status, _) = api(
+        &app,
+        &cred,
+        reqwest::Method::DELETE,
+        &path,
+        &new_txn(),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     // Refused requests too: a deleted token, an unknown one, and a path no route matches.
     let (status, _) = api(&app, &cred, get.clone(), &path, &new_txn(), None).await;
@@ -455,7 +463,10 @@ async fn the_csv_export_neutralises_formula_cells() {
     for line in text.lines() {
         assert!(line.starts_with('"') && line.ends_with('"'), "{line}");
     }
-    assert!(text.contains(r#""'=HYPERLINK(""http://evil.example"",""x"")""#), "{text}");
+    assert!(
+        text.contains(r#""'=HYPERLINK(""http://evil.example"",""x"")""#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
