@@ -555,3 +555,41 @@ async fn idempotency_answers_are_purged_after_the_retention_period() {
         "the late charge retry is audited as refused"
     );
 }
+
+#[tokio::test]
+async fn a_deduplicated_reissue_rebinds_the_new_expiry() {
+    let keys = helpers::test_keys();
+    let app = helpers::spawn_app_opts(
+        Arc::new(TestDb::new().await),
+        keys.clone(),
+        helpers::Options {
+            dedup: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (_, first) = app.post("/", &card_tokenize(&new_txn(), PAN)).await;
+    let token = first["token_id"].as_str().unwrap().to_owned();
+    let mut reissued = card_tokenize(&new_txn(), PAN);
+    reissued["expiry_year"] = json!("39");
+    reissued["expiry_month"] = json!("02");
+    let (_, again) = app.post("/", &reissued).await;
+    assert_eq!(again["token_id"], first["token_id"], "{again}");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM vault_entries WHERE token = '{token}'
+             AND exp_month = 2 AND exp_year = 2039 AND aad_version = 2"
+        ))
+        .await,
+        1
+    );
+    // The entry opens under its new columns, and no longer under the old ones.
+    let vault = Vault::new(app.pool().clone(), keys);
+    assert!(vault.open_entry(&token).await.unwrap().is_some());
+    sqlx::query("UPDATE vault_entries SET exp_month = 8, exp_year = 2035 WHERE token = $1")
+        .bind(&token)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    assert!(vault.open_entry(&token).await.is_err());
+}
