@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::{AuditEvent, Origin};
 use crate::auth::Principal;
-use crate::crypto::{CryptoError, KeyRing};
+use crate::crypto::{CryptoError, EntryBinding, KeyRing, AAD_V2};
 use crate::domain::{PaymentMethod, Token, TransactionId};
 use crate::store;
 use crate::store::audit::AuditBatch;
@@ -52,6 +52,11 @@ pub struct Tokenized {
 pub enum TokenizeError {
     #[error("transaction_id was already used for a different request")]
     DuplicateTransaction,
+    /// A retry that came after the answer's retention period: still refused as a duplicate.
+    #[error(
+        "transaction_id was already used, longer ago than answers are kept; it was not run again"
+    )]
+    AnswerPurged,
     #[error("database error")]
     Database(#[from] sqlx::Error),
     #[error("key error")]
@@ -61,7 +66,9 @@ pub enum TokenizeError {
 impl TokenizeError {
     pub fn code(&self) -> &'static str {
         match self {
-            TokenizeError::DuplicateTransaction => "duplicate_transaction",
+            TokenizeError::DuplicateTransaction | TokenizeError::AnswerPurged => {
+                "duplicate_transaction"
+            }
             TokenizeError::Database(_) | TokenizeError::Crypto(_) => "internal_error",
         }
     }
@@ -141,6 +148,7 @@ impl Vault {
         let earlier =
             store::vault::find_idempotency_record(&self.pool, who.id, req.transaction_id.as_str())
                 .await?;
+        let purged = earlier.as_ref().is_some_and(|rec| rec.purged);
         let replay = match earlier {
             Some(rec) if rec.operation == "tokenize" && rec.state == ChargeState::Succeeded => {
                 let mac = keys.request_mac(rec.mac_key_version, &[b"tokenize", &mac_input])?;
@@ -160,7 +168,11 @@ impl Vault {
                 })
             }
             None => {
-                let err = TokenizeError::DuplicateTransaction;
+                let err = if purged {
+                    TokenizeError::AnswerPurged
+                } else {
+                    TokenizeError::DuplicateTransaction
+                };
                 let event = self.tokenize_event(who, origin, req).failed(err.code());
                 store::audit::insert_audit_event(&self.pool, &event).await?;
                 Err(err)
@@ -201,19 +213,41 @@ impl Vault {
         if !store::vault::insert_idempotency_record(&mut *tx, idem, &existing).await? {
             return Ok(None);
         }
-        let updated = store::vault::update_card_expiry(
-            &mut *tx,
-            &existing,
-            prepared.exp_month,
-            prepared.exp_year,
-        )
-        .await?;
+        let updated = self.update_expiry(&mut tx, &existing, prepared).await?;
         let mut event = self.tokenize_event(who, origin, req).with_token(&existing);
         event.details["deduplicated"] = true.into();
         event.details["expiry_updated"] = updated.into();
         store::audit::insert_audit_event(&mut *tx, &event).await?;
         tx.commit().await?;
         Ok(Some(existing))
+    }
+
+    /// Gives a deduplicated card entry the expiry the card shows now (a reissue), re-binding its
+    /// wrapped key to the new columns; `true` if it changed.
+    async fn update_expiry(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        token: &str,
+        prepared: &PreparedEntry,
+    ) -> Result<bool, TokenizeError> {
+        let Some(entry) = store::vault::lock_sealed_entry(&mut *tx, token).await? else {
+            return Ok(false);
+        };
+        let new = prepared.binding();
+        if entry.binding() == new {
+            return Ok(false);
+        }
+        let rebound = self
+            .keys
+            .rebind(token, &entry.binding(), &new, &entry.sealed)?;
+        Ok(store::vault::update_card_expiry(
+            &mut *tx,
+            token,
+            prepared.exp_month,
+            prepared.exp_year,
+            &rebound,
+        )
+        .await?)
     }
 
     fn tokenize_event(
@@ -232,7 +266,6 @@ impl Vault {
     /// Encrypts a payment method under a fresh token, ready to insert.
     fn prepare_entry(&self, method: &PaymentMethod) -> PreparedEntry {
         let token = Token::generate();
-        let sealed = self.keys.seal(token.as_str(), &method.secret_payload());
         let fingerprint = self.keys.fingerprint(&method.fingerprint_parts());
         let (brand, bin, exp_month, exp_year, last4) = match method {
             PaymentMethod::Card(c) => (
@@ -244,6 +277,14 @@ impl Vault {
             ),
             PaymentMethod::Bank(b) => (None, None, None, None, b.account.last4().to_owned()),
         };
+        let binding = EntryBinding {
+            kind: method.kind(),
+            exp_month,
+            exp_year,
+        };
+        let sealed = self
+            .keys
+            .seal(token.as_str(), &binding, &method.secret_payload());
         PreparedEntry {
             token,
             kind: method.kind(),
@@ -271,20 +312,25 @@ impl Vault {
     }
 
     /// Decrypts the entry behind `token`, in memory only. `Ok(None)` when no such entry exists;
-    /// an error when its ciphertext does not authenticate (tampered, moved between rows, or
-    /// relabelled with another key version).
+    /// an error when it does not authenticate (tampered, moved between rows, relabelled with
+    /// another key version, or its kind or expiry columns edited).
     pub async fn open_entry(
         &self,
         token: &str,
     ) -> Result<Option<Zeroizing<Vec<u8>>>, TokenizeError> {
-        let Some(sealed) = store::vault::find_sealed_entry(&self.pool, token).await? else {
+        let Some(entry) = store::vault::find_sealed_entry(&self.pool, token).await? else {
             return Ok(None);
         };
-        Ok(Some(self.keys.open(token, &sealed)?))
+        Ok(Some(self.keys.open(
+            token,
+            &entry.binding(),
+            &entry.sealed,
+        )?))
     }
 
-    /// Re-encrypts up to `limit` entries that are under an older master key version: each gets
-    /// a fresh data key wrapped by the current version, and its fingerprint is recomputed. Safe
+    /// Re-encrypts up to `limit` entries that are under an older master key version, or sealed
+    /// in the AAD format older than v2 (which does not bind an entry's kind and expiry): each
+    /// gets a fresh data key wrapped by the current version, and its fingerprint is recomputed. Safe
     /// while the service runs (rows are locked one batch at a time, `SKIP LOCKED` lets several
     /// rotators share the work) and resumable (progress is the key version stored per row).
     /// Returns how many entries it re-encrypted.
@@ -292,13 +338,15 @@ impl Vault {
         let keys = &self.keys;
         let mut tx = self.pool.begin().await?;
         let rows =
-            store::vault::claim_for_rotation(&mut *tx, keys.current_version(), limit).await?;
+            store::vault::claim_for_rotation(&mut *tx, keys.current_version(), AAD_V2, limit)
+                .await?;
         for row in &rows {
-            let plain = keys.open(&row.token, &row.sealed)?;
+            let binding = row.entry.binding();
+            let plain = keys.open(&row.token, &binding, &row.entry.sealed)?;
             let parts = PaymentMethod::fingerprint_parts_of_payload(&plain)
                 .ok_or(TokenizeError::Crypto(CryptoError::Malformed))?;
             let fingerprint = keys.fingerprint(&parts);
-            let resealed = keys.seal(&row.token, &plain);
+            let resealed = keys.seal(&row.token, &binding, &plain);
             store::vault::update_rotated(&mut *tx, &row.token, &resealed, &fingerprint).await?;
         }
         tx.commit().await?;
@@ -330,6 +378,42 @@ pub async fn run_expiry_purge(pool: PgPool, every: std::time::Duration) {
     }
 }
 
+/// Purges the answers of finished idempotency records older than `retention`, every `every`,
+/// until the process ends (see [`store::vault::purge_idempotency_answers`]).
+pub async fn run_idempotency_purge(
+    pool: PgPool,
+    retention: std::time::Duration,
+    every: std::time::Duration,
+) {
+    loop {
+        match purge_idempotency_answers(&pool, retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "idempotency answers purged"),
+            Err(e) => tracing::warn!(error = %e, "idempotency purge failed; will retry"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Purges, in batches, the answers of finished idempotency records last updated more than
+/// `retention` ago. Returns how many were purged.
+pub async fn purge_idempotency_answers(
+    pool: &PgPool,
+    retention: std::time::Duration,
+) -> Result<u64, sqlx::Error> {
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let before = Utc::now()
+        .checked_sub_signed(retention)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let mut total = 0;
+    loop {
+        match store::vault::purge_idempotency_answers(pool, before, 500).await? {
+            0 => return Ok(total),
+            n => total += n,
+        }
+    }
+}
+
 /// A sealed entry and its display metadata, before insertion.
 struct PreparedEntry {
     token: Token,
@@ -344,6 +428,14 @@ struct PreparedEntry {
 }
 
 impl PreparedEntry {
+    fn binding(&self) -> EntryBinding<'_> {
+        EntryBinding {
+            kind: self.kind,
+            exp_month: self.exp_month,
+            exp_year: self.exp_year,
+        }
+    }
+
     fn as_new_entry(&self, who: &Principal, expires_at: Option<DateTime<Utc>>) -> NewEntry<'_> {
         NewEntry {
             token: self.token.as_str(),

@@ -11,11 +11,11 @@ WITH idem AS (
 ), entry AS (
     INSERT INTO vault_entries
         (token, created_by, kind, key_version, wrapped_key, ciphertext, fingerprint,
-         brand, bin, last4, exp_month, exp_year)
+         brand, bin, last4, exp_month, exp_year, aad_version)
     SELECT idem.token, :cred::uuid, 'card', 1,
            substr(sha256(random()::text::bytea) || sha256(random()::text::bytea), 1, 60),
            substr(sha256(random()::text::bytea) || sha256(random()::text::bytea), 1, 46),
-           sha256(random()::text::bytea), 'visa', '411111', '1111', 8, 2035
+           sha256(random()::text::bytea), 'visa', '411111', '1111', 8, 2035, 2
     FROM idem
     RETURNING token
 ), audited AS (

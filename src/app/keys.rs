@@ -137,8 +137,8 @@ async fn check_versions(pool: &PgPool, ring: &KeyRing) -> anyhow::Result<()> {
         }
         if let Some(token) = store::keys::sample_entry_token(pool, version).await? {
             let entry = store::vault::find_sealed_entry(pool, &token).await?;
-            if let Some(entry) = entry.filter(|e| e.key_version == version) {
-                if ring.open(&token, &entry).is_err() {
+            if let Some(entry) = entry.filter(|e| e.sealed.key_version == version) {
+                if ring.open(&token, &entry.binding(), &entry.sealed).is_err() {
                     return Err(wrong("does not decrypt the vault entries stored under it").into());
                 }
             }

@@ -32,6 +32,8 @@ use crate::vault::Vault;
 
 /// How often expired tokens are looked for.
 const EXPIRY_PURGE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often idempotency answers past their retention are purged.
+const IDEMPOTENCY_PURGE_INTERVAL: Duration = Duration::from_secs(300);
 
 /// What [`launch`] serves: the parsed configuration and where the master keys come from.
 pub struct Service {
@@ -142,6 +144,11 @@ pub async fn launch(
         tokio::spawn(crate::vault::run_expiry_purge(
             pool.clone(),
             EXPIRY_PURGE_INTERVAL,
+        )),
+        tokio::spawn(crate::vault::run_idempotency_purge(
+            pool.clone(),
+            cfg.idempotency_retention,
+            IDEMPOTENCY_PURGE_INTERVAL,
         )),
         tokio::spawn(crate::audit::seal::run_sealer(
             pool.clone(),

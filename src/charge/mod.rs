@@ -130,12 +130,19 @@ pub enum ChargeError {
     TokenExpired,
     #[error("this idempotency key was already used for a different request")]
     Duplicate,
+    /// A retry that came after the answer's retention period: refused, never charged again.
+    #[error("this idempotency key was already used, longer ago than answers are kept; it was not charged again")]
+    AnswerPurged,
     #[error("an earlier attempt with this idempotency key is still in progress; retry shortly")]
     InProgress,
     /// A merchant-initiated charge through a processor that needs a network transaction id of
     /// its own, for a token that has none from it. Processor names are not secret.
     #[error("{0}")]
     NoStoredCredential(String),
+    /// A stored entry failed authentication: its ciphertext, or a column bound to it (kind,
+    /// expiry), was altered in the database. Nothing was sent to the processor.
+    #[error("the stored token failed its integrity check and was not charged")]
+    EntryIntegrity,
     #[error("database error")]
     Database(#[from] sqlx::Error),
     #[error("key error")]
@@ -167,9 +174,10 @@ impl ChargeError {
             ChargeError::UnknownToken => "unknown_token",
             ChargeError::TokenDeleted => "token_deleted",
             ChargeError::TokenExpired => "token_expired",
-            ChargeError::Duplicate => "duplicate_transaction",
+            ChargeError::Duplicate | ChargeError::AnswerPurged => "duplicate_transaction",
             ChargeError::InProgress => "transaction_in_progress",
             ChargeError::NoStoredCredential(_) => "stored_credential_unavailable",
+            ChargeError::EntryIntegrity => "token_integrity_failed",
             ChargeError::Database(_) | ChargeError::Crypto(_) => "internal_error",
         }
     }

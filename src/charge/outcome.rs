@@ -308,10 +308,11 @@ impl Charger {
         rec: ChargeRecord,
         mut event: AuditEvent,
     ) -> Result<Charged, ChargeError> {
-        let outcome: ChargeOutcome = rec
-            .outcome
-            .and_then(|o| serde_json::from_value(o).ok())
-            .ok_or(ChargeError::Crypto(CryptoError::Malformed))?;
+        // A final record without an outcome had it purged after the retention period.
+        let outcome: ChargeOutcome =
+            rec.outcome.ok_or(ChargeError::AnswerPurged).and_then(|o| {
+                serde_json::from_value(o).map_err(|_| ChargeError::Crypto(CryptoError::Malformed))
+            })?;
         event.details = serde_json::json!({ "replayed": true, "charge_id": outcome.charge_id });
         if let Some(code) = &outcome.error_code {
             event = event.failed(code.clone());

@@ -66,18 +66,13 @@ impl Charger {
         let entry = store::vault::find_entry(db, token.as_str())
             .await?
             .ok_or(ChargeError::UnknownToken)?;
-        let (sealed, exp_month, exp_year, ntid) = match entry {
+        let (entry, ntid) = match entry {
             StoredEntry::Active {
-                sealed,
-                exp_month,
-                exp_year,
+                entry,
                 network_transaction_id,
                 network_transaction_issuer,
-                ..
             } => (
-                sealed,
-                exp_month,
-                exp_year,
+                entry,
                 network_transaction_id.map(|id| StoredCredential {
                     network_transaction_id: id,
                     issuer: network_transaction_issuer,
@@ -86,8 +81,17 @@ impl Charger {
             StoredEntry::Deleted => return Err(ChargeError::TokenDeleted),
             StoredEntry::Expired => return Err(ChargeError::TokenExpired),
         };
-        let plain = self.vault.keys().open(token.as_str(), &sealed)?;
-        let expiry = match (exp_month, exp_year) {
+        // The kind and expiry columns are authenticated with the ciphertext: an edited one
+        // fails here, before anything reaches the processor.
+        let plain = self
+            .vault
+            .keys()
+            .open(token.as_str(), &entry.binding(), &entry.sealed)
+            .map_err(|e| match e {
+                CryptoError::Authentication => ChargeError::EntryIntegrity,
+                e => ChargeError::Crypto(e),
+            })?;
+        let expiry = match (entry.exp_month, entry.exp_year) {
             (Some(m), Some(y)) => {
                 Expiry::from_stored(u8::try_from(m).unwrap_or(0), u16::try_from(y).unwrap_or(0))
             }

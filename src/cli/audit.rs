@@ -122,7 +122,7 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                 .read(reader, &filter, cursor, limit.clamp(1, 100_000))
                 .await
                 .context("cannot read the audit log")?;
-            print_events(&rows, format);
+            print_events(&rows, format)?;
             if let (true, Some(last)) = (rows.len() as i64 == limit, rows.last()) {
                 eprintln!("more events: continue with --cursor {}", last.id);
             }
@@ -215,38 +215,14 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_events(rows: &[store::audit::AuditRow], format: ListFormat) {
+fn print_events(rows: &[store::audit::AuditRow], format: ListFormat) -> anyhow::Result<()> {
     match format {
         ListFormat::Json => {
             for row in rows {
                 println!("{}", crate::audit::event_json(row));
             }
         }
-        ListFormat::Csv => {
-            println!("id,occurred_at,actor_kind,actor_id,action,outcome,error_code,client_addr,forwarded_for,request_id,token,transaction_id,masked_data,amount_minor,currency,details");
-            for r in rows {
-                let fields = [
-                    r.id.to_string(),
-                    r.occurred_at.to_rfc3339(),
-                    r.actor_kind.clone(),
-                    r.actor_id.map(|a| a.to_string()).unwrap_or_default(),
-                    r.action.clone(),
-                    r.outcome.clone(),
-                    r.error_code.clone().unwrap_or_default(),
-                    r.client_addr.clone().unwrap_or_default(),
-                    r.forwarded_for.clone().unwrap_or_default(),
-                    r.request_id.clone().unwrap_or_default(),
-                    r.token.clone().unwrap_or_default(),
-                    r.transaction_id.clone().unwrap_or_default(),
-                    r.masked_data.clone().unwrap_or_default(),
-                    r.amount_minor.map(|a| a.to_string()).unwrap_or_default(),
-                    r.currency.clone().unwrap_or_default(),
-                    r.details.clone(),
-                ];
-                let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-                println!("{}", line.join(","));
-            }
-        }
+        ListFormat::Csv => print_csv(rows)?,
         ListFormat::Table => {
             println!(
                 "{:>8}  {:<20}  {:<10}  {:<18}  {:<8}  {:<28}  {:<26}  {:<24}  AMOUNT",
@@ -272,13 +248,99 @@ fn print_events(rows: &[store::audit::AuditRow], format: ListFormat) {
             }
         }
     }
+    Ok(())
 }
 
-/// A CSV field, quoted when it holds a comma, quote or line break (RFC 4180).
-fn csv_field(f: &str) -> String {
-    if f.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", f.replace('"', "\"\""))
+/// Audit events as CSV, for spreadsheets. Several columns hold text a caller chose (a
+/// `transaction_id` of `=HYPERLINK(...)`, say), which a spreadsheet would run as a formula: every
+/// text cell is neutralised as OWASP's CSV injection guidance says (see [`neutralise`]), and
+/// every cell is quoted, so a `;` inside one cannot split it in locales that separate with `;`.
+fn print_csv(rows: &[store::audit::AuditRow]) -> anyhow::Result<()> {
+    let mut out = csv::WriterBuilder::new()
+        .quote_style(csv::QuoteStyle::Always)
+        .from_writer(std::io::stdout().lock());
+    out.write_record([
+        "id",
+        "occurred_at",
+        "actor_kind",
+        "actor_id",
+        "action",
+        "outcome",
+        "error_code",
+        "client_addr",
+        "forwarded_for",
+        "request_id",
+        "token",
+        "transaction_id",
+        "masked_data",
+        "amount_minor",
+        "currency",
+        "details",
+    ])?;
+    for r in rows {
+        let text = |v: Option<&str>| neutralise(v.unwrap_or_default());
+        out.write_record([
+            // Numbers and times payvault formats: left as they are (a negative amount stays a
+            // number).
+            r.id.to_string(),
+            r.occurred_at.to_rfc3339(),
+            text(Some(&r.actor_kind)),
+            r.actor_id.map(|a| a.to_string()).unwrap_or_default(),
+            text(Some(&r.action)),
+            text(Some(&r.outcome)),
+            text(r.error_code.as_deref()),
+            text(r.client_addr.as_deref()),
+            text(r.forwarded_for.as_deref()),
+            text(r.request_id.as_deref()),
+            text(r.token.as_deref()),
+            text(r.transaction_id.as_deref()),
+            text(r.masked_data.as_deref()),
+            r.amount_minor.map(|a| a.to_string()).unwrap_or_default(),
+            text(r.currency.as_deref()),
+            text(Some(&r.details)),
+        ])?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// A text cell a spreadsheet will not evaluate: one starting with `=`, `+`, `-`, `@`, a tab or
+/// a carriage return gets a leading `'`, which spreadsheets show as text (OWASP, "CSV
+/// Injection").
+fn neutralise(cell: &str) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}")
     } else {
-        f.to_owned()
+        cell.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::neutralise;
+
+    #[test]
+    fn formula_leading_cells_are_neutralised() {
+        for cell in [
+            "=1+2",
+            "+1",
+            "-1+1",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+            "=HYPERLINK(\"x\")",
+        ] {
+            assert_eq!(neutralise(cell), format!("'{cell}"), "{cell:?}");
+        }
+        for cell in [
+            "",
+            "abc",
+            "tok_abc",
+            "visa 411111******1111",
+            "{\"kind\":\"card\"}",
+            "a=1",
+        ] {
+            assert_eq!(neutralise(cell), cell);
+        }
     }
 }

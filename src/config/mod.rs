@@ -143,6 +143,24 @@ pub fn audit_retention_days() -> Result<i64, ConfigError> {
     Ok(days)
 }
 
+/// How long the answer to a finished request is kept for its retries
+/// (`PAYVAULT_IDEMPOTENCY_RETENTION_HOURS`, 24 by default, at least 1). Twilio retries a request
+/// at most 5 times, 10 s apart, so about a minute; a merchant backend may retry later. Past it a
+/// retry is refused as a duplicate, never run again.
+pub fn idempotency_retention(default: Duration) -> Result<Duration, ConfigError> {
+    let hours: u64 = parsed(
+        "PAYVAULT_IDEMPOTENCY_RETENTION_HOURS",
+        default.as_secs() / 3600,
+    )?;
+    if hours < 1 {
+        return Err(ConfigError::Invalid {
+            name: "PAYVAULT_IDEMPOTENCY_RETENTION_HOURS",
+            reason: "must be at least 1 (Twilio retries for about a minute; keep a margin)".into(),
+        });
+    }
+    Ok(Duration::from_secs(hours.saturating_mul(3600)))
+}
+
 /// The database URL (`DATABASE_URL` or `DATABASE_URL_FILE`).
 pub fn database_url() -> Result<SecretText, ConfigError> {
     secret_var("DATABASE_URL")?.ok_or(ConfigError::Missing("DATABASE_URL"))
@@ -287,6 +305,9 @@ pub struct ServeConfig {
     pub default_token_ttl_days: Option<u32>,
     pub dedup: bool,
     pub shutdown_grace: Duration,
+    /// How long a finished request's answer is kept for its retries
+    /// (`PAYVAULT_IDEMPOTENCY_RETENTION_HOURS`, [`idempotency_retention`]).
+    pub idempotency_retention: Duration,
     /// `PAYVAULT_PROCESSOR_*` variables set in the environment that the selected processor does
     /// not read (names only, never values): most likely a misspelt setting
     /// ([`unknown_processor_variables`]). Production refuses them; development warns.
@@ -323,6 +344,7 @@ impl ServeConfig {
             default_token_ttl_days: None,
             dedup: false,
             shutdown_grace: Duration::from_secs(30),
+            idempotency_retention: Duration::from_secs(24 * 3600),
             unknown_processor_variables: Vec::new(),
         }
     }
@@ -396,6 +418,7 @@ impl ServeConfig {
                 "PAYVAULT_SHUTDOWN_GRACE_SECS",
                 d.shutdown_grace.as_secs(),
             )?),
+            idempotency_retention: idempotency_retention(d.idempotency_retention)?,
             default_token_ttl_days: match parsed::<u32>("PAYVAULT_TOKEN_TTL_DAYS", 0)? {
                 0 => None,
                 days => Some(days),
@@ -479,6 +502,7 @@ mod tests {
             default_token_ttl_days: None,
             dedup: false,
             shutdown_grace: Duration::from_secs(1),
+            idempotency_retention: Duration::from_secs(3600),
             unknown_processor_variables: Vec::new(),
         }
     }

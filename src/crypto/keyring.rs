@@ -458,7 +458,12 @@ mod tests {
     #[test]
     fn an_audit_key_verifies_its_versions_seals_and_opens_nothing() {
         let v1 = KeyRing::from_keys(vec![MasterKey::generate(1)]).unwrap();
-        let old_entry = v1.seal("tok_b", b"4111111111111111");
+        let card = crate::crypto::EntryBinding {
+            kind: "card",
+            exp_month: Some(8),
+            exp_year: Some(2030),
+        };
+        let old_entry = v1.seal("tok_b", &card, b"4111111111111111");
         let seal = v1.seal_mac(1, &[b"event"]).unwrap();
 
         let audit = v1.audit_key(1).unwrap();
@@ -481,13 +486,13 @@ mod tests {
         assert_eq!(remaining.current_version(), 2);
         assert_eq!(remaining.versions().collect::<Vec<_>>(), vec![2]);
         assert!(matches!(
-            remaining.open("tok_b", &old_entry),
+            remaining.open("tok_b", &card, &old_entry),
             Err(CryptoError::UnknownKeyVersion(1))
         ));
         // Nor does it open anything passed off as the master key of its version.
         let disguised = KeyRing::parse(&audit.replacen("pvaudit.", "pvmk.", 1)).unwrap();
         assert!(matches!(
-            disguised.open("tok_b", &old_entry),
+            disguised.open("tok_b", &card, &old_entry),
             Err(CryptoError::Authentication)
         ));
         // An audit-only key alone is no key ring, and a version cannot be loaded twice.

@@ -7,7 +7,11 @@
 //! - audit-only key: `pvaudit.<version>.<base64url(HKDF audit-seal key of that version)>`, what
 //!   `payvault keys retire` leaves of a retired version: it verifies old audit seals, opens nothing.
 //! - `vault_entries.wrapped_key`: `nonce(12) || AES-256-GCM(KEK_v, data key) || tag(16)` with
-//!   associated data `payvault/dek/v1|<token>|<version>`.
+//!   associated data, by `vault_entries.aad_version`:
+//!   - 2: `payvault/dek/v2|<token>|<version>|<kind>|<exp_month>|<exp_year>` (`-` for an absent
+//!     month or year), so the clear columns a stored-token charge uses are authenticated;
+//!   - 1 (entries sealed before v2): `payvault/dek/v1|<token>|<version>`. `keys rotate`
+//!     re-seals them as v2.
 //! - `vault_entries.ciphertext`: `nonce(12) || AES-256-GCM(data key, payload) || tag(16)` with
 //!   associated data `payvault/entry/v1|<token>|<version>`.
 //!
@@ -18,7 +22,7 @@ mod envelope;
 mod keyring;
 pub mod passphrase;
 
-pub use envelope::SealedEntry;
+pub use envelope::{EntryBinding, SealedEntry, AAD_V1, AAD_V2};
 pub use keyring::{HmacSha256, KeyRing, KeyRingError, MasterKey};
 
 /// A decryption or key lookup failed. Deliberately carries no detail an attacker could use.

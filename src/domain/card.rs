@@ -110,6 +110,42 @@ impl fmt::Debug for CardNumber {
     }
 }
 
+/// Whether `text` holds what looks like a card number: a run of 13 to 19 digits passing the
+/// Luhn check, either as written or once the separators people write card numbers with (spaces,
+/// dashes, dots) are removed (`4111 1111-1111.1111`). A run is maximal: digits on either side
+/// make it a longer number, not a card number.
+///
+/// The dashes of a canonical UUID (8-4-4-4-12 hex digits, Twilio's `transaction_id`) are
+/// structure, not separators: joined across them, about one random UUID in 500 would hold a
+/// Luhn-valid run by chance. Within its groups (12 digits at most) none can.
+pub fn contains_card_number(text: &str) -> bool {
+    let has_pan = |s: &str| {
+        s.split(|c: char| !c.is_ascii_digit())
+            .any(|run| (13..=19).contains(&run.len()) && luhn_valid(run))
+    };
+    if has_pan(text) {
+        return true;
+    }
+    if is_uuid(text) {
+        return false;
+    }
+    let joined: String = text
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '.'))
+        .collect();
+    has_pan(&joined)
+}
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in hex digits.
+fn is_uuid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 fn luhn_valid(digits: &str) -> bool {
     let sum: u32 = digits
         .bytes()
@@ -407,5 +443,33 @@ mod tests {
             PostalCode::parse("<script>").unwrap_err(),
             InvalidInput::PostalCode
         );
+    }
+
+    #[test]
+    fn card_numbers_are_found_in_ids_however_written() {
+        for id in [
+            "4111111111111111",
+            "order-4111111111111111",
+            "4111 1111 1111 1111",
+            "4111-1111-1111-1111",
+            "4111.1111.1111.1111",
+            "x378282246310005y",
+            "ref 6011-0009-9013-9424",
+            "12-4111111111111111",
+        ] {
+            assert!(contains_card_number(id), "{id}");
+        }
+        for id in [
+            "72500aba-328c-445c-a12e-da5700e10b17",
+            // A UUID whose groups, joined, would form a Luhn-valid 16-digit run.
+            "abcd4111-1111-1111-1111-abcdefabcdef",
+            "4111111111111112",
+            "order-123456789012",
+            // 20 digits: longer than any card number.
+            "41111111111111111111",
+            "",
+        ] {
+            assert!(!contains_card_number(id), "{id}");
+        }
     }
 }

@@ -8,8 +8,9 @@
 pub enum InvalidInput {
     #[error("field `{0}` is required")]
     MissingField(&'static str),
+    /// Always a top-level field name we define, never a path into caller-chosen keys.
     #[error("field `{0}` must be a string")]
-    InvalidFieldType(String),
+    InvalidFieldType(&'static str),
     #[error("request body is not valid JSON (line {line}, column {column})")]
     MalformedJson { line: usize, column: usize },
     #[error("request body must be a JSON object")]
@@ -24,6 +25,8 @@ pub enum InvalidInput {
     MethodPathMismatch,
     #[error("field `transaction_id` must be 1 to 255 printable ASCII characters")]
     InvalidTransactionId,
+    #[error("the idempotency key (`transaction_id`, or the `Idempotency-Key` header) looks like it holds a card number; use an id that holds no card data")]
+    CardNumberInTransactionId,
     #[error(
         "send either card fields (`cardnumber`) or bank fields (`bankaccountnumber`), not both"
     )]
@@ -88,6 +91,7 @@ impl InvalidInput {
             Self::UnknownMethod => "unknown_method",
             Self::MethodPathMismatch => "method_path_mismatch",
             Self::InvalidTransactionId => "invalid_transaction_id",
+            Self::CardNumberInTransactionId => "card_number_in_transaction_id",
             Self::AmbiguousPaymentMethod => "ambiguous_payment_method",
             Self::MissingPaymentMethod => "missing_payment_method",
             Self::CardNumberNotNumeric => "invalid_card_number",

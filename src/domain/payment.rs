@@ -3,7 +3,7 @@
 use zeroize::Zeroizing;
 
 use super::bank::{AccountNumber, BankAccount, RoutingNumber};
-use super::card::{Card, CardNumber, Expiry};
+use super::card::{contains_card_number, Card, CardNumber, Expiry};
 use super::invalid::InvalidInput;
 use super::secret::SecretText;
 
@@ -12,12 +12,17 @@ use super::secret::SecretText;
 pub struct TransactionId(String);
 
 impl TransactionId {
+    /// Also the merchant API's `Idempotency-Key`. An id holding a card number is refused before
+    /// anything stores or audits it: idempotency keys are kept in clear (a fuzzer, or a careless
+    /// integration, put PANs there).
     pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
         let ok = (1..=255).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_graphic());
-        if ok {
-            Ok(Self(raw.to_owned()))
-        } else {
+        if !ok {
             Err(InvalidInput::InvalidTransactionId)
+        } else if contains_card_number(raw) {
+            Err(InvalidInput::CardNumberInTransactionId)
+        } else {
+            Ok(Self(raw.to_owned()))
         }
     }
 

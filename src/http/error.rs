@@ -124,7 +124,7 @@ impl ApiError {
     pub fn into_reply(self, key: IdKey) -> Reply {
         self.log();
         let message = match self.kind {
-            Kind::Internal => CONNECTOR_INTERNAL_MESSAGE,
+            Kind::Internal if self.code == "internal_error" => CONNECTOR_INTERNAL_MESSAGE,
             _ => &self.message,
         };
         Reply::error(key, &self.code, message)
@@ -209,7 +209,7 @@ impl From<TokenError> for ApiError {
 impl From<TokenizeError> for ApiError {
     fn from(e: TokenizeError) -> Self {
         let kind = match &e {
-            TokenizeError::DuplicateTransaction => Kind::Conflict,
+            TokenizeError::DuplicateTransaction | TokenizeError::AnswerPurged => Kind::Conflict,
             TokenizeError::Database(_) | TokenizeError::Crypto(_) => return Self::internal(&e),
         };
         Self::new(kind, e.code(), e.to_string())
@@ -222,7 +222,17 @@ impl From<ChargeError> for ApiError {
             ChargeError::Invalid(_) => Kind::BadRequest,
             ChargeError::UnknownToken => Kind::NotFound,
             ChargeError::TokenDeleted | ChargeError::TokenExpired => Kind::Gone,
-            ChargeError::Duplicate | ChargeError::InProgress => Kind::Conflict,
+            ChargeError::Duplicate | ChargeError::AnswerPurged | ChargeError::InProgress => {
+                Kind::Conflict
+            }
+            // payvault's own failure (its database was altered), but a specific one: answered
+            // with its code, and logged as an error for the operator.
+            ChargeError::EntryIntegrity => {
+                return Self {
+                    cause: Some(e.to_string()),
+                    ..Self::new(Kind::Internal, e.code(), e.to_string())
+                }
+            }
             ChargeError::NoStoredCredential(_) => Kind::Conflict,
             ChargeError::Database(_) | ChargeError::Crypto(_) => return Self::internal(&e),
         };

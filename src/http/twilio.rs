@@ -170,18 +170,46 @@ impl fmt::Debug for WireRequest {
 pub fn parse(body: &[u8]) -> Result<WireRequest, InvalidInput> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let req: WireRequest = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = err.path().to_string();
-        classify(err.into_inner(), Some(path))
+        let field = top_level_field(err.path());
+        classify(err.into_inner(), field)
     })?;
     de.end().map_err(|e| classify(e, None))?;
     Ok(req)
 }
 
-fn classify(err: serde_json::Error, path: Option<String>) -> InvalidInput {
-    match (err.classify(), path) {
-        (serde_json::error::Category::Data, Some(path)) if path != "." => {
-            InvalidInput::InvalidFieldType(path)
+/// The fields of [`WireRequest`], for naming the one a type error is in.
+const WIRE_FIELDS: [&str; 14] = [
+    "method",
+    "transaction_id",
+    "cardnumber",
+    "cvv",
+    "expiry_month",
+    "expiry_year",
+    "postal_code",
+    "bankaccountnumber",
+    "routingnumber",
+    "amount",
+    "currency_code",
+    "token",
+    "description",
+    "parameters",
+];
+
+/// The top-level field a deserialization error is in, as one of [`WIRE_FIELDS`]. Only the
+/// top level: a path below it holds keys the caller chose (`parameters.<key>`), which may be
+/// a card number (a `<Parameter>` named after the PAN, say) and must not be echoed.
+fn top_level_field(path: &serde_path_to_error::Path) -> Option<&'static str> {
+    match path.iter().next()? {
+        serde_path_to_error::Segment::Map { key } => {
+            WIRE_FIELDS.iter().copied().find(|f| *f == key.as_str())
         }
+        _ => None,
+    }
+}
+
+fn classify(err: serde_json::Error, field: Option<&'static str>) -> InvalidInput {
+    match (err.classify(), field) {
+        (serde_json::error::Category::Data, Some(field)) => InvalidInput::InvalidFieldType(field),
         (serde_json::error::Category::Data, _) => InvalidInput::NotAnObject,
         _ => InvalidInput::MalformedJson {
             line: err.line(),
@@ -505,12 +533,16 @@ mod tests {
         assert!(parse(br#"{"amount": 10.5, "parameters": {"a": null, "b": true}}"#).is_ok());
         assert_eq!(
             parse(br#"{"cardnumber": true}"#).unwrap_err(),
-            InvalidInput::InvalidFieldType("cardnumber".into())
+            InvalidInput::InvalidFieldType("cardnumber")
         );
         assert_eq!(
             parse(br#"{"parameters": {"a": {"b": 1}}}"#).unwrap_err(),
-            InvalidInput::InvalidFieldType("parameters.a".into())
+            InvalidInput::InvalidFieldType("parameters")
         );
+        // A caller-chosen key is never named: it may be a card number.
+        let err = parse(br#"{"parameters": {"4111111111111111": [1]}}"#).unwrap_err();
+        assert_eq!(err, InvalidInput::InvalidFieldType("parameters"));
+        assert!(!err.to_string().contains("4111"), "{err}");
         assert_eq!(parse(b"[1]").unwrap_err(), InvalidInput::NotAnObject);
         assert!(matches!(
             parse(b"{} x").unwrap_err(),

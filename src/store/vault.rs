@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::audit::AuditBatch;
 use super::charges::ChargeState;
-use crate::crypto::SealedEntry;
+use crate::crypto::{EntryBinding, SealedEntry};
 
 /// A vault entry to insert: ciphertexts plus the display metadata allowed in clear.
 #[derive(Debug)]
@@ -39,8 +39,9 @@ pub struct NewIdempotency<'a> {
 /// commit, so concurrent duplicates can never create two entries.
 ///
 /// One statement rather than a transaction of three saves four round trips per tokenize. Its
-/// parameters follow the column lists: the entry's ($1-$13, in the order of [`insert_entry`]),
-/// the idempotency record's ($14-$18, the token is the entry's), then the events ($19).
+/// parameters follow the column lists: the entry's ($1-$13 and $20, in the order of
+/// [`insert_entry`]), the idempotency record's ($14-$18, the token is the entry's), then the
+/// events ($19).
 pub async fn insert_tokenized_entry(
     db: impl PgExecutor<'_>,
     idem: &NewIdempotency<'_>,
@@ -58,9 +59,10 @@ pub async fn insert_tokenized_entry(
         ), entry AS (
             INSERT INTO vault_entries
                 (token, created_by, kind, key_version, wrapped_key, ciphertext, fingerprint,
-                 brand, bin, last4, exp_month, exp_year, expires_at)
+                 brand, bin, last4, exp_month, exp_year, expires_at, aad_version)
             SELECT idem.token, $2::uuid, $3::text, $4::integer, $5::bytea, $6::bytea, $7::bytea,
-                   $8::text, $9::text, $10::text, $11::smallint, $12::smallint, $13::timestamptz
+                   $8::text, $9::text, $10::text, $11::smallint, $12::smallint, $13::timestamptz,
+                   $20::smallint
             FROM idem
             RETURNING token
         ), audited AS (
@@ -87,6 +89,7 @@ pub async fn insert_tokenized_entry(
         idem.mac_key_version,
         ChargeState::Succeeded as ChargeState,
         events.json() as _,
+        entry.sealed.aad_version,
     )
     .fetch_one(db)
     .await?;
@@ -101,6 +104,8 @@ pub struct IdempotencyRecord {
     pub mac_key_version: i32,
     pub state: ChargeState,
     pub token: Option<String>,
+    /// The answer was purged after the retention period ([`purge_idempotency_answers`]).
+    pub purged: bool,
 }
 
 pub async fn find_idempotency_record(
@@ -111,7 +116,8 @@ pub async fn find_idempotency_record(
     sqlx::query_as!(
         IdempotencyRecord,
         r#"
-        SELECT operation, request_mac, mac_key_version, state AS "state: ChargeState", token
+        SELECT operation, request_mac, mac_key_version, state AS "state: ChargeState", token,
+               purged_at IS NOT NULL AS "purged!"
         FROM idempotency_records
         WHERE credential_id = $1 AND idempotency_key = $2
         "#,
@@ -131,8 +137,8 @@ pub async fn insert_entry(
         r#"
         INSERT INTO vault_entries
             (token, created_by, kind, key_version, wrapped_key, ciphertext, fingerprint,
-             brand, bin, last4, exp_month, exp_year, expires_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             brand, bin, last4, exp_month, exp_year, expires_at, aad_version)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
         "#,
         entry.token,
         entry.created_by,
@@ -147,20 +153,38 @@ pub async fn insert_entry(
         entry.exp_month,
         entry.exp_year,
         entry.expires_at,
+        entry.sealed.aad_version,
     )
     .execute(db)
     .await?;
     Ok(())
 }
 
+/// A live entry's ciphertexts and the clear columns bound into them.
+#[derive(Debug, Clone)]
+pub struct BoundEntry {
+    pub sealed: SealedEntry,
+    pub kind: String,
+    pub exp_month: Option<i16>,
+    pub exp_year: Option<i16>,
+}
+
+impl BoundEntry {
+    /// The columns as the associated data binds them.
+    pub fn binding(&self) -> EntryBinding<'_> {
+        EntryBinding {
+            kind: &self.kind,
+            exp_month: self.exp_month,
+            exp_year: self.exp_year,
+        }
+    }
+}
+
 /// An entry as the charge flow needs it.
 #[derive(Debug, Clone)]
 pub enum StoredEntry {
     Active {
-        sealed: SealedEntry,
-        kind: String,
-        exp_month: Option<i16>,
-        exp_year: Option<i16>,
+        entry: BoundEntry,
         /// The stored credential's network transaction id, once a charge returned one.
         network_transaction_id: Option<String>,
         /// The processor (profile name) that issued it; `None` for ids stored before issuers
@@ -179,7 +203,7 @@ pub async fn find_entry(
 ) -> Result<Option<StoredEntry>, sqlx::Error> {
     let row = sqlx::query!(
         r#"
-        SELECT key_version, wrapped_key, ciphertext, kind, exp_month, exp_year,
+        SELECT key_version, aad_version, wrapped_key, ciphertext, kind, exp_month, exp_year,
                network_transaction_id, network_transaction_issuer,
                deleted_at IS NOT NULL AS "deleted!",
                coalesce(expires_at <= now(), false) AS "expired!"
@@ -192,14 +216,17 @@ pub async fn find_entry(
     Ok(row.map(
         |r| match (r.deleted, r.expired, r.wrapped_key, r.ciphertext) {
             (false, false, Some(wrapped_key), Some(ciphertext)) => StoredEntry::Active {
-                sealed: SealedEntry {
-                    key_version: r.key_version,
-                    wrapped_key,
-                    ciphertext,
+                entry: BoundEntry {
+                    sealed: SealedEntry {
+                        key_version: r.key_version,
+                        aad_version: r.aad_version,
+                        wrapped_key,
+                        ciphertext,
+                    },
+                    kind: r.kind,
+                    exp_month: r.exp_month,
+                    exp_year: r.exp_year,
                 },
-                kind: r.kind,
-                exp_month: r.exp_month,
-                exp_year: r.exp_year,
                 network_transaction_id: r.network_transaction_id,
                 network_transaction_issuer: r.network_transaction_issuer,
             },
@@ -209,22 +236,62 @@ pub async fn find_entry(
     ))
 }
 
-/// Loads a live entry's ciphertexts.
+/// Loads a live entry's ciphertexts and bound columns.
 pub async fn find_sealed_entry(
     db: impl PgExecutor<'_>,
     token: &str,
-) -> Result<Option<SealedEntry>, sqlx::Error> {
+) -> Result<Option<BoundEntry>, sqlx::Error> {
     let row = sqlx::query!(
-        "SELECT key_version, wrapped_key, ciphertext FROM vault_entries WHERE token = $1 AND deleted_at IS NULL",
+        r#"
+        SELECT key_version, aad_version, wrapped_key, ciphertext, kind, exp_month, exp_year
+        FROM vault_entries WHERE token = $1 AND deleted_at IS NULL
+        "#,
         token,
     )
     .fetch_optional(db)
     .await?;
     Ok(row.and_then(|r| {
-        Some(SealedEntry {
-            key_version: r.key_version,
-            wrapped_key: r.wrapped_key?,
-            ciphertext: r.ciphertext?,
+        Some(BoundEntry {
+            sealed: SealedEntry {
+                key_version: r.key_version,
+                aad_version: r.aad_version,
+                wrapped_key: r.wrapped_key?,
+                ciphertext: r.ciphertext?,
+            },
+            kind: r.kind,
+            exp_month: r.exp_month,
+            exp_year: r.exp_year,
+        })
+    }))
+}
+
+/// Like [`find_sealed_entry`], locking the row until the caller's transaction ends, so that a
+/// concurrent `keys rotate` cannot replace the data key between reading and rewriting it.
+pub async fn lock_sealed_entry(
+    db: impl PgExecutor<'_>,
+    token: &str,
+) -> Result<Option<BoundEntry>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"
+        SELECT key_version, aad_version, wrapped_key, ciphertext, kind, exp_month, exp_year
+        FROM vault_entries WHERE token = $1 AND deleted_at IS NULL
+        FOR UPDATE
+        "#,
+        token,
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.and_then(|r| {
+        Some(BoundEntry {
+            sealed: SealedEntry {
+                key_version: r.key_version,
+                aad_version: r.aad_version,
+                wrapped_key: r.wrapped_key?,
+                ciphertext: r.ciphertext?,
+            },
+            kind: r.kind,
+            exp_month: r.exp_month,
+            exp_year: r.exp_year,
         })
     }))
 }
@@ -341,31 +408,35 @@ pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i64) -> Result<u64, s
     Ok(n as u64)
 }
 
-/// A live entry waiting to be re-encrypted under a newer master key version.
+/// A live entry waiting to be re-encrypted under a newer master key version (or AAD format).
 #[derive(Debug, Clone)]
 pub struct RotationRow {
     pub token: String,
-    pub sealed: SealedEntry,
+    pub entry: BoundEntry,
 }
 
-/// Locks up to `limit` live entries under a key version below `current` (skipping rows another
-/// rotator holds), for re-encryption in the caller's transaction.
+/// Locks up to `limit` live entries under a key version below `current`, or sealed in an AAD
+/// format older than `aad_version` (skipping rows another rotator holds), for re-encryption in
+/// the caller's transaction.
 pub async fn claim_for_rotation(
     db: impl PgExecutor<'_>,
     current: i32,
+    aad_version: i16,
     limit: i64,
 ) -> Result<Vec<RotationRow>, sqlx::Error> {
     let rows = sqlx::query!(
         r#"
-        SELECT token, key_version, wrapped_key AS "wrapped_key!", ciphertext AS "ciphertext!"
+        SELECT token, key_version, aad_version, wrapped_key AS "wrapped_key!",
+               ciphertext AS "ciphertext!", kind, exp_month, exp_year
         FROM vault_entries
-        WHERE key_version < $1 AND deleted_at IS NULL
+        WHERE (key_version < $1 OR aad_version < $3) AND deleted_at IS NULL
         ORDER BY token
         LIMIT $2
         FOR UPDATE SKIP LOCKED
         "#,
         current,
         limit,
+        aad_version,
     )
     .fetch_all(db)
     .await?;
@@ -373,13 +444,37 @@ pub async fn claim_for_rotation(
         .into_iter()
         .map(|r| RotationRow {
             token: r.token,
-            sealed: SealedEntry {
-                key_version: r.key_version,
-                wrapped_key: r.wrapped_key,
-                ciphertext: r.ciphertext,
+            entry: BoundEntry {
+                sealed: SealedEntry {
+                    key_version: r.key_version,
+                    aad_version: r.aad_version,
+                    wrapped_key: r.wrapped_key,
+                    ciphertext: r.ciphertext,
+                },
+                kind: r.kind,
+                exp_month: r.exp_month,
+                exp_year: r.exp_year,
             },
         })
         .collect())
+}
+
+/// How many live entries [`claim_for_rotation`] has left to claim.
+pub async fn count_for_rotation(
+    db: impl PgExecutor<'_>,
+    current: i32,
+    aad_version: i16,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"
+        SELECT count(*) AS "n!" FROM vault_entries
+        WHERE (key_version < $1 OR aad_version < $2) AND deleted_at IS NULL
+        "#,
+        current,
+        aad_version,
+    )
+    .fetch_one(db)
+    .await
 }
 
 pub async fn update_rotated(
@@ -390,7 +485,8 @@ pub async fn update_rotated(
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"
-        UPDATE vault_entries SET key_version = $2, wrapped_key = $3, ciphertext = $4, fingerprint = $5
+        UPDATE vault_entries
+        SET key_version = $2, wrapped_key = $3, ciphertext = $4, fingerprint = $5, aad_version = $6
         WHERE token = $1
         "#,
         token,
@@ -398,6 +494,7 @@ pub async fn update_rotated(
         sealed.wrapped_key,
         sealed.ciphertext,
         fingerprint,
+        sealed.aad_version,
     )
     .execute(db)
     .await?;
@@ -478,21 +575,26 @@ pub async fn insert_idempotency_record(
     Ok(done.rows_affected() == 1)
 }
 
-/// Sets a card entry's displayed expiry; `true` if it changed.
+/// Sets a live card entry's expiry, with its wrapped key re-bound to it
+/// ([`crate::crypto::KeyRing::rebind`]); `true` if it changed.
 pub async fn update_card_expiry(
     db: impl PgExecutor<'_>,
     token: &str,
     exp_month: Option<i16>,
     exp_year: Option<i16>,
+    rebound: &SealedEntry,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query!(
         r#"
-        UPDATE vault_entries SET exp_month = $2, exp_year = $3
-        WHERE token = $1 AND kind = 'card' AND (exp_month, exp_year) IS DISTINCT FROM ($2, $3)
+        UPDATE vault_entries SET exp_month = $2, exp_year = $3, wrapped_key = $4, aad_version = $5
+        WHERE token = $1 AND kind = 'card' AND deleted_at IS NULL
+          AND (exp_month, exp_year) IS DISTINCT FROM ($2, $3)
         "#,
         token,
         exp_month,
         exp_year,
+        rebound.wrapped_key,
+        rebound.aad_version,
     )
     .execute(db)
     .await?;
@@ -513,4 +615,35 @@ pub async fn set_expiry(
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Purges the answers of up to `limit` finished idempotency records last updated before
+/// `before`: the charge outcome and the token are cleared, while the key, request MAC and state
+/// stay, so a later retry is still recognised (and refused as a duplicate, never run again).
+/// Records whose outcome is unknown or still in flight are kept whole: reconciliation needs
+/// them. Several instances can run it at once (`SKIP LOCKED`). Returns how many were purged.
+pub async fn purge_idempotency_answers(
+    db: impl PgExecutor<'_>,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query!(
+        r#"
+        UPDATE idempotency_records r SET outcome = NULL, token = NULL, purged_at = now()
+        FROM (
+            SELECT credential_id, idempotency_key FROM idempotency_records
+            WHERE purged_at IS NULL AND state IN ('succeeded', 'failed') AND updated_at < $1
+            ORDER BY updated_at
+            LIMIT $2
+            FOR UPDATE SKIP LOCKED
+        ) doomed
+        WHERE r.credential_id = doomed.credential_id
+          AND r.idempotency_key = doomed.idempotency_key
+        "#,
+        before,
+        limit,
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
 }

@@ -397,7 +397,7 @@ async fn audit_list_verify_checkpoint_and_export() {
         .lines()
         .next()
         .unwrap()
-        .starts_with("id,occurred_at,actor_kind"));
+        .starts_with(r#""id","occurred_at","actor_kind""#));
 
     let verified = stdout(&audit(&["verify"]));
     assert!(

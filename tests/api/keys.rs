@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::helpers::{self, card_charge, card_tokenize, new_txn, spawn_app_with, TestDb};
 use payvault::auth::{CredentialKind, Scope};
-use payvault::crypto::{CryptoError, KeyRing, MasterKey, SealedEntry};
+use payvault::crypto::{CryptoError, EntryBinding, KeyRing, MasterKey, SealedEntry};
 use payvault::vault::Vault;
 use serde_json::{json, Value};
 
@@ -216,15 +216,31 @@ async fn a_deleted_entry_in_a_backup_cannot_be_opened_once_its_key_version_is_re
     let kept = body["token_id"].as_str().unwrap().to_owned();
 
     // What a backup holds of the entry.
-    let (key_version, wrapped_key, ciphertext): (i32, Vec<u8>, Vec<u8>) = sqlx::query_as(
-        "SELECT key_version, wrapped_key, ciphertext FROM vault_entries WHERE token = $1",
+    #[allow(clippy::type_complexity)]
+    let (key_version, aad_version, wrapped_key, ciphertext, kind, exp_month, exp_year): (
+        i32,
+        i16,
+        Vec<u8>,
+        Vec<u8>,
+        String,
+        Option<i16>,
+        Option<i16>,
+    ) = sqlx::query_as(
+        "SELECT key_version, aad_version, wrapped_key, ciphertext, kind, exp_month, exp_year \
+         FROM vault_entries WHERE token = $1",
     )
     .bind(&token)
     .fetch_one(&db.pool)
     .await
     .unwrap();
+    let binding = EntryBinding {
+        kind: &kind,
+        exp_month,
+        exp_year,
+    };
     let backup = SealedEntry {
         key_version,
+        aad_version,
         wrapped_key,
         ciphertext,
     };
@@ -253,7 +269,10 @@ async fn a_deleted_entry_in_a_backup_cannot_be_opened_once_its_key_version_is_re
             .unwrap();
     assert_eq!(live, (None, None), "the live row is emptied");
     // Deleting alone shreds nothing that was copied: version 1 still opens the backup.
-    let opened = keys.ring(&[&keys.v1]).open(&token, &backup).unwrap();
+    let opened = keys
+        .ring(&[&keys.v1])
+        .open(&token, &binding, &backup)
+        .unwrap();
     assert!(opened.windows(16).any(|w| w == b"4111111111111111"));
     drop(app);
     // The audit log so far is sealed under version 1, as the running service seals it.
@@ -291,14 +310,14 @@ async fn a_deleted_entry_in_a_backup_cannot_be_opened_once_its_key_version_is_re
     let remaining = format!("{},{audit_key}", keys.v2);
     let ring = Arc::new(KeyRing::parse(&remaining).unwrap());
     assert!(matches!(
-        ring.open(&token, &backup),
+        ring.open(&token, &binding, &backup),
         Err(CryptoError::UnknownKeyVersion(1))
     ));
     // Not even the audit-only key passed off as version 1's master key opens it.
     let disguised = audit_key.replacen("pvaudit.", "pvmk.", 1);
     let disguised = KeyRing::parse(&format!("{},{disguised}", keys.v2)).unwrap();
     assert!(matches!(
-        disguised.open(&token, &backup),
+        disguised.open(&token, &binding, &backup),
         Err(CryptoError::Authentication)
     ));
     // The live entry was re-encrypted and opens with what is left.

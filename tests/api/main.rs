@@ -12,6 +12,7 @@ mod charge;
 mod cli;
 mod dev;
 mod keys;
+mod leaks;
 mod lease;
 mod ops;
 mod processor_cli;

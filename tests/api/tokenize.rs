@@ -58,15 +58,13 @@ async fn card_tokenize_on_root_returns_token_and_stores_only_metadata() {
             1
         )
     );
+    let entry = payvault::store::vault::find_sealed_entry(app.pool(), &token)
+        .await
+        .unwrap()
+        .unwrap();
     let plain = app
         .keys
-        .open(
-            &token,
-            &payvault::store::vault::find_sealed_entry(app.pool(), &token)
-                .await
-                .unwrap()
-                .unwrap(),
-        )
+        .open(&token, &entry.binding(), &entry.sealed)
         .unwrap();
     assert_eq!(
         &plain[2..],

@@ -51,7 +51,8 @@ pub async fn charge_token(
                 "send an Idempotency-Key header (1 to 255 printable ASCII characters)",
             ))
         }
-        Some(_) => {
+        Some(Ok(Err(invalid))) => return refuse(&app, &caller, "charge", invalid.into()).await,
+        Some(Err(_)) => {
             let invalid = InvalidInput::InvalidTransactionId;
             return refuse(&app, &caller, "charge", invalid.into()).await;
         }

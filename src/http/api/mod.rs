@@ -18,7 +18,7 @@ fn text(body: &Value, field: &'static str) -> Result<Option<String>, InvalidInpu
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(_) => Err(InvalidInput::InvalidFieldType(field.to_owned())),
+        Some(_) => Err(InvalidInput::InvalidFieldType(field)),
     }
 }
 
