@@ -116,6 +116,8 @@ pub struct Options {
     pub tls: Option<TlsFiles>,
     /// Reach the database through this URL (a proxy, say) instead of the test database's own.
     pub database_url: Option<String>,
+    /// Any further setting, applied last.
+    pub tune: Option<Box<dyn FnOnce(&mut ServeConfig) + Send>>,
 }
 
 impl Default for Options {
@@ -129,6 +131,7 @@ impl Default for Options {
             idempotency_wait: Duration::from_secs(9),
             tls: None,
             database_url: None,
+            tune: None,
         }
     }
 }
@@ -176,6 +179,9 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
     config.dedup = opts.dedup;
     config.shutdown_grace = Duration::from_secs(5);
     config.tls = opts.tls;
+    if let Some(tune) = opts.tune {
+        tune(&mut config);
+    }
     let service = Service {
         config,
         keys: KeySource::Loaded(keys.clone()),
