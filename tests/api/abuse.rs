@@ -17,7 +17,7 @@ use crate::helpers::{
     join_all, spawn_app, spawn_app_opts, test_keys, card_tokenize, Options, TestApp, TestDb,
 };
 
-async fn app_with(tune: impl FnOnce(&mut ServeConfig) + Send + 'static) -> TestApp {
+pub async fn app_with(tune: impl FnOnce(&mut ServeConfig) + Send + 'static) -> TestApp {
     let opts = Options {
         tune: Some(Box::new(tune)),
         ..Options::default()
@@ -171,6 +171,22 @@ async fn failures_audited(app: &TestApp, addr: &str) -> i64 {
     .unwrap()
 }
 
+/// Waits (15 s at most) until exactly `expected` failures from `addr` are audited.
+pub async fn wait_for_audited_failures(app: &TestApp, addr: &str, expected: i64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let audited = failures_audited(app, addr).await;
+        if audited == expected {
+            return;
+        }
+        assert!(
+            audited < expected && Instant::now() < deadline,
+            "{audited} failures audited for {addr}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn failed_logins_are_audited_per_source_and_a_flood_hides_no_other() {
     let app = app_with(|c| c.auth_failure_audit_interval = Duration::from_secs(1)).await;
@@ -201,18 +217,8 @@ async fn failed_logins_are_audited_per_source_and_a_flood_hides_no_other() {
         assert_eq!(resp.status(), 401);
     }
     // Every failure of each address is in the audit log once its aggregate is written.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (a, b) = (
-            failures_audited(&app, "127.0.0.1").await,
-            failures_audited(&app, "127.0.0.3").await,
-        );
-        if (a, b) == (40, 2) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "audited failures: {a} and {b}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_audited_failures(&app, "127.0.0.1", 40).await;
+    wait_for_audited_failures(&app, "127.0.0.3", 2).await;
     // At most two rows per address per (1 s) interval, not one per request.
     let rows = app
         .count("SELECT count(*) FROM audit_events WHERE action = 'authenticate' AND client_addr = '127.0.0.1'")
