@@ -171,7 +171,7 @@ impl Throttle {
     }
 
     /// Sources and usernames currently remembered (for tests of the bound).
-    pub fn len(&self) -> (usize, usize) {
+    pub fn tracked(&self) -> (usize, usize) {
         (self.sources().map.len(), self.usernames().map.len())
     }
 }
@@ -223,7 +223,7 @@ mod tests {
             let addr = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
             t.record_failure(addr, Some(&format!("pvc_{i}")));
         }
-        let (sources, usernames) = t.len();
+        let (sources, usernames) = t.tracked();
         assert!(sources <= CAPACITY && usernames <= CAPACITY);
         // The newest entries are the ones kept.
         let newest = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + CAPACITY as u32 * 3 - 1));
