@@ -189,15 +189,9 @@ pub async fn launch(
     });
     let router = crate::http::router_with(state, admin_task.is_none());
     on_ready(addr);
-    let served = crate::http::serve::serve(
-        listener,
-        router,
-        tls,
-        limits,
-        shutdown,
-        cfg.shutdown_grace,
-    )
-    .await;
+    let served =
+        crate::http::serve::serve(listener, router, tls, limits, shutdown, cfg.shutdown_grace)
+            .await;
     let _ = stopping.send(true);
     if let Some(task) = admin_task {
         let _ = task.await;

@@ -156,12 +156,13 @@ impl FailureAudit {
             .into_values()
             .filter(|p| p.unwritten > 0)
             .map(|p| {
-                let mut event = AuditEvent::new(&p.origin, "anonymous", "authenticate")
-                    .failed(if p.throttled == p.unwritten {
+                let mut event = AuditEvent::new(&p.origin, "anonymous", "authenticate").failed(
+                    if p.throttled == p.unwritten {
                         Failure::Throttled.code()
                     } else {
                         Failure::Unauthorized.code()
-                    });
+                    },
+                );
                 // The request id is that of the source's first failure, which the aggregate
                 // does not describe alone.
                 event.request_id = None;
@@ -282,7 +283,13 @@ mod tests {
         let details = serde_json::json!({});
         for i in 0..(CAPACITY as u32 + 5) {
             let ip = IpAddr::V4(std::net::Ipv4Addr::from(i));
-            audit.failed(ip, &Origin::default(), Failure::Unauthorized, None, details.clone());
+            audit.failed(
+                ip,
+                &Origin::default(),
+                Failure::Unauthorized,
+                None,
+                details.clone(),
+            );
         }
         let events = audit.drain();
         assert_eq!(events.len(), CAPACITY + 1);

@@ -134,7 +134,9 @@ impl Throttle {
     }
 
     fn usernames(&self) -> std::sync::MutexGuard<'_, Counts<String>> {
-        self.usernames.lock().unwrap_or_else(PoisonError::into_inner)
+        self.usernames
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// `Some(retry_after)` if an unverified attempt from `source` for `username` must be refused
@@ -204,7 +206,10 @@ mod tests {
         t.record_failure(ip("10.0.0.1"), Some("pvc_x"));
         assert!(t.refused(ip("10.0.0.1"), "pvc_x").is_some());
         assert!(t.refused(ip("10.0.0.1"), "pvc_y").is_none());
-        assert!(t.refused(ip("10.0.0.9"), "pvc_x").is_none(), "a clean source");
+        assert!(
+            t.refused(ip("10.0.0.9"), "pvc_x").is_none(),
+            "a clean source"
+        );
     }
 
     #[test]
@@ -226,7 +231,9 @@ mod tests {
         let (sources, usernames) = t.tracked();
         assert!(sources <= CAPACITY && usernames <= CAPACITY);
         // The newest entries are the ones kept.
-        let newest = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + CAPACITY as u32 * 3 - 1));
+        let newest = IpAddr::V4(std::net::Ipv4Addr::from(
+            0x0a00_0000 + CAPACITY as u32 * 3 - 1,
+        ));
         assert!(t.refused(newest, "z").is_some());
     }
 }

@@ -183,7 +183,11 @@ fn work(shared: &Shared) {
         let job = {
             let mut queues = shared.lock();
             loop {
-                if let Some(job) = queues.first.pop_front().or_else(|| queues.suspect.pop_front()) {
+                if let Some(job) = queues
+                    .first
+                    .pop_front()
+                    .or_else(|| queues.suspect.pop_front())
+                {
                     break job;
                 }
                 if queues.closed {
@@ -203,7 +207,11 @@ fn work(shared: &Shared) {
         let ok = verify(&job.phc, &job.secret, &mut memory);
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let old = shared.average_micros.load(Ordering::Relaxed);
-        let new = if old == 0 { micros } else { (old * 7 + micros) / 8 };
+        let new = if old == 0 {
+            micros
+        } else {
+            (old * 7 + micros) / 8
+        };
         shared.average_micros.store(new, Ordering::Relaxed);
         shared.runs.fetch_add(1, Ordering::Relaxed);
         let _ = job.reply.send(ok);
@@ -287,6 +295,9 @@ mod tests {
         assert!(busy >= 5, "{answers:?}");
         assert!(answers.contains(&Ok(true)), "{answers:?}");
         // The first lane still has room.
-        assert_eq!(verifier.verify_in(Lane::First, phc, &secret).await, Ok(true));
+        assert_eq!(
+            verifier.verify_in(Lane::First, phc, &secret).await,
+            Ok(true)
+        );
     }
 }

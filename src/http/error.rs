@@ -121,7 +121,6 @@ impl ApiError {
         }
     }
 
-
     pub fn kind(&self) -> Kind {
         self.kind
     }

@@ -219,10 +219,7 @@ pub fn admin_router(state: AppState) -> Router {
     layered(with_openapi(routes, openapi), state)
 }
 
-fn with_openapi(
-    routes: Router<AppState>,
-    openapi: utoipa::openapi::OpenApi,
-) -> Router<AppState> {
+fn with_openapi(routes: Router<AppState>, openapi: utoipa::openapi::OpenApi) -> Router<AppState> {
     let openapi = Arc::new(openapi);
     routes.route(
         "/openapi.json",

@@ -201,7 +201,10 @@ impl Activity {
             return None;
         }
         Some(match (s.fresh, s.first_byte_at) {
-            (true, _) => (s.idle_since + limits.header_read_timeout, "header read timeout"),
+            (true, _) => (
+                s.idle_since + limits.header_read_timeout,
+                "header read timeout",
+            ),
             (false, Some(t)) => (t + limits.header_read_timeout, "header read timeout"),
             (false, None) => (s.idle_since + limits.idle_timeout, "idle timeout"),
         })
@@ -369,7 +372,11 @@ fn json_error_for(head: &[u8]) -> Option<Vec<u8>> {
             "the request's headers are too large",
         )
     } else if text.starts_with("HTTP/1.1 414 ") {
-        ("414 URI Too Long", "uri_too_long", "the request URI is too long")
+        (
+            "414 URI Too Long",
+            "uri_too_long",
+            "the request URI is too long",
+        )
     } else {
         return None;
     };

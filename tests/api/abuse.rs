@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{
-    join_all, spawn_app, spawn_app_opts, test_keys, card_tokenize, Options, TestApp, TestDb,
+    card_tokenize, join_all, spawn_app, spawn_app_opts, test_keys, Options, TestApp, TestDb,
 };
 
 pub async fn app_with(tune: impl FnOnce(&mut ServeConfig) + Send + 'static) -> TestApp {
@@ -153,7 +153,9 @@ async fn a_throttled_source_gets_429_in_each_format_and_another_source_gets_thro
         .unwrap();
     assert_eq!(resp.status(), 401);
     // And now that this instance has verified the secret, the flooded address may use it too.
-    let (status, reply) = app.post("/", &card_tokenize("thr-3", "4111111111111111")).await;
+    let (status, reply) = app
+        .post("/", &card_tokenize("thr-3", "4111111111111111"))
+        .await;
     assert_eq!(status, 200, "{reply}");
 }
 
@@ -224,7 +226,10 @@ async fn failed_logins_are_audited_per_source_and_a_flood_hides_no_other() {
         .count("SELECT count(*) FROM audit_events WHERE action = 'authenticate' AND client_addr = '127.0.0.1'")
         .await;
     let intervals = i64::try_from(started.elapsed().as_secs()).unwrap() + 2;
-    assert!(rows <= 2 * intervals && rows < 40, "{rows} rows for one flooding address");
+    assert!(
+        rows <= 2 * intervals && rows < 40,
+        "{rows} rows for one flooding address"
+    );
     let throttled = app
         .count("SELECT coalesce(sum((details->>'throttled')::bigint), 0)::bigint FROM audit_events WHERE action = 'authenticate' AND client_addr = '127.0.0.1'")
         .await;
@@ -275,10 +280,19 @@ async fn random_methods_do_not_grow_the_metrics() {
         .lines()
         .filter(|l| !l.starts_with('#') && l.contains(r#"method="other""#))
         .count();
-    assert!(other_series <= 64, "{other_series} series for invented methods");
+    assert!(
+        other_series <= 64,
+        "{other_series} series for invented methods"
+    );
     assert!(metrics.len() < 256 * 1024, "{} bytes", metrics.len());
     for line in metrics.lines().filter(|l| l.contains("route=")) {
-        let route = line.split("route=\"").nth(1).unwrap().split('"').next().unwrap();
+        let route = line
+            .split("route=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
         assert!(
             route == "unmatched" || route.starts_with('/') && !route.contains("tok_"),
             "{line}"
@@ -425,7 +439,11 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     let bytes = read_until_closed(&mut third, Duration::from_secs(10))
         .await
         .expect("never answered");
-    assert!(bytes.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&bytes));
+    assert!(
+        bytes.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
 }
 
 #[tokio::test]

@@ -212,7 +212,8 @@ async fn send_with_auth(
 
 #[tokio::test]
 async fn authentication_failures_are_401_and_indistinguishable() {
-    let app = crate::abuse::app_with(|c| c.auth_failure_audit_interval = Duration::from_secs(1)).await;
+    let app =
+        crate::abuse::app_with(|c| c.auth_failure_audit_interval = Duration::from_secs(1)).await;
     let user = app.connector.row.username.clone();
     let revoked = app
         .create_credential("old", CredentialKind::Connector, None)

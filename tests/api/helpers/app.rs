@@ -117,8 +117,11 @@ pub struct Options {
     /// Reach the database through this URL (a proxy, say) instead of the test database's own.
     pub database_url: Option<String>,
     /// Any further setting, applied last.
-    pub tune: Option<Box<dyn FnOnce(&mut ServeConfig) + Send>>,
+    pub tune: Option<Tune>,
 }
+
+/// A change to a test server's configuration, applied after every other option.
+pub type Tune = Box<dyn FnOnce(&mut ServeConfig) + Send>;
 
 impl Default for Options {
     /// The in-process sandbox, with a 1 s "slow" case and a 2 s processor timeout.
