@@ -5,21 +5,19 @@
 
 pub mod keys;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 pub use keys::KeySource;
 
 use crate::audit::{AuditEvent, AuditLog};
-use crate::auth::{admin, Authenticator, CredentialKind, Scope};
+use crate::auth::{admin, Authenticator, CredentialKind, FailureAudit, Scope};
 use crate::charge::Charger;
 use crate::config::{self, ProcessorConfig, ServeConfig};
 use crate::crypto::KeyRing;
@@ -114,6 +112,9 @@ pub async fn launch(
 
     crate::http::ops::metrics_handle();
     let auth = Arc::new(Authenticator::new(pool.clone(), cfg.auth_cache_ttl));
+    let auth_failures = Arc::new(FailureAudit::new(
+        crate::http::AUTH_FAILURE_AUDITS_PER_SECOND,
+    ));
     let vault = Vault::new(pool.clone(), keys.clone()).with_dedup(cfg.dedup);
     let charger = Charger {
         pool: pool.clone(),
@@ -134,13 +135,16 @@ pub async fn launch(
         expiry: crate::domain::ExpiryPolicy {
             default_ttl_days: cfg.default_token_ttl_days,
         },
-        auth_failures: Arc::new(crate::http::FailureLimiter::new(
-            crate::http::AUTH_FAILURE_AUDITS_PER_SECOND,
-        )),
+        auth_failures: auth_failures.clone(),
     };
 
     let background = [
         tokio::spawn(auth.follow_changes()),
+        tokio::spawn(
+            auth_failures
+                .clone()
+                .run(pool.clone(), cfg.auth_failure_audit_interval),
+        ),
         tokio::spawn(crate::vault::run_expiry_purge(
             pool.clone(),
             EXPIRY_PURGE_INTERVAL,
@@ -163,17 +167,51 @@ pub async fn launch(
         environment = ?cfg.environment,
         "payvault ready"
     );
+    let limits = crate::http::serve::Limits {
+        header_read_timeout: cfg.header_read_timeout,
+        idle_timeout: cfg.idle_timeout,
+        max_connections: cfg.max_connections,
+    };
+    // `/metrics` (and a copy of `/openapi.json`) on a listener of its own, when configured; the
+    // public listener then no longer serves `/metrics`.
+    let admin = match cfg.admin_listen {
+        None => None,
+        Some(admin_addr) => {
+            let admin_listener = TcpListener::bind(admin_addr)
+                .await
+                .with_context(|| format!("PAYVAULT_ADMIN_LISTEN: cannot listen on {admin_addr}"))?;
+            tracing::info!(addr = %admin_listener.local_addr()?, "admin listener (metrics) ready");
+            Some(admin_listener)
+        }
+    };
+    let (stopping, stop_signal) = tokio::sync::watch::channel(false);
+    let admin_task = admin.map(|admin_listener| {
+        let mut stop_signal = stop_signal.clone();
+        tokio::spawn(crate::http::serve::serve(
+            admin_listener,
+            crate::http::admin_router(state.clone()),
+            None,
+            limits,
+            async move {
+                let _ = stop_signal.wait_for(|stop| *stop).await;
+            },
+            Duration::from_secs(1),
+        ))
+    });
+    let router = crate::http::router_with(state, admin_task.is_none());
     on_ready(addr);
-    let served = serve(
-        listener,
-        crate::http::router(state),
-        tls,
-        shutdown,
-        cfg.shutdown_grace,
-    )
-    .await;
+    let served =
+        crate::http::serve::serve(listener, router, tls, limits, shutdown, cfg.shutdown_grace)
+            .await;
+    let _ = stopping.send(true);
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
     for task in background {
         task.abort();
+    }
+    if let Err(e) = auth_failures.flush(&pool).await {
+        tracing::warn!(error = %e, "could not write the last failed-login audit aggregate");
     }
     stop(&pool, &keys, instance).await;
     served?;
@@ -190,57 +228,6 @@ async fn stop(pool: &PgPool, keys: &KeyRing, instance: serde_json::Value) {
     }
     if let Err(e) = crate::audit::seal::seal_pending(pool, keys).await {
         tracing::warn!(error = %e, "could not seal the last audit events; the next instance will");
-    }
-}
-
-/// Serves HTTP or HTTPS until `shutdown`; after it, in-flight requests get `grace` to finish.
-async fn serve(
-    listener: TcpListener,
-    router: axum::Router,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-) -> std::io::Result<()> {
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
-        shutdown.await;
-        let _ = signalled.send(());
-    };
-    // `tap_io` gives both listeners the `SocketAddr` connect info the handlers read.
-    let serving: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls {
-        None => {
-            let listener = listener.tap_io(|tcp| {
-                // Replies are written whole; do not let Nagle hold them back.
-                let _ = tcp.set_nodelay(true);
-            });
-            Box::pin(
-                axum::serve(listener, service)
-                    .with_graceful_shutdown(shutdown)
-                    .into_future(),
-            )
-        }
-        Some(acceptor) => {
-            let listener = crate::http::tls::TlsListener::new(listener, acceptor)?.tap_io(|_| {});
-            Box::pin(
-                axum::serve(listener, service)
-                    .with_graceful_shutdown(shutdown)
-                    .into_future(),
-            )
-        }
-    };
-    tokio::select! {
-        result = serving => result,
-        () = async move {
-            if on_signal.await.is_ok() {
-                tokio::time::sleep(grace).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        } => {
-            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period");
-            Ok(())
-        }
     }
 }
 

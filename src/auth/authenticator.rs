@@ -1,6 +1,7 @@
 //! Verifies presented credentials, caching successful verifications.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -13,7 +14,8 @@ use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 
 use super::credential::{hash_secret, CredentialKind, Principal, Scope};
-use super::verifier::Verifier;
+use super::throttle::Throttle;
+use super::verifier::{Busy, Lane, Verifier};
 use crate::crypto::HmacSha256;
 use crate::domain::SecretText;
 use crate::store;
@@ -23,6 +25,10 @@ pub enum AuthError {
     /// Unknown user, wrong secret and revoked credential all look the same to the caller.
     #[error("invalid credentials")]
     Invalid,
+    /// Too many failed attempts from this source (or against this username from a source that
+    /// failed too), or the verification queue is full: refused before any Argon2 work.
+    #[error("too many failed attempts")]
+    Throttled { retry_after: Duration },
     #[error("database error")]
     Database(#[from] sqlx::Error),
 }
@@ -46,8 +52,8 @@ pub struct Authenticator {
     /// Concurrent cache misses for one username wait for each other, so a cold cache under load
     /// costs one Argon2 verification per credential, not one per request.
     stripes: Vec<tokio::sync::Mutex<()>>,
-    /// Verified against when the username is unknown, so that case costs the same time.
-    dummy_hash: String,
+    /// Failed attempts per source and per username, checked before any verification.
+    throttle: Throttle,
     /// Bumped by every cache clear. A verification only caches its result if no clear happened
     /// since it read the credential, so a revocation that lands mid-verification sticks.
     generation: AtomicU64,
@@ -70,14 +76,20 @@ impl Authenticator {
             Err(_) => unreachable!("HMAC accepts keys of any length"),
         };
         let permits = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let verifier = Verifier::start(permits);
+        // One hash at start gives the cost an unknown username is made to wait (see
+        // `authenticate`) before any real verification has run.
+        let started = Instant::now();
+        let _ = hash_secret(&SecretText::from("payvault-calibration-secret"));
+        verifier.seed_average(started.elapsed());
         Self {
             pool,
             cache: Mutex::new(HashMap::new()),
             cache_key,
             ttl,
-            verifier: Verifier::start(permits),
+            verifier,
             stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
-            dummy_hash: hash_secret(&SecretText::from("payvault-dummy-secret")),
+            throttle: Throttle::default(),
             generation: AtomicU64::new(0),
         }
     }
@@ -98,32 +110,72 @@ impl Authenticator {
     }
 
     /// Returns the principal if `secret` is the current secret of the active credential
-    /// `username`.
+    /// `username`; `source` is the caller's address, for throttling.
+    ///
+    /// Cost control, in order: a secret verified within the cache TTL costs one HMAC; a source
+    /// (or a username, for sources that failed) past its failure budget is refused before the
+    /// database is asked; an unknown or revoked username runs no Argon2 but waits as long as a
+    /// verification takes on average (so response time does not tell whether a username exists,
+    /// without spending CPU on it); verifications from clean sources, or of a secret this
+    /// instance verified before, queue ahead of those from failing sources.
     pub async fn authenticate(
         &self,
         username: &str,
         secret: &SecretText,
+        source: IpAddr,
     ) -> Result<Arc<Principal>, AuthError> {
         let secret_mac = self.secret_mac(username, secret);
-        if let Some(principal) = self.cached(username, &secret_mac) {
-            return Ok(principal);
+        let known = self.known(username, &secret_mac);
+        if let Some((principal, true)) = &known {
+            return Ok(principal.clone());
         }
+        // A secret verified here before (the entry only expired) is never throttled: a flood
+        // naming a credential must not lock out its owner.
+        let known_secret = known.is_some();
+        if !known_secret {
+            if let Some(retry_after) = self.throttle.refused(source, username) {
+                metrics::counter!("payvault_auth_throttled_total").increment(1);
+                return Err(AuthError::Throttled { retry_after });
+            }
+        }
+        let lane = if known_secret || self.throttle.is_clean(source) {
+            Lane::First
+        } else {
+            Lane::Suspect
+        };
         let stripe = usize::from(self.stripe_of(username)) % self.stripes.len();
-        let _one_at_a_time = self.stripes[stripe].lock().await;
-        if let Some(principal) = self.cached(username, &secret_mac) {
+        let one_at_a_time = self.stripes[stripe].lock().await;
+        if let Some((principal, true)) = self.known(username, &secret_mac) {
             return Ok(principal);
         }
 
         let generation = self.generation.load(Ordering::SeqCst);
         let row = store::credentials::find_credential_by_username(&self.pool, username).await?;
-        let active = row.filter(|r| r.revoked_at.is_none());
-        let hash = active
-            .as_ref()
-            .map_or(self.dummy_hash.clone(), |r| r.secret_hash.clone());
-        let verified = self.verify_off_runtime(hash, secret).await && active.is_some();
-        let Some(row) = active.filter(|_| verified) else {
+        let Some(row) = row.filter(|r| r.revoked_at.is_none()) else {
+            drop(one_at_a_time);
+            self.throttle.record_failure(source, None);
+            tokio::time::sleep(self.verifier.average()).await;
             return Err(AuthError::Invalid);
         };
+        let verified = match self
+            .verifier
+            .verify_in(lane, row.secret_hash.clone(), secret)
+            .await
+        {
+            Ok(verified) => verified,
+            Err(Busy) => {
+                metrics::counter!("payvault_auth_throttled_total").increment(1);
+                return Err(AuthError::Throttled {
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+        };
+        metrics::counter!("payvault_auth_argon2_verifications_total").increment(1);
+        drop(one_at_a_time);
+        if !verified {
+            self.throttle.record_failure(source, Some(username));
+            return Err(AuthError::Invalid);
+        }
 
         let principal = Arc::new(Principal {
             id: row.id,
@@ -152,22 +204,23 @@ impl Authenticator {
         Ok(principal)
     }
 
-    fn cached(&self, username: &str, secret_mac: &[u8; 32]) -> Option<Arc<Principal>> {
+    /// The cached principal if this secret was verified here since the last cache clear, and
+    /// whether that verification is still fresh (within the TTL).
+    fn known(&self, username: &str, secret_mac: &[u8; 32]) -> Option<(Arc<Principal>, bool)> {
         let cache = self.lock_cache();
         let hit = cache.get(username)?;
-        let fresh = hit.expires > Instant::now();
         let matches: bool = hit.secret_mac.ct_eq(secret_mac).into();
-        (fresh && matches).then(|| hit.principal.clone())
+        matches.then(|| (hit.principal.clone(), hit.expires > Instant::now()))
+    }
+
+    /// How many Argon2 verifications this authenticator has run.
+    pub fn verifications(&self) -> u64 {
+        self.verifier.runs()
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
         // The map holds no invariant a panicking writer could break; keep using it.
         self.cache.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs Argon2id verification on the dedicated worker threads.
-    async fn verify_off_runtime(&self, phc: String, secret: &SecretText) -> bool {
-        self.verifier.verify(phc, secret).await
     }
 
     /// Forgets every cached verification.

@@ -8,9 +8,13 @@
 pub mod admin;
 mod authenticator;
 mod credential;
+pub mod failures;
+pub mod throttle;
 mod verifier;
 
 pub use authenticator::{AuthError, Authenticator};
 pub use credential::{
     hash_secret, CredentialKind, NewCredential, Principal, Scope, ScopeParseError,
 };
+pub use failures::{Failure, FailureAudit};
+pub use throttle::{source_key, Throttle};

@@ -308,6 +308,13 @@ pub struct ServeConfig {
     /// How long a finished request's answer is kept for its retries
     /// (`PAYVAULT_IDEMPOTENCY_RETENTION_HOURS`, [`idempotency_retention`]).
     pub idempotency_retention: Duration,
+    /// Abuse resistance (issue 13): failed-login audit aggregation interval, connection limits,
+    /// and the admin listener (`/metrics`, `/openapi.json`; off when `None`).
+    pub auth_failure_audit_interval: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub admin_listen: Option<SocketAddr>,
     /// `PAYVAULT_PROCESSOR_*` variables set in the environment that the selected processor does
     /// not read (names only, never values): most likely a misspelt setting
     /// ([`unknown_processor_variables`]). Production refuses them; development warns.
@@ -345,6 +352,11 @@ impl ServeConfig {
             dedup: false,
             shutdown_grace: Duration::from_secs(30),
             idempotency_retention: Duration::from_secs(24 * 3600),
+            auth_failure_audit_interval: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            admin_listen: None,
             unknown_processor_variables: Vec::new(),
         }
     }
@@ -419,6 +431,28 @@ impl ServeConfig {
                 d.shutdown_grace.as_secs(),
             )?),
             idempotency_retention: idempotency_retention(d.idempotency_retention)?,
+            auth_failure_audit_interval: Duration::from_secs(
+                parsed(
+                    "PAYVAULT_AUTH_FAILURE_AUDIT_SECS",
+                    d.auth_failure_audit_interval.as_secs(),
+                )?
+                .max(1),
+            ),
+            header_read_timeout: Duration::from_secs(
+                parsed(
+                    "PAYVAULT_HEADER_READ_TIMEOUT_SECS",
+                    d.header_read_timeout.as_secs(),
+                )?
+                .max(1),
+            ),
+            idle_timeout: Duration::from_secs(
+                parsed("PAYVAULT_IDLE_TIMEOUT_SECS", d.idle_timeout.as_secs())?.max(1),
+            ),
+            max_connections: parsed("PAYVAULT_MAX_CONNECTIONS", d.max_connections)?.max(1),
+            admin_listen: match var("PAYVAULT_ADMIN_LISTEN")? {
+                None => None,
+                Some(_) => Some(parsed("PAYVAULT_ADMIN_LISTEN", d.listen)?),
+            },
             default_token_ttl_days: match parsed::<u32>("PAYVAULT_TOKEN_TTL_DAYS", 0)? {
                 0 => None,
                 days => Some(days),
@@ -503,6 +537,11 @@ mod tests {
             dedup: false,
             shutdown_grace: Duration::from_secs(1),
             idempotency_retention: Duration::from_secs(3600),
+            auth_failure_audit_interval: Duration::from_secs(1),
+            header_read_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_connections: 1,
+            admin_listen: None,
             unknown_processor_variables: Vec::new(),
         }
     }

@@ -7,6 +7,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use zeroize::Zeroizing;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -15,102 +16,71 @@ use axum::http::request::Parts;
 use super::error::{ApiError, Kind};
 use super::AppState;
 use crate::audit::{AuditEvent, Origin};
-use crate::auth::{AuthError, Principal, Scope};
+use crate::auth::{source_key, AuthError, Failure, Principal, Scope};
 use crate::domain::SecretText;
 
 /// `WWW-Authenticate` challenge sent with every 401.
 pub const CHALLENGE: HeaderValue =
     HeaderValue::from_static(r#"Basic realm="payvault", charset="UTF-8""#);
 
-/// Rate limit on audit events for failed logins, per instance.
-#[derive(Debug)]
-pub struct FailureLimiter {
-    per_second: u32,
-    state: std::sync::Mutex<(std::time::Instant, u32, u64)>,
-}
-
-impl FailureLimiter {
-    pub fn new(per_second: u32) -> Self {
-        Self {
-            per_second,
-            state: std::sync::Mutex::new((std::time::Instant::now(), 0, 0)),
-        }
-    }
-
-    /// `Some(n)` if this failure may be audited, `n` being how many were suppressed since the
-    /// last audited one; `None` if it must only be counted.
-    pub fn admit(&self) -> Option<u64> {
-        let mut guard = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (window, count, suppressed) = &mut *guard;
-        if window.elapsed() >= std::time::Duration::from_secs(1) {
-            *window = std::time::Instant::now();
-            *count = 0;
-        }
-        if *count < self.per_second {
-            *count += 1;
-            Some(std::mem::take(suppressed))
-        } else {
-            *suppressed += 1;
-            None
-        }
-    }
-}
-
 /// Why a request was not let in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
     /// Missing, malformed, unknown, wrong or revoked credentials: all answered alike.
     Unauthorized,
+    /// Too many failed attempts: refused before verification; retry after this long.
+    Throttled(std::time::Duration),
     /// The credential store could not be reached.
     Internal,
 }
 
 /// Authenticates the caller from `Authorization` (Basic `username:secret`, or Bearer
-/// `username.secret`), auditing every failure (PCI DSS 10.2.1.4: invalid access attempts).
+/// `username.secret`), auditing every failure per source (PCI DSS 10.2.1.4: invalid access
+/// attempts; see `auth::failures` for how a flood is aggregated). `source` is the client's
+/// address: the forwarded one behind a trusted proxy, else the peer.
 pub async fn authenticate(
     app: &AppState,
     headers: &HeaderMap,
     origin: &Origin,
+    source: IpAddr,
 ) -> Result<Arc<Principal>, Denied> {
     let presented = presented_credentials(headers);
     let result = match &presented {
-        Some((user, secret)) => app.auth.authenticate(user, secret).await,
+        Some((user, secret)) => app.auth.authenticate(user, secret, source).await,
         None => Err(AuthError::Invalid),
     };
-    match result {
-        Ok(principal) => Ok(principal),
-        Err(AuthError::Invalid) => {
-            // A flood of bad logins must not fill the disk: past the rate, failures are only
-            // counted, and the count rides on the next event written.
-            let Some(suppressed) = app.auth_failures.admit() else {
-                tracing::info!(
-                    error_code = "unauthorized",
-                    "authentication failed (audit rate-limited)"
-                );
-                return Err(Denied::Unauthorized);
-            };
-            let mut event =
-                AuditEvent::new(origin, "anonymous", "authenticate").failed("unauthorized");
-            event.details = serde_json::json!({
-                "username": presented.as_ref().and_then(|(u, _)| loggable_username(u)),
-                "header_present": headers.contains_key(AUTHORIZATION),
-                "suppressed_since_last": suppressed,
-            });
-            if let Err(e) = app.vault.record_event(&event).await {
-                tracing::error!(error = %super::error::error_chain(&e), "audit write failed");
-                return Err(Denied::Internal);
-            }
-            tracing::info!(error_code = "unauthorized", "authentication failed");
-            Err(Denied::Unauthorized)
+    let (failure, denied) = match result {
+        Ok(principal) => return Ok(principal),
+        Err(AuthError::Invalid) => (Failure::Unauthorized, Denied::Unauthorized),
+        Err(AuthError::Throttled { retry_after }) => {
+            (Failure::Throttled, Denied::Throttled(retry_after))
         }
         Err(AuthError::Database(e)) => {
             tracing::error!(error = %super::error::error_chain(&e), "credential lookup failed");
-            Err(Denied::Internal)
+            return Err(Denied::Internal);
         }
+    };
+    let username = presented.as_ref().and_then(|(u, _)| loggable_username(u));
+    let details = serde_json::json!({
+        "username": username,
+        "header_present": headers.contains_key(AUTHORIZATION),
+    });
+    let Some(event) =
+        app.auth_failures
+            .failed(source_key(source), origin, failure, username, details)
+    else {
+        tracing::info!(
+            error_code = failure.code(),
+            "authentication failed (audited in this source's aggregate)"
+        );
+        return Err(denied);
+    };
+    if let Err(e) = app.vault.record_event(&event).await {
+        tracing::error!(error = %super::error::error_chain(&e), "audit write failed");
+        return Err(Denied::Internal);
     }
+    tracing::info!(error_code = failure.code(), "authentication failed");
+    Err(denied)
 }
 
 /// An authenticated caller: extracting it authenticates the request (answering 401, audited,
@@ -131,7 +101,8 @@ impl FromRequestParts<AppState> for Caller {
             .map(|c| c.0)
             .ok_or_else(|| ApiError::internal_msg("no peer address on the connection"))?;
         let origin = super::origin(app, &parts.headers, peer);
-        let principal = authenticate(app, &parts.headers, &origin).await?;
+        let source = super::source_ip(&origin, peer);
+        let principal = authenticate(app, &parts.headers, &origin, source).await?;
         Ok(Self { principal, origin })
     }
 }
@@ -218,17 +189,6 @@ mod tests {
         let (user, secret) = presented_credentials(&headers("Bearer pvk_abc.pvs_x-y_z")).unwrap();
         assert_eq!((user.as_str(), secret.expose()), ("pvk_abc", "pvs_x-y_z"));
         assert!(presented_credentials(&headers("Bearer nodot")).is_none());
-    }
-
-    #[test]
-    fn failure_limiter_counts_what_it_suppresses() {
-        let limiter = FailureLimiter::new(2);
-        assert_eq!(limiter.admit(), Some(0));
-        assert_eq!(limiter.admit(), Some(0));
-        assert_eq!(limiter.admit(), None);
-        assert_eq!(limiter.admit(), None);
-        limiter.state.lock().unwrap().0 -= std::time::Duration::from_secs(2);
-        assert_eq!(limiter.admit(), Some(2));
     }
 
     #[test]

@@ -9,8 +9,8 @@
 
 use std::borrow::Cow;
 
-use axum::http::header::WWW_AUTHENTICATE;
-use axum::http::StatusCode;
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -29,6 +29,8 @@ pub enum Kind {
     NotFound,
     Gone,
     Conflict,
+    /// Too many failed attempts: refused before any work, with `Retry-After`.
+    TooManyRequests,
     /// payvault's own failure: answered opaquely, cause logged.
     Internal,
 }
@@ -42,6 +44,7 @@ impl Kind {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Gone => StatusCode::GONE,
             Self::Conflict => StatusCode::CONFLICT,
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -55,6 +58,8 @@ pub struct ApiError {
     message: Cow<'static, str>,
     /// For internal errors: the cause, logged when the error is rendered, never sent.
     cause: Option<String>,
+    /// Whole seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 const INTERNAL_MESSAGE: &str =
@@ -75,6 +80,7 @@ impl ApiError {
             code: code.into(),
             message: message.into(),
             cause: None,
+            retry_after: None,
         }
     }
 
@@ -100,6 +106,19 @@ impl ApiError {
             "unauthorized",
             "invalid or missing credentials",
         )
+    }
+
+    /// Too many failed logins: 429 with `Retry-After` (at least one second).
+    pub fn throttled(retry_after: std::time::Duration) -> Self {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        Self {
+            retry_after: Some(secs.max(1)),
+            ..Self::new(
+                Kind::TooManyRequests,
+                "too_many_attempts",
+                "too many failed logins from this address; retry after the Retry-After seconds",
+            )
+        }
     }
 
     pub fn kind(&self) -> Kind {
@@ -134,11 +153,15 @@ impl ApiError {
     /// 401 (and a challenge) for bad credentials and 403 for a missing scope.
     pub fn into_connector_response(self, key: IdKey) -> Response {
         let kind = self.kind;
+        let retry_after = self.retry_after;
         let mut response = match kind {
-            Kind::Unauthorized | Kind::Forbidden => self.into_reply(key).with_status(kind.status()),
+            Kind::Unauthorized | Kind::Forbidden | Kind::TooManyRequests => {
+                self.into_reply(key).with_status(kind.status())
+            }
             _ => self.into_reply(key),
         }
         .into_response();
+        set_retry_after(&mut response, retry_after);
         if kind == Kind::Unauthorized {
             response.headers_mut().insert(WWW_AUTHENTICATE, CHALLENGE);
         }
@@ -150,6 +173,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();
         let status = self.kind.status();
+        let retry_after = self.retry_after;
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code.into_owned(),
@@ -157,10 +181,19 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        set_retry_after(&mut response, retry_after);
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(WWW_AUTHENTICATE, CHALLENGE);
         }
         response
+    }
+}
+
+fn set_retry_after(response: &mut Response, secs: Option<u64>) {
+    if let Some(secs) = secs {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
     }
 }
 
@@ -189,6 +222,7 @@ impl From<Denied> for ApiError {
     fn from(denied: Denied) -> Self {
         match denied {
             Denied::Unauthorized => Self::unauthorized(),
+            Denied::Throttled(retry_after) => Self::throttled(retry_after),
             Denied::Internal => Self::internal_msg("the credential store could not be reached"),
         }
     }

@@ -7,10 +7,11 @@ mod connector;
 mod error;
 pub mod ops;
 pub mod sandbox;
+pub mod serve;
 pub mod tls;
 pub mod twilio;
 
-pub use auth::{Caller, FailureLimiter};
+pub use auth::Caller;
 pub use error::{ApiError, Kind};
 
 use std::net::{IpAddr, SocketAddr};
@@ -47,11 +48,12 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub max_body_bytes: usize,
     pub trusted_proxies: Arc<TrustedProxies>,
-    pub auth_failures: Arc<FailureLimiter>,
+    pub auth_failures: Arc<crate::auth::FailureAudit>,
     pub expiry: ExpiryPolicy,
 }
 
-/// Failed logins audited per second per instance; the rest are counted.
+/// Failed logins audited as events of their own per second per instance; the rest are counted
+/// in their source's aggregate event.
 pub const AUTH_FAILURE_AUDITS_PER_SECOND: u32 = 20;
 
 /// Proxies whose `X-Forwarded-For` header is believed (`PAYVAULT_TRUSTED_PROXIES`): addresses or
@@ -130,6 +132,15 @@ pub(crate) fn origin(app: &AppState, headers: &HeaderMap, peer: SocketAddr) -> O
     }
 }
 
+/// The client's address for throttling: the forwarded one when the peer is a trusted proxy.
+pub(crate) fn source_ip(origin: &Origin, peer: SocketAddr) -> IpAddr {
+    origin
+        .forwarded_for
+        .as_deref()
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(peer.ip())
+}
+
 /// The OpenAPI document's frame; every path in it comes from the handlers' own
 /// `#[utoipa::path]` attributes, registered by the same `routes!` calls that route requests,
 /// so the document cannot drift from the router.
@@ -168,8 +179,14 @@ impl utoipa::Modify for SecuritySchemes {
     }
 }
 
+/// The public router, `/metrics` included.
 pub fn router(state: AppState) -> Router {
-    let (routes, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    router_with(state, true)
+}
+
+/// Every public route but `/metrics`, each documented by its handler's `#[utoipa::path]`.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(connector::root))
         .routes(routes!(connector::legacy_tokenize))
         .routes(routes!(connector::legacy_charge))
@@ -182,14 +199,37 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(api::audit::audit_events))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
-        .routes(routes!(ops::metrics))
-        .split_for_parts();
+}
+
+/// The public router; `/metrics` only if `with_metrics` (not when an admin listener serves it).
+pub fn router_with(state: AppState, with_metrics: bool) -> Router {
+    let mut api = api_routes();
+    if with_metrics {
+        api = api.routes(routes!(ops::metrics));
+    }
+    let (routes, openapi) = api.split_for_parts();
+    layered(with_openapi(routes, openapi), state)
+}
+
+/// The admin listener's router (`PAYVAULT_ADMIN_LISTEN`): `/metrics`, and `/openapi.json`
+/// documenting both listeners.
+pub fn admin_router(state: AppState) -> Router {
+    let (_, openapi) = api_routes().routes(routes!(ops::metrics)).split_for_parts();
+    let routes = Router::new().route("/metrics", get(ops::metrics));
+    layered(with_openapi(routes, openapi), state)
+}
+
+fn with_openapi(routes: Router<AppState>, openapi: utoipa::openapi::OpenApi) -> Router<AppState> {
     let openapi = Arc::new(openapi);
+    routes.route(
+        "/openapi.json",
+        get(move || async move { axum::Json(openapi.as_ref().clone()) }),
+    )
+}
+
+/// The middleware stack every listener's routes get.
+fn layered(routes: Router<AppState>, state: AppState) -> Router {
     routes
-        .route(
-            "/openapi.json",
-            get(move || async move { axum::Json(openapi.as_ref().clone()) }),
-        )
         .route_layer(axum::middleware::from_fn(ops::record_request))
         .with_state(state)
         .layer(

@@ -7,6 +7,7 @@ mod fake_selftest;
 mod fakes;
 mod helpers;
 
+mod abuse;
 mod audit;
 mod charge;
 mod cli;

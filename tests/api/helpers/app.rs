@@ -117,7 +117,12 @@ pub struct Options {
     pub database_url: Option<String>,
     /// A charge attempt's lease and heartbeat, instead of the defaults.
     pub charge_lease: Option<(Duration, Duration)>,
+    /// Any further setting, applied last.
+    pub tune: Option<Tune>,
 }
+
+/// A change to a test server's configuration, applied after every other option.
+pub type Tune = Box<dyn FnOnce(&mut ServeConfig) + Send>;
 
 impl Default for Options {
     /// The in-process sandbox, with a 1 s "slow" case and a 2 s processor timeout.
@@ -131,6 +136,7 @@ impl Default for Options {
             tls: None,
             database_url: None,
             charge_lease: None,
+            tune: None,
         }
     }
 }
@@ -191,6 +197,9 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
     if let Some((lease, heartbeat)) = opts.charge_lease {
         config.charge_lease = lease;
         config.charge_heartbeat = heartbeat;
+    }
+    if let Some(tune) = opts.tune {
+        tune(&mut config);
     }
     let service = Service {
         config,
