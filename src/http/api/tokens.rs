@@ -57,8 +57,9 @@ impl From<TokenInfo> for TokenView {
 }
 
 #[utoipa::path(
-    get, path = "/v1/tokens/{token}", tag = "merchant", params(("token" = String, Path)),
-    responses((status = 200, body = TokenView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    get, path = "/v1/tokens/{token}", tag = "merchant", params(("token" = String, Path, pattern = "^tok_[A-Za-z0-9_-]{22}$", description = "A token (`tok_` and 22 characters); any other string answers 404 `unknown_token`")),
+    responses((status = 200, body = TokenView), (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the scope is missing", body = ErrorBody), (status = 404, description = "`unknown_token`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = []))
 )]
 /// `GET /v1/tokens/{token}`: brand, BIN/last 4, expiry, fingerprint, lifecycle. Requires
@@ -79,8 +80,9 @@ pub async fn get_token(
 }
 
 #[utoipa::path(
-    delete, path = "/v1/tokens/{token}", tag = "merchant", params(("token" = String, Path)),
-    responses((status = 200, body = TokenView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    delete, path = "/v1/tokens/{token}", tag = "merchant", params(("token" = String, Path, pattern = "^tok_[A-Za-z0-9_-]{22}$", description = "A token (`tok_` and 22 characters); any other string answers 404 `unknown_token`")),
+    responses((status = 200, body = TokenView), (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the scope is missing", body = ErrorBody), (status = 404, description = "`unknown_token`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = []))
 )]
 /// `DELETE /v1/tokens/{token}`: crypto-shreds the entry (its wrapped data key and ciphertext
@@ -141,10 +143,11 @@ impl ExpiryChange {
 }
 
 #[utoipa::path(
-    patch, path = "/v1/tokens/{token}", tag = "merchant", params(("token" = String, Path)),
+    patch, path = "/v1/tokens/{token}", tag = "merchant", params(("token" = String, Path, pattern = "^tok_[A-Za-z0-9_-]{22}$", description = "A token (`tok_` and 22 characters); any other string answers 404 `unknown_token`")),
     request_body = ExpiryChange,
-    responses((status = 200, body = TokenView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)),
+    responses((status = 200, body = TokenView), (status = 400, description = "`invalid_token_expiry`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 403, description = "`forbidden`: the scope is missing", body = ErrorBody),
+        (status = 404, description = "`unknown_token`", body = ErrorBody), (status = 410, description = "`token_deleted`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = []))
 )]
 /// `PATCH /v1/tokens/{token}`: sets when a token expires. Requires `tokens:delete` (an expiry
