@@ -12,6 +12,7 @@ mod charge;
 mod cli;
 mod dev;
 mod keys;
+mod merchant_api;
 mod ops;
 mod processor_cli;
 mod processors;
