@@ -322,3 +322,38 @@ async fn the_openapi_document_types_links_and_secures_every_operation() {
     let expiry = &schemas["ExpiryChange"]["oneOf"];
     assert_eq!(expiry.as_array().unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn ttl_days_written_as_a_whole_float_is_the_integer_the_document_promises() {
+    let app = spawn_app().await;
+    let cred = all_scopes(&app).await;
+    let (_, tokenized) = app
+        .post("/", &card_tokenize(&new_txn(), "4111111111111111"))
+        .await;
+    let path = format!("/v1/tokens/{}", tokenized["token_id"].as_str().unwrap());
+    let patch = reqwest::Method::PATCH;
+    let (status, body) = send(
+        &app,
+        &cred,
+        patch.clone(),
+        &path,
+        None,
+        Some(json!({"ttl_days": 30.0})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["expires_at"].is_string(), "{body}");
+    let (status, body) = send(
+        &app,
+        &cred,
+        patch,
+        &path,
+        None,
+        Some(json!({"ttl_days": 30.5})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_token_expiry"))
+    );
+}

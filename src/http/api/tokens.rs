@@ -110,9 +110,23 @@ pub struct ExpiryChange {
     #[serde(default, deserialize_with = "some")]
     expires_at: Option<Option<String>>,
     /// Expire this many days from now (1 to 3650).
+    #[serde(default, deserialize_with = "whole_number")]
     ttl_days: Option<u32>,
     /// `true`: expire when the card does (after its expiry month).
     expires_with_card: Option<bool>,
+}
+
+/// A whole number of days, also written `30.0`: JSON Schema counts `30.0` as an integer.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let n: Option<f64> = serde::Deserialize::deserialize(d)?;
+    n.map(|n| {
+        if n.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&n) {
+            Ok(n as u32)
+        } else {
+            Err(serde::de::Error::custom("not a whole number of days"))
+        }
+    })
+    .transpose()
 }
 
 /// Distinguishes a field set to `null` (`Some(None)`) from an absent one (`None`).
