@@ -246,8 +246,10 @@ async fn the_openapi_document_types_links_and_secures_every_operation() {
             if path.starts_with("/v1") {
                 for (status, response) in operation["responses"].as_object().unwrap() {
                     let schema = &response["content"]["application/json"]["schema"]["$ref"];
-                    // 402 is a declined charge: the charge itself, with its `error`.
-                    if status.starts_with('4') && status != "402" {
+                    // 402 is a declined charge (the charge itself, with its `error`), and a
+                    // deleted token reads 410 with its remaining metadata.
+                    let resource = status == "402" || (status == "410" && method == "get");
+                    if status.starts_with('4') && !resource {
                         assert_eq!(
                             schema, "#/components/schemas/ErrorBody",
                             "{method} {path} {status}"
@@ -356,4 +358,31 @@ async fn ttl_days_written_as_a_whole_float_is_the_integer_the_document_promises(
         (status, body["error"]["code"].as_str()),
         (400, Some("invalid_token_expiry"))
     );
+}
+
+#[tokio::test]
+async fn a_deleted_token_reads_410_gone_with_what_remains_of_it() {
+    let app = spawn_app().await;
+    let cred = all_scopes(&app).await;
+    let (_, tokenized) = app
+        .post("/", &card_tokenize(&new_txn(), "4111111111111111"))
+        .await;
+    let path = format!("/v1/tokens/{}", tokenized["token_id"].as_str().unwrap());
+    let (status, _) = send(&app, &cred, reqwest::Method::GET, &path, None, None).await;
+    assert_eq!(status, 200);
+    let (status, deleted) = send(&app, &cred, reqwest::Method::DELETE, &path, None, None).await;
+    assert_eq!((status, deleted["status"].as_str()), (200, Some("deleted")));
+    let (status, after) = send(&app, &cred, reqwest::Method::GET, &path, None, None).await;
+    assert_eq!(
+        (status, after["status"].as_str()),
+        (410, Some("deleted")),
+        "{after}"
+    );
+    assert!(
+        after["deleted_at"].is_string() && after["last4"] == "1111",
+        "{after}"
+    );
+    // DELETE stays idempotent.
+    let (status, _) = send(&app, &cred, reqwest::Method::DELETE, &path, None, None).await;
+    assert_eq!(status, 200);
 }

@@ -2,13 +2,14 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::Json;
 
 use crate::auth::Scope;
 use crate::domain::{InvalidInput, TokenExpiry};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::{AppState, Caller};
-use crate::vault::TokenInfo;
+use crate::vault::{TokenInfo, TokenStatus};
 
 /// A token's metadata as the merchant API shows it: never the card.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -58,17 +59,20 @@ impl From<TokenInfo> for TokenView {
 
 #[utoipa::path(
     get, path = "/v1/tokens/{token}", tag = "merchant", params(("token" = String, Path, pattern = "^tok_[A-Za-z0-9_-]{22}$", description = "A token (`tok_` and 22 characters); any other string answers 404 `unknown_token`")),
-    responses((status = 200, body = TokenView), (status = 401, description = "`unauthorized`", body = ErrorBody),
+    responses((status = 200, description = "An active or expired token", body = TokenView),
+        (status = 410, description = "A deleted (crypto-shredded) token: its remaining metadata, `status: deleted`", body = TokenView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 403, description = "`forbidden`: the scope is missing", body = ErrorBody), (status = 404, description = "`unknown_token`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = []))
 )]
 /// `GET /v1/tokens/{token}`: brand, BIN/last 4, expiry, fingerprint, lifecycle. Requires
-/// `tokens:read`; every read is audited.
+/// `tokens:read`; every read is audited. A deleted token answers 410 Gone with what remains
+/// of it: the card is gone, and a client following a DELETE must not read 200.
 pub async fn get_token(
     State(app): State<AppState>,
     caller: Caller,
     Path(token): Path<String>,
-) -> Result<Json<TokenView>, ApiError> {
+) -> Result<(StatusCode, Json<TokenView>), ApiError> {
     caller
         .require(&app, Scope::TokensRead, "token_read")
         .await?;
@@ -76,7 +80,11 @@ pub async fn get_token(
         .vault
         .token_info(&caller.principal, &caller.origin, &token)
         .await?;
-    Ok(Json(info.into()))
+    let status = match info.status {
+        TokenStatus::Deleted => StatusCode::GONE,
+        _ => StatusCode::OK,
+    };
+    Ok((status, Json(info.into())))
 }
 
 #[utoipa::path(
