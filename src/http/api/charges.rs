@@ -182,7 +182,8 @@ pub struct ChargeView {
 }
 
 /// Body of `POST /v1/tokens/{token}/charges` (for the OpenAPI document: the handler reads the
-/// same fields leniently, accepting numbers for `amount`).
+/// same fields leniently, accepting numbers for `amount`). Its published schema is the one
+/// `http::openapi::finish` writes, which ties the amount's decimals to the currency.
 #[allow(dead_code)]
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 pub struct ChargeTokenRequest {

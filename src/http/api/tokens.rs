@@ -110,7 +110,8 @@ pub async fn delete_token(
     Ok(Json(info.into()))
 }
 
-/// Body of `PATCH /v1/tokens/{token}`: exactly one of the fields.
+/// Body of `PATCH /v1/tokens/{token}`: exactly one of the fields (published as a `oneOf` by
+/// `http::openapi::finish`).
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExpiryChange {
