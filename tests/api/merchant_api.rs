@@ -386,3 +386,42 @@ async fn a_deleted_token_reads_410_gone_with_what_remains_of_it() {
     let (status, _) = send(&app, &cred, reqwest::Method::DELETE, &path, None, None).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn expiring_a_bank_account_with_its_card_conflicts_with_the_token_not_the_request() {
+    let app = spawn_app().await;
+    let cred = all_scopes(&app).await;
+    let (_, tokenized) = app
+        .post(
+            "/",
+            &crate::helpers::bank_tokenize(&new_txn(), "000123456789"),
+        )
+        .await;
+    let path = format!("/v1/tokens/{}", tokenized["token_id"].as_str().unwrap());
+    let change = json!({"expires_with_card": true});
+    let (status, body) = send(
+        &app,
+        &cred,
+        reqwest::Method::PATCH,
+        &path,
+        None,
+        Some(change),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("invalid_token_expiry")),
+        "{body}"
+    );
+    // A malformed change is still the request's fault.
+    let (status, _) = send(
+        &app,
+        &cred,
+        reqwest::Method::PATCH,
+        &path,
+        None,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 400);
+}

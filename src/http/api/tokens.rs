@@ -170,7 +170,9 @@ impl ExpiryChange {
     request_body = ExpiryChange,
     responses((status = 200, body = TokenView), (status = 400, description = "`invalid_token_expiry`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 403, description = "`forbidden`: the scope is missing", body = ErrorBody),
-        (status = 404, description = "`unknown_token`", body = ErrorBody), (status = 410, description = "`token_deleted`", body = ErrorBody)),
+        (status = 404, description = "`unknown_token`", body = ErrorBody),
+        (status = 409, description = "`invalid_token_expiry`: `expires_with_card` on a bank-account token", body = ErrorBody),
+        (status = 410, description = "`token_deleted`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = []))
 )]
 /// `PATCH /v1/tokens/{token}`: sets when a token expires. Requires `tokens:delete` (an expiry
