@@ -8,6 +8,34 @@ use super::invalid::InvalidInput;
 /// `<Pay chargeAmount>` allows up to 1,000,000 in major units.
 const MAX_MAJOR_UNITS: i64 = 1_000_000;
 
+/// A payable currency by upper-case ISO 4217 code, with its exponent: not a fund, and with
+/// minor units (gold, SDRs and the like have none).
+fn payable(code: &str) -> Option<(Currency, u32)> {
+    let currency = Currency::from_code(code).filter(|c| !c.is_fund())?;
+    Some((currency, u32::from(currency.exponent()?)))
+}
+
+/// Every payable currency's code and exponent (for the OpenAPI document), by code.
+pub fn payable_currencies() -> Vec<(&'static str, u32)> {
+    let letters = b'A'..=b'Z';
+    let mut out = Vec::new();
+    for a in letters.clone() {
+        for b in letters.clone() {
+            for c in letters.clone() {
+                let code = [a, b, c];
+                let code = std::str::from_utf8(&code).unwrap_or_default();
+                if let Some((currency, exponent)) = payable(code) {
+                    out.push((currency.code(), exponent));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The largest amount, in major units.
+pub const MAX_AMOUNT: i64 = MAX_MAJOR_UNITS;
+
 /// A positive amount in a payable currency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Amount {
@@ -19,11 +47,8 @@ pub struct Amount {
 impl Amount {
     /// Parses `amount` ("10", "10.0", "10.00") in `currency` (ISO 4217, any case).
     pub fn parse(amount: &str, currency: &str) -> Result<Self, InvalidInput> {
-        let code = currency.trim().to_ascii_uppercase();
-        let currency = Currency::from_code(&code)
-            .filter(|c| !c.is_fund())
-            .ok_or(InvalidInput::UnknownCurrency)?;
-        let exponent = u32::from(currency.exponent().ok_or(InvalidInput::UnknownCurrency)?);
+        let (currency, exponent) =
+            payable(&currency.trim().to_ascii_uppercase()).ok_or(InvalidInput::UnknownCurrency)?;
 
         let amount = amount.trim();
         if amount.starts_with('-') {

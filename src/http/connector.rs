@@ -8,7 +8,10 @@ use http_body_util::BodyExt;
 use zeroize::Zeroizing;
 
 use super::error::{ApiError, Kind};
-use super::twilio::{self, IdKey, Method, Reply, ReplyDoc, WireRequest};
+use super::openapi::{
+    ChargeReply, ConnectorCharge, ConnectorReply, ConnectorTokenize, TokenizeReply,
+};
+use super::twilio::{self, IdKey, Method, Reply};
 use super::{AppState, Caller};
 use crate::audit::AuditEvent;
 use crate::auth::Scope;
@@ -18,13 +21,19 @@ use crate::domain::{InvalidInput, TransactionId};
 /// The Twilio Generic Pay Connector endpoint.
 #[utoipa::path(
     post, path = "/", tag = "connector",
-    request_body(content = WireRequest, description = "Twilio's JSON; Content-Type is ignored"),
+    request_body(content = ConnectorTokenize, description = "Twilio's JSON, a tokenize or a charge by `method`; Content-Type is ignored"),
     responses(
-        (status = 200, description = "Approved, tokenized, or refused with `error_code` (Twilio reads only 200s)", body = ReplyDoc),
-        (status = 401, description = "Missing or invalid credentials", body = ReplyDoc),
-        (status = 403, description = "The credential lacks the `connector` scope", body = ReplyDoc),
+        (status = 200, description = "Tokenized, charged, or refused with `error_code` (Twilio reads only a 200's body): every validation error, decline and payvault failure answers 200", body = ConnectorReply,
+            links(
+                ("GetToken" = (operation_id = "get_token", parameters(("token" = "$response.body#/token_id")))),
+                ("UpdateToken" = (operation_id = "update_token", parameters(("token" = "$response.body#/token_id")))),
+                ("DeleteToken" = (operation_id = "delete_token", parameters(("token" = "$response.body#/token_id")))),
+                ("ChargeToken" = (operation_id = "charge_token", parameters(("token" = "$response.body#/token_id")))),
+            )),
+        (status = 401, description = "Missing or invalid credentials (`unauthorized`), with a `WWW-Authenticate` challenge", body = ConnectorReply),
+        (status = 403, description = "The credential lacks the `connector` scope (`forbidden`)", body = ConnectorReply),
     ),
-    security(("basic" = []))
+    security(("basic" = []), ("bearer" = []))
 )]
 pub async fn root(
     State(app): State<AppState>,
@@ -35,8 +44,20 @@ pub async fn root(
 }
 
 /// Legacy private-beta path: the method is `tokenize`.
-#[utoipa::path(post, path = "/tokenize", tag = "connector", request_body = WireRequest,
-    responses((status = 200, body = ReplyDoc), (status = 401, body = ReplyDoc)), security(("basic" = [])))]
+#[utoipa::path(post, path = "/tokenize", tag = "connector",
+    request_body(content = ConnectorTokenize, description = "Twilio's JSON; Content-Type is ignored"),
+    responses(
+        (status = 200, description = "Tokenized, or refused with `error_code` (Twilio reads only a 200's body)", body = TokenizeReply,
+            links(
+                ("GetToken" = (operation_id = "get_token", parameters(("token" = "$response.body#/token_id")))),
+                ("UpdateToken" = (operation_id = "update_token", parameters(("token" = "$response.body#/token_id")))),
+                ("DeleteToken" = (operation_id = "delete_token", parameters(("token" = "$response.body#/token_id")))),
+                ("ChargeToken" = (operation_id = "charge_token", parameters(("token" = "$response.body#/token_id")))),
+            )),
+        (status = 401, description = "Missing or invalid credentials (`unauthorized`)", body = ConnectorReply),
+        (status = 403, description = "The credential lacks the `connector` scope (`forbidden`)", body = TokenizeReply),
+    ),
+    security(("basic" = []), ("bearer" = [])))]
 pub async fn legacy_tokenize(
     State(app): State<AppState>,
     caller: Result<Caller, ApiError>,
@@ -46,8 +67,18 @@ pub async fn legacy_tokenize(
 }
 
 /// Legacy private-beta path: the method is `charge`.
-#[utoipa::path(post, path = "/charge", tag = "connector", request_body = WireRequest,
-    responses((status = 200, body = ReplyDoc), (status = 401, body = ReplyDoc)), security(("basic" = [])))]
+#[utoipa::path(post, path = "/charge", tag = "connector",
+    request_body(content = ConnectorCharge, description = "Twilio's JSON; Content-Type is ignored"),
+    responses(
+        (status = 200, description = "Charged, or refused or declined with `error_code` (Twilio reads only a 200's body)", body = ChargeReply,
+            links(
+                ("GetSavedToken" = (operation_id = "get_token", parameters(("token" = "$response.body#/parameters/token_id")))),
+                ("ChargeSavedToken" = (operation_id = "charge_token", parameters(("token" = "$response.body#/parameters/token_id")))),
+            )),
+        (status = 401, description = "Missing or invalid credentials (`unauthorized`)", body = ConnectorReply),
+        (status = 403, description = "The credential lacks the `connector` scope (`forbidden`)", body = ChargeReply),
+    ),
+    security(("basic" = []), ("bearer" = [])))]
 pub async fn legacy_charge(
     State(app): State<AppState>,
     caller: Result<Caller, ApiError>,

@@ -234,6 +234,7 @@ impl From<TokenError> for ApiError {
             TokenError::Unknown => Kind::NotFound,
             TokenError::Deleted => Kind::Gone,
             TokenError::Invalid(invalid) => return invalid.clone().into(),
+            TokenError::NotApplicable(_) => Kind::Conflict,
             TokenError::Database(_) => return Self::internal(&e),
         };
         Self::new(kind, e.code(), e.to_string())

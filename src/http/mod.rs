@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod connector;
 mod error;
+mod openapi;
 pub mod ops;
 pub mod sandbox;
 pub mod serve;
@@ -141,44 +142,6 @@ pub(crate) fn source_ip(origin: &Origin, peer: SocketAddr) -> IpAddr {
         .unwrap_or(peer.ip())
 }
 
-/// The OpenAPI document's frame; every path in it comes from the handlers' own
-/// `#[utoipa::path]` attributes, registered by the same `routes!` calls that route requests,
-/// so the document cannot drift from the router.
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "payvault", description = "Card and bank-account tokenization vault for Twilio <Pay>: the Generic Pay Connector endpoint and the merchant API."),
-    modifiers(&SecuritySchemes),
-    tags(
-        (name = "connector", description = "Twilio Generic Pay Connector (HTTP Basic, `connector` scope)"),
-        (name = "merchant", description = "Merchant API: stored tokens (scoped API keys)"),
-        (name = "audit", description = "The audit log (`audit:read`)"),
-        (name = "operations", description = "Health, readiness, metrics"),
-    )
-)]
-struct ApiDoc;
-
-struct SecuritySchemes;
-
-impl utoipa::Modify for SecuritySchemes {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "basic",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
-        );
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("`<username>.<secret>` of an api credential"))
-                    .build(),
-            ),
-        );
-    }
-}
-
 /// The public router, `/metrics` included.
 pub fn router(state: AppState) -> Router {
     router_with(state, true)
@@ -186,7 +149,7 @@ pub fn router(state: AppState) -> Router {
 
 /// Every public route but `/metrics`, each documented by its handler's `#[utoipa::path]`.
 fn api_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(connector::root))
         .routes(routes!(connector::legacy_tokenize))
         .routes(routes!(connector::legacy_charge))
@@ -220,7 +183,7 @@ pub fn admin_router(state: AppState) -> Router {
 }
 
 fn with_openapi(routes: Router<AppState>, openapi: utoipa::openapi::OpenApi) -> Router<AppState> {
-    let openapi = Arc::new(openapi);
+    let openapi = Arc::new(openapi::finish(openapi));
     routes.route(
         "/openapi.json",
         get(move || async move { axum::Json(openapi.as_ref().clone()) }),

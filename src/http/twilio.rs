@@ -144,19 +144,6 @@ pub struct WireRequest {
     parameters: Option<BTreeMap<String, Option<Text>>>,
 }
 
-/// Twilio-shaped answer (documentation of [`Reply`]): the id key is present, `null` on error.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct ReplyDoc {
-    /// On tokenize.
-    pub token_id: Option<String>,
-    /// On charge.
-    pub charge_id: Option<String>,
-    pub error_code: Option<String>,
-    pub error_message: Option<String>,
-    /// Extra results for the `<Pay>` action URL (`PayConnector_<name>`), e.g. `token_id`.
-    pub parameters: Option<std::collections::HashMap<String, String>>,
-}
-
 impl fmt::Debug for WireRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WireRequest")

@@ -64,6 +64,10 @@ pub enum TokenError {
     Deleted,
     #[error(transparent)]
     Invalid(#[from] InvalidInput),
+    /// A well-formed change this token cannot take (expiring with the card, on a bank
+    /// account): the token's state, not the request, is in the way.
+    #[error(transparent)]
+    NotApplicable(InvalidInput),
     #[error("database error")]
     Database(#[from] sqlx::Error),
 }
@@ -73,7 +77,7 @@ impl TokenError {
         match self {
             Self::Unknown => "unknown_token",
             Self::Deleted => "token_deleted",
-            Self::Invalid(invalid) => invalid.code(),
+            Self::Invalid(invalid) | Self::NotApplicable(invalid) => invalid.code(),
             Self::Database(_) => "internal_error",
         }
     }
@@ -156,7 +160,7 @@ impl Vault {
         }
         let expires_at = match change.resolve(Utc::now(), info.card_end()) {
             Ok(at) => at,
-            Err(invalid) => return self.refuse(event, invalid.into()).await,
+            Err(invalid) => return self.refuse(event, TokenError::NotApplicable(invalid)).await,
         };
         event.details =
             serde_json::json!({ "expires_at": expires_at, "previous": info.metadata.expires_at });

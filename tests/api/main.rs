@@ -15,6 +15,7 @@ mod dev;
 mod keys;
 mod leaks;
 mod lease;
+mod merchant_api;
 mod ops;
 mod processor_cli;
 mod processors;

@@ -10,19 +10,61 @@ use crate::auth::Scope;
 use crate::http::error::{ApiError, ErrorBody, Kind};
 use crate::http::{AppState, Caller};
 
-/// Query string of `GET /v1/audit/events`.
+/// Query string of `GET /v1/audit/events`. Every value is read as text, an empty one as absent,
+/// and parsed in [`AuditQuery::parse`]; the document declares the types they must parse to.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Events at or after this time: RFC 3339, or a date (`YYYY-MM-DD`, midnight UTC).
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
+    #[serde(default, deserialize_with = "empty_as_none")]
     since: Option<String>,
+    /// Events before this time: RFC 3339, or a date (`YYYY-MM-DD`, midnight UTC).
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
+    #[serde(default, deserialize_with = "empty_as_none")]
     until: Option<String>,
+    /// An action, e.g. `tokenize`, `charge`, `token_read`.
+    #[param(pattern = "^[^\\x00]*$")]
+    #[serde(default, deserialize_with = "empty_as_none")]
     action: Option<String>,
+    /// A credential username (`pvc_...`, `pvk_...`), `anonymous` or `system`.
+    #[param(pattern = "^[^\\x00]*$")]
+    #[serde(default, deserialize_with = "empty_as_none")]
     actor: Option<String>,
+    /// A token (`tok_...`).
+    #[param(pattern = "^[^\\x00]*$")]
+    #[serde(default, deserialize_with = "empty_as_none")]
     token: Option<String>,
+    /// A connector `transaction_id` or an API `Idempotency-Key`.
+    #[param(pattern = "^[^\\x00]*$")]
+    #[serde(default, deserialize_with = "empty_as_none")]
     transaction_id: Option<String>,
+    #[param(value_type = Option<AuditOutcome>, inline)]
+    #[serde(default, deserialize_with = "empty_as_none")]
     outcome: Option<String>,
+    /// Page size.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "empty_as_none")]
     limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    #[param(value_type = Option<i64>, minimum = 0)]
+    #[serde(default, deserialize_with = "empty_as_none")]
     cursor: Option<String>,
+}
+
+/// `?limit=` is no `limit`: an empty value counts as absent, as on the connector.
+fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value: Option<String> = serde::Deserialize::deserialize(d)?;
+    Ok(value.filter(|v| !v.is_empty()))
+}
+
+/// Whether the audited request succeeded.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // documentation only: the handler reads the query as text
+pub enum AuditOutcome {
+    Success,
+    Failure,
 }
 
 /// A page of audit events, oldest first.
@@ -39,7 +81,8 @@ const MAX_LIMIT: i64 = 1000;
 
 #[utoipa::path(
     get, path = "/v1/audit/events", tag = "audit", params(AuditQuery),
-    responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = AuditPage), (status = 400, description = "`invalid_query` or `invalid_cursor`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 403, description = "`forbidden`: the `audit:read` scope is missing", body = ErrorBody)),
     security(("basic" = []), ("bearer" = []))
 )]
 /// `GET /v1/audit/events`: audit events in id order, filtered, with cursor pagination. Requires
@@ -74,6 +117,20 @@ fn invalid(message: String) -> ApiError {
 impl AuditQuery {
     /// The filter, the cursor (events after this id) and the page size.
     fn parse(self) -> Result<(AuditFilter, i64, i64), ApiError> {
+        // PostgreSQL text cannot hold NUL, so no event could match (and the read's own audit
+        // event could not record the filter): refuse it rather than fail.
+        let texts = [
+            ("action", &self.action),
+            ("actor", &self.actor),
+            ("token", &self.token),
+            ("transaction_id", &self.transaction_id),
+        ];
+        if let Some((name, _)) = texts
+            .iter()
+            .find(|(_, v)| v.as_deref().is_some_and(|v| v.contains('\0')))
+        {
+            return Err(invalid(format!("{name} must not contain a NUL character")));
+        }
         let time = |v: &Option<String>, name: &str| {
             v.as_deref()
                 .map(crate::audit::parse_time)

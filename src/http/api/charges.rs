@@ -9,22 +9,30 @@ use serde_json::Value;
 
 use super::{refuse, text};
 use crate::auth::Scope;
-use crate::charge::{recurring, ChargeRequest, Source, STORED_CREDENTIAL_PARAMETER};
+use crate::charge::{recurring, ChargeError, ChargeRequest, Source, STORED_CREDENTIAL_PARAMETER};
 use crate::domain::{Amount, InvalidInput, Token, TransactionId};
 use crate::http::error::{ApiError, ErrorBody, ErrorDetail, Kind};
 use crate::http::{AppState, Caller};
 
 #[utoipa::path(
     post, path = "/v1/tokens/{token}/charges", tag = "merchant",
-    params(("token" = String, Path), ("Idempotency-Key" = String, Header, description = "1-255 printable ASCII characters; a retry with the same key gets the same answer")),
+    params(
+        ("token" = String, Path, pattern = "^tok_[A-Za-z0-9_-]{22}$", description = "A token (`tok_` and 22 characters); any other string answers 404 `unknown_token`"),
+        ("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$", description = "1-255 printable ASCII characters, no spaces; a retry with the same key gets the same answer"),
+    ),
     request_body = ChargeTokenRequest,
     responses(
-        (status = 200, description = "Approved", body = ChargeView),
-        (status = 402, description = "Declined", body = ChargeView),
-        (status = 502, description = "Processor failure: outcome unknown", body = ChargeView),
-        (status = 504, description = "Processor timeout: outcome unknown", body = ChargeView),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 410, body = ErrorBody),
+        (status = 200, description = "Approved", body = ChargeView,
+            links(("GetChargedToken" = (operation_id = "get_token", parameters(("token" = "$response.body#/token")))))),
+        (status = 402, description = "Declined: `error` holds the processor's code", body = ChargeView),
+        (status = 502, description = "Processor failure: outcome unknown, retry with the same Idempotency-Key", body = ChargeView),
+        (status = 504, description = "Processor timeout: outcome unknown, retry with the same Idempotency-Key", body = ChargeView),
+        (status = 400, description = "Invalid input: `missing_idempotency_key`, `invalid_idempotency_key`, `malformed_json`, `missing_field`, `invalid_field_type`, `invalid_amount`, `amount_not_positive`, `amount_too_precise`, `amount_too_large`, `unknown_currency`, `invalid_stored_credential`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the `tokens:charge` scope is missing", body = ErrorBody),
+        (status = 404, description = "`unknown_token`", body = ErrorBody),
+        (status = 409, description = "`duplicate_transaction` (the key was used for a different charge) or `transaction_in_progress`", body = ErrorBody),
+        (status = 410, description = "`token_deleted` or `token_expired`", body = ErrorBody),
     ),
     security(("basic" = []), ("bearer" = []))
 )]
@@ -39,6 +47,11 @@ pub async fn charge_token(
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     caller.require(&app, Scope::TokensCharge, "charge").await?;
+    // A malformed token is as unknown as a well-formed one nobody issued: 404, as on
+    // GET/PATCH/DELETE of the same path.
+    let Some(token) = Token::parse(&token) else {
+        return refuse(&app, &caller, "charge", ChargeError::UnknownToken.into()).await;
+    };
     let key = match headers
         .get("idempotency-key")
         .map(|v| v.to_str().map(TransactionId::parse))
@@ -54,12 +67,12 @@ pub async fn charge_token(
         Some(Ok(Err(invalid))) => return refuse(&app, &caller, "charge", invalid.into()).await,
         Some(Err(_)) => {
             let invalid = InvalidInput::InvalidTransactionId;
-            return refuse(&app, &caller, "charge", invalid.into()).await;
+            return refuse(&app, &caller, "charge", v1_error(invalid)).await;
         }
     };
-    let (token, req) = match parse(&token, key, &body) {
-        Ok(parsed) => parsed,
-        Err(invalid) => return refuse(&app, &caller, "charge", invalid.into()).await,
+    let req = match parse(&token, key, &body) {
+        Ok(req) => req,
+        Err(invalid) => return refuse(&app, &caller, "charge", v1_error(invalid)).await,
     };
     let amount = req.amount;
     // Run to completion even if the client hangs up (see the connector endpoint).
@@ -105,12 +118,7 @@ pub async fn charge_token(
 
 /// The charge a request asks for: the token from the path, amount, currency and description
 /// from the body (numbers accepted for `amount`).
-fn parse(
-    token: &str,
-    key: TransactionId,
-    body: &[u8],
-) -> Result<(Token, ChargeRequest), InvalidInput> {
-    let token = Token::parse(token).ok_or(InvalidInput::TokenFormat)?;
+fn parse(token: &Token, key: TransactionId, body: &[u8]) -> Result<ChargeRequest, InvalidInput> {
     let body: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,
         _ => return Err(InvalidInput::NotAnObject),
@@ -136,7 +144,25 @@ fn parse(
         description: text(&body, "description")?,
         parameters,
     };
-    Ok((token, req))
+    Ok(req)
+}
+
+/// `InvalidInput` speaks the connector's names; on `/v1` the same rules are about the
+/// `Idempotency-Key` header and the `currency` field.
+fn v1_error(invalid: InvalidInput) -> ApiError {
+    match invalid {
+        InvalidInput::InvalidTransactionId => ApiError::new(
+            Kind::BadRequest,
+            "invalid_idempotency_key",
+            "header `Idempotency-Key` must be 1 to 255 printable ASCII characters",
+        ),
+        InvalidInput::UnknownCurrency => ApiError::new(
+            Kind::BadRequest,
+            invalid.code(),
+            "field `currency` is not a payable ISO 4217 currency",
+        ),
+        other => other.into(),
+    }
 }
 
 /// A charge on a stored token, as the merchant API answers it.
@@ -157,7 +183,8 @@ pub struct ChargeView {
 }
 
 /// Body of `POST /v1/tokens/{token}/charges` (for the OpenAPI document: the handler reads the
-/// same fields leniently, accepting numbers for `amount`).
+/// same fields leniently, accepting numbers for `amount`). Its published schema is the one
+/// `http::openapi::finish` writes, which ties the amount's decimals to the currency.
 #[allow(dead_code)]
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 pub struct ChargeTokenRequest {

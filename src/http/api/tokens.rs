@@ -2,13 +2,14 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::Json;
 
 use crate::auth::Scope;
 use crate::domain::{InvalidInput, TokenExpiry};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::{AppState, Caller};
-use crate::vault::TokenInfo;
+use crate::vault::{TokenInfo, TokenStatus};
 
 /// A token's metadata as the merchant API shows it: never the card.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -57,17 +58,21 @@ impl From<TokenInfo> for TokenView {
 }
 
 #[utoipa::path(
-    get, path = "/v1/tokens/{token}", tag = "merchant", params(("token" = String, Path)),
-    responses((status = 200, body = TokenView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    get, path = "/v1/tokens/{token}", tag = "merchant", params(("token" = String, Path, pattern = "^tok_[A-Za-z0-9_-]{22}$", description = "A token (`tok_` and 22 characters); any other string answers 404 `unknown_token`")),
+    responses((status = 200, description = "An active or expired token", body = TokenView),
+        (status = 410, description = "A deleted (crypto-shredded) token: its remaining metadata, `status: deleted`", body = TokenView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the scope is missing", body = ErrorBody), (status = 404, description = "`unknown_token`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = []))
 )]
 /// `GET /v1/tokens/{token}`: brand, BIN/last 4, expiry, fingerprint, lifecycle. Requires
-/// `tokens:read`; every read is audited.
+/// `tokens:read`; every read is audited. A deleted token answers 410 Gone with what remains
+/// of it: the card is gone, and a client following a DELETE must not read 200.
 pub async fn get_token(
     State(app): State<AppState>,
     caller: Caller,
     Path(token): Path<String>,
-) -> Result<Json<TokenView>, ApiError> {
+) -> Result<(StatusCode, Json<TokenView>), ApiError> {
     caller
         .require(&app, Scope::TokensRead, "token_read")
         .await?;
@@ -75,12 +80,17 @@ pub async fn get_token(
         .vault
         .token_info(&caller.principal, &caller.origin, &token)
         .await?;
-    Ok(Json(info.into()))
+    let status = match info.status {
+        TokenStatus::Deleted => StatusCode::GONE,
+        _ => StatusCode::OK,
+    };
+    Ok((status, Json(info.into())))
 }
 
 #[utoipa::path(
-    delete, path = "/v1/tokens/{token}", tag = "merchant", params(("token" = String, Path)),
-    responses((status = 200, body = TokenView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    delete, path = "/v1/tokens/{token}", tag = "merchant", params(("token" = String, Path, pattern = "^tok_[A-Za-z0-9_-]{22}$", description = "A token (`tok_` and 22 characters); any other string answers 404 `unknown_token`")),
+    responses((status = 200, body = TokenView), (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the scope is missing", body = ErrorBody), (status = 404, description = "`unknown_token`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = []))
 )]
 /// `DELETE /v1/tokens/{token}`: crypto-shreds the entry (its wrapped data key and ciphertext
@@ -101,7 +111,8 @@ pub async fn delete_token(
     Ok(Json(info.into()))
 }
 
-/// Body of `PATCH /v1/tokens/{token}`: exactly one of the fields.
+/// Body of `PATCH /v1/tokens/{token}`: exactly one of the fields (published as a `oneOf` by
+/// `http::openapi::finish`).
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExpiryChange {
@@ -109,9 +120,23 @@ pub struct ExpiryChange {
     #[serde(default, deserialize_with = "some")]
     expires_at: Option<Option<String>>,
     /// Expire this many days from now (1 to 3650).
+    #[serde(default, deserialize_with = "whole_number")]
     ttl_days: Option<u32>,
     /// `true`: expire when the card does (after its expiry month).
     expires_with_card: Option<bool>,
+}
+
+/// A whole number of days, also written `30.0`: JSON Schema counts `30.0` as an integer.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let n: Option<f64> = serde::Deserialize::deserialize(d)?;
+    n.map(|n| {
+        if n.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&n) {
+            Ok(n as u32)
+        } else {
+            Err(serde::de::Error::custom("not a whole number of days"))
+        }
+    })
+    .transpose()
 }
 
 /// Distinguishes a field set to `null` (`Some(None)`) from an absent one (`None`).
@@ -142,10 +167,13 @@ impl ExpiryChange {
 }
 
 #[utoipa::path(
-    patch, path = "/v1/tokens/{token}", tag = "merchant", params(("token" = String, Path)),
+    patch, path = "/v1/tokens/{token}", tag = "merchant", params(("token" = String, Path, pattern = "^tok_[A-Za-z0-9_-]{22}$", description = "A token (`tok_` and 22 characters); any other string answers 404 `unknown_token`")),
     request_body = ExpiryChange,
-    responses((status = 200, body = TokenView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 410, body = ErrorBody)),
+    responses((status = 200, body = TokenView), (status = 400, description = "`invalid_token_expiry`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 403, description = "`forbidden`: the scope is missing", body = ErrorBody),
+        (status = 404, description = "`unknown_token`", body = ErrorBody),
+        (status = 409, description = "`invalid_token_expiry`: `expires_with_card` on a bank-account token", body = ErrorBody),
+        (status = 410, description = "`token_deleted`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = []))
 )]
 /// `PATCH /v1/tokens/{token}`: sets when a token expires. Requires `tokens:delete` (an expiry
