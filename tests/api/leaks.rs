@@ -126,7 +126,10 @@ async fn request_logs_never_name_a_token_for_any_token_route() {
     assert_eq!(status, 200);
     // Refused requests too: a deleted token, an unknown one, and a path no route matches.
     let (status, _) = api(&app, &cred, get.clone(), &path, &new_txn(), None).await;
-    assert_eq!(status, 200, "metadata of a deleted token is still shown");
+    assert_eq!(
+        status, 410,
+        "a deleted token answers 410 Gone with its metadata"
+    );
     let unknown = "tok_AAAAAAAAAAAAAAAAAAAAAA";
     let (status, _) = api(
         &app,

@@ -64,7 +64,7 @@ pub async fn charge_token(
                 "send an Idempotency-Key header (1 to 255 printable ASCII characters)",
             ))
         }
-        Some(Ok(Err(invalid))) => return refuse(&app, &caller, "charge", invalid.into()).await,
+        Some(Ok(Err(invalid))) => return refuse(&app, &caller, "charge", v1_error(invalid)).await,
         Some(Err(_)) => {
             let invalid = InvalidInput::InvalidTransactionId;
             return refuse(&app, &caller, "charge", v1_error(invalid)).await;
@@ -155,6 +155,11 @@ fn v1_error(invalid: InvalidInput) -> ApiError {
             Kind::BadRequest,
             "invalid_idempotency_key",
             "header `Idempotency-Key` must be 1 to 255 printable ASCII characters",
+        ),
+        InvalidInput::CardNumberInTransactionId => ApiError::new(
+            Kind::BadRequest,
+            invalid.code(),
+            "header `Idempotency-Key` holds what looks like a card number; use an id that does not",
         ),
         InvalidInput::UnknownCurrency => ApiError::new(
             Kind::BadRequest,
