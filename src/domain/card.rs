@@ -136,6 +136,31 @@ pub fn contains_card_number(text: &str) -> bool {
     has_pan(&joined)
 }
 
+/// What the merchant API refuses in an `Idempotency-Key`, stricter than
+/// [`contains_card_number`] so that its OpenAPI pattern can say exactly what is accepted:
+/// thirteen or more digits with nothing but dots and dashes between them, Luhn-valid or not,
+/// unless the whole key is a UUID (whose groups never hold more than twelve digits in a row).
+/// The pattern: `^(?:UUID|(?!.*(?:[0-9][.-]*){12}[0-9])[!-~]{1,255})$`.
+pub fn has_long_digit_run(text: &str) -> bool {
+    if is_uuid(text) {
+        return false;
+    }
+    let mut digits = 0;
+    for c in text.chars() {
+        match c {
+            '0'..='9' => {
+                digits += 1;
+                if digits >= 13 {
+                    return true;
+                }
+            }
+            '.' | '-' => {}
+            _ => digits = 0,
+        }
+    }
+    false
+}
+
 /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in hex digits.
 fn is_uuid(text: &str) -> bool {
     let groups: Vec<&str> = text.split('-').collect();
@@ -443,6 +468,28 @@ mod tests {
             PostalCode::parse("<script>").unwrap_err(),
             InvalidInput::PostalCode
         );
+    }
+
+    #[test]
+    fn long_digit_runs_are_found_unless_the_key_is_a_uuid() {
+        for refused in [
+            "1234567890123",
+            "order-1234567890123",
+            "1.2.3.4.5.6.7.8.9.0.1.2.3",
+            "4111-1111-1111-1111",
+            "x123456-7890123y",
+        ] {
+            assert!(has_long_digit_run(refused), "{refused}");
+        }
+        for accepted in [
+            "123456789012",
+            "12345678-1234-4123-8123-123456789012",
+            "72500aba-328c-445c-a12e-da5700e10b17",
+            "123456_7890123",
+            "a1b2c3d4e5f6g7h8i9j0k1l2m3",
+        ] {
+            assert!(!has_long_digit_run(accepted), "{accepted}");
+        }
     }
 
     #[test]

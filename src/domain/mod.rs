@@ -14,7 +14,7 @@ pub mod token;
 pub use amount::Amount;
 pub use audit::{AuditEvent, Origin};
 pub use bank::{AccountNumber, BankAccount, RoutingNumber};
-pub use card::{Brand, Card, CardNumber, Cvv, Expiry, PostalCode};
+pub use card::{has_long_digit_run, Brand, Card, CardNumber, Cvv, Expiry, PostalCode};
 pub use expiry::{ExpiryPolicy, TokenExpiry};
 pub use invalid::InvalidInput;
 pub use payment::{PaymentMethod, TransactionId};

@@ -386,6 +386,34 @@ async fn an_id_holding_a_card_number_is_refused_before_anything_keeps_it() {
         (400, Some("card_number_in_transaction_id")),
         "{body}"
     );
+    // The merchant API refuses any 13 digits in a row there, Luhn-valid or not (its documented
+    // pattern), but never a UUID.
+    for (key, refused) in [
+        ("1234567890123", true),
+        ("inv-2026.1130.0000.1", true),
+        ("12345678-1234-4123-8123-123456789012", false),
+    ] {
+        let (status, body) = api(
+            &app,
+            &cred,
+            reqwest::Method::POST,
+            &format!("/v1/tokens/{token}/charges"),
+            key,
+            Some(json!({"amount": "10.00", "currency": "USD"})),
+        )
+        .await;
+        let code = body["error"]["code"].as_str();
+        if refused {
+            assert_eq!(
+                (status, code),
+                (400, Some("card_number_in_transaction_id")),
+                "{key}: {body}"
+            );
+            assert!(!body.to_string().contains(key), "not echoed: {body}");
+        } else {
+            assert_eq!(status, 200, "{key}: {body}");
+        }
+    }
     // A UUID (what Twilio sends) is accepted, even one whose groups would join into a
     // Luhn-valid run.
     let (_, reply) = app
@@ -403,7 +431,7 @@ async fn an_id_holding_a_card_number_is_refused_before_anything_keeps_it() {
              AND transaction_id IS NULL"
         )
         .await,
-        5
+        7
     );
     let mut secrets = ids.to_vec();
     secrets.extend(["5555555555554444", "4012888888881881", "6011111111111117"]);

@@ -18,7 +18,7 @@ use crate::http::{AppState, Caller};
     post, path = "/v1/tokens/{token}/charges", tag = "merchant",
     params(
         ("token" = String, Path, pattern = "^tok_[A-Za-z0-9_-]{22}$", description = "A token (`tok_` and 22 characters); any other string answers 404 `unknown_token`"),
-        ("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$", description = "1-255 printable ASCII characters, no spaces; a retry with the same key gets the same answer"),
+        ("Idempotency-Key" = String, Header, pattern = "^(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|(?!.*(?:[0-9][.-]*){12}[0-9])[!-~]{1,255})$", description = "1-255 printable ASCII characters, no spaces, and (unless it is a UUID) never 13 or more digits in a row, even with dots or dashes between them (what a card number looks like); a retry with the same key gets the same answer"),
     ),
     request_body = ChargeTokenRequest,
     responses(
@@ -56,6 +56,12 @@ pub async fn charge_token(
         .get("idempotency-key")
         .map(|v| v.to_str().map(TransactionId::parse))
     {
+        // Stricter than the connector (whose `transaction_id` Twilio chooses): any 13 digits in
+        // a row, so that the documented pattern is exactly what is accepted.
+        Some(Ok(Ok(key))) if crate::domain::has_long_digit_run(key.as_str()) => {
+            let invalid = InvalidInput::CardNumberInTransactionId;
+            return refuse(&app, &caller, "charge", v1_error(invalid)).await;
+        }
         Some(Ok(Ok(key))) => key,
         None => {
             return Err(ApiError::new(
@@ -159,7 +165,7 @@ fn v1_error(invalid: InvalidInput) -> ApiError {
         InvalidInput::CardNumberInTransactionId => ApiError::new(
             Kind::BadRequest,
             invalid.code(),
-            "header `Idempotency-Key` holds what looks like a card number; use an id that does not",
+            "header `Idempotency-Key` holds 13 or more digits in a row, as a card number does; use an id that does not, such as a UUID",
         ),
         InvalidInput::UnknownCurrency => ApiError::new(
             Kind::BadRequest,
