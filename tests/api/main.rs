@@ -19,6 +19,7 @@ mod merchant_api;
 mod ops;
 mod processor_cli;
 mod processors;
+mod roles;
 mod security;
 mod startup;
 mod stored_credentials;
