@@ -172,3 +172,42 @@ fn random_salt() -> [u8; 16] {
     aes_gcm::aead::rand_core::RngCore::fill_bytes(&mut aes_gcm::aead::OsRng, &mut salt);
     salt
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SessionRole;
+
+    fn role(superuser: bool, owns_audit: bool, owner: Option<&str>, rewrite: bool) -> SessionRole {
+        SessionRole {
+            name: "app".into(),
+            superuser,
+            audit_owner: owner.map(str::to_owned),
+            owns_audit,
+            may_rewrite_audit: rewrite,
+        }
+    }
+
+    #[test]
+    fn production_refuses_every_role_that_could_rewrite_the_audit_log() {
+        let runtime = role(false, false, Some("owner"), false);
+        assert!(runtime.production_refusals().is_empty());
+        assert!(!runtime.may_migrate());
+        for (r, says) in [
+            (role(true, true, Some("owner"), true), "a superuser"),
+            (
+                role(false, true, Some("owner"), true),
+                "owns the audit tables (owner owner)",
+            ),
+            (role(false, false, None, false), "schema is not set up"),
+            (
+                role(false, false, Some("owner"), true),
+                "UPDATE, DELETE or TRUNCATE",
+            ),
+        ] {
+            let refusals = r.production_refusals();
+            assert_eq!(refusals.len(), 1, "{refusals:?}");
+            assert!(refusals[0].contains(says), "{refusals:?}");
+        }
+        assert!(role(false, true, Some("app"), true).may_migrate());
+    }
+}

@@ -16,6 +16,7 @@ mod keys;
 mod leaks;
 mod lease;
 mod merchant_api;
+mod operator_audit;
 mod ops;
 mod processor_cli;
 mod processors;

@@ -201,7 +201,7 @@ fn serve_in_production(url: &str) -> Output {
         .env("PAYVAULT_LISTEN", "127.0.0.1:0")
         .env(
             "PAYVAULT_MASTER_KEY",
-            MasterKey::generate(1).encode().to_string(),
+            MasterKey::generate(1).encode().as_str(),
         )
         .output()
         .unwrap()
