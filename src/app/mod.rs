@@ -1,6 +1,6 @@
 //! The one launch path. `payvault serve`, `payvault dev` and every test call [`launch`] with a
 //! bound listener and a shutdown future; it reads top to bottom: refuse unsafe production
-//! settings, connect, migrate (when asked), load keys, build the processor, audit the start,
+//! settings, connect, refuse a production role that owns the audit log, migrate (when asked), load keys, build the processor, audit the start,
 //! serve, drain, audit the stop, and seal the audit log once.
 
 pub mod keys;
@@ -86,8 +86,33 @@ pub async fn launch(
     )
     .await
     .context("cannot connect to the database")?;
+    // Least privilege (PCI DSS 7.2, 10.3.2): in production payvault serves as a runtime role that
+    // can neither rewrite nor stop the audit log; only a role that owns the schema migrates.
+    let role = store::roles::session_role(&pool)
+        .await
+        .context("cannot read the database role")?;
+    if cfg.environment == config::Environment::Production {
+        let refusals = role.production_refusals();
+        if !refusals.is_empty() {
+            anyhow::bail!(
+                "PAYVAULT_ENV=production refuses to start:\n  - {}",
+                refusals.join("\n  - ")
+            );
+        }
+    }
     if migrate {
-        store::migrate(&pool).await.context("migration failed")?;
+        if role.may_migrate() {
+            store::migrate(&pool).await.context("migration failed")?;
+        } else {
+            // The runtime role cannot change the schema: a current one is all it needs.
+            if !store::schema_current(&pool).await {
+                anyhow::bail!(
+                    "the database schema is not current and database role {} does not own it, so it cannot migrate it: run `payvault migrate` connected as the owner ({})",
+                    role.name,
+                    role.audit_owner.as_deref().unwrap_or("?")
+                );
+            }
+        }
     }
     let keys = keys.load(&pool).await?;
     if let Some(credential) = &cfg.dev_connector_credential {

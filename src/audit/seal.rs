@@ -422,8 +422,7 @@ pub async fn prune(pool: &PgPool, keys: &KeyRing, before: DateTime<Utc>) -> Resu
         key_version: version,
         signature: anchor_signature(keys, version, last.seq, &last.mac)?.to_vec(),
     };
-    store::seals::insert_anchor(&mut *tx, &anchor).await?;
-    let deleted = store::seals::delete_prefix(&mut tx, upto).await?;
+    let deleted = store::seals::prune_prefix(&mut *tx, &anchor).await?;
     tx.commit().await?;
     Ok(deleted)
 }

@@ -192,5 +192,10 @@ pub async fn list_credentials(
     pool: &PgPool,
     include_revoked: bool,
 ) -> Result<Vec<CredentialRow>, AdminError> {
+    // Audited before it reads (PCI DSS 10.2.1.2: access by administrators), so a listing whose
+    // event cannot be written does not happen.
+    let mut event = operator_event("credential_list");
+    event.details["include_revoked"] = include_revoked.into();
+    store::audit::insert_audit_event(pool, &event).await?;
     Ok(store::credentials::list_credentials(pool, include_revoked).await?)
 }

@@ -165,6 +165,9 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             }
         }
         AuditCommand::Export { after } => {
+            // Recorded before the first event is read: an export whose record cannot be
+            // written does not happen (PCI DSS 10.2.1.3).
+            record("audit_export", serde_json::json!({ "after": after })).await?;
             let mut cursor = after;
             let mut count = 0u64;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -184,7 +187,7 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             std::io::Write::flush(&mut out)?;
             drop(out);
             record(
-                "audit_export",
+                "audit_export_done",
                 serde_json::json!({ "after": after, "exported": count, "next_after": cursor }),
             )
             .await?;

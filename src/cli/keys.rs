@@ -147,6 +147,14 @@ async fn rotate_keys(batch: i64) -> anyhow::Result<()> {
     let vault = crate::vault::Vault::new(pool.clone(), keys.clone());
     let mut done = 0u64;
     eprintln!("re-encrypting {total} entries under master key version {current}");
+    // Audited before the first entry is decrypted (PCI DSS 10.2.1): a rotation whose event
+    // cannot be written does not start, and one that dies half-way is on record.
+    let mut event = AuditEvent::operator("key_rotate");
+    event.details["to_version"] = current.into();
+    event.details["pending"] = total.into();
+    store::audit::insert_audit_event(&pool, &event)
+        .await
+        .context("cannot write the audit log")?;
     let mut progress = Progress::new(total.max(0).unsigned_abs());
     loop {
         let n = vault
@@ -160,7 +168,7 @@ async fn rotate_keys(batch: i64) -> anyhow::Result<()> {
         progress.update(done);
     }
     progress.finish(done);
-    let mut event = AuditEvent::operator("key_rotate");
+    let mut event = AuditEvent::operator("key_rotate_done");
     event.details["to_version"] = current.into();
     event.details["rotated"] = done.into();
     store::audit::insert_audit_event(&pool, &event)

@@ -17,7 +17,6 @@ use clap::{Parser, Subcommand};
 use crate::app::{self, shutdown_signal, KeySource, Service};
 use crate::config::{self, ServeConfig};
 use crate::processor::sandbox::Sandbox;
-use crate::store;
 use audit::AuditCommand;
 use credentials::CredentialsCommand;
 use keys::KeysCommand;
@@ -30,6 +29,10 @@ use processor::ProcessorCommand;
     about = "Card and bank-account tokenization vault for Twilio <Pay>"
 )]
 pub struct Cli {
+    /// Who runs this command, recorded as `operator` in its audit events beside the OS user
+    /// (as declared: not authenticated).
+    #[arg(long, global = true, env = "PAYVAULT_OPERATOR", value_name = "NAME")]
+    operator: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,8 +45,16 @@ enum Command {
         #[arg(long, env = "PAYVAULT_NO_MIGRATE")]
         no_migrate: bool,
     },
-    /// Apply pending database migrations and exit.
-    Migrate,
+    /// Apply pending database migrations and exit. Connect as the role that is to own the
+    /// schema, never the one payvault serves as.
+    Migrate {
+        /// Also create the runtime role NAME (LOGIN; password from PAYVAULT_RUNTIME_PASSWORD or
+        /// PAYVAULT_RUNTIME_PASSWORD_FILE, if set) unless it exists, and grant it what `serve
+        /// --no-migrate` needs: read-only audit tables, writes only through payvault's
+        /// functions. Run again after each upgrade.
+        #[arg(long, env = "PAYVAULT_RUNTIME_ROLE", value_name = "NAME")]
+        runtime_role: Option<String>,
+    },
     /// Manage the credentials callers use.
     #[command(subcommand)]
     Credentials(CredentialsCommand),
@@ -85,16 +96,15 @@ enum Command {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(operator) = cli.operator {
+        // Checked here rather than by clap, whose error would repeat the value.
+        crate::domain::audit::check_operator_name(&operator)
+            .map_err(|why| anyhow::anyhow!("--operator (PAYVAULT_OPERATOR) {why}"))?;
+        crate::domain::audit::declare_operator(operator);
+    }
     match cli.command {
         Command::Serve { no_migrate } => serve(no_migrate).await,
-        Command::Migrate => {
-            let pool = store::connect(&config::database_url()?, 2)
-                .await
-                .context("cannot connect to the database")?;
-            store::migrate(&pool).await.context("migration failed")?;
-            println!("migrations applied");
-            Ok(())
-        }
+        Command::Migrate { runtime_role } => db::migrate(runtime_role).await,
         Command::Credentials(cmd) => credentials::run(cmd).await,
         Command::Dev(args) => crate::dev::run(args).await,
         Command::Healthcheck { url } => healthcheck(url).await,

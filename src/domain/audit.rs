@@ -3,7 +3,39 @@
 //! audit module above it; `crate::audit` adds the constructor for an authenticated caller and
 //! everything that reads and seals the log.
 
+use std::sync::OnceLock;
+
 use uuid::Uuid;
+
+/// The operator named for this process's CLI events, if any.
+static DECLARED_OPERATOR: OnceLock<String> = OnceLock::new();
+
+/// Names the person behind this process's CLI events (`--operator`, `PAYVAULT_OPERATOR`), for
+/// teams whose operators share an OS account or run payvault from automation. Recorded as
+/// declared: nothing checks it. Set once, at start; later calls are ignored.
+pub fn declare_operator(name: String) {
+    let _ = DECLARED_OPERATOR.set(name);
+}
+
+/// Checks an operator name for [`declare_operator`]: 1 to 64 printable characters, and no run
+/// of 12 or more digits (it is written to the audit log, where a card number must never go).
+pub fn check_operator_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.chars().count() > 64 {
+        return Err("must be 1 to 64 characters");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("must not contain control characters");
+    }
+    let longest_digit_run = name
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    if longest_digit_run >= 12 {
+        return Err("must not contain a run of 12 or more digits");
+    }
+    Ok(())
+}
 
 /// Where a request came from; carried into every audit event it causes.
 #[derive(Debug, Clone, Default)]
@@ -59,13 +91,20 @@ impl AuditEvent {
         event
     }
 
-    /// An event of the operator running the CLI.
+    /// An event of the operator running the CLI. Who that is, is what the machine says, not
+    /// authenticated: `os_user` is `$USER` (or `$LOGNAME`) as the process received it, and
+    /// `operator` is the name given with `--operator` / `PAYVAULT_OPERATOR` (see
+    /// [`declare_operator`]), when one was. The database role, which PostgreSQL does
+    /// authenticate, is what access control rests on.
     pub fn operator(action: &'static str) -> Self {
         let mut event = Self::new(&Origin::default(), "operator", action);
         let user = std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
             .unwrap_or_default();
         event.details = serde_json::json!({ "os_user": user, "via": "cli" });
+        if let Some(operator) = DECLARED_OPERATOR.get() {
+            event.details["operator"] = operator.as_str().into();
+        }
         event
     }
 

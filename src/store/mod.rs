@@ -6,6 +6,7 @@ pub mod audit;
 pub mod charges;
 pub mod credentials;
 pub mod keys;
+pub mod roles;
 pub mod seals;
 pub mod vault;
 
@@ -119,6 +120,13 @@ pub async fn applied_migration(pool: &PgPool) -> Result<Option<i64>, sqlx::Error
     sqlx::query_scalar::<_, Option<i64>>("SELECT max(version) FROM _sqlx_migrations WHERE success")
         .fetch_one(pool)
         .await
+}
+
+/// Whether every migration this build knows has been applied (`false` also when the history
+/// cannot be read: no schema yet).
+pub async fn schema_current(pool: &PgPool) -> bool {
+    let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    matches!(applied_migration(pool).await, Ok(Some(v)) if v >= latest)
 }
 
 /// Applies pending migrations. Safe to run from several instances at once: sqlx takes an

@@ -42,17 +42,14 @@ pub async fn chain_tip(db: impl PgExecutor<'_>) -> Result<Option<ChainTip>, sqlx
 }
 
 /// Takes up to `limit` queued events off the queue, returning them in id order (missing ones,
-/// deleted before they could be sealed, are skipped).
+/// deleted before they could be sealed, are skipped). The runtime role cannot DELETE from the
+/// queue: `payvault_dequeue_unsealed` (SECURITY DEFINER, see its migration) does it.
 pub async fn dequeue_unsealed(
     db: &mut sqlx::PgConnection,
     limit: i64,
 ) -> Result<Vec<AuditRow>, sqlx::Error> {
     let ids: Vec<i64> = sqlx::query_scalar!(
-        r#"
-        DELETE FROM audit_unsealed
-        WHERE event_id IN (SELECT event_id FROM audit_unsealed ORDER BY event_id LIMIT $1)
-        RETURNING event_id
-        "#,
+        r#"SELECT payvault_dequeue_unsealed($1) AS "event_id!""#,
         limit,
     )
     .fetch_all(&mut *db)
@@ -74,7 +71,8 @@ pub async fn dequeue_unsealed(
     .await
 }
 
-/// Appends seals.
+/// Appends seals, through `payvault_insert_seals` (SECURITY DEFINER: the runtime role may only
+/// read `audit_seals`).
 pub async fn insert_seals(
     db: impl PgExecutor<'_>,
     seqs: &[i64],
@@ -83,16 +81,13 @@ pub async fn insert_seals(
     macs: &[Vec<u8>],
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        r#"
-        INSERT INTO audit_seals (seq, event_id, key_version, mac)
-        SELECT seq, event_id, $3, mac FROM UNNEST($1::bigint[], $2::bigint[], $4::bytea[]) AS t(seq, event_id, mac)
-        "#,
+        "SELECT payvault_insert_seals($1, $2, $3, $4)",
         seqs,
         event_ids,
         key_version,
         macs,
     )
-    .execute(db)
+    .fetch_one(db)
     .await?;
     Ok(())
 }
@@ -200,17 +195,20 @@ pub async fn anchor_before(
     .await
 }
 
-pub async fn insert_anchor(db: impl PgExecutor<'_>, a: &Anchor) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "INSERT INTO audit_anchors (seq, mac, key_version, signature) VALUES ($1, $2, $3, $4)",
-        a.seq,
-        a.mac,
-        a.key_version,
-        a.signature,
+/// Records `anchor` and deletes the chain prefix up to its seq with its events, through
+/// `payvault_prune_audit` (SECURITY DEFINER: the only way anyone but the owner deletes audit
+/// history). Returns how many events were deleted.
+pub async fn prune_prefix(db: impl PgExecutor<'_>, anchor: &Anchor) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query_scalar!(
+        r#"SELECT payvault_prune_audit($1, $2, $3, $4) AS "deleted!""#,
+        anchor.seq,
+        anchor.mac,
+        anchor.key_version,
+        anchor.signature,
     )
-    .execute(db)
+    .fetch_one(db)
     .await?;
-    Ok(())
+    Ok(deleted.max(0).unsigned_abs())
 }
 
 /// Events that have no seal and occurred before `before`: they should have been sealed by now.
@@ -241,27 +239,6 @@ pub async fn pending(db: impl PgExecutor<'_>) -> Result<(i64, Option<DateTime<Ut
     .fetch_one(db)
     .await?;
     Ok((row.n, row.oldest))
-}
-
-/// Deletes the chain prefix up to `seq` and its events (the prune transaction must have set
-/// `payvault.audit_prune`). Returns how many events were deleted.
-pub async fn delete_prefix(db: &mut sqlx::PgConnection, seq: i64) -> Result<u64, sqlx::Error> {
-    sqlx::query_scalar!("SELECT set_config('payvault.audit_prune', 'on', true)")
-        .fetch_one(&mut *db)
-        .await?;
-    let events = sqlx::query!(
-        "DELETE FROM audit_events WHERE id IN (SELECT event_id FROM audit_seals WHERE seq <= $1)",
-        seq
-    )
-    .execute(&mut *db)
-    .await?;
-    sqlx::query!("DELETE FROM audit_seals WHERE seq <= $1", seq)
-        .execute(&mut *db)
-        .await?;
-    sqlx::query_scalar!("SELECT set_config('payvault.audit_prune', 'off', true)")
-        .fetch_one(&mut *db)
-        .await?;
-    Ok(events.rows_affected())
 }
 
 /// The last seal whose event occurred before `before` such that every earlier seal's did too.

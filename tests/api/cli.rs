@@ -144,7 +144,10 @@ async fn credentials_create_list_revoke() {
         [
             "credential_create",
             "credential_create",
-            "credential_revoke"
+            "credential_list",
+            "credential_revoke",
+            "credential_list",
+            "credential_list"
         ]
     );
 }

@@ -146,3 +146,77 @@ pub async fn seal_all(pool: &PgPool, keys: &KeyRing) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A runtime role for a test database, set up as `payvault migrate --runtime-role` does, and
+/// dropped (with its grants) when this value is. Roles belong to the whole server: each test has
+/// its own name.
+pub struct RuntimeRole {
+    pub name: String,
+    password: String,
+    db: String,
+}
+
+impl RuntimeRole {
+    pub async fn new(db: &TestDb) -> Self {
+        let name = format!(
+            "payvault_rt_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let created = payvault::store::roles::ensure_runtime_role(
+            &db.pool,
+            &name,
+            Some(&password.clone().into()),
+        )
+        .await
+        .unwrap();
+        assert!(created);
+        Self {
+            name,
+            password,
+            db: db.name.clone(),
+        }
+    }
+
+    /// The test database's URL, connecting as this role with its password.
+    pub fn url(&self) -> String {
+        let mut url = reqwest::Url::parse(&url_for(&self.db)).unwrap();
+        url.set_username(&self.name).unwrap();
+        url.set_password(Some(&self.password)).unwrap();
+        url.to_string()
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(3)
+            .connect(&self.url())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for RuntimeRole {
+    fn drop(&mut self) {
+        let (name, db) = (self.name.clone(), self.db.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                // Its grants in the test database first (if that still exists), then the role.
+                if let Ok(mut conn) = PgConnection::connect(&url_for(&db)).await {
+                    let _ = sqlx::query(&format!(r#"DROP OWNED BY "{name}""#))
+                        .execute(&mut conn)
+                        .await;
+                }
+                if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
+                    let _ = sqlx::query(&format!(r#"DROP ROLE IF EXISTS "{name}""#))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
