@@ -27,7 +27,10 @@ fn temp(name: &str) -> PathBuf {
 
 async fn serve() -> Served {
     let db = TestDb::new().await;
-    let key = payvault::crypto::MasterKey::generate(1).encode().as_str().to_owned();
+    let key = payvault::crypto::MasterKey::generate(1)
+        .encode()
+        .as_str()
+        .to_owned();
     let (file, log) = (temp("checkpoints"), temp("log"));
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_payvault"))
@@ -357,4 +360,64 @@ async fn a_reset_chain_is_found_by_the_running_server_and_by_verify() {
             && stdout.contains(&format!("chain position {first}")),
         "{stdout}"
     );
+}
+
+#[tokio::test]
+async fn checkpoints_of_positions_removed_by_an_audited_prune_still_agree() {
+    use payvault::audit::checkpoint::{self, SignedCheckpoint};
+    use payvault::audit::seal;
+    let db = TestDb::new().await;
+    let keys = crate::helpers::test_keys();
+    sqlx::raw_sql(
+        "INSERT INTO audit_events (actor_kind, action, outcome, occurred_at)
+         SELECT 'system', 'test_event', 'success', now() - interval '800 days' + g * interval '1 day'
+         FROM generate_series(1, 30) g",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    seal::seal_pending(&db.pool, &keys).await.unwrap();
+    // Checkpoints at positions 10, 20 and 30 (the tip), as the sealer would have published them.
+    let at = |seq: i64| {
+        let pool = db.pool.clone();
+        let keys = keys.clone();
+        async move {
+            let (event_id, mac, sealed_at): (i64, Vec<u8>, chrono::DateTime<chrono::Utc>) =
+                sqlx::query_as("SELECT event_id, mac, sealed_at FROM audit_seals WHERE seq = $1")
+                    .bind(seq)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            let mac = mac.iter().map(|b| format!("{b:02x}")).collect();
+            let position = seal::Checkpoint {
+                seq,
+                event_id,
+                sealed_at,
+                mac,
+            };
+            SignedCheckpoint::sign(&keys, &position, chrono::Utc::now()).unwrap()
+        }
+    };
+    let published = vec![at(10).await, at(20).await, at(30).await];
+    assert!(checkpoint::check(&db.pool, &published)
+        .await
+        .unwrap()
+        .is_none());
+    // A prune of the first 25 events leaves an anchor at 25; the checkpoints before it are not
+    // reported, and the others still agree.
+    let cutoff = chrono::Utc::now() - chrono::Duration::days(800 - 25) + chrono::Duration::hours(1);
+    assert_eq!(seal::prune(&db.pool, &keys, cutoff).await.unwrap(), 25);
+    assert!(checkpoint::check(&db.pool, &published)
+        .await
+        .unwrap()
+        .is_none());
+    // A checkpoint whose position is the anchor is compared with the anchor.
+    let mut wrong = published[2].clone();
+    wrong.seq = 25;
+    let p = checkpoint::check(&db.pool, &[wrong])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.seq, Some(25));
+    assert!(p.what.contains("reset or rewritten"), "{}", p.what);
 }
