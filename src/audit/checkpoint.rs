@@ -184,6 +184,19 @@ fn open_append(path: &Path) -> Result<std::fs::File, PublishError> {
         })
 }
 
+/// Whether the file is empty or ends with a newline.
+fn ends_a_line(path: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    if f.seek(SeekFrom::End(0))? == 0 {
+        return Ok(true);
+    }
+    f.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
+}
+
 /// Publishes checkpoints to the log stream and, when configured, the checkpoint file.
 #[derive(Debug)]
 pub struct Publisher {
@@ -193,9 +206,17 @@ pub struct Publisher {
 
 impl Publisher {
     /// Checks that the file (if any) can be appended to, so a wrong path stops `serve` at start.
+    /// A line left cut short by a crash is ended, so the next checkpoint starts a line of its own.
     pub fn new(file: Option<PathBuf>) -> Result<Self, PublishError> {
         if let Some(path) = &file {
-            open_append(path)?;
+            let failed = |source| PublishError::File {
+                path: path.display().to_string(),
+                source,
+            };
+            let mut f = open_append(path)?;
+            if !ends_a_line(path).map_err(failed)? {
+                f.write_all(b"\n").map_err(failed)?;
+            }
         }
         Ok(Self { file, last: None })
     }
@@ -210,7 +231,12 @@ impl Publisher {
         let tip = seal::checkpoint(pool).await?;
         if let Some(last) = &self.last {
             let at = store::checkpoints::macs_at(pool, &[last.seq]).await?;
-            if !at.iter().any(|p| hex(&p.mac) == last.mac) {
+            let pruned = at.is_empty()
+                && store::checkpoints::extent(pool)
+                    .await?
+                    .1
+                    .is_some_and(|p| p > last.seq);
+            if !pruned && !at.iter().any(|p| hex(&p.mac) == last.mac) {
                 tracing::error!(
                     target: LOG_TARGET,
                     seq = last.seq,
@@ -339,8 +365,13 @@ pub async fn check(
     let (end, pruned) = store::checkpoints::extent(pool).await?;
     let end = end.unwrap_or(0);
     let mut newest: Option<&SignedCheckpoint> = None;
+    let mut at_seq: std::collections::HashMap<i64, Vec<&store::checkpoints::PositionMac>> =
+        std::collections::HashMap::new();
+    for p in &found {
+        at_seq.entry(p.seq).or_default().push(p);
+    }
     for cp in by_seq {
-        let at: Vec<_> = found.iter().filter(|p| p.seq == cp.seq).collect();
+        let at = at_seq.get(&cp.seq).map_or(&[][..], Vec::as_slice);
         let published = cp.published_at.to_rfc3339_opts(SecondsFormat::Secs, true);
         if at.is_empty() {
             if cp.seq > end {
@@ -439,6 +470,30 @@ mod tests {
         let parsed = parse(&text, &keys);
         assert_eq!(parsed.valid.len(), 2);
         assert_eq!(parsed.ignored, vec![(2, "not JSON".to_string())]);
+    }
+
+    #[test]
+    fn a_line_cut_short_by_a_crash_is_ended_at_the_next_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("payvault-cp-unit-{}", uuid::Uuid::new_v4()));
+        Publisher::new(Some(path.clone())).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        std::fs::write(&path, "{\"seq\":1}\n{\"seq\"").unwrap();
+        Publisher::new(Some(path.clone())).unwrap();
+        Publisher::new(Some(path.clone())).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"seq\":1}\n{\"seq\"\n"
+        );
+        std::fs::remove_file(path).unwrap();
+        let missing_dir = std::env::temp_dir().join("payvault-no-such-dir/x");
+        let e = Publisher::new(Some(missing_dir)).unwrap_err().to_string();
+        assert!(
+            e.contains("cannot append to the audit checkpoint file"),
+            "{e}"
+        );
     }
 
     #[test]
