@@ -184,6 +184,18 @@ fn open_append(path: &Path) -> Result<std::fs::File, PublishError> {
         })
 }
 
+/// Appends `line` in one write (with `O_APPEND`, lines of concurrent writers do not interleave)
+/// and syncs it to disk.
+fn append_line(path: &Path, line: &str) -> Result<(), PublishError> {
+    let mut file = open_append(path)?;
+    file.write_all(line.as_bytes())
+        .and_then(|()| file.sync_data())
+        .map_err(|source| PublishError::File {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
 /// Whether the file is empty or ends with a newline.
 fn ends_a_line(path: &Path) -> std::io::Result<bool> {
     use std::io::{Read, Seek, SeekFrom};
@@ -262,16 +274,17 @@ impl Publisher {
             signature = %cp.signature,
             "audit checkpoint"
         );
-        if let Some(path) = &self.file {
-            let mut file = open_append(path)?;
-            // One write per line: with O_APPEND, lines of concurrent writers do not interleave.
+        if let Some(path) = self.file.clone() {
             let line = format!("{}\n", cp.to_line());
-            file.write_all(line.as_bytes())
-                .and_then(|()| file.sync_data())
-                .map_err(|source| PublishError::File {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+            // Reopened for each line, so a log rotation that renames the file is followed; written
+            // and synced off the async threads.
+            let shown = path.display().to_string();
+            tokio::task::spawn_blocking(move || append_line(&path, &line))
+                .await
+                .map_err(|e| PublishError::File {
+                    path: shown,
+                    source: std::io::Error::other(e),
+                })??;
         }
         metrics::gauge!("payvault_audit_checkpoint_seq").set(cp.seq as f64);
         self.last = Some(cp.clone());
