@@ -73,6 +73,10 @@ pub async fn launch(
     };
     let trusted_proxies = TrustedProxies::parse(&cfg.trusted_proxies)
         .map_err(|e| anyhow::anyhow!("PAYVAULT_TRUSTED_PROXIES: {e}"))?;
+    // A checkpoint file that cannot be appended to stops the start (PAYVAULT_AUDIT_CHECKPOINT_FILE).
+    let checkpoints = Arc::new(tokio::sync::Mutex::new(
+        crate::audit::checkpoint::Publisher::new(cfg.checkpoint_file.clone())?,
+    ));
     // The processor first: a setting it refuses (a profile's auth) stops the start before the
     // database is touched.
     let processor = build_processor(
@@ -184,6 +188,12 @@ pub async fn launch(
             keys.clone(),
             cfg.seal_interval,
         )),
+        tokio::spawn(crate::audit::checkpoint::run(
+            pool.clone(),
+            keys.clone(),
+            checkpoints.clone(),
+            cfg.checkpoint_interval,
+        )),
     ];
     tracing::info!(
         %addr,
@@ -239,6 +249,10 @@ pub async fn launch(
         tracing::warn!(error = %e, "could not write the last failed-login audit aggregate");
     }
     stop(&pool, &keys, instance).await;
+    // The last checkpoint covers the stop and what the last requests wrote.
+    if let Err(e) = checkpoints.lock().await.publish(&pool, &keys).await {
+        tracing::warn!(error = %e, "could not publish the last audit checkpoint");
+    }
     served?;
     tracing::info!("payvault stopped");
     Ok(())

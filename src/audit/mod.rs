@@ -3,6 +3,7 @@
 //! operation they record (see `store::vault`), so an operation whose event cannot be written
 //! does not happen. [`seal`] makes the log tamper-evident.
 
+pub mod checkpoint;
 pub mod log;
 pub mod seal;
 

@@ -33,6 +33,10 @@ pub enum AuditCommand {
         /// newest events.
         #[arg(long)]
         checkpoint: Option<std::path::PathBuf>,
+        /// A file of signed checkpoints that `payvault serve` appended
+        /// (PAYVAULT_AUDIT_CHECKPOINT_FILE), or its JSON log: detects a truncated or reset chain.
+        #[arg(long)]
+        checkpoint_file: Option<std::path::PathBuf>,
     },
     /// Print the newest seal as a checkpoint (JSON) to keep off-box.
     Checkpoint,
@@ -127,8 +131,15 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                 eprintln!("more events: continue with --cursor {}", last.id);
             }
         }
-        AuditCommand::Verify { checkpoint } => {
+        AuditCommand::Verify {
+            checkpoint,
+            checkpoint_file,
+        } => {
             let keys = master_keys(&pool).await?;
+            let published = match &checkpoint_file {
+                Some(path) => Some(read_checkpoint_file(path, &keys)?),
+                None => None,
+            };
             let checkpoint: Option<seal::Checkpoint> = match checkpoint {
                 Some(path) => Some(
                     serde_json::from_str(
@@ -139,13 +150,35 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                 ),
                 None => None,
             };
-            let report = seal::verify(&pool, &keys, checkpoint.as_ref()).await?;
+            let mut report = seal::verify(&pool, &keys, checkpoint.as_ref()).await?;
+            if let (None, Some(published)) = (&report.problem, &published) {
+                report.problem = crate::audit::checkpoint::check(&pool, &published.valid).await?;
+            }
             record(
                 "audit_verify",
-                serde_json::json!({ "verified": report.verified, "intact": report.problem.is_none(), "with_checkpoint": checkpoint.is_some() }),
+                serde_json::json!({
+                    "verified": report.verified,
+                    "intact": report.problem.is_none(),
+                    "with_checkpoint": checkpoint.is_some(),
+                    "checkpoint_file_checkpoints": published.as_ref().map(|p| p.valid.len()),
+                }),
             )
             .await?;
             println!("{report}");
+            if let Some(published) = &published {
+                let latest = published
+                    .valid
+                    .iter()
+                    .max_by_key(|c| (c.seq, c.published_at));
+                if let (None, Some(latest)) = (&report.problem, latest) {
+                    println!(
+                        "consistent with {} signed checkpoints; the latest vouches for chain position {} (published {})",
+                        published.valid.len(),
+                        latest.seq,
+                        latest.published_at.to_rfc3339()
+                    );
+                }
+            }
             if report.problem.is_some() {
                 std::process::exit(1);
             }
@@ -216,6 +249,27 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The signed checkpoints of `path`; ignored lines are reported on stderr. A file without any
+/// valid checkpoint is an error: it cannot vouch for anything.
+fn read_checkpoint_file(
+    path: &std::path::Path,
+    keys: &crate::crypto::KeyRing,
+) -> anyhow::Result<crate::audit::checkpoint::CheckpointFile> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = crate::audit::checkpoint::parse(&text, keys);
+    for (line, why) in &file.ignored {
+        eprintln!("{}: line {line} ignored: {why}", path.display());
+    }
+    if file.valid.is_empty() {
+        anyhow::bail!(
+            "{} holds no checkpoint signed with a loaded master key version",
+            path.display()
+        );
+    }
+    Ok(file)
 }
 
 fn print_events(rows: &[store::audit::AuditRow], format: ListFormat) -> anyhow::Result<()> {

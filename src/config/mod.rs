@@ -319,6 +319,11 @@ pub struct ServeConfig {
     /// not read (names only, never values): most likely a misspelt setting
     /// ([`unknown_processor_variables`]). Production refuses them; development warns.
     pub unknown_processor_variables: Vec<String>,
+    /// Signed audit checkpoints (issue 14): how often each instance publishes one
+    /// (`PAYVAULT_AUDIT_CHECKPOINT_SECS`) and the append-only file it also goes to
+    /// (`PAYVAULT_AUDIT_CHECKPOINT_FILE`; the JSON log stream always gets it).
+    pub checkpoint_interval: Duration,
+    pub checkpoint_file: Option<std::path::PathBuf>,
 }
 
 impl ServeConfig {
@@ -358,6 +363,8 @@ impl ServeConfig {
             max_connections: 1024,
             admin_listen: None,
             unknown_processor_variables: Vec::new(),
+            checkpoint_interval: Duration::from_secs(60),
+            checkpoint_file: None,
         }
     }
 
@@ -457,6 +464,16 @@ impl ServeConfig {
                 0 => None,
                 days => Some(days),
             },
+            checkpoint_interval: Duration::from_secs(
+                parsed(
+                    "PAYVAULT_AUDIT_CHECKPOINT_SECS",
+                    d.checkpoint_interval.as_secs(),
+                )?
+                .max(1),
+            ),
+            checkpoint_file: var("PAYVAULT_AUDIT_CHECKPOINT_FILE")?
+                .filter(|p| !p.is_empty())
+                .map(Into::into),
             ..d
         })
     }
@@ -543,6 +560,8 @@ mod tests {
             max_connections: 1,
             admin_listen: None,
             unknown_processor_variables: Vec::new(),
+            checkpoint_interval: Duration::from_secs(1),
+            checkpoint_file: None,
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod charges;
+pub mod checkpoints;
 pub mod credentials;
 pub mod keys;
 pub mod roles;

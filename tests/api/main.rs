@@ -9,6 +9,7 @@ mod helpers;
 
 mod abuse;
 mod audit;
+mod audit_checkpoint;
 mod charge;
 mod cli;
 mod dev;
