@@ -54,7 +54,7 @@ for i in $(seq 1 $((2 * PROBES))); do
 done
 
 DATABASE_URL=$URL PAYVAULT_MASTER_KEY="$key" PAYVAULT_LISTEN=127.0.0.1:$PORT PAYVAULT_PROCESSOR=sandbox \
-  PAYVAULT_LOG=warn PAYVAULT_NO_MIGRATE=true $BIN serve >/dev/null 2>"$work/server.log" &
+  PAYVAULT_ENV=development PAYVAULT_LOG=warn PAYVAULT_NO_MIGRATE=true $BIN serve >/dev/null 2>"$work/server.log" &
 server_pid=$!
 for _ in $(seq 1 500); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break; sleep 0.01; done
 curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null || { cat "$work/server.log" >&2; exit 1; }

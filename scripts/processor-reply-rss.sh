@@ -76,7 +76,7 @@ key=$($BIN keys generate | tail -1)
 
 DATABASE_URL=$URL PAYVAULT_ENV=development PAYVAULT_MASTER_KEY="$key" PAYVAULT_LISTEN=127.0.0.1:$PORT \
   PAYVAULT_PROCESSOR=generic PAYVAULT_PROCESSOR_URL=http://127.0.0.1:$FLOOD_PORT/charge \
-  PAYVAULT_LOG=warn PAYVAULT_NO_MIGRATE=true $BIN serve >/dev/null 2>"$work/server.log" &
+  PAYVAULT_ENV=development PAYVAULT_LOG=warn PAYVAULT_NO_MIGRATE=true $BIN serve >/dev/null 2>"$work/server.log" &
 server_pid=$!
 for _ in $(seq 1 500); do
   curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
