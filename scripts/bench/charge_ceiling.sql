@@ -1,0 +1,47 @@
+-- The database ceiling of a charge by token: exactly the statements a charge of a stored card
+-- runs against the database, in the same order and with the same commits, without payvault in
+-- between: read the vault entry, claim the idempotency key (commit 1, with its audit event),
+-- record the outcome (commit 2, with its audit event). Run by pgbench with -D cred=<credential
+-- uuid> and -D tokens=<number of seeded entries>, on a database seeded by
+-- scripts/bench/charge_seed.sql. One pgbench "transaction" here is one charge (two commits).
+\set n random(1, :tokens)
+\set key random(1, 2000000000)
+SELECT key_version, aad_version, wrapped_key, ciphertext, kind, exp_month, exp_year,
+       network_transaction_id, network_transaction_issuer,
+       deleted_at IS NOT NULL, coalesce(expires_at <= now(), false)
+FROM vault_entries WHERE token = 'tok_bench_' || :n;
+WITH claim AS (
+    INSERT INTO idempotency_records
+        (credential_id, idempotency_key, operation, request_mac, mac_key_version, state,
+         attempts, lease_expires_at, processor_key)
+    VALUES (:cred::uuid, 'c-' || :client_id || '-' || :key || '-' || md5(random()::text), 'charge',
+            sha256(random()::text::bytea), 1, 'in_flight', 1, now() + interval '5 seconds', NULL)
+    ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO NOTHING
+    RETURNING idempotency_key
+), audited AS (
+    SELECT payvault_insert_audit_events(jsonb_build_array(jsonb_build_object(
+        'request_id', gen_random_uuid()::text, 'actor_id', :cred::uuid,
+        'actor_kind', 'connector', 'action', 'charge_attempt', 'outcome', 'success',
+        'client_addr', '127.0.0.1', 'token', 'tok_bench_' || :n,
+        'transaction_id', claim.idempotency_key, 'masked_data', 'visa 411111******1111',
+        'amount_minor', 100, 'currency', 'USD', 'details', '{"attempt": 1}'::jsonb)))
+    FROM claim
+)
+SELECT idempotency_key FROM claim, audited \gset
+WITH finished AS (
+    UPDATE idempotency_records
+    SET state = 'succeeded', outcome = '{"charge_id": "ch_sandbox_0000000000000000"}'::jsonb,
+        token = 'tok_bench_' || :n, lease_expires_at = NULL, updated_at = now()
+    WHERE credential_id = :cred::uuid AND idempotency_key = :idempotency_key::text AND attempts = 1
+      AND state = 'in_flight'
+    RETURNING attempts
+), audited AS (
+    SELECT payvault_insert_audit_events(jsonb_build_array(jsonb_build_object(
+        'request_id', gen_random_uuid()::text, 'actor_id', :cred::uuid,
+        'actor_kind', 'connector', 'action', 'charge', 'outcome', 'success',
+        'client_addr', '127.0.0.1', 'token', 'tok_bench_' || :n,
+        'transaction_id', :idempotency_key::text, 'masked_data', 'visa 411111******1111',
+        'amount_minor', 100, 'currency', 'USD', 'details', '{"charge_id": "ch_sandbox_0"}'::jsonb)))
+    FROM finished
+)
+SELECT count(*) FROM finished, audited;
