@@ -2,7 +2,10 @@
 
 use anyhow::Context;
 
-use crate::audit::AuditEvent;
+use std::sync::Arc;
+
+use crate::audit::{AuditEvent, AuditLog};
+use crate::store::audit_mac::EventSigner;
 use crate::{config, store};
 
 /// A connection for CLI commands, with a clear message when the schema is not set up yet.
@@ -15,6 +18,25 @@ pub async fn cli_pool() -> anyhow::Result<sqlx::PgPool> {
         false => anyhow::bail!(
             "the database schema is not set up or not current: run `payvault migrate` first (`payvault serve` also migrates on start)"
         ),
+    }
+}
+
+/// The audit log as this CLI invocation writes it: a writer of its own (see
+/// `store::audit_mac`), MAC'ing its events with the master key, which every command that
+/// writes audit events therefore needs.
+pub async fn cli_audit_log(pool: &sqlx::PgPool) -> anyhow::Result<AuditLog> {
+    let keys = super::keys::master_keys(pool)
+        .await
+        .context("audit events are MAC'd with the master key")?;
+    Ok(AuditLog::new(pool.clone(), Arc::new(EventSigner::new(keys))))
+}
+
+/// Seals what the command wrote before it exits, so a CLI leaves nothing unsealed behind; a
+/// failure is only a warning (a running instance seals it, and `audit verify` reports events
+/// left unsealed too long).
+pub async fn seal_before_exit(log: &AuditLog) {
+    if let Err(e) = log.seal_before_exit().await {
+        eprintln!("warning: could not seal this command's audit events ({e}); a running payvault instance will");
     }
 }
 
@@ -36,9 +58,11 @@ pub async fn migrate(runtime_role: Option<String>) -> anyhow::Result<()> {
     event.details["role"] = role.as_str().into();
     event.details["created"] = created.into();
     event.details["password_set"] = password.is_some().into();
-    store::audit::insert_audit_event(&pool, &event)
+    let log = cli_audit_log(&pool).await?;
+    log.record(&event)
         .await
         .context("cannot write the audit log")?;
+    seal_before_exit(&log).await;
     println!(
         "runtime role {role} {}: serve as it with `payvault serve --no-migrate` (DATABASE_URL naming {role})",
         if created { "created and granted" } else { "granted" }

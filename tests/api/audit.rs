@@ -17,7 +17,7 @@ async fn sealed(app: &TestApp) {
 }
 
 async fn verify(app: &TestApp, checkpoint: Option<&Checkpoint>) -> seal::Report {
-    seal::verify(app.pool(), &app.keys, checkpoint)
+    seal::verify(app.pool(), &app.keys, checkpoint, helpers::MAX_UNSEALED)
         .await
         .unwrap()
 }
@@ -389,7 +389,7 @@ async fn each_action_produces_exactly_its_events_with_the_required_fields() {
         .count("SELECT count(*) FROM audit_events WHERE action = 'credential_create'")
         .await;
     assert_eq!(creates, 2, "the harness's connector and `backend`");
-    payvault::auth::admin::revoke_credential(app.pool(), "backend")
+    payvault::auth::admin::revoke_credential(app.pool(), &app.signer, "backend")
         .await
         .unwrap();
     assert_eq!(app.count("SELECT count(*) FROM audit_events WHERE action = 'credential_revoke' AND actor_kind = 'operator'").await, 1);

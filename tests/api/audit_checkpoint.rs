@@ -19,6 +19,8 @@ struct Served {
     key: String,
     file: PathBuf,
     log: PathBuf,
+    /// The test's own audit event writer, with the server's key.
+    signer: payvault::store::audit_mac::EventSigner,
 }
 
 fn temp(name: &str) -> PathBuf {
@@ -50,9 +52,11 @@ async fn serve() -> Served {
         .unwrap();
     let child = Child(child);
     wait_until_serving(&format!("http://127.0.0.1:{port}")).await;
+    let ring = payvault::crypto::KeyRing::parse(&key).unwrap();
     Served {
         child,
         db,
+        signer: payvault::store::audit_mac::EventSigner::new(std::sync::Arc::new(ring)),
         key,
         file,
         log,
@@ -64,7 +68,7 @@ impl Served {
     async fn write_events(&self, n: usize) {
         for i in 0..n {
             let event = AuditEvent::system("test_event", serde_json::json!({ "i": i }));
-            payvault::store::audit::insert_audit_event(&self.db.pool, &event)
+            payvault::store::audit::insert_audit_event(&self.db.pool, &self.signer, &event)
                 .await
                 .unwrap();
         }

@@ -9,6 +9,7 @@ use payvault::auth::admin::{self, CreatedCredential};
 use payvault::auth::{CredentialKind, Scope};
 use payvault::config::{ProcessorConfig, ServeConfig, TlsFiles};
 use payvault::crypto::{KeyRing, MasterKey};
+use payvault::store::audit_mac::EventSigner;
 use payvault::processor::profile::{ProcessorEnvironment, Profile, ProfileConfig};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -20,6 +21,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub db: Arc<TestDb>,
     pub keys: Arc<KeyRing>,
+    /// An audit event writer of the test's own (as a CLI command would be), with the app's keys.
+    pub signer: Arc<EventSigner>,
     pub client: reqwest::Client,
     /// A connector credential for Twilio-style requests.
     pub connector: CreatedCredential,
@@ -62,7 +65,7 @@ impl TestApp {
         kind: CredentialKind,
         scopes: Option<Vec<Scope>>,
     ) -> CreatedCredential {
-        admin::create_credential(self.pool(), name, kind, scopes)
+        admin::create_credential(self.pool(), &self.signer, name, kind, scopes)
             .await
             .unwrap()
     }
@@ -100,6 +103,11 @@ impl Drop for TestApp {
             let _ = stop.send(());
         }
     }
+}
+
+/// An audit event writer with `keys`, as a CLI command is one.
+pub fn signer_for(keys: &Arc<KeyRing>) -> EventSigner {
+    EventSigner::new(keys.clone())
 }
 
 pub fn test_keys() -> Arc<KeyRing> {
@@ -223,8 +231,10 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
     if on_ready.await.is_err() {
         panic!("payvault did not start: {:?}", served.await);
     }
+    let signer = Arc::new(EventSigner::new(keys.clone()));
     let connector = admin::create_credential(
         &db.pool,
+        &signer,
         &format!("twilio-{}", addr.port()),
         CredentialKind::Connector,
         None,
@@ -235,6 +245,7 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
         addr,
         db,
         keys,
+        signer,
         client: reqwest::Client::new(),
         connector,
         stop: Some(stop),
