@@ -73,6 +73,7 @@ fn anomaly_text(kind: &str) -> &str {
         "bad_mac" => "its MAC does not verify: forged or modified",
         "no_mac" => "it has no MAC: inserted behind payvault's back",
         "missing_event" => "its queue row named an event that does not exist",
+        "unknown_key_version" => "it is MAC'd under a master key version not loaded",
         "already_sealed" => "its queue row named an event that is already sealed",
         other => other,
     }

@@ -135,9 +135,13 @@ pub async fn seal_pending(pool: &PgPool, keys: &KeyRing) -> Result<u64, SealErro
                     set_aside.push(e.id);
                     kinds.push(if e.mac.is_none() { "no_mac" } else { "bad_mac" }.to_owned());
                 }
-                // Written by an instance with a newer master key: leave the batch (rolled back,
-                // so still queued) to an instance that has it.
-                Err(CryptoError::UnknownKeyVersion(v)) => {
+                // Just written by an instance with a newer master key: leave the batch (rolled
+                // back, so still queued) to an instance that has it, for a while.
+                Err(CryptoError::UnknownKeyVersion(v))
+                    if v > keys.current_version()
+                        && Utc::now() - e.occurred_at
+                            < chrono::Duration::from_std(SEAL_GRACE).unwrap_or_default() =>
+                {
                     tracing::warn!(
                         event = e.id,
                         key_version = v,
@@ -145,6 +149,12 @@ pub async fn seal_pending(pool: &PgPool, keys: &KeyRing) -> Result<u64, SealErro
                     );
                     tx.rollback().await?;
                     return Ok(total);
+                }
+                // An older version that is not loaded, or a newer one for too long: set aside,
+                // so a made-up version number cannot stop sealing.
+                Err(CryptoError::UnknownKeyVersion(_)) => {
+                    set_aside.push(e.id);
+                    kinds.push("unknown_key_version".to_owned());
                 }
                 Err(err) => return Err(err.into()),
             }

@@ -51,6 +51,8 @@ pub async fn migrate(runtime_role: Option<String>) -> anyhow::Result<()> {
         return Ok(());
     };
     let password = config::secret_var("PAYVAULT_RUNTIME_PASSWORD")?;
+    // Loaded before the role is touched: the grant's audit event is MAC'd with it.
+    let log = cli_audit_log(&pool).await?;
     let created = store::roles::ensure_runtime_role(&pool, &role, password.as_ref())
         .await
         .with_context(|| format!("cannot set up the runtime role {role}"))?;
@@ -58,7 +60,6 @@ pub async fn migrate(runtime_role: Option<String>) -> anyhow::Result<()> {
     event.details["role"] = role.as_str().into();
     event.details["created"] = created.into();
     event.details["password_set"] = password.is_some().into();
-    let log = cli_audit_log(&pool).await?;
     log.record(&event)
         .await
         .context("cannot write the audit log")?;

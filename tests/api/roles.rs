@@ -268,10 +268,13 @@ async fn production_refuses_to_serve_as_a_superuser_or_as_the_owner_of_the_audit
     ] {
         sqlx::query(&sql).execute(&mut admin).await.unwrap();
     }
-    // The owner migrates and creates the runtime role.
+    // The owner migrates and creates the runtime role (an audit event, MAC'd with the key).
+    let key = MasterKey::generate(1).encode();
     let migrated = Command::new(env!("CARGO_BIN_EXE_payvault"))
         .args(["migrate", "--runtime-role", &owned.runtime])
         .env_remove("DATABASE_URL_FILE")
+        .env_remove("PAYVAULT_MASTER_KEY_FILE")
+        .env("PAYVAULT_MASTER_KEY", key.as_str())
         .env("DATABASE_URL", owned.url(&owned.owner))
         .env("PAYVAULT_RUNTIME_PASSWORD", "owner-test-password")
         .output()
@@ -326,6 +329,8 @@ async fn production_refuses_to_serve_as_a_superuser_or_as_the_owner_of_the_audit
     let grant = Command::new(env!("CARGO_BIN_EXE_payvault"))
         .args(["migrate", "--runtime-role", &owned.owner])
         .env_remove("DATABASE_URL_FILE")
+        .env_remove("PAYVAULT_MASTER_KEY_FILE")
+        .env("PAYVAULT_MASTER_KEY", key.as_str())
         .env("DATABASE_URL", owned.url(&owned.owner))
         .output()
         .unwrap();
