@@ -19,18 +19,42 @@ use serde_json::{json, Value};
 /// the window in which only the events' own MACs protect them.
 struct Log {
     db: TestDb,
+    key: String,
     keys: Arc<KeyRing>,
     signer: EventSigner,
 }
 
 impl Log {
     async fn new() -> Self {
-        let keys = test_keys();
+        let key = payvault::crypto::MasterKey::generate(1)
+            .encode()
+            .as_str()
+            .to_owned();
+        let keys = Arc::new(KeyRing::parse(&key).unwrap());
         Self {
             db: TestDb::new().await,
             signer: EventSigner::new(keys.clone()),
+            key,
             keys,
         }
+    }
+
+    /// `payvault audit verify` as an operator runs it: its exit code and output.
+    fn cli_verify(&self) -> (Option<i32>, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_payvault"))
+            .args(["audit", "verify"])
+            .env_remove("DATABASE_URL_FILE")
+            .env_remove("PAYVAULT_MASTER_KEY_FILE")
+            .env("DATABASE_URL", self.db.url())
+            .env("PAYVAULT_MASTER_KEY", &self.key)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
     }
 
     /// Writes an event with every optional column set; returns its id.
@@ -156,6 +180,11 @@ async fn a_forged_insert_fresh_backdated_or_copied_is_named() {
     names(&report, fresh, "has no MAC");
     names(&report, backdated, "does not verify");
     names(&report, copied, "does not verify");
+    let (code, text) = log.cli_verify();
+    assert_eq!(code, Some(1), "{text}");
+    for id in [fresh, backdated, copied] {
+        assert!(text.contains(&format!("event {id} ")), "{text}");
+    }
 }
 
 #[tokio::test]
@@ -233,7 +262,12 @@ async fn a_deleted_unsealed_event_shows_as_a_gap_in_its_writers_counter() {
     );
     // Sealing the rest does not hide it.
     assert_eq!(log.seal().await, 2);
-    assert!(log.verify().await.to_string().contains("is missing"));
+    let (code, text) = log.cli_verify();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!("event #2 of writer {writer} is missing")),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -291,6 +325,12 @@ async fn a_poisoned_queue_row_is_set_aside_and_never_blocks_sealing() {
     names(&report, 999_999, "does not exist");
     assert!(report.problem.is_none(), "the chain stays intact: {report}");
     assert!(!report.findings.iter().any(|f| f.event_id == Some(next)));
+    let (code, text) = log.cli_verify();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!("the sealer set event {sealed} aside")),
+        "{text}"
+    );
 }
 
 #[tokio::test]
