@@ -176,11 +176,11 @@ pub async fn launch(
 
     let background = [
         tokio::spawn(auth.follow_changes()),
-        tokio::spawn(
-            auth_failures
-                .clone()
-                .run(pool.clone(), signer.clone(), cfg.auth_failure_audit_interval),
-        ),
+        tokio::spawn(auth_failures.clone().run(
+            pool.clone(),
+            signer.clone(),
+            cfg.auth_failure_audit_interval,
+        )),
         tokio::spawn(crate::vault::run_expiry_purge(
             pool.clone(),
             signer.clone(),

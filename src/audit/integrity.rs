@@ -92,7 +92,9 @@ async fn bad_macs(pool: &sqlx::PgPool, keys: &KeyRing) -> Result<Vec<Finding>, s
             let problem = match row.mac_valid(keys) {
                 Ok(true) => continue,
                 Ok(false) if row.mac.is_none() => "has no MAC: inserted behind payvault's back",
-                Ok(false) => "has a MAC that does not verify: forged, or modified after it was written",
+                Ok(false) => {
+                    "has a MAC that does not verify: forged, or modified after it was written"
+                }
                 Err(_) => "is MAC'd under a master key version that is not loaded",
             };
             bad += 1;

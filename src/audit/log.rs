@@ -7,8 +7,8 @@ use sqlx::PgPool;
 
 use super::AuditEvent;
 use crate::store;
-use crate::store::audit_mac::EventSigner;
 pub use crate::store::audit::{AuditFilter, AuditRow};
+use crate::store::audit_mac::EventSigner;
 
 /// Handle on the audit log.
 #[derive(Debug, Clone)]

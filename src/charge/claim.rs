@@ -244,8 +244,12 @@ impl Charger {
         let mut retry = event.clone();
         retry.action = "charge_attempt";
         retry.details = serde_json::json!({ "attempt": take.attempt(), "resumed_from": rec.state });
-        let taken =
-            store::charges::take_over_charge(&self.pool, &take, &AuditBatch::one(self.vault.signer(), &retry)).await?;
+        let taken = store::charges::take_over_charge(
+            &self.pool,
+            &take,
+            &AuditBatch::one(self.vault.signer(), &retry),
+        )
+        .await?;
         let Some(number) = taken else {
             return Ok(None);
         };

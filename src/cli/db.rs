@@ -28,7 +28,10 @@ pub async fn cli_audit_log(pool: &sqlx::PgPool) -> anyhow::Result<AuditLog> {
     let keys = super::keys::master_keys(pool)
         .await
         .context("audit events are MAC'd with the master key")?;
-    Ok(AuditLog::new(pool.clone(), Arc::new(EventSigner::new(keys))))
+    Ok(AuditLog::new(
+        pool.clone(),
+        Arc::new(EventSigner::new(keys)),
+    ))
 }
 
 /// Seals what the command wrote before it exits, so a CLI leaves nothing unsealed behind; a

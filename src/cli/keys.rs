@@ -149,7 +149,8 @@ async fn rotate_keys(batch: i64) -> anyhow::Result<()> {
     // Entries under an older key version, and those sealed before AAD v2 (re-sealed alike).
     let total = store::vault::count_for_rotation(&pool, current, crate::crypto::AAD_V2).await?;
     let log = AuditLog::new(pool.clone(), Arc::new(EventSigner::new(keys.clone())));
-    let vault = crate::vault::Vault::new(pool.clone(), keys.clone()).with_signer(log.signer().clone());
+    let vault =
+        crate::vault::Vault::new(pool.clone(), keys.clone()).with_signer(log.signer().clone());
     let mut done = 0u64;
     eprintln!("re-encrypting {total} entries under master key version {current}");
     // Audited before the first entry is decrypted (PCI DSS 10.2.1): a rotation whose event

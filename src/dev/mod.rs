@@ -191,7 +191,8 @@ async fn serve(dir: &Path, pgdata: &Path, stop: &Stop) -> anyhow::Result<()> {
     let sandbox = matches!(cfg.processor, ProcessorConfig::Sandbox);
 
     // The credentials' audit events are MAC'd with the same key `serve` then loads.
-    let ring = crate::crypto::KeyRing::from_keys(vec![load_or_create_key(&dir.join("master.key"))?])?;
+    let ring =
+        crate::crypto::KeyRing::from_keys(vec![load_or_create_key(&dir.join("master.key"))?])?;
     let signer = crate::store::audit_mac::EventSigner::new(std::sync::Arc::new(ring));
     stop.unless_stopped(prepare_database(pgdata, &url, &creds, &signer))
         .await?;

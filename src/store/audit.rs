@@ -211,9 +211,12 @@ impl AuditRow {
         &self,
         keys: &crate::crypto::KeyRing,
     ) -> Result<bool, crate::crypto::CryptoError> {
-        let (Some(writer_id), Some(writer_seq), Some(key_version), Some(mac)) =
-            (self.writer_id, self.writer_seq, self.mac_key_version, &self.mac)
-        else {
+        let (Some(writer_id), Some(writer_seq), Some(key_version), Some(mac)) = (
+            self.writer_id,
+            self.writer_seq,
+            self.mac_key_version,
+            &self.mac,
+        ) else {
             return Ok(false);
         };
         let details: serde_json::Value =

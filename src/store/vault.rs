@@ -5,9 +5,9 @@ use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use super::audit::AuditBatch;
-use crate::domain::AuditEvent;
 use super::charges::ChargeState;
 use crate::crypto::{EntryBinding, SealedEntry};
+use crate::domain::AuditEvent;
 
 /// A vault entry to insert: ciphertexts plus the display metadata allowed in clear.
 #[derive(Debug)]

@@ -371,7 +371,11 @@ async fn readyz_and_metrics_show_the_sealing_lag() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let body = loop {
         let r = app.client.get(app.url("/readyz")).send().await.unwrap();
-        assert_eq!(r.status(), 200, "lagging sealing degrades, it does not stop serving");
+        assert_eq!(
+            r.status(),
+            200,
+            "lagging sealing degrades, it does not stop serving"
+        );
         let body: Value = r.json().await.unwrap();
         if body["status"] == "degraded" || Instant::now() > deadline {
             break body;
@@ -380,7 +384,10 @@ async fn readyz_and_metrics_show_the_sealing_lag() {
     };
     assert_eq!(body["status"], "degraded", "{body}");
     assert_eq!(body["audit_sealing"], "lagging", "{body}");
-    assert!(body["audit_seal_lag_seconds"].as_f64().unwrap() > 0.0, "{body}");
+    assert!(
+        body["audit_seal_lag_seconds"].as_f64().unwrap() > 0.0,
+        "{body}"
+    );
     let metrics = app
         .client
         .get(app.url("/metrics"))
@@ -422,7 +429,11 @@ async fn a_cli_command_seals_the_events_it_wrote_before_exiting() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!((events, unsealed), (1, 0), "written, and sealed by the command itself");
+    assert_eq!(
+        (events, unsealed),
+        (1, 0),
+        "written, and sealed by the command itself"
+    );
     let keys = KeyRing::parse(&key).unwrap();
     let report = seal::verify(&db.pool, &keys, None, helpers::MAX_UNSEALED)
         .await

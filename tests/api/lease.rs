@@ -131,9 +131,10 @@ async fn twilios_retry_on_a_survivor_gets_the_charge_of_an_instance_killed_mid_c
     let db = TestDb::new().await;
     let master_key = MasterKey::generate(1).encode();
     let signer = crate::helpers::signer_for(&Arc::new(KeyRing::parse(&master_key).unwrap()));
-    let twilio = admin::create_credential(&db.pool, &signer, "twilio", CredentialKind::Connector, None)
-        .await
-        .unwrap();
+    let twilio =
+        admin::create_credential(&db.pool, &signer, "twilio", CredentialKind::Connector, None)
+            .await
+            .unwrap();
     let credentials = (twilio.row.username.as_str(), twilio.secret.expose());
     let fake = stripe::start().await;
     // Stripe executes the first sale, then its answer is held: the instance waiting for it dies
@@ -252,11 +253,12 @@ async fn a_heartbeat_renews_only_the_attempt_that_holds_the_charge() {
     };
     let db = TestDb::new().await;
     let signer = crate::helpers::signer_for(&crate::helpers::test_keys());
-    let who = admin::create_credential(&db.pool, &signer, "twilio", CredentialKind::Connector, None)
-        .await
-        .unwrap()
-        .row
-        .id;
+    let who =
+        admin::create_credential(&db.pool, &signer, "twilio", CredentialKind::Connector, None)
+            .await
+            .unwrap()
+            .row
+            .id;
     let key = new_txn();
     let none = AuditBatch::new(&signer, &[]);
     let lease = Duration::from_secs(60);

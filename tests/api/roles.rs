@@ -108,7 +108,9 @@ async fn the_runtime_role_cannot_update_delete_truncate_or_disable_triggers_on_a
     .unwrap();
     assert_eq!(after, before);
     seal::seal_pending(&rt, &keys).await.unwrap();
-    let report = seal::verify(&rt, &keys, None, helpers::MAX_UNSEALED).await.unwrap();
+    let report = seal::verify(&rt, &keys, None, helpers::MAX_UNSEALED)
+        .await
+        .unwrap();
     assert!(report.intact(), "{report}");
     rt.close().await;
 }
@@ -163,7 +165,9 @@ async fn the_service_runs_fully_as_the_runtime_role() {
     assert!(deleted >= 3, "{deleted} events pruned");
     assert_eq!(app.count("SELECT count(*) FROM audit_anchors").await, 1);
     helpers::seal_all(&rt, &keys).await;
-    let report = seal::verify(&rt, &keys, None, helpers::MAX_UNSEALED).await.unwrap();
+    let report = seal::verify(&rt, &keys, None, helpers::MAX_UNSEALED)
+        .await
+        .unwrap();
     assert!(report.intact(), "{report}");
     rt.close().await;
 }

@@ -170,8 +170,8 @@ async fn the_first_check_value_of_a_version_that_only_sealed_is_proved_by_its_se
             &helpers::signer_for(&Arc::new(KeyRing::parse(&right).unwrap())),
             &AuditEvent::operator(action),
         )
-            .await
-            .unwrap();
+        .await
+        .unwrap();
     }
     helpers::seal_all(&db.pool, &ring).await;
 

@@ -9,8 +9,8 @@ use payvault::auth::admin::{self, CreatedCredential};
 use payvault::auth::{CredentialKind, Scope};
 use payvault::config::{ProcessorConfig, ServeConfig, TlsFiles};
 use payvault::crypto::{KeyRing, MasterKey};
-use payvault::store::audit_mac::EventSigner;
 use payvault::processor::profile::{ProcessorEnvironment, Profile, ProfileConfig};
+use payvault::store::audit_mac::EventSigner;
 use serde_json::Value;
 use sqlx::PgPool;
 
