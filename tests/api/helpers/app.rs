@@ -111,7 +111,32 @@ pub fn signer_for(keys: &Arc<KeyRing>) -> EventSigner {
 }
 
 pub fn test_keys() -> Arc<KeyRing> {
-    Arc::new(KeyRing::from_keys(vec![MasterKey::generate(1)]).unwrap())
+    let text = MasterKey::generate(1).encode().as_str().to_owned();
+    let ring = KeyRing::parse(&text).unwrap();
+    key_texts()
+        .lock()
+        .unwrap()
+        .insert(ring.check_value(1).unwrap(), text);
+    Arc::new(ring)
+}
+
+/// The text of the master key of a ring made by [`test_keys`], for the CLI commands a test
+/// runs against the same database (they MAC their audit events with it).
+pub fn key_text(keys: &KeyRing) -> String {
+    let check = keys.check_value(keys.current_version()).unwrap();
+    key_texts()
+        .lock()
+        .unwrap()
+        .get(&check)
+        .cloned()
+        .expect("a key ring made by test_keys()")
+}
+
+fn key_texts() -> &'static std::sync::Mutex<std::collections::HashMap<[u8; 32], String>> {
+    static TEXTS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<[u8; 32], String>>,
+    > = std::sync::OnceLock::new();
+    TEXTS.get_or_init(Default::default)
 }
 
 /// How a test server charges.
