@@ -51,7 +51,7 @@ fresh_db() {
   psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
   if [ "${1:-on}" = off ]; then psql "$ADMIN_URL" -qc "ALTER DATABASE $DB SET synchronous_commit = off" >/dev/null; fi
   DATABASE_URL=$URL $BIN migrate >/dev/null
-  DATABASE_URL=$URL $BIN credentials create --name bench --kind connector --scopes connector,tokens:charge --format json > "$work/cred.json"
+  DATABASE_URL=$URL PAYVAULT_MASTER_KEY="$key" $BIN credentials create --name bench --kind connector --scopes connector,tokens:charge --format json > "$work/cred.json"
   user=$(sed -E 's/.*"username":"([^"]+)".*/\1/' "$work/cred.json")
   secret=$(sed -E 's/.*"secret":"([^"]+)".*/\1/' "$work/cred.json")
   cred_id=$(sed -E 's/.*"id":"([^"]+)".*/\1/' "$work/cred.json")

@@ -20,6 +20,7 @@ use crate::crypto::{CryptoError, EntryBinding, KeyRing, AAD_V2};
 use crate::domain::{PaymentMethod, Token, TransactionId};
 use crate::store;
 use crate::store::audit::AuditBatch;
+use crate::store::audit_mac::EventSigner;
 use crate::store::charges::ChargeState;
 use crate::store::vault::{NewEntry, NewIdempotency};
 
@@ -28,6 +29,8 @@ use crate::store::vault::{NewEntry, NewIdempotency};
 pub struct Vault {
     pool: PgPool,
     keys: Arc<KeyRing>,
+    /// This process's audit event writer (see `store::audit_mac`).
+    signer: Arc<EventSigner>,
     /// Tokenizing a card this credential already vaulted returns the existing token.
     dedup: bool,
 }
@@ -75,9 +78,11 @@ impl TokenizeError {
 }
 
 impl Vault {
+    /// A vault whose audit events are written by a new writer (see [`Vault::with_signer`]).
     pub fn new(pool: PgPool, keys: Arc<KeyRing>) -> Self {
         Self {
             pool,
+            signer: Arc::new(EventSigner::new(keys.clone())),
             keys,
             dedup: false,
         }
@@ -89,8 +94,19 @@ impl Vault {
         self
     }
 
+    /// Writes audit events as `signer` (the process's one writer) instead.
+    pub fn with_signer(mut self, signer: Arc<EventSigner>) -> Self {
+        self.signer = signer;
+        self
+    }
+
     pub fn keys(&self) -> &KeyRing {
         &self.keys
+    }
+
+    /// The writer this vault's audit events are MAC'd and counted by.
+    pub fn signer(&self) -> &Arc<EventSigner> {
+        &self.signer
     }
 
     /// Encrypts a card or bank account into the vault and returns its token.
@@ -131,7 +147,7 @@ impl Vault {
                 &self.pool,
                 &idem,
                 &entry,
-                &AuditBatch::one(&audit),
+                &AuditBatch::one(&self.signer, &audit),
             )
             .await?
             .then(|| prepared.token.as_str().to_owned())
@@ -161,7 +177,7 @@ impl Vault {
             Some(token) => {
                 let mut event = self.tokenize_event(who, origin, req).with_token(&token);
                 event.details["replayed"] = true.into();
-                store::audit::insert_audit_event(&self.pool, &event).await?;
+                store::audit::insert_audit_event(&self.pool, &self.signer, &event).await?;
                 Ok(Tokenized {
                     token,
                     replayed: true,
@@ -174,7 +190,7 @@ impl Vault {
                     TokenizeError::DuplicateTransaction
                 };
                 let event = self.tokenize_event(who, origin, req).failed(err.code());
-                store::audit::insert_audit_event(&self.pool, &event).await?;
+                store::audit::insert_audit_event(&self.pool, &self.signer, &event).await?;
                 Err(err)
             }
         }
@@ -204,7 +220,7 @@ impl Vault {
                 &mut *tx,
                 idem,
                 &entry,
-                &AuditBatch::one(audit),
+                &AuditBatch::one(&self.signer, audit),
             )
             .await?;
             tx.commit().await?;
@@ -217,7 +233,7 @@ impl Vault {
         let mut event = self.tokenize_event(who, origin, req).with_token(&existing);
         event.details["deduplicated"] = true.into();
         event.details["expiry_updated"] = updated.into();
-        store::audit::insert_audit_event(&mut *tx, &event).await?;
+        store::audit::insert_audit_event(&mut *tx, &self.signer, &event).await?;
         tx.commit().await?;
         Ok(Some(existing))
     }
@@ -356,16 +372,16 @@ impl Vault {
     /// Records an audit event on its own: a request that failed before reaching the vault
     /// (validation, scope), or a read that changes nothing.
     pub async fn record_event(&self, event: &AuditEvent) -> Result<(), sqlx::Error> {
-        store::audit::insert_audit_event(&self.pool, event).await
+        store::audit::insert_audit_event(&self.pool, &self.signer, event).await
     }
 }
 
 /// Shreds expired tokens every `every`, in batches, until the process ends. Several instances
 /// can run it at once: rows are claimed with `SKIP LOCKED`.
-pub async fn run_expiry_purge(pool: PgPool, every: std::time::Duration) {
+pub async fn run_expiry_purge(pool: PgPool, signer: Arc<EventSigner>, every: std::time::Duration) {
     loop {
         loop {
-            match store::vault::purge_expired(&pool, 500).await {
+            match store::vault::purge_expired(&pool, &signer, 500).await {
                 Ok(0) => break,
                 Ok(n) => tracing::info!(purged = n, "expired tokens shredded"),
                 Err(e) => {

@@ -25,7 +25,12 @@ WITH idem AS (
         'actor_kind', 'connector', 'action', 'tokenize', 'outcome', 'success',
         'client_addr', '127.0.0.1', 'token', entry.token,
         'transaction_id', gen_random_uuid()::text, 'masked_data', 'visa 411111******1111',
-        'details', '{"kind": "card"}'::jsonb)))
+        'details', '{"kind": "card"}'::jsonb,
+        -- The writer's identity and a 32-byte MAC of the real size (payvault computes it in
+        -- Rust; this throwaway database is never sealed or verified).
+        'occurred_at', clock_timestamp(), 'writer_id', :cred::uuid,
+        'writer_seq', (random() * 9e18)::bigint, 'mac_key_version', 1,
+        'mac', encode(sha256(random()::text::bytea), 'hex'))))
     FROM entry
 )
 SELECT count(*) FROM entry, audited;

@@ -20,12 +20,13 @@ use crate::audit::{AuditEvent, AuditLog};
 use crate::auth::{admin, Authenticator, CredentialKind, FailureAudit, Scope};
 use crate::charge::Charger;
 use crate::config::{self, ProcessorConfig, ServeConfig};
-use crate::crypto::KeyRing;
+
 use crate::http::{AppState, TrustedProxies};
 use crate::processor::profile::ProfileProcessor;
 use crate::processor::sandbox::Sandbox;
 use crate::processor::{Processor, Unconfigured};
 use crate::store;
+use crate::store::audit_mac::EventSigner;
 use crate::vault::Vault;
 
 /// How often expired tokens are looked for.
@@ -119,8 +120,10 @@ pub async fn launch(
         }
     }
     let keys = keys.load(&pool).await?;
+    // This process's one audit event writer (see store::audit_mac).
+    let signer = Arc::new(EventSigner::new(keys.clone()));
     if let Some(credential) = &cfg.dev_connector_credential {
-        ensure_dev_connector(&pool, credential).await?;
+        ensure_dev_connector(&pool, &signer, credential).await?;
     }
 
     // Start and stop of the service are audited (PCI DSS 10.2.1.6: start of audit logging).
@@ -134,6 +137,7 @@ pub async fn launch(
     });
     store::audit::insert_audit_event(
         &pool,
+        &signer,
         &AuditEvent::system("service_start", instance.clone()),
     )
     .await
@@ -144,7 +148,9 @@ pub async fn launch(
     let auth_failures = Arc::new(FailureAudit::new(
         crate::http::AUTH_FAILURE_AUDITS_PER_SECOND,
     ));
-    let vault = Vault::new(pool.clone(), keys.clone()).with_dedup(cfg.dedup);
+    let vault = Vault::new(pool.clone(), keys.clone())
+        .with_signer(signer.clone())
+        .with_dedup(cfg.dedup);
     let charger = Charger {
         pool: pool.clone(),
         vault: vault.clone(),
@@ -157,7 +163,8 @@ pub async fn launch(
     let state = AppState {
         vault,
         charger,
-        audit: AuditLog::new(pool.clone()),
+        audit: AuditLog::new(pool.clone(), signer.clone()),
+        audit_max_unsealed: cfg.audit_max_unsealed,
         auth: auth.clone(),
         max_body_bytes: cfg.max_body_bytes,
         trusted_proxies: Arc::new(trusted_proxies),
@@ -169,13 +176,14 @@ pub async fn launch(
 
     let background = [
         tokio::spawn(auth.follow_changes()),
-        tokio::spawn(
-            auth_failures
-                .clone()
-                .run(pool.clone(), cfg.auth_failure_audit_interval),
-        ),
+        tokio::spawn(auth_failures.clone().run(
+            pool.clone(),
+            signer.clone(),
+            cfg.auth_failure_audit_interval,
+        )),
         tokio::spawn(crate::vault::run_expiry_purge(
             pool.clone(),
+            signer.clone(),
             EXPIRY_PURGE_INTERVAL,
         )),
         tokio::spawn(crate::vault::run_idempotency_purge(
@@ -185,7 +193,7 @@ pub async fn launch(
         )),
         tokio::spawn(crate::audit::seal::run_sealer(
             pool.clone(),
-            keys.clone(),
+            signer.clone(),
             cfg.seal_interval,
         )),
         tokio::spawn(crate::audit::checkpoint::run(
@@ -245,10 +253,10 @@ pub async fn launch(
     for task in background {
         task.abort();
     }
-    if let Err(e) = auth_failures.flush(&pool).await {
+    if let Err(e) = auth_failures.flush(&pool, &signer).await {
         tracing::warn!(error = %e, "could not write the last failed-login audit aggregate");
     }
-    stop(&pool, &keys, instance).await;
+    stop(&pool, &signer, instance).await;
     // The last checkpoint covers the stop and what the last requests wrote.
     if let Err(e) = checkpoints.lock().await.publish(&pool, &keys).await {
         tracing::warn!(error = %e, "could not publish the last audit checkpoint");
@@ -260,12 +268,18 @@ pub async fn launch(
 
 /// Audits the stop and seals what the last requests wrote, so a stopped instance leaves
 /// nothing unsealed behind. Failures are logged: the next instance seals.
-async fn stop(pool: &PgPool, keys: &KeyRing, instance: serde_json::Value) {
+async fn stop(pool: &PgPool, signer: &EventSigner, mut instance: serde_json::Value) {
+    // The writer's last counter value, so a deletion of its newest events shows as a gap.
+    instance["writer_id"] = signer.writer_id().to_string().into();
+    instance["writer_last_seq"] = (signer.last_seq() + 1).into();
     let event = AuditEvent::system("service_stop", instance);
-    if let Err(e) = store::audit::insert_audit_event(pool, &event).await {
+    if let Err(e) = store::audit::insert_audit_event(pool, signer, &event).await {
         tracing::warn!(error = %e, "could not audit the service stop");
     }
-    if let Err(e) = crate::audit::seal::seal_pending(pool, keys).await {
+    if let Err(e) = signer.flush_voids(pool).await {
+        tracing::warn!(error = %e, "could not record voided audit counter values");
+    }
+    if let Err(e) = crate::audit::seal::seal_pending(pool, signer.keys()).await {
         tracing::warn!(error = %e, "could not seal the last audit events; the next instance will");
     }
 }
@@ -300,10 +314,12 @@ fn build_processor(
 /// development set-ups whose curl examples need a known password.
 async fn ensure_dev_connector(
     pool: &PgPool,
+    signer: &EventSigner,
     credential: &config::DevCredential,
 ) -> anyhow::Result<()> {
     let created = admin::ensure_credential(
         pool,
+        signer,
         "dev-connector",
         CredentialKind::Connector,
         vec![Scope::Connector, Scope::TokensCharge],

@@ -1,26 +1,51 @@
 //! The audit log as the rest of payvault uses it: recording an event on its own, and reading
 //! events, which is itself audited (PCI DSS 10.2.1.3).
 
+use std::sync::Arc;
+
 use sqlx::PgPool;
 
 use super::AuditEvent;
 use crate::store;
 pub use crate::store::audit::{AuditFilter, AuditRow};
+use crate::store::audit_mac::EventSigner;
 
 /// Handle on the audit log.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     pool: PgPool,
+    signer: Arc<EventSigner>,
 }
 
 impl AuditLog {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// The log as written by `signer` (the process's writer: see `store::audit_mac`).
+    pub fn new(pool: PgPool, signer: Arc<EventSigner>) -> Self {
+        Self { pool, signer }
+    }
+
+    pub fn signer(&self) -> &Arc<EventSigner> {
+        &self.signer
     }
 
     /// Writes one event on its own (a refusal, a read, an operator action).
     pub async fn record(&self, event: &AuditEvent) -> Result<(), sqlx::Error> {
-        store::audit::insert_audit_event(&self.pool, event).await
+        store::audit::insert_audit_event(&self.pool, &self.signer, event).await
+    }
+
+    /// How long the oldest queued event has waited to be sealed (zero when none waits).
+    pub async fn seal_lag(&self) -> Result<std::time::Duration, sqlx::Error> {
+        let (_, oldest) = store::seals::pending(&self.pool).await?;
+        let lag = oldest.map_or(chrono::Duration::zero(), |t| chrono::Utc::now() - t);
+        metrics::gauge!("payvault_audit_seal_lag_seconds")
+            .set(lag.num_milliseconds().max(0) as f64 / 1000.0);
+        Ok(lag.to_std().unwrap_or_default())
+    }
+
+    /// Before a CLI command exits: records its voided counter values and seals what it wrote
+    /// (with whatever else is queued), so a command leaves nothing unsealed behind.
+    pub async fn seal_before_exit(&self) -> Result<u64, crate::audit::seal::SealError> {
+        self.signer.flush_voids(&self.pool).await?;
+        crate::audit::seal::seal_pending(&self.pool, self.signer.keys()).await
     }
 
     /// Events matching `filter` with id above `after`, oldest first, at most `limit`. The read

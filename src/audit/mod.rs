@@ -4,6 +4,7 @@
 //! does not happen. [`seal`] makes the log tamper-evident.
 
 pub mod checkpoint;
+pub mod integrity;
 pub mod log;
 pub mod seal;
 

@@ -92,40 +92,113 @@ pub enum SealError {
 }
 
 /// Seals every queued event, in batches. Returns how many were sealed (0 if another instance
-/// holds the sealing lock).
+/// holds the sealing lock). A queued event whose own MAC does not verify (or is missing), and a
+/// queue row naming a missing or already-sealed event, are never chained: each is recorded in
+/// `audit_anomalies` (which `verify` reports) and the rest of the batch is sealed.
 pub async fn seal_pending(pool: &PgPool, keys: &KeyRing) -> Result<u64, SealError> {
     let mut total = 0;
+    let epoch = store::audit_checks::mac_epoch(pool).await?;
     loop {
         let mut tx = pool.begin().await?;
         if !store::seals::try_lock_sealing(&mut *tx).await? {
             return Ok(total);
         }
-        let events = store::seals::dequeue_unsealed(&mut tx, BATCH).await?;
-        if events.is_empty() {
+        let (ids, events) = store::seals::dequeue_unsealed(&mut tx, BATCH).await?;
+        if ids.is_empty() {
             tx.commit().await?;
             return Ok(total);
+        }
+        let sealed = store::seals::sealed_among(&mut *tx, &ids).await?;
+        let (mut set_aside, mut kinds) = (Vec::new(), Vec::new());
+        for id in &ids {
+            if sealed.contains(id) {
+                set_aside.push(*id);
+                kinds.push("already_sealed".to_owned());
+            } else if events.binary_search_by_key(id, |e| e.id).is_err() {
+                set_aside.push(*id);
+                kinds.push("missing_event".to_owned());
+            }
+        }
+        let mut chain = Vec::with_capacity(events.len());
+        for e in &events {
+            if sealed.contains(&e.id) {
+                continue;
+            }
+            // Events written before event MACs existed are covered by the chain alone.
+            if e.id < epoch {
+                chain.push(e);
+                continue;
+            }
+            match e.mac_valid(keys) {
+                Ok(true) => chain.push(e),
+                Ok(false) => {
+                    set_aside.push(e.id);
+                    kinds.push(if e.mac.is_none() { "no_mac" } else { "bad_mac" }.to_owned());
+                }
+                // Just written by an instance with a newer master key: leave the batch (rolled
+                // back, so still queued) to an instance that has it, for a while.
+                Err(CryptoError::UnknownKeyVersion(v))
+                    if v > keys.current_version()
+                        && Utc::now() - e.occurred_at
+                            < chrono::Duration::from_std(SEAL_GRACE).unwrap_or_default() =>
+                {
+                    tracing::warn!(
+                        event = e.id,
+                        key_version = v,
+                        "cannot seal: an audit event is MAC'd under a master key version not loaded here; an instance with it will seal"
+                    );
+                    tx.rollback().await?;
+                    return Ok(total);
+                }
+                // An older version that is not loaded, or a newer one for too long: set aside,
+                // so a made-up version number cannot stop sealing.
+                Err(CryptoError::UnknownKeyVersion(_)) => {
+                    set_aside.push(e.id);
+                    kinds.push("unknown_key_version".to_owned());
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        if !set_aside.is_empty() {
+            tracing::error!(
+                events = ?set_aside,
+                kinds = ?kinds,
+                "audit events set aside instead of sealed (forged, modified or a bad queue row): run `payvault audit verify`"
+            );
+            metrics::counter!("payvault_audit_anomalies_total").increment(set_aside.len() as u64);
+            store::seals::record_anomalies(&mut *tx, &set_aside, &kinds).await?;
         }
         let tip = store::seals::chain_tip(&mut *tx).await?;
         let (mut seq, mut prev) = tip.map_or((0, vec![0u8; 32]), |t| (t.seq, t.mac));
         let version = keys.current_version();
-        let (mut seqs, mut ids, mut macs) = (Vec::new(), Vec::new(), Vec::new());
-        for e in &events {
+        let (mut seqs, mut chained, mut macs) = (Vec::new(), Vec::new(), Vec::new());
+        for e in chain {
             seq += 1;
             let mac = seal_of(keys, version, seq, &prev, e)?.to_vec();
             seqs.push(seq);
-            ids.push(e.id);
+            chained.push(e.id);
             macs.push(mac.clone());
             prev = mac;
         }
-        store::seals::insert_seals(&mut *tx, &seqs, &ids, version, &macs).await?;
+        if !seqs.is_empty() {
+            store::seals::insert_seals(&mut *tx, &seqs, &chained, version, &macs).await?;
+        }
         tx.commit().await?;
-        total += events.len() as u64;
+        total += chained.len() as u64;
     }
 }
 
 /// Runs the sealer until the process ends.
-pub async fn run_sealer(pool: PgPool, keys: std::sync::Arc<KeyRing>, every: Duration) {
+pub async fn run_sealer(
+    pool: PgPool,
+    signer: std::sync::Arc<store::audit_mac::EventSigner>,
+    every: Duration,
+) {
+    let keys = signer.keys().clone();
     loop {
+        if let Err(e) = signer.flush_voids(&pool).await {
+            tracing::warn!(error = %e, "could not record voided audit counter values; will retry");
+        }
         match seal_pending(&pool, &keys).await {
             Ok(n) if n > 0 => tracing::debug!(sealed = n, "audit events sealed"),
             Ok(_) => {}
@@ -166,8 +239,18 @@ pub struct Report {
     pub last: Option<Checkpoint>,
     /// Events queued for sealing (recent, normal while the service runs).
     pub pending: i64,
-    /// The first problem, if the log was tampered with.
+    /// The first problem in the chain, if it was tampered with.
     pub problem: Option<Problem>,
+    /// Everything else found wrong: events failing their own MAC (sealed or not), counter gaps,
+    /// what the sealer set aside, bad queue rows, sealing lag over the bound.
+    pub findings: Vec<super::integrity::Finding>,
+}
+
+impl Report {
+    /// Nothing was found wrong.
+    pub fn intact(&self) -> bool {
+        self.problem.is_none() && self.findings.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,22 +283,29 @@ impl std::fmt::Display for Report {
                 self.pending
             ),
             (None, None) => write!(f, "no sealed events yet ({} awaiting sealing)", self.pending),
+        }?;
+        for finding in &self.findings {
+            write!(f, "\nTAMPERED: {}", finding.what)?;
         }
+        Ok(())
     }
 }
 
 /// Walks the whole chain and reports the first place it was altered, deleted, inserted or
-/// reordered. With `checkpoint`, also checks the chain still reaches it unchanged.
+/// reordered. With `checkpoint`, also checks the chain still reaches it unchanged. Then runs
+/// the event checks of [`super::integrity`], with `max_unsealed` as the sealing lag bound.
 pub async fn verify(
     pool: &PgPool,
     keys: &KeyRing,
     checkpoint: Option<&Checkpoint>,
+    max_unsealed: Duration,
 ) -> Result<Report, SealError> {
     let mut report = Report {
         verified: 0,
         last: None,
         pending: 0,
         problem: None,
+        findings: Vec::new(),
     };
     let fail = |report: &mut Report, seq: Option<i64>, event_id: Option<i64>, what: String| {
         report.problem = Some(Problem {
@@ -321,6 +411,7 @@ pub async fn verify(
         }
     }
     report.pending = store::seals::pending(pool).await?.0;
+    report.findings = super::integrity::check(pool, keys, max_unsealed).await?;
     Ok(report)
 }
 

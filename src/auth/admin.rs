@@ -8,6 +8,7 @@ use super::credential::{CredentialKind, NewCredential, Scope};
 use crate::domain::AuditEvent;
 use crate::domain::SecretText;
 use crate::store;
+use crate::store::audit_mac::EventSigner;
 use crate::store::credentials::CredentialRow;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,7 @@ fn check_name(name: &str) -> Result<(), AdminError> {
 
 pub async fn create_credential(
     pool: &PgPool,
+    signer: &EventSigner,
     name: &str,
     kind: CredentialKind,
     scopes: Option<Vec<Scope>>,
@@ -84,7 +86,7 @@ pub async fn create_credential(
         created_at: Utc::now(),
         revoked_at: None,
     };
-    insert_with_audit(pool, &row).await?;
+    insert_with_audit(pool, signer, &row).await?;
     Ok(CreatedCredential {
         row,
         secret: generated.secret,
@@ -92,7 +94,11 @@ pub async fn create_credential(
 }
 
 /// Inserts a credential and its `credential_create` audit event in one transaction.
-async fn insert_with_audit(pool: &PgPool, row: &CredentialRow) -> Result<(), AdminError> {
+async fn insert_with_audit(
+    pool: &PgPool,
+    signer: &EventSigner,
+    row: &CredentialRow,
+) -> Result<(), AdminError> {
     let mut event = operator_event("credential_create");
     event.details["credential_id"] = row.id.to_string().into();
     event.details["username"] = row.username.clone().into();
@@ -112,7 +118,7 @@ async fn insert_with_audit(pool: &PgPool, row: &CredentialRow) -> Result<(), Adm
             }
             _ => AdminError::Database(e),
         })?;
-    store::audit::insert_audit_event(&mut *tx, &event).await?;
+    store::audit::insert_audit_event(&mut *tx, signer, &event).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -122,6 +128,7 @@ async fn insert_with_audit(pool: &PgPool, row: &CredentialRow) -> Result<(), Adm
 /// chosen before the database exists. Returns whether it was created.
 pub async fn ensure_credential(
     pool: &PgPool,
+    signer: &EventSigner,
     name: &str,
     kind: CredentialKind,
     scopes: Vec<Scope>,
@@ -166,12 +173,13 @@ pub async fn ensure_credential(
         created_at: Utc::now(),
         revoked_at: None,
     };
-    insert_with_audit(pool, &row).await?;
+    insert_with_audit(pool, signer, &row).await?;
     Ok(true)
 }
 
 pub async fn revoke_credential(
     pool: &PgPool,
+    signer: &EventSigner,
     username_or_name: &str,
 ) -> Result<CredentialRow, AdminError> {
     let mut tx = pool.begin().await?;
@@ -182,7 +190,7 @@ pub async fn revoke_credential(
     event.details["credential_id"] = row.id.to_string().into();
     event.details["username"] = row.username.clone().into();
     event.details["name"] = row.name.clone().into();
-    store::audit::insert_audit_event(&mut *tx, &event).await?;
+    store::audit::insert_audit_event(&mut *tx, signer, &event).await?;
     store::credentials::notify_credentials_changed(&mut *tx).await?;
     tx.commit().await?;
     Ok(row)
@@ -190,12 +198,13 @@ pub async fn revoke_credential(
 
 pub async fn list_credentials(
     pool: &PgPool,
+    signer: &EventSigner,
     include_revoked: bool,
 ) -> Result<Vec<CredentialRow>, AdminError> {
     // Audited before it reads (PCI DSS 10.2.1.2: access by administrators), so a listing whose
     // event cannot be written does not happen.
     let mut event = operator_event("credential_list");
     event.details["include_revoked"] = include_revoked.into();
-    store::audit::insert_audit_event(pool, &event).await?;
+    store::audit::insert_audit_event(pool, signer, &event).await?;
     Ok(store::credentials::list_credentials(pool, include_revoked).await?)
 }

@@ -191,23 +191,35 @@ impl FailureAudit {
     }
 
     /// Writes the interval's aggregate events.
-    pub async fn flush(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+    pub async fn flush(
+        &self,
+        pool: &PgPool,
+        signer: &crate::store::audit_mac::EventSigner,
+    ) -> Result<(), sqlx::Error> {
         let events = self.drain();
         if events.is_empty() {
             return Ok(());
         }
         let refs: Vec<&AuditEvent> = events.iter().collect();
-        store::audit::insert_audit_events(pool, &store::audit::AuditBatch::new(&refs)).await
+        let batch = store::audit::AuditBatch::new(signer, &refs);
+        let written = store::audit::insert_audit_events(pool, &batch).await;
+        drop(batch);
+        written
     }
 
     /// Flushes every `interval` until the process ends.
-    pub async fn run(self: std::sync::Arc<Self>, pool: PgPool, interval: Duration) {
+    pub async fn run(
+        self: std::sync::Arc<Self>,
+        pool: PgPool,
+        signer: std::sync::Arc<crate::store::audit_mac::EventSigner>,
+        interval: Duration,
+    ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Err(e) = self.flush(&pool).await {
+            if let Err(e) = self.flush(&pool, &signer).await {
                 // The counts are lost with this batch; say so where operators look.
                 tracing::error!(error = %e, "could not write the failed-login audit aggregate");
             }

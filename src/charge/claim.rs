@@ -164,7 +164,7 @@ impl Charger {
             &req.key,
             rec.attempts,
             &stored,
-            &AuditBatch::one(&abandoned),
+            &AuditBatch::one(self.vault.signer(), &abandoned),
         )
         .await?;
         if !done {
@@ -218,7 +218,10 @@ impl Charger {
             processor_key: &id.processor_key,
             lease: self.lease,
         };
-        Ok(store::charges::claim_new_charge(db, &claim, &AuditBatch::new(&events)).await?)
+        let batch = AuditBatch::new(self.vault.signer(), &events);
+        let claimed = store::charges::claim_new_charge(db, &claim, &batch).await?;
+        drop(batch);
+        Ok(claimed)
     }
 
     /// Takes over an unknown or abandoned attempt, auditing the new attempt in the same
@@ -241,8 +244,12 @@ impl Charger {
         let mut retry = event.clone();
         retry.action = "charge_attempt";
         retry.details = serde_json::json!({ "attempt": take.attempt(), "resumed_from": rec.state });
-        let taken =
-            store::charges::take_over_charge(&self.pool, &take, &AuditBatch::one(&retry)).await?;
+        let taken = store::charges::take_over_charge(
+            &self.pool,
+            &take,
+            &AuditBatch::one(self.vault.signer(), &retry),
+        )
+        .await?;
         let Some(number) = taken else {
             return Ok(None);
         };

@@ -226,7 +226,7 @@ impl Charger {
         if let Err(e) = &result {
             if !matches!(e, ChargeError::Database(_)) {
                 let event = base_event.clone().failed(e.code());
-                store::audit::insert_audit_event(&self.pool, &event).await?;
+                store::audit::insert_audit_event(&self.pool, self.vault.signer(), &event).await?;
             }
         }
         result

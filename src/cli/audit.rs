@@ -5,8 +5,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::db::cli_pool;
-use super::keys::master_keys;
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::AuditEvent;
 use crate::config;
 use crate::store;
 
@@ -90,7 +89,8 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
     use crate::audit::seal;
     let pool = cli_pool().await?;
     // Every read of the audit log is itself audited (PCI DSS 10.2.1.3).
-    let log = AuditLog::new(pool.clone());
+    let log = super::db::cli_audit_log(&pool).await?;
+    let keys = log.signer().keys().clone();
     let record = |action: &'static str, details: serde_json::Value| {
         let log = log.clone();
         async move {
@@ -135,7 +135,6 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             checkpoint,
             checkpoint_file,
         } => {
-            let keys = master_keys(&pool).await?;
             let published = match &checkpoint_file {
                 Some(path) => Some(read_checkpoint_file(path, &keys)?),
                 None => None,
@@ -150,7 +149,8 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                 ),
                 None => None,
             };
-            let mut report = seal::verify(&pool, &keys, checkpoint.as_ref()).await?;
+            let max_unsealed = config::audit_max_unsealed()?;
+            let mut report = seal::verify(&pool, &keys, checkpoint.as_ref(), max_unsealed).await?;
             if let (None, Some(published)) = (&report.problem, &published) {
                 report.problem = crate::audit::checkpoint::check(&pool, &published.valid).await?;
             }
@@ -158,7 +158,8 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                 "audit_verify",
                 serde_json::json!({
                     "verified": report.verified,
-                    "intact": report.problem.is_none(),
+                    "intact": report.intact(),
+                    "findings": report.findings.len(),
                     "with_checkpoint": checkpoint.is_some(),
                     "checkpoint_file_checkpoints": published.as_ref().map(|p| p.valid.len()),
                 }),
@@ -170,7 +171,7 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                     .valid
                     .iter()
                     .max_by_key(|c| (c.seq, c.published_at));
-                if let (None, Some(latest)) = (&report.problem, latest) {
+                if let (true, Some(latest)) = (report.intact(), latest) {
                     println!(
                         "consistent with {} signed checkpoints; the latest vouches for chain position {} (published {})",
                         published.valid.len(),
@@ -179,7 +180,8 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                     );
                 }
             }
-            if report.problem.is_some() {
+            super::db::seal_before_exit(&log).await;
+            if !report.intact() {
                 std::process::exit(1);
             }
         }
@@ -227,7 +229,6 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             eprintln!("exported {count} events; resume with --after {cursor}");
         }
         AuditCommand::Prune { before } => {
-            let keys = master_keys(&pool).await?;
             let days = config::audit_retention_days()?;
             let limit = chrono::Utc::now() - chrono::Duration::days(days);
             if before > limit {
@@ -248,6 +249,7 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             );
         }
     }
+    super::db::seal_before_exit(&log).await;
     Ok(())
 }
 

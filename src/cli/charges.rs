@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 
 use super::db::cli_pool;
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::AuditEvent;
 use crate::store;
 use crate::store::charges::UnknownCharge;
 
@@ -44,10 +44,11 @@ pub async fn run(cmd: ChargesCommand) -> anyhow::Result<()> {
             if let Some(details) = event.details.as_object_mut() {
                 details.insert("count".into(), rows.len().into());
             }
-            AuditLog::new(pool.clone())
-                .record(&event)
+            let log = super::db::cli_audit_log(&pool).await?;
+            log.record(&event)
                 .await
                 .context("cannot write the audit log")?;
+            super::db::seal_before_exit(&log).await;
             print(&rows, format);
         }
     }

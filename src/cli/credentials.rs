@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::db::cli_pool;
+use super::db::{cli_audit_log, cli_pool, seal_before_exit};
 use crate::auth::{admin, CredentialKind, Scope};
 
 #[derive(Debug, Subcommand)]
@@ -58,6 +58,8 @@ fn parse_scope(s: &str) -> Result<Scope, String> {
 
 pub async fn run(cmd: CredentialsCommand) -> anyhow::Result<()> {
     let pool = cli_pool().await?;
+    let log = cli_audit_log(&pool).await?;
+    let signer = log.signer();
     match cmd {
         CredentialsCommand::Create {
             name,
@@ -65,7 +67,7 @@ pub async fn run(cmd: CredentialsCommand) -> anyhow::Result<()> {
             scopes,
             format,
         } => {
-            let created = admin::create_credential(&pool, &name, kind, scopes).await?;
+            let created = admin::create_credential(&pool, signer, &name, kind, scopes).await?;
             let row = &created.row;
             match format.format {
                 Format::Json => {
@@ -98,7 +100,7 @@ pub async fn run(cmd: CredentialsCommand) -> anyhow::Result<()> {
             }
         }
         CredentialsCommand::List { all, format } => {
-            let rows = admin::list_credentials(&pool, all).await?;
+            let rows = admin::list_credentials(&pool, signer, all).await?;
             match format.format {
                 Format::Json => {
                     for row in rows {
@@ -132,12 +134,13 @@ pub async fn run(cmd: CredentialsCommand) -> anyhow::Result<()> {
             }
         }
         CredentialsCommand::Revoke { username_or_name } => {
-            let row = admin::revoke_credential(&pool, &username_or_name).await?;
+            let row = admin::revoke_credential(&pool, signer, &username_or_name).await?;
             println!(
                 "Revoked {} credential `{}` ({})",
                 row.kind, row.name, row.username
             );
         }
     }
+    seal_before_exit(&log).await;
     Ok(())
 }

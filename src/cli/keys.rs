@@ -7,10 +7,11 @@ use clap::Subcommand;
 
 use super::db::cli_pool;
 use crate::app::KeySource;
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, AuditLog};
 use crate::config;
 use crate::crypto::{KeyRing, MasterKey};
 use crate::store;
+use crate::store::audit_mac::EventSigner;
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -131,9 +132,12 @@ async fn passphrase_init(version: i32) -> anyhow::Result<()> {
     }
     let mut event = AuditEvent::operator("key_passphrase_init");
     event.details["version"] = version.into();
-    store::audit::insert_audit_event(&pool, &event)
+    // The keys load now that the parameters are stored (the passphrase's own version included).
+    let log = super::db::cli_audit_log(&pool).await?;
+    log.record(&event)
         .await
         .context("cannot write the audit log")?;
+    super::db::seal_before_exit(&log).await;
     println!("passphrase parameters stored for master key version {version}: set PAYVAULT_MASTER_PASSPHRASE on every instance");
     Ok(())
 }
@@ -144,7 +148,9 @@ async fn rotate_keys(batch: i64) -> anyhow::Result<()> {
     let current = keys.current_version();
     // Entries under an older key version, and those sealed before AAD v2 (re-sealed alike).
     let total = store::vault::count_for_rotation(&pool, current, crate::crypto::AAD_V2).await?;
-    let vault = crate::vault::Vault::new(pool.clone(), keys.clone());
+    let log = AuditLog::new(pool.clone(), Arc::new(EventSigner::new(keys.clone())));
+    let vault =
+        crate::vault::Vault::new(pool.clone(), keys.clone()).with_signer(log.signer().clone());
     let mut done = 0u64;
     eprintln!("re-encrypting {total} entries under master key version {current}");
     // Audited before the first entry is decrypted (PCI DSS 10.2.1): a rotation whose event
@@ -152,7 +158,7 @@ async fn rotate_keys(batch: i64) -> anyhow::Result<()> {
     let mut event = AuditEvent::operator("key_rotate");
     event.details["to_version"] = current.into();
     event.details["pending"] = total.into();
-    store::audit::insert_audit_event(&pool, &event)
+    log.record(&event)
         .await
         .context("cannot write the audit log")?;
     let mut progress = Progress::new(total.max(0).unsigned_abs());
@@ -171,9 +177,10 @@ async fn rotate_keys(batch: i64) -> anyhow::Result<()> {
     let mut event = AuditEvent::operator("key_rotate_done");
     event.details["to_version"] = current.into();
     event.details["rotated"] = done.into();
-    store::audit::insert_audit_event(&pool, &event)
+    log.record(&event)
         .await
         .context("cannot write the audit log")?;
+    super::db::seal_before_exit(&log).await;
     println!("rotated {done} entries to master key version {current}");
     Ok(())
 }
@@ -238,22 +245,25 @@ async fn retire_key(version: i32) -> anyhow::Result<()> {
         .map_or(0, |(_, n)| n);
     let mut event = AuditEvent::operator("key_retire");
     event.details["version"] = version.into();
+    // Loaded before anything is recorded: events are MAC'd with it, and the retirement needs
+    // the version's key to hand out its audit-only key.
+    let keys = master_keys(&pool).await?;
+    let log = AuditLog::new(pool.clone(), Arc::new(EventSigner::new(keys.clone())));
     if in_use > 0 {
         let event = event.failed("key_in_use");
-        store::audit::insert_audit_event(&pool, &event)
+        log.record(&event)
             .await
             .context("cannot write the audit log")?;
+        super::db::seal_before_exit(&log).await;
         anyhow::bail!("refusing to retire master key version {version}: {in_use} entries still use it (run `payvault keys rotate` first)");
     }
-    // Loaded before the retirement is recorded: it needs the version's key to hand out its
-    // audit-only key.
-    let keys = master_keys(&pool).await?;
     if version == keys.current_version() {
         anyhow::bail!("master key version {version} is the current one, which encrypts new entries; deploy a newer version and run `payvault keys rotate` first");
     }
-    store::audit::insert_audit_event(&pool, &event)
+    log.record(&event)
         .await
         .context("cannot write the audit log")?;
+    super::db::seal_before_exit(&log).await;
     match keys.audit_key(version) {
         Some(audit_key) => println!(
             "No live entry uses master key version {version}. To retire it:

@@ -143,6 +143,19 @@ pub fn audit_retention_days() -> Result<i64, ConfigError> {
     Ok(days)
 }
 
+/// How long an audit event may stay unsealed before `audit verify` fails and `/readyz` reports
+/// sealing as lagging (`PAYVAULT_AUDIT_MAX_UNSEALED_SECS`, 300 by default, at least 1).
+pub fn audit_max_unsealed() -> Result<Duration, ConfigError> {
+    let secs: u64 = parsed("PAYVAULT_AUDIT_MAX_UNSEALED_SECS", 300)?;
+    if secs == 0 {
+        return Err(ConfigError::Invalid {
+            name: "PAYVAULT_AUDIT_MAX_UNSEALED_SECS",
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(Duration::from_secs(secs))
+}
+
 /// How long the answer to a finished request is kept for its retries
 /// (`PAYVAULT_IDEMPOTENCY_RETENTION_HOURS`, 24 by default, at least 1). Twilio retries a request
 /// at most 5 times, 10 s apart, so about a minute; a merchant backend may retry later. Past it a
@@ -302,6 +315,8 @@ pub struct ServeConfig {
     pub sandbox_slow: Duration,
     pub trusted_proxies: String,
     pub seal_interval: Duration,
+    /// The sealing lag bound (`PAYVAULT_AUDIT_MAX_UNSEALED_SECS`, [`audit_max_unsealed`]).
+    pub audit_max_unsealed: Duration,
     pub default_token_ttl_days: Option<u32>,
     pub dedup: bool,
     pub shutdown_grace: Duration,
@@ -353,6 +368,7 @@ impl ServeConfig {
             sandbox_slow: Duration::from_millis(12_000),
             trusted_proxies: String::new(),
             seal_interval: Duration::from_millis(200),
+            audit_max_unsealed: Duration::from_secs(300),
             default_token_ttl_days: None,
             dedup: false,
             shutdown_grace: Duration::from_secs(30),
@@ -423,6 +439,7 @@ impl ServeConfig {
                 "PAYVAULT_AUDIT_SEAL_INTERVAL_MS",
                 millis(d.seal_interval),
             )?),
+            audit_max_unsealed: audit_max_unsealed()?,
             dedup: match var("PAYVAULT_DEDUP")?.as_deref() {
                 None | Some("off") | Some("false") => false,
                 Some("on") | Some("true") => true,
@@ -550,6 +567,7 @@ mod tests {
             sandbox_slow: Duration::from_secs(1),
             trusted_proxies: String::new(),
             seal_interval: Duration::from_secs(1),
+            audit_max_unsealed: Duration::from_secs(300),
             default_token_ttl_days: None,
             dedup: false,
             shutdown_grace: Duration::from_secs(1),

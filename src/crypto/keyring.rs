@@ -190,6 +190,8 @@ pub(crate) struct DerivedKeys {
     pub(crate) request_mac: HmacSha256,
     /// Keys the audit log's seal chain.
     pub(crate) audit_seal: HmacSha256,
+    /// Keys each audit event's own MAC (derived from the seal key: see [`event_key`]).
+    pub(crate) audit_event: HmacSha256,
     /// This version's check value (`master_key_checks`): a MAC of a fixed label under its own
     /// derived key, so publishing it reveals nothing about the other keys.
     pub(crate) check: [u8; 32],
@@ -218,15 +220,26 @@ impl DerivedKeys {
             &new_hmac(check_key.as_ref()),
             &[b"payvault/key-check/v1", &version],
         );
+        let audit_seal_mac = new_hmac(audit_seal.as_ref());
         Self {
             check,
-            audit_seal: new_hmac(audit_seal.as_ref()),
+            audit_event: event_key(&audit_seal_mac),
+            audit_seal: audit_seal_mac,
             audit_seal_key: audit_seal,
             kek: Aes256Gcm::new(kek.as_ref().into()),
             fingerprint: new_hmac(fingerprint.as_ref()),
             request_mac: new_hmac(request_mac.as_ref()),
         }
     }
+}
+
+/// The per-event audit MAC key of a version, derived from its seal key by HMAC (a PRF), so a
+/// retired version's audit-only key (`pvaudit.`, the seal key) still verifies its events' MACs.
+fn event_key(seal: &HmacSha256) -> HmacSha256 {
+    let mut key = mac_parts(seal, &[b"payvault/audit-event-key/v1"]);
+    let hmac = new_hmac(&key);
+    key.zeroize();
+    hmac
 }
 
 fn new_hmac(key: &[u8]) -> HmacSha256 {
@@ -241,7 +254,8 @@ pub struct KeyRing {
     current: i32,
     keys: BTreeMap<i32, DerivedKeys>,
     /// Seal keys of retired versions (`pvaudit.` keys): they verify old audit seals only.
-    audit_only: BTreeMap<i32, HmacSha256>,
+    /// Each with its event MAC key.
+    audit_only: BTreeMap<i32, (HmacSha256, HmacSha256)>,
     /// Whether any of the keys is a development key.
     development: bool,
 }
@@ -262,7 +276,8 @@ impl KeyRing {
                 return Err(KeyRingError::DuplicateVersion(version));
             }
             if key.audit_only {
-                audit_only.insert(version, new_hmac(key.bytes.as_ref()));
+                let seal = new_hmac(key.bytes.as_ref());
+                audit_only.insert(version, (event_key(&seal), seal));
             } else {
                 map.insert(version, DerivedKeys::derive(&key));
             }
@@ -317,10 +332,29 @@ impl KeyRing {
     pub fn seal_mac(&self, version: i32, parts: &[&[u8]]) -> Result<[u8; 32], CryptoError> {
         let key = match self.keys.get(&version) {
             Some(derived) => &derived.audit_seal,
-            None => self
-                .audit_only
-                .get(&version)
-                .ok_or(CryptoError::UnknownKeyVersion(version))?,
+            None => {
+                &self
+                    .audit_only
+                    .get(&version)
+                    .ok_or(CryptoError::UnknownKeyVersion(version))?
+                    .1
+            }
+        };
+        Ok(mac_parts(key, parts))
+    }
+
+    /// An audit event's own MAC under the given version's event key (a retired version's
+    /// audit-only key serves here too).
+    pub fn event_mac(&self, version: i32, parts: &[&[u8]]) -> Result<[u8; 32], CryptoError> {
+        let key = match self.keys.get(&version) {
+            Some(derived) => &derived.audit_event,
+            None => {
+                &self
+                    .audit_only
+                    .get(&version)
+                    .ok_or(CryptoError::UnknownKeyVersion(version))?
+                    .0
+            }
         };
         Ok(mac_parts(key, parts))
     }

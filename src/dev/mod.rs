@@ -190,7 +190,11 @@ async fn serve(dir: &Path, pgdata: &Path, stop: &Stop) -> anyhow::Result<()> {
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     let sandbox = matches!(cfg.processor, ProcessorConfig::Sandbox);
 
-    stop.unless_stopped(prepare_database(pgdata, &url, &creds))
+    // The credentials' audit events are MAC'd with the same key `serve` then loads.
+    let ring =
+        crate::crypto::KeyRing::from_keys(vec![load_or_create_key(&dir.join("master.key"))?])?;
+    let signer = crate::store::audit_mac::EventSigner::new(std::sync::Arc::new(ring));
+    stop.unless_stopped(prepare_database(pgdata, &url, &creds, &signer))
         .await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -222,7 +226,12 @@ async fn serve(dir: &Path, pgdata: &Path, stop: &Stop) -> anyhow::Result<()> {
 }
 
 /// Creates the vault's database, applies migrations and ensures the development credentials.
-async fn prepare_database(pgdata: &Path, url: &str, creds: &DevCredentials) -> anyhow::Result<()> {
+async fn prepare_database(
+    pgdata: &Path,
+    url: &str,
+    creds: &DevCredentials,
+    signer: &crate::store::audit_mac::EventSigner,
+) -> anyhow::Result<()> {
     postgres::create_database(pgdata, DB_NAME).await?;
     let pool = crate::store::connect(&SecretText::from(url.to_owned()), 2)
         .await
@@ -232,6 +241,7 @@ async fn prepare_database(pgdata: &Path, url: &str, creds: &DevCredentials) -> a
         .context("migration failed")?;
     admin::ensure_credential(
         &pool,
+        signer,
         "dev-connector",
         CredentialKind::Connector,
         vec![Scope::Connector, Scope::TokensCharge],
@@ -242,6 +252,7 @@ async fn prepare_database(pgdata: &Path, url: &str, creds: &DevCredentials) -> a
     .context("cannot create the development connector credential")?;
     admin::ensure_credential(
         &pool,
+        signer,
         "dev-backend",
         CredentialKind::Api,
         Scope::ALL.to_vec(),
@@ -250,6 +261,7 @@ async fn prepare_database(pgdata: &Path, url: &str, creds: &DevCredentials) -> a
     )
     .await
     .context("cannot create the development API credential")?;
+    signer.flush_voids(&pool).await?;
     pool.close().await;
     Ok(())
 }

@@ -51,6 +51,8 @@ pub struct AppState {
     pub trusted_proxies: Arc<TrustedProxies>,
     pub auth_failures: Arc<crate::auth::FailureAudit>,
     pub expiry: ExpiryPolicy,
+    /// The sealing lag bound `/readyz` reports against (`PAYVAULT_AUDIT_MAX_UNSEALED_SECS`).
+    pub audit_max_unsealed: std::time::Duration,
 }
 
 /// Failed logins audited as events of their own per second per instance; the rest are counted

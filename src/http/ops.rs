@@ -91,7 +91,9 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
 }
 
 /// Ready when the database answers, every migration this build knows is applied, and master
-/// keys are loaded. A load balancer should send traffic only while this answers 200.
+/// keys are loaded. A load balancer should send traffic only while this answers 200. Also
+/// reports the audit sealing lag; over `PAYVAULT_AUDIT_MAX_UNSEALED_SECS` the status is
+/// `degraded` (still 200).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Ready: database, migrations and keys"), (status = 503, description = "Not ready")))]
 pub async fn readyz(State(app): State<AppState>) -> Response {
@@ -104,12 +106,31 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         SchemaState::Pending => (StatusCode::SERVICE_UNAVAILABLE, "ok", "pending"),
         SchemaState::Unreachable => (StatusCode::SERVICE_UNAVAILABLE, "unreachable", "unknown"),
     };
+    // Sealing lag: the age of the oldest queued event. Over the bound the instance still
+    // serves (refusing traffic would not seal anything) but reports itself degraded.
+    let lag = match status {
+        StatusCode::OK => app.audit.seal_lag().await.ok(),
+        _ => None,
+    };
+    let lagging = lag.is_some_and(|l| l > app.audit_max_unsealed);
+    let state = match (status == StatusCode::OK, lagging) {
+        (false, _) => "not_ready",
+        (true, true) => "degraded",
+        (true, false) => "ready",
+    };
     let body = json!({
-        "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
+        "status": state,
         "database": db,
         "migrations": migrations,
         "key_versions": versions,
         "current_key_version": keys.current_version(),
+        "audit_sealing": match (lag, lagging) {
+            (None, _) => "unknown",
+            (Some(_), true) => "lagging",
+            (Some(_), false) => "ok",
+        },
+        "audit_seal_lag_seconds": lag.map(|l| l.as_secs_f64()),
+        "audit_max_unsealed_seconds": app.audit_max_unsealed.as_secs(),
     });
     (status, Json(body)).into_response()
 }

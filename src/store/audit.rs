@@ -1,26 +1,38 @@
 //! Writes to the append-only `audit_events` table.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use super::audit_mac::{EventSigner, MacFields};
 use crate::domain::AuditEvent;
 
 /// Audit events ready for `payvault_insert_audit_events(jsonb)`, the one SQL function that
 /// writes `audit_events` (see its migration). Every statement that records events takes one of
-/// these, so events reach the database in exactly one shape, built here. Serialised while the
+/// these, so events reach the database in exactly one shape, built here: stamped with the time,
+/// the writer's identity and counter, and MAC'd by [`EventSigner`]. Serialised while the
 /// statement is encoded: an event that cannot be serialised fails the operation it records.
+///
+/// The writer counter values are allocated when the batch is built. A store function that
+/// writes the batch calls [`AuditBatch::mark_written`] once its statement inserted the events;
+/// a batch dropped without that (the statement did not run, failed, or chose not to insert)
+/// hands its values back to the signer as a void, so `verify` does not take the gap for a
+/// deletion.
 #[derive(Debug)]
 pub struct AuditBatch<'a> {
     rows: Vec<EventRow<'a>>,
+    signer: &'a EventSigner,
+    written: AtomicBool,
 }
 
-/// One `audit_events` row as the SQL function reads it (field names are its column names). A
-/// column computed in Rust later (a per-event MAC, the writer's identity) is one more field here
-/// and one more column in the function.
+/// One `audit_events` row as the SQL function reads it (field names are its column names).
 #[derive(Debug, Serialize)]
 pub struct EventRow<'a> {
+    occurred_at: String,
     request_id: Option<&'a str>,
     actor_id: Option<Uuid>,
     actor_kind: &'a str,
@@ -35,52 +47,120 @@ pub struct EventRow<'a> {
     amount_minor: Option<i64>,
     currency: Option<&'a str>,
     details: &'a serde_json::Value,
+    writer_id: Uuid,
+    writer_seq: i64,
+    mac_key_version: i32,
+    /// Hex (the function decodes it).
+    mac: String,
 }
 
-impl<'a> From<&'a AuditEvent> for EventRow<'a> {
-    fn from(e: &'a AuditEvent) -> Self {
-        Self {
-            request_id: e.request_id.as_deref(),
-            actor_id: e.actor_id,
-            actor_kind: e.actor_kind,
-            action: e.action,
-            outcome: e.outcome(),
-            error_code: e.error_code.as_deref(),
-            client_addr: e.client_addr.as_deref(),
-            forwarded_for: e.forwarded_for.as_deref(),
-            token: e.token.as_deref(),
-            transaction_id: e.transaction_id.as_deref(),
-            masked_data: e.masked_data.as_deref(),
-            amount_minor: e.amount_minor,
-            currency: e.currency.as_deref(),
-            details: &e.details,
-        }
+fn sign<'a>(
+    signer: &EventSigner,
+    e: &'a AuditEvent,
+    seq: i64,
+    occurred_at: DateTime<Utc>,
+) -> EventRow<'a> {
+    let keys = signer.keys();
+    let fields = MacFields {
+        writer_id: signer.writer_id(),
+        writer_seq: seq,
+        key_version: keys.current_version(),
+        occurred_at,
+        request_id: e.request_id.as_deref(),
+        actor_id: e.actor_id,
+        actor_kind: e.actor_kind,
+        action: e.action,
+        outcome: e.outcome(),
+        error_code: e.error_code.as_deref(),
+        client_addr: e.client_addr.as_deref(),
+        forwarded_for: e.forwarded_for.as_deref(),
+        token: e.token.as_deref(),
+        transaction_id: e.transaction_id.as_deref(),
+        masked_data: e.masked_data.as_deref(),
+        amount_minor: e.amount_minor,
+        currency: e.currency.as_deref(),
+        details: &e.details,
+    };
+    // The current version is always loaded, so this cannot fail; an empty MAC would only make
+    // verify report the event.
+    let mac = fields.mac(keys).map(hex).unwrap_or_default();
+    EventRow {
+        occurred_at: occurred_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        request_id: fields.request_id,
+        actor_id: fields.actor_id,
+        actor_kind: fields.actor_kind,
+        action: fields.action,
+        outcome: fields.outcome,
+        error_code: fields.error_code,
+        client_addr: fields.client_addr,
+        forwarded_for: fields.forwarded_for,
+        token: fields.token,
+        transaction_id: fields.transaction_id,
+        masked_data: fields.masked_data,
+        amount_minor: fields.amount_minor,
+        currency: fields.currency,
+        details: &e.details,
+        writer_id: fields.writer_id,
+        writer_seq: seq,
+        mac_key_version: fields.key_version,
+        mac,
     }
+}
+
+fn hex(bytes: [u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl<'a> AuditBatch<'a> {
-    pub fn new(events: &[&'a AuditEvent]) -> Self {
+    pub fn new(signer: &'a EventSigner, events: &[&'a AuditEvent]) -> Self {
+        let first = signer.allocate(events.len());
+        // Microseconds: what timestamptz keeps, so the MAC covers exactly the stored value.
+        let now = Utc::now();
+        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let rows = events
+            .iter()
+            .zip(first..)
+            .map(|(&e, seq)| sign(signer, e, seq, now))
+            .collect();
         Self {
-            rows: events.iter().map(|&e| e.into()).collect(),
+            rows,
+            signer,
+            written: AtomicBool::new(false),
         }
     }
 
-    pub fn one(event: &'a AuditEvent) -> Self {
-        Self::new(&[event])
+    pub fn one(signer: &'a EventSigner, event: &'a AuditEvent) -> Self {
+        Self::new(signer, &[event])
     }
 
     /// The `events` argument of `payvault_insert_audit_events` (a jsonb array).
     pub fn json(&self) -> Json<&[EventRow<'a>]> {
         Json(&self.rows)
     }
+
+    /// The statement carrying this batch inserted its events.
+    pub fn mark_written(&self) {
+        self.written.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for AuditBatch<'_> {
+    fn drop(&mut self) {
+        if !self.written.load(Ordering::Relaxed) {
+            if let (Some(first), Some(last)) = (self.rows.first(), self.rows.last()) {
+                self.signer.void(first.writer_seq, last.writer_seq);
+            }
+        }
+    }
 }
 
 /// Writes one event on its own (or inside the caller's transaction).
 pub async fn insert_audit_event(
     db: impl PgExecutor<'_>,
+    signer: &EventSigner,
     event: &AuditEvent,
 ) -> Result<(), sqlx::Error> {
-    insert_audit_events(db, &AuditBatch::one(event)).await
+    insert_audit_events(db, &AuditBatch::one(signer, event)).await
 }
 
 /// Writes a batch of events on its own (or inside the caller's transaction).
@@ -94,6 +174,7 @@ pub async fn insert_audit_events(
     )
     .fetch_one(db)
     .await?;
+    events.mark_written();
     Ok(())
 }
 
@@ -117,6 +198,52 @@ pub struct AuditRow {
     pub currency: Option<String>,
     /// `details` as Postgres prints jsonb: canonical (sorted keys, fixed spacing).
     pub details: String,
+    /// Who wrote it, and its MAC (all `None` for events written before event MACs).
+    pub writer_id: Option<Uuid>,
+    pub writer_seq: Option<i64>,
+    pub mac_key_version: Option<i32>,
+    pub mac: Option<Vec<u8>>,
+}
+
+impl AuditRow {
+    /// Whether the row's MAC verifies: `None` when it has none, or its key is not loaded.
+    pub fn mac_valid(
+        &self,
+        keys: &crate::crypto::KeyRing,
+    ) -> Result<bool, crate::crypto::CryptoError> {
+        let (Some(writer_id), Some(writer_seq), Some(key_version), Some(mac)) = (
+            self.writer_id,
+            self.writer_seq,
+            self.mac_key_version,
+            &self.mac,
+        ) else {
+            return Ok(false);
+        };
+        let details: serde_json::Value =
+            serde_json::from_str(&self.details).unwrap_or(serde_json::Value::Null);
+        let fields = MacFields {
+            writer_id,
+            writer_seq,
+            key_version,
+            occurred_at: self.occurred_at,
+            request_id: self.request_id.as_deref(),
+            actor_id: self.actor_id,
+            actor_kind: &self.actor_kind,
+            action: &self.action,
+            outcome: &self.outcome,
+            error_code: self.error_code.as_deref(),
+            client_addr: self.client_addr.as_deref(),
+            forwarded_for: self.forwarded_for.as_deref(),
+            token: self.token.as_deref(),
+            transaction_id: self.transaction_id.as_deref(),
+            masked_data: self.masked_data.as_deref(),
+            amount_minor: self.amount_minor,
+            currency: self.currency.as_deref(),
+            details: &details,
+        };
+        let expected = fields.mac(keys)?;
+        Ok(subtle::ConstantTimeEq::ct_eq(&expected[..], mac.as_slice()).into())
+    }
 }
 
 /// Filters of an audit query; `None` matches everything.
@@ -144,7 +271,7 @@ pub async fn list_audit_events(
         r#"
         SELECT id, occurred_at, request_id, actor_id, actor_kind, action, outcome, error_code,
                client_addr, forwarded_for, token, transaction_id, masked_data, amount_minor,
-               currency, details::text AS "details!"
+               currency, details::text AS "details!", writer_id, writer_seq, mac_key_version, mac
         FROM audit_events
         WHERE id > $1
           AND ($2::timestamptz IS NULL OR occurred_at >= $2)

@@ -77,6 +77,9 @@ pub async fn claim_new_charge(
     )
     .fetch_optional(db)
     .await?;
+    if claimed.is_some() {
+        events.mark_written();
+    }
     Ok(claimed.is_some())
 }
 
@@ -165,6 +168,11 @@ pub async fn take_over_charge(
     )
     .fetch_optional(db)
     .await
+    .inspect(|taken| {
+        if taken.is_some() {
+            events.mark_written();
+        }
+    })
 }
 
 /// Renews the lease of attempt `attempt` (its holder's heartbeat): `false` when that attempt no
@@ -241,6 +249,9 @@ pub async fn finish_charge(
     )
     .fetch_optional(db)
     .await?;
+    if finished.is_some() {
+        events.mark_written();
+    }
     Ok(finished.is_some())
 }
 
@@ -278,6 +289,9 @@ pub async fn abandon_charge(
     )
     .fetch_optional(db)
     .await?;
+    if done.is_some() {
+        events.mark_written();
+    }
     Ok(done.is_some())
 }
 

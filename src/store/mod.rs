@@ -3,6 +3,8 @@
 //! take an executor, so they compose inside a caller's transaction.
 
 pub mod audit;
+pub mod audit_checks;
+pub mod audit_mac;
 pub mod charges;
 pub mod checkpoints;
 pub mod credentials;

@@ -41,34 +41,84 @@ pub async fn chain_tip(db: impl PgExecutor<'_>) -> Result<Option<ChainTip>, sqlx
     .await
 }
 
-/// Takes up to `limit` queued events off the queue, returning them in id order (missing ones,
-/// deleted before they could be sealed, are skipped). The runtime role cannot DELETE from the
-/// queue: `payvault_dequeue_unsealed` (SECURITY DEFINER, see its migration) does it.
+/// Takes up to `limit` queued event ids off the queue, in id order, with the events that
+/// exist among them. The runtime role cannot DELETE from the queue:
+/// `payvault_dequeue_unsealed` (SECURITY DEFINER, see its migration) does it.
 pub async fn dequeue_unsealed(
     db: &mut sqlx::PgConnection,
     limit: i64,
-) -> Result<Vec<AuditRow>, sqlx::Error> {
-    let ids: Vec<i64> = sqlx::query_scalar!(
+) -> Result<(Vec<i64>, Vec<AuditRow>), sqlx::Error> {
+    let mut ids: Vec<i64> = sqlx::query_scalar!(
         r#"SELECT payvault_dequeue_unsealed($1) AS "event_id!""#,
         limit,
     )
     .fetch_all(&mut *db)
     .await?;
+    ids.sort_unstable();
     if ids.is_empty() {
-        return Ok(Vec::new());
+        return Ok((ids, Vec::new()));
     }
-    sqlx::query_as!(
+    let rows = sqlx::query_as!(
         AuditRow,
         r#"
         SELECT id, occurred_at, request_id, actor_id, actor_kind, action, outcome, error_code,
                client_addr, forwarded_for, token, transaction_id, masked_data, amount_minor,
-               currency, details::text AS "details!"
+               currency, details::text AS "details!", writer_id, writer_seq, mac_key_version, mac
         FROM audit_events WHERE id = ANY($1) ORDER BY id
         "#,
         &ids,
     )
     .fetch_all(&mut *db)
+    .await?;
+    Ok((ids, rows))
+}
+
+/// Which of `ids` already have a seal.
+pub async fn sealed_among(db: impl PgExecutor<'_>, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT event_id FROM audit_seals WHERE event_id = ANY($1)",
+        ids
+    )
+    .fetch_all(db)
     .await
+}
+
+/// Records what the sealer set aside, through `payvault_record_audit_anomalies`.
+pub async fn record_anomalies(
+    db: impl PgExecutor<'_>,
+    event_ids: &[i64],
+    kinds: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "SELECT payvault_record_audit_anomalies($1, $2)",
+        event_ids,
+        kinds
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(())
+}
+
+/// Records voided writer counter ranges, through `payvault_insert_audit_voids`.
+pub async fn insert_voids(
+    db: impl PgExecutor<'_>,
+    writer_id: uuid::Uuid,
+    firsts: &[i64],
+    lasts: &[i64],
+    key_version: i32,
+    macs: &[Vec<u8>],
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "SELECT payvault_insert_audit_voids($1, $2, $3, $4, $5)",
+        writer_id,
+        firsts,
+        lasts,
+        key_version,
+        macs,
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(())
 }
 
 /// Appends seals, through `payvault_insert_seals` (SECURITY DEFINER: the runtime role may only
@@ -114,7 +164,8 @@ pub async fn seals_after(
                e.id AS "id?", e.occurred_at AS "occurred_at?", e.request_id, e.actor_id,
                e.actor_kind AS "actor_kind?", e.action AS "action?", e.outcome AS "outcome?",
                e.error_code, e.client_addr, e.forwarded_for, e.token, e.transaction_id,
-               e.masked_data, e.amount_minor, e.currency, e.details::text AS "details?"
+               e.masked_data, e.amount_minor, e.currency, e.details::text AS "details?",
+               e.writer_id, e.writer_seq, e.mac_key_version, e.mac AS "event_mac?"
         FROM audit_seals s LEFT JOIN audit_events e ON e.id = s.event_id
         WHERE s.seq > $1
         ORDER BY s.seq
@@ -165,6 +216,10 @@ pub async fn seals_after(
                     amount_minor: r.amount_minor,
                     currency: r.currency,
                     details,
+                    writer_id: r.writer_id,
+                    writer_seq: r.writer_seq,
+                    mac_key_version: r.mac_key_version,
+                    mac: r.event_mac,
                 }),
                 _ => None,
             },

@@ -7,6 +7,7 @@ use uuid::Uuid;
 use super::audit::AuditBatch;
 use super::charges::ChargeState;
 use crate::crypto::{EntryBinding, SealedEntry};
+use crate::domain::AuditEvent;
 
 /// A vault entry to insert: ciphertexts plus the display metadata allowed in clear.
 #[derive(Debug)]
@@ -93,6 +94,9 @@ pub async fn insert_tokenized_entry(
     )
     .fetch_one(db)
     .await?;
+    if inserted == 1 {
+        events.mark_written();
+    }
     Ok(inserted == 1)
 }
 
@@ -376,10 +380,15 @@ pub async fn shred_entry(db: impl PgExecutor<'_>, token: &str) -> Result<bool, s
 }
 
 /// Shreds up to `limit` expired entries, writing one `token_expire` audit event for each in the
-/// same statement. Returns how many were shredded. The events are built here in SQL (the rows to
-/// shred are only known inside the statement) in the shape of [`AuditBatch`].
-pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i64) -> Result<u64, sqlx::Error> {
-    let n = sqlx::query_scalar!(
+/// same transaction (built and MAC'd by payvault, like every event). Returns how many were
+/// shredded.
+pub async fn purge_expired(
+    pool: &sqlx::PgPool,
+    signer: &super::audit_mac::EventSigner,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let shredded = sqlx::query!(
         r#"
         WITH doomed AS (
             SELECT token FROM vault_entries
@@ -387,25 +396,36 @@ pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i64) -> Result<u64, s
             ORDER BY expires_at
             LIMIT $1
             FOR UPDATE SKIP LOCKED
-        ), shredded AS (
-            UPDATE vault_entries v SET wrapped_key = NULL, ciphertext = NULL, deleted_at = now()
-            FROM doomed WHERE v.token = doomed.token
-            RETURNING v.token, v.expires_at
-        ), audited AS (
-            SELECT payvault_insert_audit_events(jsonb_agg(jsonb_build_object(
-                'actor_kind', 'system', 'action', 'token_expire', 'outcome', 'success',
-                'token', token,
-                'details', jsonb_build_object('expired_at', expires_at, 'shredded', true)
-            ))) AS n
-            FROM shredded
         )
-        SELECT n AS "n!" FROM audited
+        UPDATE vault_entries v SET wrapped_key = NULL, ciphertext = NULL, deleted_at = now()
+        FROM doomed WHERE v.token = doomed.token
+        RETURNING v.token, v.expires_at
         "#,
         limit,
     )
-    .fetch_one(db)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(n as u64)
+    if shredded.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
+    }
+    let events: Vec<AuditEvent> = shredded
+        .iter()
+        .map(|row| {
+            let expired_at = row
+                .expires_at
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+            AuditEvent::system(
+                "token_expire",
+                serde_json::json!({ "expired_at": expired_at, "shredded": true }),
+            )
+            .with_token(&row.token)
+        })
+        .collect();
+    let refs: Vec<&AuditEvent> = events.iter().collect();
+    super::audit::insert_audit_events(&mut *tx, &AuditBatch::new(signer, &refs)).await?;
+    tx.commit().await?;
+    Ok(shredded.len() as u64)
 }
 
 /// A live entry waiting to be re-encrypted under a newer master key version (or AAD format).

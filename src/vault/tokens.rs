@@ -127,7 +127,7 @@ impl Vault {
             return self.refuse(event, TokenError::Unknown).await;
         };
         event.details = serde_json::json!({ "shredded": shredded, "already_deleted": !shredded });
-        store::audit::insert_audit_event(&mut *tx, &event).await?;
+        store::audit::insert_audit_event(&mut *tx, &self.signer, &event).await?;
         tx.commit().await?;
         Ok(TokenInfo::at(metadata, Utc::now()))
     }
@@ -166,7 +166,7 @@ impl Vault {
             serde_json::json!({ "expires_at": expires_at, "previous": info.metadata.expires_at });
         let mut tx = self.pool.begin().await?;
         store::vault::set_expiry(&mut *tx, token.as_str(), expires_at).await?;
-        store::audit::insert_audit_event(&mut *tx, &event).await?;
+        store::audit::insert_audit_event(&mut *tx, &self.signer, &event).await?;
         let metadata = store::vault::find_token_metadata(&mut *tx, token.as_str())
             .await?
             .ok_or(TokenError::Unknown)?;

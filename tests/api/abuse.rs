@@ -43,6 +43,7 @@ async fn unknown_usernames_and_throttled_attempts_run_no_argon2() {
     let auth = Authenticator::new(db.pool.clone(), Duration::from_secs(60));
     let cred = payvault::auth::admin::create_credential(
         &db.pool,
+        &crate::helpers::signer_for(&crate::helpers::test_keys()),
         "victim",
         CredentialKind::Connector,
         None,

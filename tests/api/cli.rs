@@ -12,11 +12,30 @@ fn payvault(db: Option<&TestDb>, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_payvault"));
     cmd.args(args)
         .env_remove("DATABASE_URL")
-        .env_remove("DATABASE_URL_FILE");
+        .env_remove("DATABASE_URL_FILE")
+        .env_remove("PAYVAULT_MASTER_KEY_FILE");
     if let Some(db) = db {
-        cmd.env("DATABASE_URL", db.url());
+        // Commands MAC their audit events with the master key: the database's own.
+        cmd.env("DATABASE_URL", db.url())
+            .env("PAYVAULT_MASTER_KEY", db_key(db));
     }
     cmd.output().unwrap()
+}
+
+/// The master key of `db` (one per test database), for every command run against it.
+fn db_key(db: &TestDb) -> String {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static KEYS: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    let mut keys = KEYS.get_or_init(Default::default).lock().unwrap();
+    keys.entry(db.url())
+        .or_insert_with(|| {
+            payvault::crypto::MasterKey::generate(1)
+                .encode()
+                .as_str()
+                .to_owned()
+        })
+        .clone()
 }
 
 fn stdout(o: &Output) -> String {
@@ -174,7 +193,7 @@ fn missing_configuration_is_reported_clearly() {
 #[tokio::test]
 async fn serve_migrates_answers_twilio_and_stops_on_sigterm() {
     let db = TestDb::new().await;
-    let key = fresh_key();
+    let key = db_key(&db);
     let key_file = std::env::temp_dir().join(format!("payvault-key-{}", uuid::Uuid::new_v4()));
     std::fs::write(&key_file, format!("{key}\n")).unwrap();
     let created = create_connector(&db);
@@ -575,7 +594,7 @@ async fn a_master_key_derived_from_a_passphrase() {
 #[tokio::test]
 async fn sigterm_during_a_slow_charge_lets_it_finish_and_logs_json() {
     let db = TestDb::new().await;
-    let key = fresh_key();
+    let key = db_key(&db);
     let created = create_connector(&db);
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_payvault"))

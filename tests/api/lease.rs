@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use payvault::auth::{admin, CredentialKind};
-use payvault::crypto::MasterKey;
+use payvault::crypto::{KeyRing, MasterKey};
 use serde_json::Value;
 
 use crate::cli::{free_port, wait_until_serving, Child};
@@ -130,9 +130,11 @@ fn serve(db: &TestDb, master_key: &str, fake_url: &str, port: u16) -> Child {
 async fn twilios_retry_on_a_survivor_gets_the_charge_of_an_instance_killed_mid_call() {
     let db = TestDb::new().await;
     let master_key = MasterKey::generate(1).encode();
-    let twilio = admin::create_credential(&db.pool, "twilio", CredentialKind::Connector, None)
-        .await
-        .unwrap();
+    let signer = crate::helpers::signer_for(&Arc::new(KeyRing::parse(&master_key).unwrap()));
+    let twilio =
+        admin::create_credential(&db.pool, &signer, "twilio", CredentialKind::Connector, None)
+            .await
+            .unwrap();
     let credentials = (twilio.row.username.as_str(), twilio.secret.expose());
     let fake = stripe::start().await;
     // Stripe executes the first sale, then its answer is held: the instance waiting for it dies
@@ -250,13 +252,15 @@ async fn a_heartbeat_renews_only_the_attempt_that_holds_the_charge() {
         FinishedCharge, NewCharge, TakeOver,
     };
     let db = TestDb::new().await;
-    let who = admin::create_credential(&db.pool, "twilio", CredentialKind::Connector, None)
-        .await
-        .unwrap()
-        .row
-        .id;
+    let signer = crate::helpers::signer_for(&crate::helpers::test_keys());
+    let who =
+        admin::create_credential(&db.pool, &signer, "twilio", CredentialKind::Connector, None)
+            .await
+            .unwrap()
+            .row
+            .id;
     let key = new_txn();
-    let none = AuditBatch::new(&[]);
+    let none = AuditBatch::new(&signer, &[]);
     let lease = Duration::from_secs(60);
     let claim = NewCharge {
         credential_id: who,

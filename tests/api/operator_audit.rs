@@ -109,6 +109,7 @@ async fn audit_export_is_on_record_before_it_reads_an_event() {
     let db = TestDb::new().await;
     payvault::store::audit::insert_audit_event(
         &db.pool,
+        &helpers::signer_for(&keys),
         &payvault::audit::AuditEvent::operator("something"),
     )
     .await

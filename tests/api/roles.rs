@@ -39,14 +39,15 @@ async fn the_runtime_role_cannot_update_delete_truncate_or_disable_triggers_on_a
     let keys = test_keys();
     let role = RuntimeRole::new(&db).await;
     let rt = role.pool().await;
+    let signer = helpers::signer_for(&keys);
     // It writes and seals events, through payvault's functions...
     for action in ["first", "second"] {
-        payvault::store::audit::insert_audit_event(&rt, &AuditEvent::operator(action))
+        payvault::store::audit::insert_audit_event(&rt, &signer, &AuditEvent::operator(action))
             .await
             .unwrap();
     }
     assert_eq!(seal::seal_pending(&rt, &keys).await.unwrap(), 2);
-    payvault::store::audit::insert_audit_event(&rt, &AuditEvent::operator("unsealed"))
+    payvault::store::audit::insert_audit_event(&rt, &signer, &AuditEvent::operator("unsealed"))
         .await
         .unwrap();
     let before: (i64, i64, i64) = sqlx::query_as(
@@ -107,8 +108,10 @@ async fn the_runtime_role_cannot_update_delete_truncate_or_disable_triggers_on_a
     .unwrap();
     assert_eq!(after, before);
     seal::seal_pending(&rt, &keys).await.unwrap();
-    let report = seal::verify(&rt, &keys, None).await.unwrap();
-    assert!(report.problem.is_none(), "{report}");
+    let report = seal::verify(&rt, &keys, None, helpers::MAX_UNSEALED)
+        .await
+        .unwrap();
+    assert!(report.intact(), "{report}");
     rt.close().await;
 }
 
@@ -162,8 +165,10 @@ async fn the_service_runs_fully_as_the_runtime_role() {
     assert!(deleted >= 3, "{deleted} events pruned");
     assert_eq!(app.count("SELECT count(*) FROM audit_anchors").await, 1);
     helpers::seal_all(&rt, &keys).await;
-    let report = seal::verify(&rt, &keys, None).await.unwrap();
-    assert!(report.problem.is_none(), "{report}");
+    let report = seal::verify(&rt, &keys, None, helpers::MAX_UNSEALED)
+        .await
+        .unwrap();
+    assert!(report.intact(), "{report}");
     rt.close().await;
 }
 
@@ -267,10 +272,13 @@ async fn production_refuses_to_serve_as_a_superuser_or_as_the_owner_of_the_audit
     ] {
         sqlx::query(&sql).execute(&mut admin).await.unwrap();
     }
-    // The owner migrates and creates the runtime role.
+    // The owner migrates and creates the runtime role (an audit event, MAC'd with the key).
+    let key = MasterKey::generate(1).encode();
     let migrated = Command::new(env!("CARGO_BIN_EXE_payvault"))
         .args(["migrate", "--runtime-role", &owned.runtime])
         .env_remove("DATABASE_URL_FILE")
+        .env_remove("PAYVAULT_MASTER_KEY_FILE")
+        .env("PAYVAULT_MASTER_KEY", key.as_str())
         .env("DATABASE_URL", owned.url(&owned.owner))
         .env("PAYVAULT_RUNTIME_PASSWORD", "owner-test-password")
         .output()
@@ -325,6 +333,8 @@ async fn production_refuses_to_serve_as_a_superuser_or_as_the_owner_of_the_audit
     let grant = Command::new(env!("CARGO_BIN_EXE_payvault"))
         .args(["migrate", "--runtime-role", &owned.owner])
         .env_remove("DATABASE_URL_FILE")
+        .env_remove("PAYVAULT_MASTER_KEY_FILE")
+        .env("PAYVAULT_MASTER_KEY", key.as_str())
         .env("DATABASE_URL", owned.url(&owned.owner))
         .output()
         .unwrap();

@@ -218,7 +218,7 @@ async fn authentication_failures_are_401_and_indistinguishable() {
     let revoked = app
         .create_credential("old", CredentialKind::Connector, None)
         .await;
-    payvault::auth::admin::revoke_credential(app.pool(), "old")
+    payvault::auth::admin::revoke_credential(app.pool(), &app.signer, "old")
         .await
         .unwrap();
 
@@ -282,7 +282,7 @@ async fn revocation_takes_effect_on_a_running_server_without_waiting_for_the_cac
         .post("/", &card_tokenize(&new_txn(), "4111111111111111"))
         .await;
     assert_eq!(status, 200, "the credential works and is now cached");
-    payvault::auth::admin::revoke_credential(app.pool(), &app.connector.row.username)
+    payvault::auth::admin::revoke_credential(app.pool(), &app.signer, &app.connector.row.username)
         .await
         .unwrap();
     // The cache TTL is 60 s; the NOTIFY must clear it well before then.

@@ -165,9 +165,13 @@ async fn the_first_check_value_of_a_version_that_only_sealed_is_proved_by_its_se
     let (right, wrong) = (key_text(1), key_text(1));
     let ring = KeyRing::parse(&right).unwrap();
     for action in ["first", "second"] {
-        payvault::store::audit::insert_audit_event(&db.pool, &AuditEvent::operator(action))
-            .await
-            .unwrap();
+        payvault::store::audit::insert_audit_event(
+            &db.pool,
+            &helpers::signer_for(&Arc::new(KeyRing::parse(&right).unwrap())),
+            &AuditEvent::operator(action),
+        )
+        .await
+        .unwrap();
     }
     helpers::seal_all(&db.pool, &ring).await;
 

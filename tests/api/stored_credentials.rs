@@ -497,11 +497,13 @@ async fn the_first_charge_of_a_tokenized_card_stores_the_ntid_and_later_ones_cit
     );
 }
 
-fn payvault_charges_unknown(db: &TestDb) -> String {
+fn payvault_charges_unknown(app: &TestApp) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_payvault"))
         .args(["charges", "unknown", "--format", "json"])
         .env_remove("DATABASE_URL_FILE")
-        .env("DATABASE_URL", db.url())
+        .env_remove("PAYVAULT_MASTER_KEY_FILE")
+        .env("DATABASE_URL", app.db.url())
+        .env("PAYVAULT_MASTER_KEY", crate::helpers::key_text(&app.keys))
         .output()
         .unwrap();
     assert!(
@@ -590,7 +592,7 @@ async fn without_an_idempotency_key_an_unknown_outcome_is_never_re_sent_and_is_l
     assert_eq!(calls[0].idempotency_key, calls[1].idempotency_key);
 
     // The operator's reconciliation list: the held charge, never card data.
-    let listed = payvault_charges_unknown(&app.db);
+    let listed = payvault_charges_unknown(&app);
     let rows: Vec<Value> = listed
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -641,7 +643,7 @@ async fn without_an_idempotency_key_an_abandoned_attempt_is_not_re_sent() {
     // The abandoned attempt's late answer does not overwrite the unknown outcome.
     let _ = first.await.unwrap();
     assert_eq!(processor.calls().len(), 1);
-    let listed = payvault_charges_unknown(&app.db);
+    let listed = payvault_charges_unknown(&app);
     assert!(listed.contains("processor_attempt_abandoned"), "{listed}");
 }
 

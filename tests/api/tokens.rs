@@ -217,7 +217,7 @@ async fn tokens_expire_by_parameter_or_with_the_card_and_are_purged() {
         (410, Some("token_expired"))
     );
     // ...and the purge job shreds it, with an audit event.
-    let purged = payvault::store::vault::purge_expired(app.pool(), 100)
+    let purged = payvault::store::vault::purge_expired(app.pool(), &app.signer, 100)
         .await
         .unwrap();
     assert_eq!(purged, 1);

@@ -10,6 +10,7 @@ use payvault::auth::{CredentialKind, Scope};
 use payvault::config::{ProcessorConfig, ServeConfig, TlsFiles};
 use payvault::crypto::{KeyRing, MasterKey};
 use payvault::processor::profile::{ProcessorEnvironment, Profile, ProfileConfig};
+use payvault::store::audit_mac::EventSigner;
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -20,6 +21,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub db: Arc<TestDb>,
     pub keys: Arc<KeyRing>,
+    /// An audit event writer of the test's own (as a CLI command would be), with the app's keys.
+    pub signer: Arc<EventSigner>,
     pub client: reqwest::Client,
     /// A connector credential for Twilio-style requests.
     pub connector: CreatedCredential,
@@ -62,7 +65,7 @@ impl TestApp {
         kind: CredentialKind,
         scopes: Option<Vec<Scope>>,
     ) -> CreatedCredential {
-        admin::create_credential(self.pool(), name, kind, scopes)
+        admin::create_credential(self.pool(), &self.signer, name, kind, scopes)
             .await
             .unwrap()
     }
@@ -102,8 +105,38 @@ impl Drop for TestApp {
     }
 }
 
+/// An audit event writer with `keys`, as a CLI command is one.
+pub fn signer_for(keys: &Arc<KeyRing>) -> EventSigner {
+    EventSigner::new(keys.clone())
+}
+
 pub fn test_keys() -> Arc<KeyRing> {
-    Arc::new(KeyRing::from_keys(vec![MasterKey::generate(1)]).unwrap())
+    let text = MasterKey::generate(1).encode().as_str().to_owned();
+    let ring = KeyRing::parse(&text).unwrap();
+    key_texts()
+        .lock()
+        .unwrap()
+        .insert(ring.check_value(1).unwrap(), text);
+    Arc::new(ring)
+}
+
+/// The text of the master key of a ring made by [`test_keys`], for the CLI commands a test
+/// runs against the same database (they MAC their audit events with it).
+pub fn key_text(keys: &KeyRing) -> String {
+    let check = keys.check_value(keys.current_version()).unwrap();
+    key_texts()
+        .lock()
+        .unwrap()
+        .get(&check)
+        .cloned()
+        .expect("a key ring made by test_keys()")
+}
+
+fn key_texts() -> &'static std::sync::Mutex<std::collections::HashMap<[u8; 32], String>> {
+    static TEXTS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<[u8; 32], String>>,
+    > = std::sync::OnceLock::new();
+    TEXTS.get_or_init(Default::default)
 }
 
 /// How a test server charges.
@@ -223,8 +256,10 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
     if on_ready.await.is_err() {
         panic!("payvault did not start: {:?}", served.await);
     }
+    let signer = Arc::new(EventSigner::new(keys.clone()));
     let connector = admin::create_credential(
         &db.pool,
+        &signer,
         &format!("twilio-{}", addr.port()),
         CredentialKind::Connector,
         None,
@@ -235,6 +270,7 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
         addr,
         db,
         keys,
+        signer,
         client: reqwest::Client::new(),
         connector,
         stop: Some(stop),

@@ -126,6 +126,9 @@ impl Drop for TestDb {
 }
 
 /// Seals every audit event, waiting for a server's own sealer if it holds the lock right now.
+/// The sealing lag bound tests verify with (the default).
+pub const MAX_UNSEALED: Duration = Duration::from_secs(300);
+
 pub async fn seal_all(pool: &PgPool, keys: &KeyRing) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {

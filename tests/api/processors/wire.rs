@@ -423,7 +423,9 @@ pub fn charges_unknown(app: &TestApp) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_payvault"))
         .args(["charges", "unknown", "--format", "json"])
         .env_remove("DATABASE_URL_FILE")
+        .env_remove("PAYVAULT_MASTER_KEY_FILE")
         .env("DATABASE_URL", app.db.url())
+        .env("PAYVAULT_MASTER_KEY", crate::helpers::key_text(&app.keys))
         .output()
         .unwrap();
     assert!(
