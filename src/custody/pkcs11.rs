@@ -137,8 +137,13 @@ impl Pkcs11Provider {
             let clear = session
                 .decrypt(&Mechanism::AesGcm(params), handle, &wrapped[1 + IV_LEN..])
                 .map_err(|e| match e {
+                    // A failed GCM tag check: CKR_ENCRYPTED_DATA_INVALID by the standard;
+                    // SoftHSM2 answers CKR_GENERAL_ERROR, some HSMs CKR_FUNCTION_FAILED. The
+                    // session and key were just found usable, so these mean the wrap itself.
                     CkError::Pkcs11(
-                        RvError::EncryptedDataInvalid
+                        RvError::GeneralError
+                        | RvError::FunctionFailed
+                        | RvError::EncryptedDataInvalid
                         | RvError::EncryptedDataLenRange
                         | RvError::DataInvalid
                         | RvError::DataLenRange,
@@ -297,8 +302,10 @@ fn pin_reason(rv: RvError) -> &'static str {
     }
 }
 
-/// The loaded and initialised module at `path`, shared by the whole process.
-fn context(path: &Path) -> Result<Pkcs11, CustodyError> {
+/// The loaded and initialised module at `path`, shared by the whole process (and never
+/// finalised): use this, not a `Pkcs11` of your own, to manage tokens in a process that also
+/// runs a provider.
+pub fn context(path: &Path) -> Result<Pkcs11, CustodyError> {
     static CONTEXTS: Mutex<Vec<(PathBuf, Pkcs11)>> = Mutex::new(Vec::new());
     let mut contexts = CONTEXTS
         .lock()
