@@ -81,7 +81,7 @@ impl TransitConfig {
                 KEY_VAR,
                 config::var(KEY_VAR)?.ok_or(ConfigError::Missing(KEY_VAR))?,
             )?,
-            token: config::secret_var(TOKEN_VAR)?.ok_or(ConfigError::Missing(
+            token: config::secret_var("PAYVAULT_TRANSIT_TOKEN")?.ok_or(ConfigError::Missing(
                 "PAYVAULT_TRANSIT_TOKEN (or PAYVAULT_TRANSIT_TOKEN_FILE)",
             ))?,
         })
