@@ -56,7 +56,8 @@ pub async fn launch(
         keys,
         migrate,
     } = service;
-    let refusals = cfg.production_refusals(keys.has_development_key());
+    let mut refusals = cfg.production_refusals(keys.has_development_key());
+    refusals.extend(keys::production_refusals(&keys, cfg.environment)?);
     if !refusals.is_empty() {
         anyhow::bail!(
             "PAYVAULT_ENV=production refuses to start:\n  - {}",
@@ -119,6 +120,10 @@ pub async fn launch(
             }
         }
     }
+    let key_provider = keys.provider().cloned();
+    if let Some(provider) = &key_provider {
+        tracing::info!(provider = provider.name(), root = %provider.describe(), "unwrapping the master keys with the key provider");
+    }
     let keys = keys.load(&pool).await?;
     // This process's one audit event writer (see store::audit_mac).
     let signer = Arc::new(EventSigner::new(keys.clone()));
@@ -172,6 +177,7 @@ pub async fn launch(
             default_ttl_days: cfg.default_token_ttl_days,
         },
         auth_failures: auth_failures.clone(),
+        key_provider,
     };
 
     let background = [

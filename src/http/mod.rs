@@ -53,6 +53,9 @@ pub struct AppState {
     pub expiry: ExpiryPolicy,
     /// The sealing lag bound `/readyz` reports against (`PAYVAULT_AUDIT_MAX_UNSEALED_SECS`).
     pub audit_max_unsealed: std::time::Duration,
+    /// The key provider the master keys were unwrapped with, if any: `/readyz` reports whether
+    /// it is still reachable (requests do not need it).
+    pub key_provider: Option<crate::custody::KeyProvider>,
 }
 
 /// Failed logins audited as events of their own per second per instance; the rest are counted

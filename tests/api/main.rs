@@ -13,6 +13,7 @@ mod audit_checkpoint;
 mod audit_forgery;
 mod charge;
 mod cli;
+mod custody;
 mod dev;
 mod keys;
 mod leaks;
