@@ -136,11 +136,10 @@ pub async fn seal_pending(pool: &PgPool, keys: &KeyRing) -> Result<u64, SealErro
                     kinds.push(if e.mac.is_none() { "no_mac" } else { "bad_mac" }.to_owned());
                 }
                 // Just written by an instance with a newer master key: leave the batch (rolled
-                // back, so still queued) to an instance that has it, for a while.
+                // back, so still queued) to an instance that has it, for a while (a time in the
+                // future, beyond clock skew, does not count as just written).
                 Err(CryptoError::UnknownKeyVersion(v))
-                    if v > keys.current_version()
-                        && Utc::now() - e.occurred_at
-                            < chrono::Duration::from_std(SEAL_GRACE).unwrap_or_default() =>
+                    if v > keys.current_version() && recent(e.occurred_at) =>
                 {
                     tracing::warn!(
                         event = e.id,
@@ -186,6 +185,13 @@ pub async fn seal_pending(pool: &PgPool, keys: &KeyRing) -> Result<u64, SealErro
         tx.commit().await?;
         total += chained.len() as u64;
     }
+}
+
+/// Whether `at` is within [`SEAL_GRACE`] of now, either way.
+fn recent(at: DateTime<Utc>) -> bool {
+    let grace = chrono::Duration::from_std(SEAL_GRACE).unwrap_or_default();
+    let age = Utc::now() - at;
+    -grace < age && age < grace
 }
 
 /// Runs the sealer until the process ends.

@@ -441,3 +441,31 @@ async fn a_cli_command_seals_the_events_it_wrote_before_exiting() {
     assert!(report.intact(), "{report}");
     assert_eq!(report.verified, 1);
 }
+
+#[tokio::test]
+async fn a_made_up_key_version_cannot_stop_sealing() {
+    let log = Log::new().await;
+    // A version newer than any loaded, on an event dated far in the future: set aside at once,
+    // not left waiting for an instance with that version.
+    let future = log.write("future").await;
+    log.as_dba(&format!(
+        "UPDATE audit_events SET mac_key_version = 2, occurred_at = now() + interval '10 years' WHERE id = {future};"
+    ))
+    .await;
+    let good = log.write("good").await;
+    assert_eq!(log.seal().await, 1);
+    assert_eq!(log.count("SELECT count(*) FROM audit_unsealed").await, 0);
+    let report = log.verify().await;
+    names(&report, future, "master key version not loaded");
+    assert!(!report.findings.iter().any(|f| f.event_id == Some(good)));
+    // Just written under a newer version (another instance already has it): left queued for
+    // that instance, and reported meanwhile.
+    let young = log.write("young").await;
+    log.as_dba(&format!(
+        "UPDATE audit_events SET mac_key_version = 2 WHERE id = {young};"
+    ))
+    .await;
+    assert_eq!(log.seal().await, 0);
+    assert_eq!(log.count("SELECT count(*) FROM audit_unsealed").await, 1);
+    names(&log.verify().await, young, "not loaded");
+}
