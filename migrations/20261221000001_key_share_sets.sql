@@ -17,7 +17,7 @@ CREATE TABLE key_share_sets (
 
 -- The runtime role reads share sets (an instance configured for shares starts sealed and checks
 -- submissions against them) but never writes one: `keys split` runs as the schema owner. The
--- function is restated from 20261212000001 with key_share_sets granted SELECT only.
+-- function is restated from 20261220000001 with key_share_sets also granted SELECT only.
 CREATE OR REPLACE FUNCTION payvault_grant_runtime(runtime_role name) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -42,7 +42,7 @@ BEGIN
     LOOP
         IF t.relkind = 'S' THEN
             EXECUTE format('GRANT USAGE, SELECT ON SEQUENCE %I.%I TO %I', schema_name, t.relname, runtime_role);
-        ELSIF t.relname LIKE 'audit\_%' OR t.relname IN ('_sqlx_migrations', 'key_share_sets') THEN
+        ELSIF t.relname LIKE 'audit\_%' OR t.relname IN ('_sqlx_migrations', 'master_key_wraps', 'key_share_sets') THEN
             EXECUTE format('REVOKE ALL ON TABLE %I.%I FROM %I', schema_name, t.relname, runtime_role);
             EXECUTE format('GRANT SELECT ON TABLE %I.%I TO %I', schema_name, t.relname, runtime_role);
         ELSE

@@ -15,6 +15,7 @@ pub mod charge;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod custody;
 pub mod dev;
 pub mod domain;
 pub mod http;

@@ -55,7 +55,8 @@ pub async fn launch(
         keys,
         migrate,
     } = service;
-    let refusals = cfg.production_refusals(keys.has_development_key());
+    let mut refusals = cfg.production_refusals(keys.has_development_key());
+    refusals.extend(keys::production_refusals(&keys, cfg.environment)?);
     if !refusals.is_empty() {
         anyhow::bail!(
             "PAYVAULT_ENV=production refuses to start:\n  - {}",
@@ -118,6 +119,10 @@ pub async fn launch(
             }
         }
     }
+    let key_provider = keys.provider().cloned();
+    if let Some(provider) = &key_provider {
+        tracing::info!(provider = provider.name(), root = %provider.describe(), "unwrapping the master keys with the key provider");
+    }
     let keys = keys.load(&pool).await?;
     if let Some(credential) = &cfg.dev_connector_credential {
         ensure_dev_connector(&pool, credential).await?;
@@ -165,6 +170,7 @@ pub async fn launch(
             default_ttl_days: cfg.default_token_ttl_days,
         },
         auth_failures: auth_failures.clone(),
+        key_provider,
     };
 
     let background = [

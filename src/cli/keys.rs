@@ -45,11 +45,27 @@ pub enum KeysCommand {
     Retire { version: i32 },
     /// How many entries each master key version protects.
     Status,
+    /// Store master keys wrapped by the key provider PAYVAULT_KEY_PROVIDER names: the current
+    /// PAYVAULT_MASTER_KEY (or passphrase) versions, to move an existing vault to the provider
+    /// without re-encrypting it; or, with --generate, a fresh version that exists only wrapped.
+    Wrap {
+        /// Generate a new master key version instead of wrapping the environment's.
+        #[arg(long)]
+        generate: bool,
+        /// With --generate: the new version's number (default: one above the highest known).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+        version: Option<i32>,
+    },
+    /// Create the AES-256 root key PAYVAULT_PKCS11_KEY_LABEL inside the PKCS#11 token
+    /// PAYVAULT_PKCS11_TOKEN_LABEL (sensitive, never extractable).
+    Pkcs11CreateKey,
 }
 
 pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
         KeysCommand::Rotate { batch } => rotate_keys(batch.max(1)).await,
+        KeysCommand::Wrap { generate, version } => super::wrap::wrap_keys(generate, version).await,
+        KeysCommand::Pkcs11CreateKey => super::wrap::pkcs11_create_key().await,
         KeysCommand::Retire { version } => retire_key(version).await,
         KeysCommand::PassphraseInit { version } => passphrase_init(version).await,
         KeysCommand::GeneratePassphrase => {

@@ -7,6 +7,7 @@ mod credentials;
 mod db;
 mod keys;
 mod processor;
+mod wrap;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -69,6 +69,36 @@ impl MasterKey {
         self.development
     }
 
+    /// Whether this is a retired version's audit-only key (`pvaudit.` prefix).
+    pub fn is_audit_only(&self) -> bool {
+        self.audit_only
+    }
+
+    /// A master key unwrapped by a key provider (`crate::custody`).
+    pub fn from_bytes(version: i32, bytes: Zeroizing<[u8; 32]>) -> Self {
+        Self {
+            version,
+            bytes,
+            development: false,
+            audit_only: false,
+        }
+    }
+
+    /// A second copy (zeroized on drop like the first).
+    pub fn duplicate(&self) -> Self {
+        Self {
+            version: self.version,
+            bytes: Zeroizing::new(*self.bytes),
+            development: self.development,
+            audit_only: self.audit_only,
+        }
+    }
+
+    /// The key material, for a key provider to wrap. Never to be copied elsewhere.
+    pub(crate) fn expose_bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+
     /// The text form accepted by `PAYVAULT_MASTER_KEY`. Returned zeroizing: it is the key.
     pub fn encode(&self) -> Zeroizing<String> {
         let mut out = Zeroizing::new(String::with_capacity(64));

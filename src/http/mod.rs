@@ -51,6 +51,9 @@ pub struct AppState {
     pub trusted_proxies: Arc<TrustedProxies>,
     pub auth_failures: Arc<crate::auth::FailureAudit>,
     pub expiry: ExpiryPolicy,
+    /// The key provider the master keys were unwrapped with, if any: `/readyz` reports whether
+    /// it is still reachable (requests do not need it).
+    pub key_provider: Option<crate::custody::KeyProvider>,
 }
 
 /// Failed logins audited as events of their own per second per instance; the rest are counted

@@ -104,13 +104,33 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         SchemaState::Pending => (StatusCode::SERVICE_UNAVAILABLE, "ok", "pending"),
         SchemaState::Unreachable => (StatusCode::SERVICE_UNAVAILABLE, "unreachable", "unknown"),
     };
-    let body = json!({
+    let mut body = json!({
         "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
         "database": db,
         "migrations": migrations,
         "key_versions": versions,
         "current_key_version": keys.current_version(),
     });
+    // The master keys are in memory already: a lost provider does not stop requests (nor the
+    // readiness a load balancer acts on), but it is reported, and blocks the next start.
+    if let Some(provider) = &app.key_provider {
+        let reachable = match tokio::time::timeout(Duration::from_secs(2), provider.check()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the key provider is unreachable; the loaded master keys keep serving, but a restart would fail");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(provider = provider.name(), "the key provider did not answer within 2 s; the loaded master keys keep serving, but a restart would fail");
+                false
+            }
+        };
+        metrics::gauge!("payvault_key_provider_up").set(if reachable { 1.0 } else { 0.0 });
+        body["key_provider"] = json!({
+            "name": provider.name(),
+            "status": if reachable { "ok" } else { "unreachable" },
+        });
+    }
     (status, Json(body)).into_response()
 }
 

@@ -98,3 +98,50 @@ pub async fn newest_seal_of_version(
     .fetch_one(db)
     .await
 }
+
+/// A master key version stored wrapped by a key provider (`master_key_wraps`).
+#[derive(Debug, Clone)]
+pub struct KeyWrap {
+    pub version: i32,
+    pub provider: String,
+    pub wrapped: Vec<u8>,
+}
+
+/// Every wrapped master key, by version.
+pub async fn find_key_wraps(db: impl PgExecutor<'_>) -> Result<Vec<KeyWrap>, sqlx::Error> {
+    sqlx::query_as!(
+        KeyWrap,
+        "SELECT version, provider, wrapped FROM master_key_wraps ORDER BY version"
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Stores a wrapped master key; `false` if the version already has one (never replaced).
+pub async fn insert_key_wrap(db: impl PgExecutor<'_>, wrap: &KeyWrap) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        r#"
+        INSERT INTO master_key_wraps (version, provider, wrapped) VALUES ($1, $2, $3)
+        ON CONFLICT ON CONSTRAINT master_key_wraps_pkey DO NOTHING
+        "#,
+        wrap.version,
+        wrap.provider,
+        wrap.wrapped,
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The highest master key version known: wrapped, or with a recorded check value.
+pub async fn highest_known_version(db: impl PgExecutor<'_>) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT GREATEST(
+            (SELECT max(version) FROM master_key_wraps),
+            (SELECT max(version) FROM master_key_checks),
+            (SELECT max(key_version) FROM vault_entries),
+            0) AS "v!""#
+    )
+    .fetch_one(db)
+    .await
+}

@@ -12,6 +12,7 @@ mod audit;
 mod audit_checkpoint;
 mod charge;
 mod cli;
+mod custody;
 mod dev;
 mod keys;
 mod leaks;

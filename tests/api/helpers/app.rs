@@ -175,6 +175,22 @@ pub async fn spawn_app_with(db: Arc<TestDb>, keys: Arc<KeyRing>) -> TestApp {
 }
 
 pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) -> TestApp {
+    let source = KeySource::Loaded(keys.clone());
+    match start_app(db, source, keys, opts).await {
+        Ok(app) => app,
+        Err(e) => panic!("payvault did not start: {e}"),
+    }
+}
+
+/// Starts a server whose master keys come from `source` (a key provider, say); `keys` is what
+/// the returned [`TestApp`] offers the test (the same keys, loaded by the test). The start-up
+/// error, with its causes, if it does not start.
+pub async fn start_app(
+    db: Arc<TestDb>,
+    source: KeySource,
+    keys: Arc<KeyRing>,
+    opts: Options,
+) -> Result<TestApp, String> {
     init_logging();
     // The same launch path as `payvault serve`, configured as a test needs it.
     let url = opts.database_url.clone().unwrap_or_else(|| db.url());
@@ -203,7 +219,7 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
     }
     let service = Service {
         config,
-        keys: KeySource::Loaded(keys.clone()),
+        keys: source,
         migrate: false,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -221,7 +237,10 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
         },
     ));
     if on_ready.await.is_err() {
-        panic!("payvault did not start: {:?}", served.await);
+        return Err(match served.await {
+            Ok(Err(e)) => format!("{e:#}"),
+            other => format!("{other:?}"),
+        });
     }
     let connector = admin::create_credential(
         &db.pool,
@@ -231,14 +250,14 @@ pub async fn spawn_app_opts(db: Arc<TestDb>, keys: Arc<KeyRing>, opts: Options) 
     )
     .await
     .unwrap();
-    TestApp {
+    Ok(TestApp {
         addr,
         db,
         keys,
         client: reqwest::Client::new(),
         connector,
         stop: Some(stop),
-    }
+    })
 }
 
 /// POSTs a Twilio request to the connector endpoint with HTTP Basic credentials.

@@ -6,6 +6,7 @@
 //! scripted payment processor), `logs` (log capture) and `leaks` (scans for card data).
 
 mod app;
+mod custody;
 mod db;
 mod leaks;
 mod logs;
@@ -13,6 +14,7 @@ mod requests;
 mod stub;
 
 pub use app::*;
+pub use custody::*;
 pub use db::*;
 pub use leaks::*;
 pub use logs::*;
