@@ -16,18 +16,18 @@ use zeroize::Zeroizing;
 
 use crate::audit::{AuditEvent, Origin};
 use crate::auth::Principal;
-use crate::crypto::{CryptoError, EntryBinding, KeyRing, AAD_V2};
+use crate::crypto::{CryptoError, EntryBinding, KeyRing, KeyState, Sealed, AAD_V2};
 use crate::domain::{PaymentMethod, Token, TransactionId};
 use crate::store;
 use crate::store::audit::AuditBatch;
 use crate::store::charges::ChargeState;
 use crate::store::vault::{NewEntry, NewIdempotency};
 
-/// Shared handle on the vault: the database and the master key ring.
+/// Shared handle on the vault: the database and the master key ring (absent while sealed).
 #[derive(Debug, Clone)]
 pub struct Vault {
     pool: PgPool,
-    keys: Arc<KeyRing>,
+    keys: Arc<KeyState>,
     /// Tokenizing a card this credential already vaulted returns the existing token.
     dedup: bool,
 }
@@ -61,6 +61,8 @@ pub enum TokenizeError {
     Database(#[from] sqlx::Error),
     #[error("key error")]
     Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Sealed(#[from] Sealed),
 }
 
 impl TokenizeError {
@@ -70,12 +72,18 @@ impl TokenizeError {
                 "duplicate_transaction"
             }
             TokenizeError::Database(_) | TokenizeError::Crypto(_) => "internal_error",
+            TokenizeError::Sealed(_) => "vault_sealed",
         }
     }
 }
 
 impl Vault {
     pub fn new(pool: PgPool, keys: Arc<KeyRing>) -> Self {
+        Self::with_key_state(pool, KeyState::unsealed(keys))
+    }
+
+    /// A vault whose keys may come later (an instance that starts sealed).
+    pub fn with_key_state(pool: PgPool, keys: Arc<KeyState>) -> Self {
         Self {
             pool,
             keys,
@@ -89,8 +97,17 @@ impl Vault {
         self
     }
 
-    pub fn keys(&self) -> &KeyRing {
+    /// The master key ring, or [`Sealed`] until custodians unseal the instance.
+    pub fn keys(&self) -> Result<&Arc<KeyRing>, Sealed> {
+        self.keys.get()
+    }
+
+    pub fn key_state(&self) -> &Arc<KeyState> {
         &self.keys
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.keys.is_sealed()
     }
 
     /// Encrypts a card or bank account into the vault and returns its token.
@@ -106,12 +123,12 @@ impl Vault {
         origin: &Origin,
         req: &TokenizeRequest,
     ) -> Result<Tokenized, TokenizeError> {
-        let keys = &self.keys;
+        let keys = self.keys()?;
         let mac_input = req.method.request_mac_input();
         let mac_version = keys.current_version();
         let request_mac = keys.request_mac(mac_version, &[b"tokenize", &mac_input])?;
 
-        let prepared = self.prepare_entry(&req.method);
+        let prepared = self.prepare_entry(keys, &req.method);
         let audit = self
             .tokenize_event(who, origin, req)
             .with_token(prepared.token.as_str());
@@ -238,7 +255,7 @@ impl Vault {
             return Ok(false);
         }
         let rebound = self
-            .keys
+            .keys()?
             .rebind(token, &entry.binding(), &new, &entry.sealed)?;
         Ok(store::vault::update_card_expiry(
             &mut *tx,
@@ -264,9 +281,9 @@ impl Vault {
     }
 
     /// Encrypts a payment method under a fresh token, ready to insert.
-    fn prepare_entry(&self, method: &PaymentMethod) -> PreparedEntry {
+    fn prepare_entry(&self, keys: &KeyRing, method: &PaymentMethod) -> PreparedEntry {
         let token = Token::generate();
-        let fingerprint = self.keys.fingerprint(&method.fingerprint_parts());
+        let fingerprint = keys.fingerprint(&method.fingerprint_parts());
         let (brand, bin, exp_month, exp_year, last4) = match method {
             PaymentMethod::Card(c) => (
                 Some(c.number.brand().as_str()),
@@ -282,9 +299,7 @@ impl Vault {
             exp_month,
             exp_year,
         };
-        let sealed = self
-            .keys
-            .seal(token.as_str(), &binding, &method.secret_payload());
+        let sealed = keys.seal(token.as_str(), &binding, &method.secret_payload());
         PreparedEntry {
             token,
             kind: method.kind(),
@@ -306,7 +321,11 @@ impl Vault {
         method: &PaymentMethod,
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<String, sqlx::Error> {
-        let prepared = self.prepare_entry(method);
+        // Reached only after a charge that used the keys, so never sealed in practice.
+        let keys = self
+            .keys()
+            .map_err(|e| sqlx::Error::Configuration(Box::new(e)))?;
+        let prepared = self.prepare_entry(keys, method);
         store::vault::insert_entry(conn, &prepared.as_new_entry(who, expires_at)).await?;
         Ok(prepared.token.into_string())
     }
@@ -321,7 +340,7 @@ impl Vault {
         let Some(entry) = store::vault::find_sealed_entry(&self.pool, token).await? else {
             return Ok(None);
         };
-        Ok(Some(self.keys.open(
+        Ok(Some(self.keys()?.open(
             token,
             &entry.binding(),
             &entry.sealed,
@@ -335,7 +354,7 @@ impl Vault {
     /// rotators share the work) and resumable (progress is the key version stored per row).
     /// Returns how many entries it re-encrypted.
     pub async fn rotate_batch(&self, limit: i64) -> Result<u64, TokenizeError> {
-        let keys = &self.keys;
+        let keys = self.keys()?;
         let mut tx = self.pool.begin().await?;
         let rows =
             store::vault::claim_for_rotation(&mut *tx, keys.current_version(), AAD_V2, limit)

@@ -4,6 +4,7 @@
 //! serve, drain, audit the stop, and seal the audit log once.
 
 pub mod keys;
+mod sealed;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use crate::audit::{AuditEvent, AuditLog};
 use crate::auth::{admin, Authenticator, CredentialKind, FailureAudit, Scope};
 use crate::charge::Charger;
 use crate::config::{self, ProcessorConfig, ServeConfig};
-use crate::crypto::KeyRing;
+use crate::crypto::{KeyRing, KeyState};
 use crate::http::{AppState, TrustedProxies};
 use crate::processor::profile::ProfileProcessor;
 use crate::processor::sandbox::Sandbox;
@@ -120,18 +121,34 @@ pub async fn launch(
         }
     }
     let key_provider = keys.provider().cloned();
-    if let Some(provider) = &key_provider {
-        tracing::info!(provider = provider.name(), root = %provider.describe(), "unwrapping the master keys with the key provider");
-    }
-    let keys = keys.load(&pool).await?;
+    let (key_state, unsealer) = match keys {
+        // Split custodians: sealed until K shares are submitted (`payvault unseal`).
+        KeySource::Provider {
+            provider: crate::custody::KeyProvider::Shares(shares),
+            audit_keys,
+        } => {
+            let (state, unsealer) = sealed::start(&pool, shares, audit_keys).await?;
+            (state, Some(unsealer))
+        }
+        keys => {
+            if let Some(provider) = &key_provider {
+                tracing::info!(provider = provider.name(), root = %provider.describe(), "unwrapping the master keys with the key provider");
+            }
+            (KeyState::unsealed(keys.load(&pool).await?), None)
+        }
+    };
     if let Some(credential) = &cfg.dev_connector_credential {
         ensure_dev_connector(&pool, credential).await?;
     }
 
     // Start and stop of the service are audited (PCI DSS 10.2.1.6: start of audit logging).
     let addr = listener.local_addr()?;
-    let versions: Vec<i32> = keys.versions().collect();
+    let versions: Vec<i32> = key_state
+        .get()
+        .map(|keys| keys.versions().collect())
+        .unwrap_or_default();
     let instance = serde_json::json!({
+        "sealed": key_state.is_sealed(),
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
         "listen": addr.to_string(),
@@ -149,7 +166,7 @@ pub async fn launch(
     let auth_failures = Arc::new(FailureAudit::new(
         crate::http::AUTH_FAILURE_AUDITS_PER_SECOND,
     ));
-    let vault = Vault::new(pool.clone(), keys.clone()).with_dedup(cfg.dedup);
+    let vault = Vault::with_key_state(pool.clone(), key_state.clone()).with_dedup(cfg.dedup);
     let charger = Charger {
         pool: pool.clone(),
         vault: vault.clone(),
@@ -171,6 +188,7 @@ pub async fn launch(
         },
         auth_failures: auth_failures.clone(),
         key_provider,
+        unsealer,
     };
 
     let background = [
@@ -189,17 +207,23 @@ pub async fn launch(
             cfg.idempotency_retention,
             IDEMPOTENCY_PURGE_INTERVAL,
         )),
-        tokio::spawn(crate::audit::seal::run_sealer(
-            pool.clone(),
-            keys.clone(),
-            cfg.seal_interval,
-        )),
-        tokio::spawn(crate::audit::checkpoint::run(
-            pool.clone(),
-            keys.clone(),
-            checkpoints.clone(),
-            cfg.checkpoint_interval,
-        )),
+        // Audit sealing and checkpoints need the master keys: sealed, they start once unsealed.
+        tokio::spawn({
+            let (pool, key_state) = (pool.clone(), key_state.clone());
+            async move {
+                let keys = key_state.wait().await;
+                crate::audit::seal::run_sealer(pool, keys, cfg.seal_interval).await;
+            }
+        }),
+        tokio::spawn({
+            let (pool, key_state, checkpoints) =
+                (pool.clone(), key_state.clone(), checkpoints.clone());
+            async move {
+                let keys = key_state.wait().await;
+                crate::audit::checkpoint::run(pool, keys, checkpoints, cfg.checkpoint_interval)
+                    .await;
+            }
+        }),
     ];
     tracing::info!(
         %addr,
@@ -254,10 +278,13 @@ pub async fn launch(
     if let Err(e) = auth_failures.flush(&pool).await {
         tracing::warn!(error = %e, "could not write the last failed-login audit aggregate");
     }
-    stop(&pool, &keys, instance).await;
+    let keys = key_state.get().ok();
+    stop(&pool, keys.map(|k| &**k), instance).await;
     // The last checkpoint covers the stop and what the last requests wrote.
-    if let Err(e) = checkpoints.lock().await.publish(&pool, &keys).await {
-        tracing::warn!(error = %e, "could not publish the last audit checkpoint");
+    if let Some(keys) = keys {
+        if let Err(e) = checkpoints.lock().await.publish(&pool, keys).await {
+            tracing::warn!(error = %e, "could not publish the last audit checkpoint");
+        }
     }
     served?;
     tracing::info!("payvault stopped");
@@ -265,12 +292,14 @@ pub async fn launch(
 }
 
 /// Audits the stop and seals what the last requests wrote, so a stopped instance leaves
-/// nothing unsealed behind. Failures are logged: the next instance seals.
-async fn stop(pool: &PgPool, keys: &KeyRing, instance: serde_json::Value) {
+/// nothing unsealed behind. Failures are logged: the next instance seals. Without keys (the
+/// vault was never unsealed) the audit seal chain is left to the next instance that has them.
+async fn stop(pool: &PgPool, keys: Option<&KeyRing>, instance: serde_json::Value) {
     let event = AuditEvent::system("service_stop", instance);
     if let Err(e) = store::audit::insert_audit_event(pool, &event).await {
         tracing::warn!(error = %e, "could not audit the service stop");
     }
+    let Some(keys) = keys else { return };
     if let Err(e) = crate::audit::seal::seal_pending(pool, keys).await {
         tracing::warn!(error = %e, "could not seal the last audit events; the next instance will");
     }

@@ -11,6 +11,7 @@
 //! environment's `PAYVAULT_MASTER_KEY` / passphrase, handled by [`crate::app::KeySource`].
 
 pub mod pkcs11;
+pub mod shares;
 pub mod transit;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use zeroize::Zeroizing;
 use crate::config::{self, ConfigError};
 
 pub use pkcs11::{Pkcs11Config, Pkcs11Provider};
+pub use shares::SharesProvider;
 pub use transit::{TransitConfig, TransitProvider};
 
 /// The setting that selects a provider.
@@ -32,6 +34,8 @@ pub enum ProviderKind {
     Env,
     Pkcs11,
     Transit,
+    /// Split custodians: K of N shares rebuild the root (`payvault keys split`, `payvault unseal`).
+    Shares,
 }
 
 impl ProviderKind {
@@ -41,9 +45,10 @@ impl ProviderKind {
             None | Some("env") => Ok(Self::Env),
             Some("pkcs11") => Ok(Self::Pkcs11),
             Some("transit") => Ok(Self::Transit),
+            Some("shares") => Ok(Self::Shares),
             Some(_) => Err(ConfigError::Invalid {
                 name: PROVIDER_VAR,
-                reason: "must be env, pkcs11 or transit".into(),
+                reason: "must be env, pkcs11, transit or shares".into(),
             }),
         }
     }
@@ -54,6 +59,7 @@ impl ProviderKind {
 pub enum KeyProvider {
     Pkcs11(Arc<Pkcs11Provider>),
     Transit(Arc<TransitProvider>),
+    Shares(Arc<SharesProvider>),
 }
 
 impl std::fmt::Debug for KeyProvider {
@@ -74,6 +80,7 @@ impl KeyProvider {
             ProviderKind::Transit => Some(Self::Transit(Arc::new(TransitProvider::new(
                 TransitConfig::from_env()?,
             )?))),
+            ProviderKind::Shares => Some(Self::Shares(Arc::new(SharesProvider::from_env()?))),
         })
     }
 
@@ -83,6 +90,7 @@ impl KeyProvider {
         match self {
             Self::Pkcs11(_) => "pkcs11",
             Self::Transit(_) => "transit",
+            Self::Shares(_) => "shares",
         }
     }
 
@@ -91,6 +99,7 @@ impl KeyProvider {
         match self {
             Self::Pkcs11(p) => p.describe(),
             Self::Transit(p) => p.describe(),
+            Self::Shares(p) => p.describe(),
         }
     }
 
@@ -99,6 +108,7 @@ impl KeyProvider {
         match self {
             Self::Pkcs11(p) => p.clone().wrap(version, key).await,
             Self::Transit(p) => p.wrap(version, key).await,
+            Self::Shares(p) => p.wrap(version, key),
         }
     }
 
@@ -112,6 +122,7 @@ impl KeyProvider {
         match self {
             Self::Pkcs11(p) => p.clone().unwrap(version, wrapped).await,
             Self::Transit(p) => p.unwrap(version, wrapped).await,
+            Self::Shares(p) => p.unwrap(version, wrapped),
         }
     }
 
@@ -120,6 +131,7 @@ impl KeyProvider {
         match self {
             Self::Pkcs11(p) => p.clone().check().await,
             Self::Transit(p) => p.check().await,
+            Self::Shares(p) => p.check(),
         }
     }
 }

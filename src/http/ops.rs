@@ -76,11 +76,15 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     let pool = app.vault.pool_stats();
     metrics::gauge!("payvault_db_pool_connections").set(f64::from(pool.size));
     metrics::gauge!("payvault_db_pool_idle_connections").set(pool.idle as f64);
-    let keys = app.vault.keys();
-    for version in keys.versions() {
-        metrics::gauge!("payvault_master_key_loaded", "version" => version.to_string()).set(1.0);
+    metrics::gauge!("payvault_sealed").set(if app.vault.is_sealed() { 1.0 } else { 0.0 });
+    if let Ok(keys) = app.vault.keys() {
+        for version in keys.versions() {
+            metrics::gauge!("payvault_master_key_loaded", "version" => version.to_string())
+                .set(1.0);
+        }
+        metrics::gauge!("payvault_master_key_current_version")
+            .set(f64::from(keys.current_version()));
     }
-    metrics::gauge!("payvault_master_key_current_version").set(f64::from(keys.current_version()));
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -95,7 +99,10 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Ready: database, migrations and keys"), (status = 503, description = "Not ready")))]
 pub async fn readyz(State(app): State<AppState>) -> Response {
-    let keys = app.vault.keys();
+    let keys = match app.vault.keys() {
+        Ok(keys) => keys,
+        Err(_) => return sealed(&app).await,
+    };
     let versions: Vec<i32> = keys.versions().collect();
     // A probe wants a prompt answer: an unreachable database is "not ready" after 2 s, not
     // after the pool's whole acquire timeout.
@@ -132,6 +139,23 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         });
     }
     (status, Json(body)).into_response()
+}
+
+/// `/readyz` of a sealed instance: 503, with how far unsealing has got (never a share).
+async fn sealed(app: &AppState) -> Response {
+    let mut body = json!({
+        "status": "not_ready",
+        "reason": "sealed: the master keys are loaded once enough custodians have submitted their shares (payvault unseal)",
+        "sealed": true,
+    });
+    if let Some(unsealer) = &app.unsealer {
+        body["unseal"] = json!({
+            "set_id": unsealer.set().set_id,
+            "submitted": unsealer.submitted().await,
+            "threshold": unsealer.set().threshold,
+        });
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 /// The process is alive.
