@@ -29,6 +29,9 @@ fn configured_provider() -> anyhow::Result<KeyProvider> {
 pub async fn wrap_keys(generate: bool, version: Option<i32>) -> anyhow::Result<()> {
     let provider = configured_provider()?;
     let pool = cli_pool().await?;
+    if let KeyProvider::Shares(shares) = &provider {
+        super::shares::unlock_from_stdin(&pool, shares).await?;
+    }
     let keys = if generate {
         let version = match version {
             Some(v) => v,
