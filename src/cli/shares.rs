@@ -40,7 +40,10 @@ pub async fn split(count: u8, threshold: u8, generate: bool) -> anyhow::Result<(
     };
     let keys: Vec<MasterKey> = keys.into_iter().filter(|k| !k.is_audit_only()).collect();
     if let Some(k) = keys.iter().find(|k| k.is_development()) {
-        anyhow::bail!("master key version {} is a development key (pvdev.…): split production keys only", k.version());
+        anyhow::bail!(
+            "master key version {} is a development key (pvdev.…): split production keys only",
+            k.version()
+        );
     }
     let split = shares::split(threshold, count)?;
     let mut tx = pool.begin().await?;
@@ -57,7 +60,10 @@ pub async fn split(count: u8, threshold: u8, generate: bool) -> anyhow::Result<(
             wrapped,
         };
         if !store::keys::insert_key_wrap(&mut *tx, &row).await? {
-            anyhow::bail!("master key version {} was wrapped meanwhile by another run", key.version());
+            anyhow::bail!(
+                "master key version {} was wrapped meanwhile by another run",
+                key.version()
+            );
         }
         versions.push(key.version());
     }
@@ -180,7 +186,10 @@ fn hide_echo(stdin: &std::io::Stdin) -> Option<rustix::termios::Termios> {
 
 /// For CLI commands that need the master keys of a shares vault: reads shares on standard input,
 /// one per line, until the set's threshold of distinct verified shares rebuild its root.
-pub async fn unlock_from_stdin(pool: &sqlx::PgPool, provider: &SharesProvider) -> anyhow::Result<()> {
+pub async fn unlock_from_stdin(
+    pool: &sqlx::PgPool,
+    provider: &SharesProvider,
+) -> anyhow::Result<()> {
     if provider.is_unsealed() {
         return Ok(());
     }

@@ -26,8 +26,9 @@ impl SharesProvider {
             if !crate::shares::text::is_set_id(id) {
                 return Err(ConfigError::Invalid {
                     name: SET_VAR,
-                    reason: "must be a share set id as `payvault keys split` prints it (hex digits)"
-                        .into(),
+                    reason:
+                        "must be a share set id as `payvault keys split` prints it (hex digits)"
+                            .into(),
                 });
             }
         }
@@ -74,7 +75,11 @@ impl SharesProvider {
         Ok(crate::shares::wrap(self.root()?, version, key))
     }
 
-    pub fn unwrap(&self, version: i32, wrapped: &[u8]) -> Result<Zeroizing<[u8; 32]>, CustodyError> {
+    pub fn unwrap(
+        &self,
+        version: i32,
+        wrapped: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>, CustodyError> {
         crate::shares::unwrap(self.root()?, version, wrapped).map_err(|_| CustodyError::BadWrap {
             provider: "shares",
             version,

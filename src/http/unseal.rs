@@ -63,7 +63,9 @@ fn refusal(e: SubmitError) -> ApiError {
     let kind = match &e {
         SubmitError::InvalidCustodian(_)
         | SubmitError::Rejected(
-            ShareRejection::Text(_) | ShareRejection::WrongSet { .. } | ShareRejection::NotVerified { .. },
+            ShareRejection::Text(_)
+            | ShareRejection::WrongSet { .. }
+            | ShareRejection::NotVerified { .. },
         ) => Kind::BadRequest,
         SubmitError::AlreadyUnsealed
         | SubmitError::DuplicateCustodian(_)

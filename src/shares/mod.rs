@@ -166,8 +166,7 @@ impl ShareSet {
                 })
                 .collect(),
         );
-        let secret =
-            Zeroizing::new(vsss_rs::Gf256::combine_array(&raw[..]).map_err(|_| wrong())?);
+        let secret = Zeroizing::new(vsss_rs::Gf256::combine_array(&raw[..]).map_err(|_| wrong())?);
         let root: [u8; 32] = secret[..].try_into().map_err(|_| wrong())?;
         let root = Zeroizing::new(root);
         let check = root_check(&self.set_id, &root);
@@ -260,7 +259,8 @@ mod tests {
         for s in &split.shares {
             set.verify(s).unwrap();
         }
-        let pick = |idx: &[usize]| -> Vec<&Share> { idx.iter().map(|i| &split.shares[*i]).collect() };
+        let pick =
+            |idx: &[usize]| -> Vec<&Share> { idx.iter().map(|i| &split.shares[*i]).collect() };
         for combo in [[0, 1, 2], [4, 2, 0], [1, 3, 4]] {
             assert_eq!(*set.combine(&pick(&combo)).unwrap(), *split.root);
         }
@@ -275,19 +275,28 @@ mod tests {
     fn a_share_from_another_split_or_altered_is_refused() {
         let a = split(2, 3).unwrap();
         let b = split(2, 3).unwrap();
-        assert_eq!(a.set.verify(&b.shares[0]).unwrap_err().code(), "wrong_share_set");
+        assert_eq!(
+            a.set.verify(&b.shares[0]).unwrap_err().code(),
+            "wrong_share_set"
+        );
         // Same set id, other bytes (a forged share with a valid checksum).
         let forged = Share {
             set_id: a.set.set_id.clone(),
             index: 2,
             bytes: Zeroizing::new(*b.shares[1].bytes),
         };
-        assert_eq!(a.set.verify(&forged).unwrap_err().code(), "share_not_verified");
+        assert_eq!(
+            a.set.verify(&forged).unwrap_err().code(),
+            "share_not_verified"
+        );
         let beyond = Share {
             index: 9,
             ..Share::parse(&a.shares[0].encode()).unwrap()
         };
-        assert_eq!(a.set.verify(&beyond).unwrap_err().code(), "share_not_verified");
+        assert_eq!(
+            a.set.verify(&beyond).unwrap_err().code(),
+            "share_not_verified"
+        );
         assert!(matches!(split(1, 3), Err(SplitError::ThresholdTooLow)));
         assert!(matches!(
             split(4, 3),

@@ -99,10 +99,7 @@ impl Share {
         let mut bytes = Zeroizing::new([0u8; 32]);
         bytes.copy_from_slice(&decoded[..32]);
         let expected = checksum(set_id, index, &bytes);
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(
-            &expected[..],
-            &decoded[32..],
-        )) {
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], &decoded[32..])) {
             return Err(ShareTextError::Checksum);
         }
         Ok(Self {
@@ -145,7 +142,11 @@ mod tests {
     #[test]
     fn round_trips_and_catches_typos() {
         let text = share().encode();
-        assert!(text.starts_with("pvshare.1.0123456789abcdef.3."), "{}", *text);
+        assert!(
+            text.starts_with("pvshare.1.0123456789abcdef.3."),
+            "{}",
+            *text
+        );
         let back = Share::parse(&format!("  {}\n", text.as_str())).unwrap();
         assert_eq!((back.set_id.as_str(), back.index), ("0123456789abcdef", 3));
         assert_eq!(*back.bytes, [7u8; 32]);

@@ -22,7 +22,9 @@ use crate::store;
 
 /// Opens the master keys with a rebuilt root (reads and unwraps them, checks their check values).
 pub type OpenKeys = Box<
-    dyn Fn(Zeroizing<[u8; 32]>) -> Pin<Box<dyn Future<Output = anyhow::Result<Arc<KeyRing>>> + Send>>
+    dyn Fn(
+            Zeroizing<[u8; 32]>,
+        ) -> Pin<Box<dyn Future<Output = anyhow::Result<Arc<KeyRing>>> + Send>>
         + Send
         + Sync,
 >;
@@ -162,7 +164,8 @@ impl Unsealer {
             Step::Refuse(e) => {
                 if matches!(
                     e,
-                    SubmitError::OpenFailed(_) | SubmitError::Rejected(ShareRejection::WrongRoot(_))
+                    SubmitError::OpenFailed(_)
+                        | SubmitError::Rejected(ShareRejection::WrongRoot(_))
                 ) {
                     pending.clear();
                 }
@@ -265,8 +268,11 @@ impl Unsealer {
         {
             refusals.pop_front();
         }
-        (refusals.len() >= MAX_REFUSALS)
-            .then(|| refusals.front().map_or(THROTTLE_WINDOW, |t| THROTTLE_WINDOW - now.duration_since(*t)))
+        (refusals.len() >= MAX_REFUSALS).then(|| {
+            refusals.front().map_or(THROTTLE_WINDOW, |t| {
+                THROTTLE_WINDOW - now.duration_since(*t)
+            })
+        })
     }
 
     fn refused(&self) {

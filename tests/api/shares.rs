@@ -175,7 +175,10 @@ async fn a_sealed_instance_refuses_card_operations_until_k_custodians_unseal_it(
     let (status, ready) = readyz(&app).await;
     assert_eq!(status, 503, "{ready}");
     assert_eq!(ready["sealed"], true, "{ready}");
-    assert!(ready["reason"].as_str().unwrap().starts_with("sealed"), "{ready}");
+    assert!(
+        ready["reason"].as_str().unwrap().starts_with("sealed"),
+        "{ready}"
+    );
     assert_eq!(ready["unseal"]["submitted"], 0, "{ready}");
     assert_eq!(ready["unseal"]["threshold"], 2, "{ready}");
 
@@ -215,7 +218,11 @@ async fn a_sealed_instance_refuses_card_operations_until_k_custodians_unseal_it(
     // Bad submissions: a typo, a well-formed share that is not one of the set's, an unknown
     // custodian name shape. Each refused by its own code, none counted.
     let (status, body) = submit(&app, "alice", &mistyped(&shares[0])).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_share")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_share")),
+        "{body}"
+    );
     let genuine = Share::parse(&shares[0]).unwrap();
     let forged = Share {
         set_id: genuine.set_id.clone(),
@@ -224,24 +231,50 @@ async fn a_sealed_instance_refuses_card_operations_until_k_custodians_unseal_it(
     }
     .encode();
     let (status, body) = submit(&app, "alice", &forged).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("share_not_verified")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("share_not_verified")),
+        "{body}"
+    );
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(!message.contains(forged.rsplit('.').next().unwrap()), "the refusal quotes the share: {message}");
+    assert!(
+        !message.contains(forged.rsplit('.').next().unwrap()),
+        "the refusal quotes the share: {message}"
+    );
 
     // Custodian 1 through the CLI (share on stdin), then the repeats.
     let out = unseal_cli(&app, "alice", &shares[0]).await;
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("share accepted: 1 of 2"), "{}", text(&out));
+    assert!(
+        text(&out).contains("share accepted: 1 of 2"),
+        "{}",
+        text(&out)
+    );
     let (status, ready) = readyz(&app).await;
-    assert_eq!((status, &ready["unseal"]["submitted"]), (503, &json!(1)), "{ready}");
+    assert_eq!(
+        (status, &ready["unseal"]["submitted"]),
+        (503, &json!(1)),
+        "{ready}"
+    );
     let (status, body) = submit(&app, "bob", &shares[0]).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("duplicate_share")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("duplicate_share")),
+        "{body}"
+    );
     let (status, body) = submit(&app, "Alice", &shares[1]).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("duplicate_custodian")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("duplicate_custodian")),
+        "{body}"
+    );
     let (_, body) = app
         .post("/", &card_tokenize(&new_txn(), "4111111111111111"))
         .await;
-    assert_eq!(body["error_code"], "vault_sealed", "still sealed with 1 of 2: {body}");
+    assert_eq!(
+        body["error_code"], "vault_sealed",
+        "still sealed with 1 of 2: {body}"
+    );
 
     // Custodian 2: unsealed, and everything serves without a restart.
     let (status, body) = submit(&app, "bob", &shares[2]).await;
@@ -254,7 +287,10 @@ async fn a_sealed_instance_refuses_card_operations_until_k_custodians_unseal_it(
     let (_, body) = app
         .post("/", &card_tokenize(&new_txn(), "4111111111111111"))
         .await;
-    let token = body["token_id"].as_str().unwrap_or_else(|| panic!("{body}")).to_owned();
+    let token = body["token_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_owned();
     let resp = app
         .client
         .post(app.url(&format!("/v1/tokens/{token}/charges")))
@@ -266,7 +302,11 @@ async fn a_sealed_instance_refuses_card_operations_until_k_custodians_unseal_it(
         .unwrap();
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     let (status, body) = submit(&app, "carol", &shares[1]).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("already_unsealed")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("already_unsealed")),
+        "{body}"
+    );
 
     // Every submission audited with the custodian's name and outcome, never the share.
     let rows: Vec<(String, Option<String>, Value)> = sqlx::query_as(
@@ -279,7 +319,11 @@ async fn a_sealed_instance_refuses_card_operations_until_k_custodians_unseal_it(
         .iter()
         .map(|(kind, code, d)| {
             assert_eq!(kind, "custodian");
-            (d["custodian"].as_str(), code.as_deref(), d["status"].as_str().unwrap())
+            (
+                d["custodian"].as_str(),
+                code.as_deref(),
+                d["status"].as_str().unwrap(),
+            )
         })
         .collect();
     assert_eq!(
@@ -295,12 +339,11 @@ async fn a_sealed_instance_refuses_card_operations_until_k_custodians_unseal_it(
         ]
     );
     assert_eq!(rows[5].2["submitted"], 2);
-    let sealed_refusals: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit_events WHERE error_code = 'vault_sealed'",
-    )
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    let sealed_refusals: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE error_code = 'vault_sealed'")
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
     assert_eq!(sealed_refusals, 4, "each sealed refusal is audited");
 
     // No share, root or master key in the database dump or the logs.
@@ -339,10 +382,24 @@ async fn shares_that_do_not_rebuild_the_recorded_root_are_all_discarded() {
     let (status, _) = submit(&app, "alice", &shares[0]).await;
     assert_eq!(status, 200);
     let (status, body) = submit(&app, "bob", &shares[1]).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("unseal_failed")), "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("discarded"), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("unseal_failed")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("discarded"),
+        "{body}"
+    );
     let (status, ready) = readyz(&app).await;
-    assert_eq!((status, &ready["unseal"]["submitted"]), (503, &json!(0)), "{ready}");
+    assert_eq!(
+        (status, &ready["unseal"]["submitted"]),
+        (503, &json!(0)),
+        "{ready}"
+    );
 }
 
 /// Rotation with the shares provider: `keys wrap --generate` (K shares on its standard input)
@@ -360,17 +417,34 @@ async fn rotation_with_shares_makes_a_new_wrapped_version() {
     let (_, body) = app
         .post("/", &card_tokenize(&new_txn(), "4111111111111111"))
         .await;
-    let token = body["token_id"].as_str().unwrap_or_else(|| panic!("{body}")).to_owned();
+    let token = body["token_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_owned();
 
     let env = [("PAYVAULT_KEY_PROVIDER", "shares")];
     let two = format!("{}\n{}\n", shares[2], shares[0]);
     let out = payvault(&db, &env, &["keys", "wrap", "--generate"], &two);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("wrapped master key version(s) [2]"), "{}", text(&out));
+    assert!(
+        text(&out).contains("wrapped master key version(s) [2]"),
+        "{}",
+        text(&out)
+    );
     // Too few or wrong shares on stdin: refused, nothing wrapped.
-    let out = payvault(&db, &env, &["keys", "wrap", "--generate"], &format!("{}\n", shares[0]));
+    let out = payvault(
+        &db,
+        &env,
+        &["keys", "wrap", "--generate"],
+        &format!("{}\n", shares[0]),
+    );
     assert!(!out.status.success(), "{}", text(&out));
-    let out = payvault(&db, &env, &["keys", "wrap", "--generate"], &format!("{}\n{}\n", mistyped(&shares[0]), shares[1]));
+    let out = payvault(
+        &db,
+        &env,
+        &["keys", "wrap", "--generate"],
+        &format!("{}\n{}\n", mistyped(&shares[0]), shares[1]),
+    );
     assert!(!out.status.success());
     assert!(text(&out).contains("checksum"), "{}", text(&out));
 
@@ -386,11 +460,10 @@ async fn rotation_with_shares_makes_a_new_wrapped_version() {
     assert_eq!(ready["current_key_version"], 2, "{ready}");
     let out = payvault(&db, &env, &["keys", "rotate"], &two);
     assert!(out.status.success(), "{}", text(&out));
-    let versions: Vec<i32> =
-        sqlx::query_scalar("SELECT DISTINCT key_version FROM vault_entries")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    let versions: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT key_version FROM vault_entries")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(versions, [2]);
     let charger = app
         .create_credential(
@@ -411,6 +484,10 @@ fn hex(bytes: &[u8]) -> String {
 
 fn pg_dump(db: &TestDb) -> String {
     let out = Command::new("pg_dump").arg(db.url()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
