@@ -17,7 +17,7 @@ use crate::store::keys::KeyWrap;
 fn configured_provider() -> anyhow::Result<KeyProvider> {
     KeyProvider::from_env()?.ok_or_else(|| {
         anyhow::anyhow!(
-            "PAYVAULT_KEY_PROVIDER is unset (or env): set it to pkcs11 or transit, with that provider's settings, to wrap master keys"
+            "PAYVAULT_KEY_PROVIDER is unset (or env): set it to pkcs11, transit or shares, with that provider's settings, to wrap master keys"
         )
     })
 }

@@ -41,16 +41,21 @@ pub enum ProviderKind {
 impl ProviderKind {
     /// `PAYVAULT_KEY_PROVIDER`, `env` when unset.
     pub fn from_env() -> Result<Self, ConfigError> {
-        match config::var(PROVIDER_VAR)?.as_deref() {
-            None | Some("env") => Ok(Self::Env),
-            Some("pkcs11") => Ok(Self::Pkcs11),
-            Some("transit") => Ok(Self::Transit),
-            Some("shares") => Ok(Self::Shares),
-            Some(_) => Err(ConfigError::Invalid {
-                name: PROVIDER_VAR,
-                reason: "must be env, pkcs11, transit or shares".into(),
-            }),
-        }
+        parse_kind(config::var(PROVIDER_VAR)?.as_deref())
+    }
+}
+
+/// `PAYVAULT_KEY_PROVIDER`'s value; unset is `env`.
+fn parse_kind(text: Option<&str>) -> Result<ProviderKind, ConfigError> {
+    match text {
+        None | Some("env") => Ok(ProviderKind::Env),
+        Some("pkcs11") => Ok(ProviderKind::Pkcs11),
+        Some("transit") => Ok(ProviderKind::Transit),
+        Some("shares") => Ok(ProviderKind::Shares),
+        Some(_) => Err(ConfigError::Invalid {
+            name: PROVIDER_VAR,
+            reason: "must be env, pkcs11, transit or shares".into(),
+        }),
     }
 }
 
@@ -188,6 +193,22 @@ pub(crate) fn binding(version: i32) -> [u8; 31] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_provider_setting_is_parsed_strictly() {
+        // `from_env` reads the process environment; the parse itself is what matters here.
+        for (text, kind) in [("env", ProviderKind::Env), ("pkcs11", ProviderKind::Pkcs11)] {
+            assert_eq!(parse_kind(Some(text)).unwrap(), kind);
+        }
+        assert_eq!(parse_kind(None).unwrap(), ProviderKind::Env);
+        assert_eq!(parse_kind(Some("transit")).unwrap(), ProviderKind::Transit);
+        assert_eq!(parse_kind(Some("shares")).unwrap(), ProviderKind::Shares);
+        let err = parse_kind(Some("hsm")).unwrap_err().to_string();
+        assert!(
+            err.contains("PAYVAULT_KEY_PROVIDER") && err.contains("env, pkcs11, transit or shares"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn the_binding_differs_per_version() {

@@ -58,7 +58,7 @@ impl Pkcs11Config {
             module: required(MODULE_VAR)?.into(),
             token_label: required(TOKEN_VAR)?,
             key_label: required(KEY_VAR)?,
-            pin: config::secret_var(PIN_VAR)?.ok_or(ConfigError::Missing(
+            pin: config::secret_var("PAYVAULT_PKCS11_PIN")?.ok_or(ConfigError::Missing(
                 "PAYVAULT_PKCS11_PIN (or PAYVAULT_PKCS11_PIN_FILE)",
             ))?,
         })

@@ -81,7 +81,7 @@ impl TransitConfig {
                 KEY_VAR,
                 config::var(KEY_VAR)?.ok_or(ConfigError::Missing(KEY_VAR))?,
             )?,
-            token: config::secret_var(TOKEN_VAR)?.ok_or(ConfigError::Missing(
+            token: config::secret_var("PAYVAULT_TRANSIT_TOKEN")?.ok_or(ConfigError::Missing(
                 "PAYVAULT_TRANSIT_TOKEN (or PAYVAULT_TRANSIT_TOKEN_FILE)",
             ))?,
         })
@@ -157,12 +157,15 @@ impl TransitProvider {
             serde_json::to_vec(&serde_json::json!({ "ciphertext": ciphertext }))
                 .map_err(|e| failed(e.to_string()))?,
         );
-        let answer = match self.post("decrypt", body).await {
-            Err(CustodyError::Failed { reason, .. }) if reason.contains("HTTP 400") => {
-                return Err(bad())
-            }
-            other => other?,
-        };
+        let (status, answer) = self.exchange("decrypt", body).await?;
+        // A ciphertext that does not decrypt (altered, another key's) is a 400; so is a missing
+        // key, which `refusal` names.
+        if status == StatusCode::BAD_REQUEST && !server_errors(&answer).contains("not found") {
+            return Err(bad());
+        }
+        if !status.is_success() {
+            return Err(self.refusal("decrypt", status, &answer));
+        }
         let plain = field(&answer, "plaintext")?;
         let mut decoded = Zeroizing::new(Vec::with_capacity(36));
         STANDARD
@@ -195,12 +198,26 @@ impl TransitProvider {
         Ok(ciphertext.to_string())
     }
 
-    /// POSTs `body` to `/v1/<mount>/<op>/<key>` and returns the answer's body.
+    /// POSTs `body` to `/v1/<mount>/<op>/<key>`; the answer's body if it succeeded.
     async fn post(
         &self,
         op: &str,
         body: Zeroizing<Vec<u8>>,
     ) -> Result<Zeroizing<Vec<u8>>, CustodyError> {
+        let (status, answer) = self.exchange(op, body).await?;
+        if status.is_success() {
+            return Ok(answer);
+        }
+        Err(self.refusal(op, status, &answer))
+    }
+
+    /// POSTs `body` to `/v1/<mount>/<op>/<key>`: the status and the answer's body, whatever
+    /// the status; an error only when the server cannot be reached or the answer is cut.
+    async fn exchange(
+        &self,
+        op: &str,
+        body: Zeroizing<Vec<u8>>,
+    ) -> Result<(StatusCode, Zeroizing<Vec<u8>>), CustodyError> {
         let url = self
             .config
             .addr
@@ -252,11 +269,13 @@ impl TransitProvider {
                 }
             }
         }
-        if status.is_success() {
-            return Ok(answer);
-        }
-        let errors = server_errors(&answer);
-        Err(match status {
+        Ok((status, answer))
+    }
+
+    /// The error for an answer that is not a success, naming the setting to look at.
+    fn refusal(&self, op: &str, status: StatusCode, answer: &[u8]) -> CustodyError {
+        let errors = server_errors(answer);
+        match status {
             StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => CustodyError::Refused {
                 provider: NAME,
                 setting: TOKEN_VAR,
@@ -283,7 +302,7 @@ impl TransitProvider {
                 reason: format!("the server is sealed or unavailable (HTTP 503){errors}"),
             },
             _ => failed(format!("{op} answered HTTP {}{errors}", status.as_u16())),
-        })
+        }
     }
 }
 
@@ -351,5 +370,64 @@ fn failed(reason: String) -> CustodyError {
     CustodyError::Failed {
         provider: NAME,
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(addr: &str) -> TransitProvider {
+        TransitProvider::new(TransitConfig {
+            addr: addr.parse().unwrap(),
+            mount: "transit".into(),
+            key: "k".into(),
+            token: "secret-token".into(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn plain_http_is_flagged_off_loopback_only() {
+        assert!(provider("http://bao.internal:8200").plain_http_off_loopback());
+        assert!(provider("http://10.0.0.5:8200").plain_http_off_loopback());
+        assert!(!provider("https://bao.internal:8200").plain_http_off_loopback());
+        assert!(!provider("http://127.0.0.1:8200").plain_http_off_loopback());
+        assert!(!provider("http://[::1]:8200").plain_http_off_loopback());
+        assert!(!provider("http://localhost:8200").plain_http_off_loopback());
+    }
+
+    #[test]
+    fn describe_and_errors_name_no_token() {
+        let p = provider("https://bao.internal:8200/");
+        assert_eq!(
+            p.describe(),
+            "transit key 'k' at https://bao.internal:8200 (mount 'transit')"
+        );
+        let e = p.refusal(
+            "encrypt",
+            StatusCode::FORBIDDEN,
+            br#"{"errors":["permission denied"]}"#,
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("PAYVAULT_TRANSIT_TOKEN") && text.contains("permission denied"),
+            "{text}"
+        );
+        assert!(!text.contains("secret-token"), "{text}");
+        let e = p.refusal(
+            "decrypt",
+            StatusCode::BAD_REQUEST,
+            br#"{"errors":["encryption key not found"]}"#,
+        );
+        assert!(e.to_string().contains("PAYVAULT_TRANSIT_KEY"), "{e}");
+    }
+
+    #[test]
+    fn answers_give_their_field_and_nothing_else() {
+        let text = field(br#"{"data":{"ciphertext":"vault:v1:abc"}}"#, "ciphertext").unwrap();
+        assert_eq!(text.as_str(), "vault:v1:abc");
+        assert!(field(br#"{"data":{}}"#, "ciphertext").is_err());
+        assert!(field(b"not json", "ciphertext").is_err());
     }
 }

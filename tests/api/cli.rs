@@ -755,6 +755,8 @@ fn production_refuses_development_keys_sandbox_and_plain_http() {
             // Any free port: these tests run in parallel and must not race for 8080.
             .env("PAYVAULT_LISTEN", "127.0.0.1:0")
             .env("PAYVAULT_MASTER_KEY", key)
+            // The plain variable is accepted here: this test is about other settings.
+            .env("PAYVAULT_ALLOW_PLAIN_ENV_MASTER_KEY", "true")
             .env_remove("PAYVAULT_PROCESSOR")
             .env_remove("PAYVAULT_PROCESSOR_URL");
         for (name, value) in processor {
@@ -976,6 +978,8 @@ fn bad_serve_settings_are_named_without_echoing_secrets() {
             // Any free port: these tests run in parallel and must not race for 8080.
             .env("PAYVAULT_LISTEN", "127.0.0.1:0")
             .env("PAYVAULT_MASTER_KEY", fresh_key())
+            // The plain variable is accepted here: this test is about other settings.
+            .env("PAYVAULT_ALLOW_PLAIN_ENV_MASTER_KEY", "true")
             .env_remove("PAYVAULT_ENV");
         for (name, value) in vars {
             cmd.env(name, value);

@@ -203,6 +203,8 @@ fn serve_in_production(url: &str) -> Output {
             "PAYVAULT_MASTER_KEY",
             MasterKey::generate(1).encode().as_str(),
         )
+        // The plain variable is accepted here: this test is about the database role.
+        .env("PAYVAULT_ALLOW_PLAIN_ENV_MASTER_KEY", "true")
         .output()
         .unwrap()
 }

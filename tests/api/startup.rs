@@ -33,6 +33,10 @@ pub(crate) fn run(args: &[&str], vars: &[(&str, &str)]) -> Output {
     }
     // Any free port: tests run in parallel and must not race for 8080.
     cmd.env("PAYVAULT_LISTEN", "127.0.0.1:0");
+    // Keys in plain variables are accepted (production would refuse them): these tests are
+    // about other settings; `custody` tests the refusal.
+    cmd.env_remove("PAYVAULT_KEY_PROVIDER")
+        .env("PAYVAULT_ALLOW_PLAIN_ENV_MASTER_KEY", "true");
     for (name, value) in vars {
         cmd.env(name, value);
     }

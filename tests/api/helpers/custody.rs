@@ -28,6 +28,7 @@ pub fn softhsm_module() -> PathBuf {
 pub fn softhsm_conf() -> &'static Path {
     static CONF: OnceLock<PathBuf> = OnceLock::new();
     CONF.get_or_init(|| {
+        remove_stale_token_dirs();
         let dir = std::env::temp_dir().join(format!("payvault-softhsm-{}", std::process::id()));
         let tokens = dir.join("tokens");
         std::fs::create_dir_all(&tokens).unwrap();
@@ -44,6 +45,23 @@ pub fn softhsm_conf() -> &'static Path {
         std::env::set_var("SOFTHSM2_CONF", &conf);
         conf
     })
+}
+
+/// Token directories of earlier test processes that are gone (the directory is named after
+/// the process id; it cannot be removed at exit, since the module keeps its files open).
+fn remove_stale_token_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("payvault-softhsm-") else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A freshly initialised SoftHSM2 token with user PIN `pin`; with `key`, its AES root key
