@@ -107,9 +107,13 @@ pub async fn unseal(url: Option<String>, custodian: String) -> anyhow::Result<()
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let body = Zeroizing::new(
-        serde_json::json!({ "custodian": custodian, "share": text.as_str() }).to_string(),
-    );
+    // Built in one zeroizing buffer: a parsed share is `pvshare.` and base64url, nothing to
+    // escape in JSON.
+    let body = Zeroizing::new(format!(
+        r#"{{"custodian":{},"share":"{}"}}"#,
+        serde_json::Value::from(custodian),
+        text.as_str()
+    ));
     let response = client
         .post(format!("{url}/unseal"))
         .header("content-type", "application/json")

@@ -9,6 +9,10 @@
 //! Every wrap binds its version (AES-GCM associated data, or inside the transit plaintext): a
 //! wrapped key copied onto another version's row does not unwrap. `env` (the default) is the
 //! environment's `PAYVAULT_MASTER_KEY` / passphrase, handled by [`crate::app::KeySource`].
+//!
+//! `shares` (split custodians) wraps the same way under a root that no device holds: K of N
+//! custodians' shares rebuild it, and an instance configured for it starts sealed until they
+//! submit them (see [`crate::shares`] and [`shares`]).
 
 pub mod pkcs11;
 pub mod shares;

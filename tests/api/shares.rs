@@ -491,3 +491,64 @@ fn pg_dump(db: &TestDb) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// With an admin listener, `/unseal` is served there and not on the public listener; refused
+/// submissions are throttled (429 with `Retry-After`) after ten in a minute.
+#[tokio::test]
+async fn unseal_goes_to_the_admin_listener_and_refusals_are_throttled() {
+    let db = Arc::new(TestDb::new().await);
+    let shares = split(&db, 2, 2);
+    let (ring, _, _) = ring_from(&db, &shares).await;
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let source = KeySource::Provider {
+        provider: KeyProvider::Shares(Arc::new(SharesProvider::new(None))),
+        audit_keys: Vec::new(),
+    };
+    let opts = Options {
+        tune: Some(Box::new(move |cfg| cfg.admin_listen = Some(admin))),
+        ..Options::default()
+    };
+    let app = start_app(db.clone(), source, ring, opts).await.unwrap();
+    let public = app
+        .client
+        .post(app.url("/unseal"))
+        .body(json!({"custodian": "alice", "share": shares[0]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        public.status(),
+        404,
+        "/unseal is not on the public listener"
+    );
+
+    let post = |custodian: &str, share: &str| {
+        app.client
+            .post(format!("http://{admin}/unseal"))
+            .body(json!({"custodian": custodian, "share": share}).to_string())
+            .send()
+    };
+    for _ in 0..10 {
+        let resp = post("mallory", &mistyped(&shares[0])).await.unwrap();
+        assert_eq!(resp.status(), 400);
+    }
+    let resp = post("alice", &shares[0]).await.unwrap();
+    assert_eq!(resp.status(), 429);
+    let wait: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_attempts", "{body}");
+    let (status, ready) = readyz(&app).await;
+    assert_eq!(
+        (status, &ready["unseal"]["submitted"]),
+        (503, &json!(0)),
+        "{ready}"
+    );
+}
