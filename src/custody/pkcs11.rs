@@ -95,8 +95,9 @@ impl Pkcs11Provider {
             let mut iv = [0u8; IV_LEN];
             OsRng.fill_bytes(&mut iv);
             let aad = binding(version);
-            let mut iv_param = iv;
-            let params = GcmParams::new(&mut iv_param, &aad, 128u64.into()).map_err(failed)?;
+            // The IV buffer is the mechanism's: a token that generates IVs itself writes the
+            // one it used there, so it is read back after the call.
+            let params = GcmParams::new(&mut iv, &aad, 128u64.into()).map_err(failed)?;
             let sealed = session
                 .encrypt(&Mechanism::AesGcm(params), handle, key.as_ref())
                 .map_err(failed)?;

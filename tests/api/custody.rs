@@ -442,3 +442,37 @@ fn production_refuses_a_plain_environment_master_key_unless_overridden() {
     assert!(!err.contains("refuses to start"), "{err}");
     assert!(err.contains("cannot connect to the database"), "{err}");
 }
+
+/// Production refuses a transit server over plain HTTP off loopback (token and keys in clear),
+/// before anything is contacted; the token is never printed.
+#[test]
+fn production_refuses_plain_http_transit_off_loopback() {
+    let serve = |addr: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_payvault"))
+            .arg("serve")
+            .env_remove("PAYVAULT_MASTER_KEY")
+            .env_remove("PAYVAULT_MASTER_KEY_FILE")
+            .env_remove("PAYVAULT_MASTER_PASSPHRASE")
+            .env("PAYVAULT_ENV", "production")
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env("PAYVAULT_LISTEN", "127.0.0.1:0")
+            .env("PAYVAULT_KEY_PROVIDER", "transit")
+            .env("PAYVAULT_TRANSIT_ADDR", addr)
+            .env("PAYVAULT_TRANSIT_KEY", "payvault-root")
+            .env("PAYVAULT_TRANSIT_TOKEN", "s.never-printed-token")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = serve("http://bao.example:8200");
+    assert!(
+        err.contains("refuses to start") && err.contains("PAYVAULT_TRANSIT_ADDR is plain http://"),
+        "{err}"
+    );
+    assert!(!err.contains("never-printed"), "{err}");
+    // Loopback is allowed (a local agent or proxy): the start goes on to the database.
+    let err = serve("http://127.0.0.1:8200");
+    assert!(!err.contains("refuses to start"), "{err}");
+    assert!(err.contains("cannot connect to the database"), "{err}");
+}
