@@ -25,6 +25,7 @@ mod processor_cli;
 mod processors;
 mod roles;
 mod security;
+mod shares;
 mod startup;
 mod stored_credentials;
 mod tokenize;
