@@ -26,6 +26,7 @@ mod processors;
 mod roles;
 mod security;
 mod shares;
+mod shares_audit;
 mod startup;
 mod stored_credentials;
 mod tokenize;

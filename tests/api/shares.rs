@@ -21,7 +21,7 @@ use crate::helpers::{
 };
 
 /// Runs `payvault args` against `db`, `stdin` on its standard input.
-fn payvault(db: &TestDb, env: &[(&str, &str)], args: &[&str], stdin: &str) -> Output {
+pub(crate) fn payvault(db: &TestDb, env: &[(&str, &str)], args: &[&str], stdin: &str) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_payvault"));
     cmd.args(args);
     for name in [
@@ -49,7 +49,7 @@ fn payvault(db: &TestDb, env: &[(&str, &str)], args: &[&str], stdin: &str) -> Ou
     child.wait_with_output().unwrap()
 }
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -58,7 +58,7 @@ fn text(out: &Output) -> String {
 }
 
 /// `keys split --generate`: the shares it printed, in index order.
-fn split(db: &TestDb, count: u8, threshold: u8) -> Vec<String> {
+pub(crate) fn split(db: &TestDb, count: u8, threshold: u8) -> Vec<String> {
     let out = payvault(
         db,
         &[],
@@ -84,7 +84,10 @@ fn split(db: &TestDb, count: u8, threshold: u8) -> Vec<String> {
 }
 
 /// The master keys as the test rebuilds them from `shares` (to check and to scan for).
-async fn ring_from(db: &TestDb, shares: &[String]) -> (Arc<KeyRing>, [u8; 32], Vec<[u8; 32]>) {
+pub(crate) async fn ring_from(
+    db: &TestDb,
+    shares: &[String],
+) -> (Arc<KeyRing>, [u8; 32], Vec<[u8; 32]>) {
     let set = payvault::store::shares::find_share_set(&db.pool, None)
         .await
         .unwrap()
@@ -107,7 +110,7 @@ async fn ring_from(db: &TestDb, shares: &[String]) -> (Arc<KeyRing>, [u8; 32], V
 }
 
 /// Starts an instance configured for shares: sealed.
-async fn start_sealed(db: &Arc<TestDb>, ring: &Arc<KeyRing>) -> TestApp {
+pub(crate) async fn start_sealed(db: &Arc<TestDb>, ring: &Arc<KeyRing>) -> TestApp {
     let source = KeySource::Provider {
         provider: KeyProvider::Shares(Arc::new(SharesProvider::new(None))),
         audit_keys: Vec::new(),
@@ -117,7 +120,7 @@ async fn start_sealed(db: &Arc<TestDb>, ring: &Arc<KeyRing>) -> TestApp {
         .unwrap()
 }
 
-async fn submit(app: &TestApp, custodian: &str, share: &str) -> (u16, Value) {
+pub(crate) async fn submit(app: &TestApp, custodian: &str, share: &str) -> (u16, Value) {
     let resp = app
         .client
         .post(app.url("/unseal"))
@@ -128,7 +131,7 @@ async fn submit(app: &TestApp, custodian: &str, share: &str) -> (u16, Value) {
     (resp.status().as_u16(), resp.json().await.unwrap())
 }
 
-async fn readyz(app: &TestApp) -> (u16, Value) {
+pub(crate) async fn readyz(app: &TestApp) -> (u16, Value) {
     let resp = app.client.get(app.url("/readyz")).send().await.unwrap();
     (resp.status().as_u16(), resp.json().await.unwrap())
 }
