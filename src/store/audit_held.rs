@@ -37,8 +37,10 @@ impl Held {
         let now = now_micros();
         if essential || self.events.len() < HELD_CAPACITY {
             self.events.push_back((event.clone(), now));
+            metrics::gauge!("payvault_audit_events_held").set(self.events.len() as f64);
             return;
         }
+        metrics::counter!("payvault_audit_events_dropped_total").increment(1);
         if self.dropped == 0 {
             tracing::warn!(
                 capacity = HELD_CAPACITY,
@@ -155,6 +157,7 @@ impl EventSigner {
             insert_audit_events(pool, &batch).await?;
             drop(batch);
             held.events.drain(..n);
+            metrics::gauge!("payvault_audit_events_held").set(held.events.len() as f64);
             written += n;
         }
         if let Some(summary) = held.dropped_event() {
@@ -194,6 +197,7 @@ impl EventSigner {
         };
         held.events.clear();
         held.clear_dropped();
+        metrics::gauge!("payvault_audit_events_held").set(0.0);
         lost
     }
 }
