@@ -20,6 +20,7 @@ pub mod dev;
 pub mod domain;
 pub mod http;
 pub mod processor;
+pub mod shares;
 pub mod store;
 pub mod telemetry;
 pub mod vault;

@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::{AuditEvent, Origin};
 use crate::auth::Principal;
-use crate::crypto::{CryptoError, EntryBinding, KeyRing, AAD_V2};
+use crate::crypto::{CryptoError, EntryBinding, KeyRing, KeyState, Sealed, AAD_V2};
 use crate::domain::{PaymentMethod, Token, TransactionId};
 use crate::store;
 use crate::store::audit::AuditBatch;
@@ -24,12 +24,12 @@ use crate::store::audit_mac::EventSigner;
 use crate::store::charges::ChargeState;
 use crate::store::vault::{NewEntry, NewIdempotency};
 
-/// Shared handle on the vault: the database and the master key ring.
+/// Shared handle on the vault: the database and the master key ring (absent while sealed).
 #[derive(Debug, Clone)]
 pub struct Vault {
     pool: PgPool,
-    keys: Arc<KeyRing>,
-    /// This process's audit event writer (see `store::audit_mac`).
+    /// This process's audit event writer (see `store::audit_mac`), and through it the master
+    /// key ring (absent while sealed).
     signer: Arc<EventSigner>,
     /// Tokenizing a card this credential already vaulted returns the existing token.
     dedup: bool,
@@ -64,6 +64,8 @@ pub enum TokenizeError {
     Database(#[from] sqlx::Error),
     #[error("key error")]
     Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Sealed(#[from] Sealed),
 }
 
 impl TokenizeError {
@@ -73,6 +75,7 @@ impl TokenizeError {
                 "duplicate_transaction"
             }
             TokenizeError::Database(_) | TokenizeError::Crypto(_) => "internal_error",
+            TokenizeError::Sealed(_) => "vault_sealed",
         }
     }
 }
@@ -80,10 +83,15 @@ impl TokenizeError {
 impl Vault {
     /// A vault whose audit events are written by a new writer (see [`Vault::with_signer`]).
     pub fn new(pool: PgPool, keys: Arc<KeyRing>) -> Self {
+        Self::with_signer(pool, Arc::new(EventSigner::new(keys)))
+    }
+
+    /// A vault whose audit events are written by `signer` (the process's one writer), with
+    /// its key state (an instance that starts sealed gets its keys later).
+    pub fn with_signer(pool: PgPool, signer: Arc<EventSigner>) -> Self {
         Self {
             pool,
-            signer: Arc::new(EventSigner::new(keys.clone())),
-            keys,
+            signer,
             dedup: false,
         }
     }
@@ -94,14 +102,17 @@ impl Vault {
         self
     }
 
-    /// Writes audit events as `signer` (the process's one writer) instead.
-    pub fn with_signer(mut self, signer: Arc<EventSigner>) -> Self {
-        self.signer = signer;
-        self
+    /// The master key ring, or [`Sealed`] until custodians unseal the instance.
+    pub fn keys(&self) -> Result<&Arc<KeyRing>, Sealed> {
+        self.signer.keys()
     }
 
-    pub fn keys(&self) -> &KeyRing {
-        &self.keys
+    pub fn key_state(&self) -> &Arc<KeyState> {
+        self.signer.key_state()
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.key_state().is_sealed()
     }
 
     /// The writer this vault's audit events are MAC'd and counted by.
@@ -122,12 +133,12 @@ impl Vault {
         origin: &Origin,
         req: &TokenizeRequest,
     ) -> Result<Tokenized, TokenizeError> {
-        let keys = &self.keys;
+        let keys = self.keys()?;
         let mac_input = req.method.request_mac_input();
         let mac_version = keys.current_version();
         let request_mac = keys.request_mac(mac_version, &[b"tokenize", &mac_input])?;
 
-        let prepared = self.prepare_entry(&req.method);
+        let prepared = self.prepare_entry(keys, &req.method);
         let audit = self
             .tokenize_event(who, origin, req)
             .with_token(prepared.token.as_str());
@@ -147,7 +158,7 @@ impl Vault {
                 &self.pool,
                 &idem,
                 &entry,
-                &AuditBatch::one(&self.signer, &audit),
+                &AuditBatch::one(&self.signer, &audit)?,
             )
             .await?
             .then(|| prepared.token.as_str().to_owned())
@@ -177,7 +188,7 @@ impl Vault {
             Some(token) => {
                 let mut event = self.tokenize_event(who, origin, req).with_token(&token);
                 event.details["replayed"] = true.into();
-                store::audit::insert_audit_event(&self.pool, &self.signer, &event).await?;
+                self.signer.record(&self.pool, &event).await?;
                 Ok(Tokenized {
                     token,
                     replayed: true,
@@ -190,7 +201,7 @@ impl Vault {
                     TokenizeError::DuplicateTransaction
                 };
                 let event = self.tokenize_event(who, origin, req).failed(err.code());
-                store::audit::insert_audit_event(&self.pool, &self.signer, &event).await?;
+                self.signer.record(&self.pool, &event).await?;
                 Err(err)
             }
         }
@@ -220,7 +231,7 @@ impl Vault {
                 &mut *tx,
                 idem,
                 &entry,
-                &AuditBatch::one(&self.signer, audit),
+                &AuditBatch::one(&self.signer, audit)?,
             )
             .await?;
             tx.commit().await?;
@@ -254,7 +265,7 @@ impl Vault {
             return Ok(false);
         }
         let rebound = self
-            .keys
+            .keys()?
             .rebind(token, &entry.binding(), &new, &entry.sealed)?;
         Ok(store::vault::update_card_expiry(
             &mut *tx,
@@ -280,9 +291,9 @@ impl Vault {
     }
 
     /// Encrypts a payment method under a fresh token, ready to insert.
-    fn prepare_entry(&self, method: &PaymentMethod) -> PreparedEntry {
+    fn prepare_entry(&self, keys: &KeyRing, method: &PaymentMethod) -> PreparedEntry {
         let token = Token::generate();
-        let fingerprint = self.keys.fingerprint(&method.fingerprint_parts());
+        let fingerprint = keys.fingerprint(&method.fingerprint_parts());
         let (brand, bin, exp_month, exp_year, last4) = match method {
             PaymentMethod::Card(c) => (
                 Some(c.number.brand().as_str()),
@@ -298,9 +309,7 @@ impl Vault {
             exp_month,
             exp_year,
         };
-        let sealed = self
-            .keys
-            .seal(token.as_str(), &binding, &method.secret_payload());
+        let sealed = keys.seal(token.as_str(), &binding, &method.secret_payload());
         PreparedEntry {
             token,
             kind: method.kind(),
@@ -322,7 +331,11 @@ impl Vault {
         method: &PaymentMethod,
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<String, sqlx::Error> {
-        let prepared = self.prepare_entry(method);
+        // Reached only after a charge that used the keys, so never sealed in practice.
+        let keys = self
+            .keys()
+            .map_err(|e| sqlx::Error::Configuration(Box::new(e)))?;
+        let prepared = self.prepare_entry(keys, method);
         store::vault::insert_entry(conn, &prepared.as_new_entry(who, expires_at)).await?;
         Ok(prepared.token.into_string())
     }
@@ -337,7 +350,7 @@ impl Vault {
         let Some(entry) = store::vault::find_sealed_entry(&self.pool, token).await? else {
             return Ok(None);
         };
-        Ok(Some(self.keys.open(
+        Ok(Some(self.keys()?.open(
             token,
             &entry.binding(),
             &entry.sealed,
@@ -351,7 +364,7 @@ impl Vault {
     /// rotators share the work) and resumable (progress is the key version stored per row).
     /// Returns how many entries it re-encrypted.
     pub async fn rotate_batch(&self, limit: i64) -> Result<u64, TokenizeError> {
-        let keys = &self.keys;
+        let keys = self.keys()?;
         let mut tx = self.pool.begin().await?;
         let rows =
             store::vault::claim_for_rotation(&mut *tx, keys.current_version(), AAD_V2, limit)
@@ -371,14 +384,17 @@ impl Vault {
 
     /// Records an audit event on its own: a request that failed before reaching the vault
     /// (validation, scope), or a read that changes nothing.
+    /// Sealed, it is held and written at unseal (see `store::audit_held`).
     pub async fn record_event(&self, event: &AuditEvent) -> Result<(), sqlx::Error> {
-        store::audit::insert_audit_event(&self.pool, &self.signer, event).await
+        self.signer.record(&self.pool, event).await
     }
 }
 
 /// Shreds expired tokens every `every`, in batches, until the process ends. Several instances
 /// can run it at once: rows are claimed with `SKIP LOCKED`.
 pub async fn run_expiry_purge(pool: PgPool, signer: Arc<EventSigner>, every: std::time::Duration) {
+    // Each shred is audited in its transaction, MAC'd: a sealed instance starts once unsealed.
+    signer.key_state().wait().await;
     loop {
         loop {
             match store::vault::purge_expired(&pool, &signer, 500).await {

@@ -4,6 +4,7 @@
 //! serve, drain, audit the stop, and seal the audit log once.
 
 pub mod keys;
+mod sealed;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use crate::audit::{AuditEvent, AuditLog};
 use crate::auth::{admin, Authenticator, CredentialKind, FailureAudit, Scope};
 use crate::charge::Charger;
 use crate::config::{self, ProcessorConfig, ServeConfig};
-
+use crate::crypto::KeyState;
 use crate::http::{AppState, TrustedProxies};
 use crate::processor::profile::ProfileProcessor;
 use crate::processor::sandbox::Sandbox;
@@ -121,41 +122,73 @@ pub async fn launch(
         }
     }
     let key_provider = keys.provider().cloned();
-    if let Some(provider) = &key_provider {
-        tracing::info!(provider = provider.name(), root = %provider.describe(), "unwrapping the master keys with the key provider");
-    }
-    let keys = keys.load(&pool).await?;
-    // This process's one audit event writer (see store::audit_mac).
-    let signer = Arc::new(EventSigner::new(keys.clone()));
-    if let Some(credential) = &cfg.dev_connector_credential {
-        ensure_dev_connector(&pool, &signer, credential).await?;
+    let (key_state, unsealer) = match keys {
+        // Split custodians: sealed until K shares are submitted (`payvault unseal`).
+        KeySource::Provider {
+            provider: crate::custody::KeyProvider::Shares(shares),
+            audit_keys,
+        } => {
+            let state = KeyState::sealed();
+            let signer = Arc::new(EventSigner::with_key_state(state.clone()));
+            let unsealer = sealed::start(&pool, shares, audit_keys, signer.clone()).await?;
+            (signer, Some(unsealer))
+        }
+        keys => {
+            if let Some(provider) = &key_provider {
+                tracing::info!(provider = provider.name(), root = %provider.describe(), "unwrapping the master keys with the key provider");
+            }
+            let keys = keys.load(&pool).await?;
+            (Arc::new(EventSigner::new(keys)), None)
+        }
+    };
+    // This process's one audit event writer (see store::audit_mac): it holds standalone
+    // events while the instance is sealed (see store::audit_held).
+    let (signer, key_state) = (key_state.clone(), key_state.key_state().clone());
+    if let Some(credential) = cfg.dev_connector_credential.take() {
+        // Its audit event is written in the credential's transaction: once there are keys.
+        let (pool, signer) = (pool.clone(), signer.clone());
+        let ensured = async move {
+            signer.key_state().wait().await;
+            ensure_dev_connector(&pool, &signer, &credential).await
+        };
+        if key_state.is_sealed() {
+            tokio::spawn(async move {
+                if let Err(e) = ensured.await {
+                    tracing::error!(error = %e, "could not create the development connector credential");
+                }
+            });
+        } else {
+            ensured.await?;
+        }
     }
 
     // Start and stop of the service are audited (PCI DSS 10.2.1.6: start of audit logging).
     let addr = listener.local_addr()?;
-    let versions: Vec<i32> = keys.versions().collect();
+    let versions: Vec<i32> = key_state
+        .get()
+        .map(|keys| keys.versions().collect())
+        .unwrap_or_default();
     let instance = serde_json::json!({
+        "sealed": key_state.is_sealed(),
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
         "listen": addr.to_string(),
         "key_versions": versions,
     });
-    store::audit::insert_audit_event(
-        &pool,
-        &signer,
-        &AuditEvent::system("service_start", instance.clone()),
-    )
-    .await
-    .context("cannot write the audit log")?;
+    signer
+        .record(
+            &pool,
+            &AuditEvent::system("service_start", instance.clone()),
+        )
+        .await
+        .context("cannot write the audit log")?;
 
     crate::http::ops::metrics_handle();
     let auth = Arc::new(Authenticator::new(pool.clone(), cfg.auth_cache_ttl));
     let auth_failures = Arc::new(FailureAudit::new(
         crate::http::AUTH_FAILURE_AUDITS_PER_SECOND,
     ));
-    let vault = Vault::new(pool.clone(), keys.clone())
-        .with_signer(signer.clone())
-        .with_dedup(cfg.dedup);
+    let vault = Vault::with_signer(pool.clone(), signer.clone()).with_dedup(cfg.dedup);
     let charger = Charger {
         pool: pool.clone(),
         vault: vault.clone(),
@@ -178,6 +211,7 @@ pub async fn launch(
         },
         auth_failures: auth_failures.clone(),
         key_provider,
+        unsealer,
     };
 
     let background = [
@@ -197,17 +231,23 @@ pub async fn launch(
             cfg.idempotency_retention,
             IDEMPOTENCY_PURGE_INTERVAL,
         )),
+        // Audit sealing and checkpoints need the master keys: sealed, they start once unsealed,
+        // as does writing the events held meanwhile.
         tokio::spawn(crate::audit::seal::run_sealer(
             pool.clone(),
             signer.clone(),
             cfg.seal_interval,
         )),
-        tokio::spawn(crate::audit::checkpoint::run(
-            pool.clone(),
-            keys.clone(),
-            checkpoints.clone(),
-            cfg.checkpoint_interval,
-        )),
+        tokio::spawn({
+            let (pool, key_state, checkpoints) =
+                (pool.clone(), key_state.clone(), checkpoints.clone());
+            async move {
+                let keys = key_state.wait().await;
+                crate::audit::checkpoint::run(pool, keys, checkpoints, cfg.checkpoint_interval)
+                    .await;
+            }
+        }),
+        tokio::spawn(release_held_events(pool.clone(), signer.clone())),
     ];
     tracing::info!(
         %addr,
@@ -263,9 +303,12 @@ pub async fn launch(
         tracing::warn!(error = %e, "could not write the last failed-login audit aggregate");
     }
     stop(&pool, &signer, instance).await;
+    let keys = key_state.get().ok();
     // The last checkpoint covers the stop and what the last requests wrote.
-    if let Err(e) = checkpoints.lock().await.publish(&pool, &keys).await {
-        tracing::warn!(error = %e, "could not publish the last audit checkpoint");
+    if let Some(keys) = keys {
+        if let Err(e) = checkpoints.lock().await.publish(&pool, keys).await {
+            tracing::warn!(error = %e, "could not publish the last audit checkpoint");
+        }
     }
     served?;
     tracing::info!("payvault stopped");
@@ -273,20 +316,46 @@ pub async fn launch(
 }
 
 /// Audits the stop and seals what the last requests wrote, so a stopped instance leaves
-/// nothing unsealed behind. Failures are logged: the next instance seals.
+/// nothing unsealed behind. Failures are logged: the next instance seals. An instance that was
+/// never unsealed cannot MAC: the events it held (the stop's included) are lost, and counted.
 async fn stop(pool: &PgPool, signer: &EventSigner, mut instance: serde_json::Value) {
     // The writer's last counter value, so a deletion of its newest events shows as a gap.
     instance["writer_id"] = signer.writer_id().to_string().into();
     instance["writer_last_seq"] = (signer.last_seq() + 1).into();
     let event = AuditEvent::system("service_stop", instance);
-    if let Err(e) = store::audit::insert_audit_event(pool, signer, &event).await {
+    if let Err(e) = signer.record(pool, &event).await {
         tracing::warn!(error = %e, "could not audit the service stop");
     }
+    let Ok(keys) = signer.keys() else {
+        let lost = signer.abandon_held().await;
+        tracing::warn!(
+            held = lost.held,
+            dropped = lost.dropped,
+            "stopping sealed: {} audit events (this stop included) could not be written without the master keys and are lost",
+            lost.held as u64 + lost.dropped
+        );
+        return;
+    };
     if let Err(e) = signer.flush_voids(pool).await {
         tracing::warn!(error = %e, "could not record voided audit counter values");
     }
-    if let Err(e) = crate::audit::seal::seal_pending(pool, signer.keys()).await {
+    if let Err(e) = crate::audit::seal::seal_pending(pool, keys).await {
         tracing::warn!(error = %e, "could not seal the last audit events; the next instance will");
+    }
+}
+
+/// Once unsealed, writes the audit events held while sealed (retrying while the database
+/// refuses; the next standalone event also writes them).
+async fn release_held_events(pool: PgPool, signer: Arc<EventSigner>) {
+    signer.key_state().wait().await;
+    loop {
+        match signer.release(&pool).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not write the audit events held while sealed; will retry");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

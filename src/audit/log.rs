@@ -29,7 +29,7 @@ impl AuditLog {
 
     /// Writes one event on its own (a refusal, a read, an operator action).
     pub async fn record(&self, event: &AuditEvent) -> Result<(), sqlx::Error> {
-        store::audit::insert_audit_event(&self.pool, &self.signer, event).await
+        self.signer.record(&self.pool, event).await
     }
 
     /// How long the oldest queued event has waited to be sealed (zero when none waits).
@@ -45,7 +45,8 @@ impl AuditLog {
     /// (with whatever else is queued), so a command leaves nothing unsealed behind.
     pub async fn seal_before_exit(&self) -> Result<u64, crate::audit::seal::SealError> {
         self.signer.flush_voids(&self.pool).await?;
-        crate::audit::seal::seal_pending(&self.pool, self.signer.keys()).await
+        let keys = self.signer.keys().map_err(store::audit::sealed_error)?;
+        crate::audit::seal::seal_pending(&self.pool, keys).await
     }
 
     /// Events matching `filter` with id above `after`, oldest first, at most `limit`. The read

@@ -200,7 +200,8 @@ pub async fn run_sealer(
     signer: std::sync::Arc<store::audit_mac::EventSigner>,
     every: Duration,
 ) {
-    let keys = signer.keys().clone();
+    // Sealed (split custodians), it starts once unsealed.
+    let keys = signer.key_state().wait().await;
     loop {
         if let Err(e) = signer.flush_voids(&pool).await {
             tracing::warn!(error = %e, "could not record voided audit counter values; will retry");

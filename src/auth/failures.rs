@@ -17,7 +17,6 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::domain::{AuditEvent, Origin};
-use crate::store;
 
 /// Sources tracked per interval.
 pub const CAPACITY: usize = 4096;
@@ -200,11 +199,8 @@ impl FailureAudit {
         if events.is_empty() {
             return Ok(());
         }
-        let refs: Vec<&AuditEvent> = events.iter().collect();
-        let batch = store::audit::AuditBatch::new(signer, &refs);
-        let written = store::audit::insert_audit_events(pool, &batch).await;
-        drop(batch);
-        written
+        // Sealed, they are held and written at unseal (see store::audit_held).
+        signer.record_all(pool, &events, false).await
     }
 
     /// Flushes every `interval` until the process ends.

@@ -164,7 +164,7 @@ impl Charger {
             &req.key,
             rec.attempts,
             &stored,
-            &AuditBatch::one(self.vault.signer(), &abandoned),
+            &AuditBatch::one(self.vault.signer(), &abandoned)?,
         )
         .await?;
         if !done {
@@ -218,7 +218,7 @@ impl Charger {
             processor_key: &id.processor_key,
             lease: self.lease,
         };
-        let batch = AuditBatch::new(self.vault.signer(), &events);
+        let batch = AuditBatch::new(self.vault.signer(), &events)?;
         let claimed = store::charges::claim_new_charge(db, &claim, &batch).await?;
         drop(batch);
         Ok(claimed)
@@ -247,7 +247,7 @@ impl Charger {
         let taken = store::charges::take_over_charge(
             &self.pool,
             &take,
-            &AuditBatch::one(self.vault.signer(), &retry),
+            &AuditBatch::one(self.vault.signer(), &retry)?,
         )
         .await?;
         let Some(number) = taken else {

@@ -64,7 +64,6 @@ use crate::auth::Principal;
 use crate::crypto::CryptoError;
 use crate::domain::{Amount, InvalidInput, PaymentMethod, Token};
 use crate::processor::{Initiator, Processor};
-use crate::store;
 use crate::store::charges::ChargeRecord;
 use crate::vault::Vault;
 
@@ -147,6 +146,8 @@ pub enum ChargeError {
     Database(#[from] sqlx::Error),
     #[error("key error")]
     Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Sealed(#[from] crate::crypto::Sealed),
 }
 
 /// `<Parameter name="stored_credential">` (Twilio) / `"stored_credential"` (merchant API): what
@@ -179,6 +180,7 @@ impl ChargeError {
             ChargeError::NoStoredCredential(_) => "stored_credential_unavailable",
             ChargeError::EntryIntegrity => "token_integrity_failed",
             ChargeError::Database(_) | ChargeError::Crypto(_) => "internal_error",
+            ChargeError::Sealed(_) => "vault_sealed",
         }
     }
 }
@@ -226,7 +228,7 @@ impl Charger {
         if let Err(e) = &result {
             if !matches!(e, ChargeError::Database(_)) {
                 let event = base_event.clone().failed(e.code());
-                store::audit::insert_audit_event(&self.pool, self.vault.signer(), &event).await?;
+                self.vault.record_event(&event).await?;
             }
         }
         result
@@ -341,7 +343,7 @@ impl Charger {
         who: &Principal,
         req: &ChargeRequest,
     ) -> Result<RequestIdentity, ChargeError> {
-        let keys = self.vault.keys();
+        let keys = self.vault.keys()?;
         let mac_version = keys.current_version();
         let mac_input = self.mac_input(req);
         let request_mac = keys.request_mac(mac_version, &[b"charge", &mac_input])?;
@@ -360,7 +362,7 @@ impl Charger {
         }
         let mac = self
             .vault
-            .keys()
+            .keys()?
             .request_mac(rec.mac_key_version, &[b"charge", mac_input])?;
         Ok(bool::from(mac.ct_eq(rec.request_mac.as_slice())))
     }
@@ -389,7 +391,7 @@ impl Charger {
     /// key, so it is stable across retries and instances and reveals nothing. Stored with the
     /// claim, so a later key rotation cannot change it.
     fn processor_key(&self, who: &Principal, req: &ChargeRequest) -> Result<String, ChargeError> {
-        let keys = self.vault.keys();
+        let keys = self.vault.keys()?;
         let mac = keys.request_mac(
             keys.current_version(),
             &[

@@ -242,7 +242,7 @@ impl Charger {
             outcome: &stored,
             token: saved.as_deref(),
         };
-        let events = AuditBatch::one(self.vault.signer(), &event);
+        let events = AuditBatch::one(self.vault.signer(), &event)?;
         let finished = match tx {
             Some(mut tx) => {
                 let finished = store::charges::finish_charge(&mut *tx, &finish, &events).await?;
@@ -295,7 +295,7 @@ impl Charger {
             "earlier_error_code": earlier.error_code,
         });
         event = event.failed(OUTCOME_UNKNOWN);
-        store::audit::insert_audit_event(&self.pool, self.vault.signer(), &event).await?;
+        self.vault.record_event(&event).await?;
         Ok(Charged {
             outcome,
             replayed: true,
@@ -317,7 +317,7 @@ impl Charger {
         if let Some(code) = &outcome.error_code {
             event = event.failed(code.clone());
         }
-        store::audit::insert_audit_event(&self.pool, self.vault.signer(), &event).await?;
+        self.vault.record_event(&event).await?;
         Ok(Charged {
             outcome,
             replayed: true,

@@ -85,7 +85,7 @@ impl Charger {
         // fails here, before anything reaches the processor.
         let plain = self
             .vault
-            .keys()
+            .keys()?
             .open(token.as_str(), &entry.binding(), &entry.sealed)
             .map_err(|e| match e {
                 CryptoError::Authentication => ChargeError::EntryIntegrity,

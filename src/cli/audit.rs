@@ -90,7 +90,7 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
     let pool = cli_pool().await?;
     // Every read of the audit log is itself audited (PCI DSS 10.2.1.3).
     let log = super::db::cli_audit_log(&pool).await?;
-    let keys = log.signer().keys().clone();
+    let keys = log.signer().keys()?.clone();
     let record = |action: &'static str, details: serde_json::Value| {
         let log = log.clone();
         async move {

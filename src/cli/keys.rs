@@ -57,6 +57,21 @@ pub enum KeysCommand {
         #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
         version: Option<i32>,
     },
+    /// Split custodians: make a random root secret, wrap the master keys of PAYVAULT_MASTER_KEY
+    /// (or, with --generate, a fresh one) under it, and print N shares of it, each once; any K
+    /// rebuild it. Then serve with PAYVAULT_KEY_PROVIDER=shares: each instance starts sealed
+    /// until K custodians run `payvault unseal`. Run as the schema owner.
+    Split {
+        /// N: how many shares (custodians), 2-255.
+        #[arg(long = "shares", value_parser = clap::value_parser!(u8).range(2..))]
+        count: u8,
+        /// K: how many shares open the vault, 2-N.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(2..))]
+        threshold: u8,
+        /// A new master key version instead of PAYVAULT_MASTER_KEY's keys (a new vault).
+        #[arg(long)]
+        generate: bool,
+    },
     /// Create the AES-256 root key PAYVAULT_PKCS11_KEY_LABEL inside the PKCS#11 token
     /// PAYVAULT_PKCS11_TOKEN_LABEL (sensitive, never extractable).
     Pkcs11CreateKey,
@@ -67,6 +82,11 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Rotate { batch } => rotate_keys(batch.max(1)).await,
         KeysCommand::Wrap { generate, version } => super::wrap::wrap_keys(generate, version).await,
         KeysCommand::Pkcs11CreateKey => super::wrap::pkcs11_create_key().await,
+        KeysCommand::Split {
+            count,
+            threshold,
+            generate,
+        } => super::shares::split(count, threshold, generate).await,
         KeysCommand::Retire { version } => retire_key(version).await,
         KeysCommand::PassphraseInit { version } => passphrase_init(version).await,
         KeysCommand::GeneratePassphrase => {
@@ -106,7 +126,11 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
 
 /// The key ring from the environment, for commands that decrypt or verify.
 pub(super) async fn master_keys(pool: &sqlx::PgPool) -> anyhow::Result<Arc<KeyRing>> {
-    KeySource::from_env()?.load(pool).await
+    let source = KeySource::from_env()?;
+    if let Some(crate::custody::KeyProvider::Shares(shares)) = source.provider() {
+        super::shares::unlock_from_stdin(pool, shares).await?;
+    }
+    source.load(pool).await
 }
 
 /// `payvault keys passphrase-init`: random salt, Argon2id cost, and the check value.
@@ -165,8 +189,7 @@ async fn rotate_keys(batch: i64) -> anyhow::Result<()> {
     // Entries under an older key version, and those sealed before AAD v2 (re-sealed alike).
     let total = store::vault::count_for_rotation(&pool, current, crate::crypto::AAD_V2).await?;
     let log = AuditLog::new(pool.clone(), Arc::new(EventSigner::new(keys.clone())));
-    let vault =
-        crate::vault::Vault::new(pool.clone(), keys.clone()).with_signer(log.signer().clone());
+    let vault = crate::vault::Vault::with_signer(pool.clone(), log.signer().clone());
     let mut done = 0u64;
     eprintln!("re-encrypting {total} entries under master key version {current}");
     // Audited before the first entry is decrypted (PCI DSS 10.2.1): a rotation whose event

@@ -7,6 +7,7 @@ mod credentials;
 mod db;
 mod keys;
 mod processor;
+mod shares;
 mod wrap;
 
 use std::sync::Arc;
@@ -74,6 +75,17 @@ enum Command {
     /// Zero-configuration local mode: a private PostgreSQL cluster, development keys and
     /// credentials, and the sandbox processor, all kept in one directory. Never for real cards.
     Dev(crate::dev::DevArgs),
+    /// Submit your share to a sealed instance (split custodians): the share is read from
+    /// standard input, never from an argument. Each instance is unsealed on its own.
+    Unseal {
+        /// The instance: its admin listener (PAYVAULT_ADMIN_LISTEN) when it has one, else its
+        /// main URL. Default: this host's admin listener, or PAYVAULT_LISTEN.
+        #[arg(long)]
+        url: Option<String>,
+        /// Your name as custodian, recorded in the audit log (1-64 characters).
+        #[arg(long, value_name = "NAME")]
+        custodian: String,
+    },
     /// Exit 0 if the local service answers /readyz (for container health checks).
     Healthcheck {
         /// URL to check (default: /readyz on PAYVAULT_LISTEN's port on 127.0.0.1, over HTTPS
@@ -109,6 +121,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Credentials(cmd) => credentials::run(cmd).await,
         Command::Dev(args) => crate::dev::run(args).await,
         Command::Healthcheck { url } => healthcheck(url).await,
+        Command::Unseal { url, custodian } => shares::unseal(url, custodian).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Charges(cmd) => charges::run(cmd).await,
         Command::Sandbox { listen, slow_ms } => {

@@ -18,7 +18,7 @@ use crate::store::keys::KeyWrap;
 fn configured_provider() -> anyhow::Result<KeyProvider> {
     KeyProvider::from_env()?.ok_or_else(|| {
         anyhow::anyhow!(
-            "PAYVAULT_KEY_PROVIDER is unset (or env): set it to pkcs11 or transit, with that provider's settings, to wrap master keys"
+            "PAYVAULT_KEY_PROVIDER is unset (or env): set it to pkcs11, transit or shares, with that provider's settings, to wrap master keys"
         )
     })
 }
@@ -30,6 +30,9 @@ fn configured_provider() -> anyhow::Result<KeyProvider> {
 pub async fn wrap_keys(generate: bool, version: Option<i32>) -> anyhow::Result<()> {
     let provider = configured_provider()?;
     let pool = cli_pool().await?;
+    if let KeyProvider::Shares(shares) = &provider {
+        super::shares::unlock_from_stdin(&pool, shares).await?;
+    }
     let keys = if generate {
         let version = match version {
             Some(v) => v,

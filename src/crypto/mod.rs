@@ -21,9 +21,11 @@
 mod envelope;
 mod keyring;
 pub mod passphrase;
+mod state;
 
 pub use envelope::{EntryBinding, SealedEntry, AAD_V1, AAD_V2};
 pub use keyring::{HmacSha256, KeyRing, KeyRingError, MasterKey};
+pub use state::{KeyState, Sealed};
 
 /// A decryption or key lookup failed. Deliberately carries no detail an attacker could use.
 #[derive(Debug, thiserror::Error)]

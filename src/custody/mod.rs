@@ -9,8 +9,13 @@
 //! Every wrap binds its version (AES-GCM associated data, or inside the transit plaintext): a
 //! wrapped key copied onto another version's row does not unwrap. `env` (the default) is the
 //! environment's `PAYVAULT_MASTER_KEY` / passphrase, handled by [`crate::app::KeySource`].
+//!
+//! `shares` (split custodians) wraps the same way under a root that no device holds: K of N
+//! custodians' shares rebuild it, and an instance configured for it starts sealed until they
+//! submit them (see [`crate::shares`] and [`shares`]).
 
 pub mod pkcs11;
+pub mod shares;
 pub mod transit;
 
 use std::sync::Arc;
@@ -20,6 +25,7 @@ use zeroize::Zeroizing;
 use crate::config::{self, ConfigError};
 
 pub use pkcs11::{Pkcs11Config, Pkcs11Provider};
+pub use shares::SharesProvider;
 pub use transit::{TransitConfig, TransitProvider};
 
 /// The setting that selects a provider.
@@ -32,6 +38,8 @@ pub enum ProviderKind {
     Env,
     Pkcs11,
     Transit,
+    /// Split custodians: K of N shares rebuild the root (`payvault keys split`, `payvault unseal`).
+    Shares,
 }
 
 impl ProviderKind {
@@ -47,9 +55,10 @@ fn parse_kind(text: Option<&str>) -> Result<ProviderKind, ConfigError> {
         None | Some("env") => Ok(ProviderKind::Env),
         Some("pkcs11") => Ok(ProviderKind::Pkcs11),
         Some("transit") => Ok(ProviderKind::Transit),
+        Some("shares") => Ok(ProviderKind::Shares),
         Some(_) => Err(ConfigError::Invalid {
             name: PROVIDER_VAR,
-            reason: "must be env, pkcs11 or transit".into(),
+            reason: "must be env, pkcs11, transit or shares".into(),
         }),
     }
 }
@@ -59,6 +68,7 @@ fn parse_kind(text: Option<&str>) -> Result<ProviderKind, ConfigError> {
 pub enum KeyProvider {
     Pkcs11(Arc<Pkcs11Provider>),
     Transit(Arc<TransitProvider>),
+    Shares(Arc<SharesProvider>),
 }
 
 impl std::fmt::Debug for KeyProvider {
@@ -79,6 +89,7 @@ impl KeyProvider {
             ProviderKind::Transit => Some(Self::Transit(Arc::new(TransitProvider::new(
                 TransitConfig::from_env()?,
             )?))),
+            ProviderKind::Shares => Some(Self::Shares(Arc::new(SharesProvider::from_env()?))),
         })
     }
 
@@ -88,6 +99,7 @@ impl KeyProvider {
         match self {
             Self::Pkcs11(_) => "pkcs11",
             Self::Transit(_) => "transit",
+            Self::Shares(_) => "shares",
         }
     }
 
@@ -96,6 +108,7 @@ impl KeyProvider {
         match self {
             Self::Pkcs11(p) => p.describe(),
             Self::Transit(p) => p.describe(),
+            Self::Shares(p) => p.describe(),
         }
     }
 
@@ -104,6 +117,7 @@ impl KeyProvider {
         match self {
             Self::Pkcs11(p) => p.clone().wrap(version, key).await,
             Self::Transit(p) => p.wrap(version, key).await,
+            Self::Shares(p) => p.wrap(version, key),
         }
     }
 
@@ -117,6 +131,7 @@ impl KeyProvider {
         match self {
             Self::Pkcs11(p) => p.clone().unwrap(version, wrapped).await,
             Self::Transit(p) => p.unwrap(version, wrapped).await,
+            Self::Shares(p) => p.unwrap(version, wrapped),
         }
     }
 
@@ -125,6 +140,7 @@ impl KeyProvider {
         match self {
             Self::Pkcs11(p) => p.clone().check().await,
             Self::Transit(p) => p.check().await,
+            Self::Shares(p) => p.check(),
         }
     }
 }
@@ -190,9 +206,10 @@ mod tests {
         }
         assert_eq!(parse_kind(None).unwrap(), ProviderKind::Env);
         assert_eq!(parse_kind(Some("transit")).unwrap(), ProviderKind::Transit);
+        assert_eq!(parse_kind(Some("shares")).unwrap(), ProviderKind::Shares);
         let err = parse_kind(Some("hsm")).unwrap_err().to_string();
         assert!(
-            err.contains("PAYVAULT_KEY_PROVIDER") && err.contains("env, pkcs11 or transit"),
+            err.contains("PAYVAULT_KEY_PROVIDER") && err.contains("env, pkcs11, transit or shares"),
             "{err}"
         );
     }

@@ -108,27 +108,32 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 impl Caller {
-    /// Checks that the credential holds `scope`; a refusal is audited as `action` and answered
-    /// 403.
+    /// Checks that the credential holds `scope` (else 403) and that the instance is unsealed
+    /// (else `vault_sealed`, 503); a refusal is audited as `action`.
     pub async fn require(
         &self,
         app: &AppState,
         scope: Scope,
         action: &'static str,
     ) -> Result<(), ApiError> {
-        if self.principal.has_scope(scope) {
+        let refusal = if !self.principal.has_scope(scope) {
+            ApiError::new(
+                Kind::Forbidden,
+                "forbidden",
+                format!("this credential lacks the `{scope}` scope"),
+            )
+        } else if app.vault.is_sealed() {
+            // Sealed (split custodians): no request that reaches the vault runs until unsealed.
+            ApiError::sealed()
+        } else {
             return Ok(());
-        }
-        let event = AuditEvent::by(&self.principal, &self.origin, action).failed("forbidden");
+        };
+        let event = AuditEvent::by(&self.principal, &self.origin, action).failed(refusal.code());
         app.vault
             .record_event(&event)
             .await
             .map_err(|e| ApiError::internal(&e))?;
-        Err(ApiError::new(
-            Kind::Forbidden,
-            "forbidden",
-            format!("this credential lacks the `{scope}` scope"),
-        ))
+        Err(refusal)
     }
 }
 

@@ -31,6 +31,8 @@ pub enum Kind {
     Conflict,
     /// Too many failed attempts: refused before any work, with `Retry-After`.
     TooManyRequests,
+    /// The instance cannot serve this yet (sealed): 503.
+    Unavailable,
     /// payvault's own failure: answered opaquely, cause logged.
     Internal,
 }
@@ -45,6 +47,7 @@ impl Kind {
             Self::Gone => StatusCode::GONE,
             Self::Conflict => StatusCode::CONFLICT,
             Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -119,6 +122,22 @@ impl ApiError {
                 "too many failed logins from this address; retry after the Retry-After seconds",
             )
         }
+    }
+
+    /// The instance is sealed: no master key until custodians unseal it (`payvault unseal`).
+    pub fn sealed() -> Self {
+        Self::new(
+            Kind::Unavailable,
+            "vault_sealed",
+            "the vault is sealed: this instance serves once enough custodians have unsealed it (payvault unseal); retry later",
+        )
+    }
+
+    /// Seconds for `Retry-After`.
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.retry_after = Some(secs.max(1));
+        self
     }
 
     pub fn kind(&self) -> Kind {
@@ -246,6 +265,7 @@ impl From<TokenizeError> for ApiError {
         let kind = match &e {
             TokenizeError::DuplicateTransaction | TokenizeError::AnswerPurged => Kind::Conflict,
             TokenizeError::Database(_) | TokenizeError::Crypto(_) => return Self::internal(&e),
+            TokenizeError::Sealed(_) => return Self::sealed(),
         };
         Self::new(kind, e.code(), e.to_string())
     }
@@ -270,6 +290,7 @@ impl From<ChargeError> for ApiError {
             }
             ChargeError::NoStoredCredential(_) => Kind::Conflict,
             ChargeError::Database(_) | ChargeError::Crypto(_) => return Self::internal(&e),
+            ChargeError::Sealed(_) => return Self::sealed(),
         };
         Self::new(kind, e.code(), e.to_string())
     }

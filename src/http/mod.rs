@@ -11,6 +11,7 @@ pub mod sandbox;
 pub mod serve;
 pub mod tls;
 pub mod twilio;
+mod unseal;
 
 pub use auth::Caller;
 pub use error::{ApiError, Kind};
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use axum::extract::{MatchedPath, Request};
 use axum::http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::request_id::PropagateRequestIdLayer;
@@ -56,6 +57,9 @@ pub struct AppState {
     /// The key provider the master keys were unwrapped with, if any: `/readyz` reports whether
     /// it is still reachable (requests do not need it).
     pub key_provider: Option<crate::custody::KeyProvider>,
+    /// Present on an instance configured for split custodians (`PAYVAULT_KEY_PROVIDER=shares`):
+    /// takes the shares `POST /unseal` receives.
+    pub unsealer: Option<Arc<crate::shares::unseal::Unsealer>>,
 }
 
 /// Failed logins audited as events of their own per second per instance; the rest are counted
@@ -175,15 +179,23 @@ pub fn router_with(state: AppState, with_metrics: bool) -> Router {
     if with_metrics {
         api = api.routes(routes!(ops::metrics));
     }
-    let (routes, openapi) = api.split_for_parts();
+    let (mut routes, openapi) = api.split_for_parts();
+    // Custodians' shares go to the admin listener when there is one (the same condition as
+    // `/metrics`), else here.
+    if with_metrics && state.unsealer.is_some() {
+        routes = routes.route("/unseal", post(unseal::unseal));
+    }
     layered(with_openapi(routes, openapi), state)
 }
 
-/// The admin listener's router (`PAYVAULT_ADMIN_LISTEN`): `/metrics`, and `/openapi.json`
-/// documenting both listeners.
+/// The admin listener's router (`PAYVAULT_ADMIN_LISTEN`): `/metrics`, `/unseal` (split
+/// custodians), and `/openapi.json` documenting both listeners.
 pub fn admin_router(state: AppState) -> Router {
     let (_, openapi) = api_routes().routes(routes!(ops::metrics)).split_for_parts();
-    let routes = Router::new().route("/metrics", get(ops::metrics));
+    let mut routes = Router::new().route("/metrics", get(ops::metrics));
+    if state.unsealer.is_some() {
+        routes = routes.route("/unseal", post(unseal::unseal));
+    }
     layered(with_openapi(routes, openapi), state)
 }
 

@@ -9,6 +9,7 @@ use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use super::audit_mac::{EventSigner, MacFields};
+use crate::crypto::{KeyRing, Sealed};
 use crate::domain::AuditEvent;
 
 /// Audit events ready for `payvault_insert_audit_events(jsonb)`, the one SQL function that
@@ -56,11 +57,11 @@ pub struct EventRow<'a> {
 
 fn sign<'a>(
     signer: &EventSigner,
+    keys: &KeyRing,
     e: &'a AuditEvent,
     seq: i64,
     occurred_at: DateTime<Utc>,
 ) -> EventRow<'a> {
-    let keys = signer.keys();
     let fields = MacFields {
         writer_id: signer.writer_id(),
         writer_seq: seq,
@@ -112,24 +113,33 @@ fn hex(bytes: [u8; 32]) -> String {
 }
 
 impl<'a> AuditBatch<'a> {
-    pub fn new(signer: &'a EventSigner, events: &[&'a AuditEvent]) -> Self {
+    /// `events`, occurring now. [`Sealed`] without master keys: every path that writes events
+    /// inside an operation's transaction is refused (`vault_sealed`) before it gets here, and
+    /// standalone events are held instead (see [`EventSigner::record`]).
+    pub fn new(signer: &'a EventSigner, events: &[&'a AuditEvent]) -> Result<Self, Sealed> {
+        let now = now_micros();
+        Self::at(signer, events.iter().map(|&e| (e, now)))
+    }
+
+    /// Events with the time each occurred (held events keep the time they were created).
+    pub fn at(
+        signer: &'a EventSigner,
+        events: impl ExactSizeIterator<Item = (&'a AuditEvent, DateTime<Utc>)>,
+    ) -> Result<Self, Sealed> {
+        let keys = signer.keys()?;
         let first = signer.allocate(events.len());
-        // Microseconds: what timestamptz keeps, so the MAC covers exactly the stored value.
-        let now = Utc::now();
-        let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
         let rows = events
-            .iter()
             .zip(first..)
-            .map(|(&e, seq)| sign(signer, e, seq, now))
+            .map(|((e, at), seq)| sign(signer, keys, e, seq, at))
             .collect();
-        Self {
+        Ok(Self {
             rows,
             signer,
             written: AtomicBool::new(false),
-        }
+        })
     }
 
-    pub fn one(signer: &'a EventSigner, event: &'a AuditEvent) -> Self {
+    pub fn one(signer: &'a EventSigner, event: &'a AuditEvent) -> Result<Self, Sealed> {
         Self::new(signer, &[event])
     }
 
@@ -154,13 +164,27 @@ impl Drop for AuditBatch<'_> {
     }
 }
 
-/// Writes one event on its own (or inside the caller's transaction).
+/// Now, in microseconds: what timestamptz keeps, so the MAC covers exactly the stored value.
+pub(crate) fn now_micros() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
+/// [`Sealed`] as the database error of a store function that writes audit events: unreachable
+/// in practice (callers refuse `vault_sealed` first), answered `internal_error` if reached.
+pub fn sealed_error(e: Sealed) -> sqlx::Error {
+    sqlx::Error::Configuration(Box::new(e))
+}
+
+/// Writes one event inside the caller's transaction (a standalone event goes through
+/// [`EventSigner::record`], which holds it while the instance is sealed).
 pub async fn insert_audit_event(
     db: impl PgExecutor<'_>,
     signer: &EventSigner,
     event: &AuditEvent,
 ) -> Result<(), sqlx::Error> {
-    insert_audit_events(db, &AuditBatch::one(signer, event)).await
+    let batch = AuditBatch::one(signer, event).map_err(sealed_error)?;
+    insert_audit_events(db, &batch).await
 }
 
 /// Writes a batch of events on its own (or inside the caller's transaction).

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::crypto::{CryptoError, KeyRing};
+use crate::crypto::{CryptoError, KeyRing, KeyState, Sealed};
 
 const DOMAIN: &[u8] = b"payvault-audit-event-v1";
 const VOID_DOMAIN: &[u8] = b"payvault-audit-void-v1";
@@ -155,13 +155,16 @@ fn write_canonical(value: &serde_json::Value, out: &mut String) {
 }
 
 /// One writer of audit events: a process (`serve`) or a CLI invocation. Hands out the writer
-/// counter and MACs each event. Counter values allocated to a batch that was not written are
-/// remembered as voids and recorded by [`EventSigner::flush_voids`].
+/// counter and MACs each event with the master keys of its [`KeyState`]. Counter values
+/// allocated to a batch that was not written are remembered as voids and recorded by
+/// [`EventSigner::flush_voids`]. While the instance is sealed (split custodians) standalone
+/// events are held in memory and written once it is unsealed (see `store::audit_held`).
 pub struct EventSigner {
-    keys: Arc<KeyRing>,
+    keys: Arc<KeyState>,
     writer_id: Uuid,
     next: AtomicU64,
     voids: Mutex<Vec<(i64, i64)>>,
+    pub(super) held: tokio::sync::Mutex<super::audit_held::Held>,
 }
 
 impl std::fmt::Debug for EventSigner {
@@ -169,6 +172,7 @@ impl std::fmt::Debug for EventSigner {
         f.debug_struct("EventSigner")
             .field("writer_id", &self.writer_id)
             .field("next", &self.next)
+            .field("sealed", &self.keys.is_sealed())
             .finish_non_exhaustive()
     }
 }
@@ -176,11 +180,17 @@ impl std::fmt::Debug for EventSigner {
 impl EventSigner {
     /// A new writer (a fresh random id, counter from 1) signing with `keys`' current version.
     pub fn new(keys: Arc<KeyRing>) -> Self {
+        Self::with_key_state(KeyState::unsealed(keys))
+    }
+
+    /// A new writer whose keys may come later (an instance that starts sealed).
+    pub fn with_key_state(keys: Arc<KeyState>) -> Self {
         Self {
             keys,
             writer_id: Uuid::new_v4(),
             next: AtomicU64::new(1),
             voids: Mutex::new(Vec::new()),
+            held: tokio::sync::Mutex::new(super::audit_held::Held::default()),
         }
     }
 
@@ -188,7 +198,12 @@ impl EventSigner {
         self.writer_id
     }
 
-    pub fn keys(&self) -> &Arc<KeyRing> {
+    /// The master keys, or [`Sealed`] until the instance is unsealed.
+    pub fn keys(&self) -> Result<&Arc<KeyRing>, Sealed> {
+        self.keys.get()
+    }
+
+    pub fn key_state(&self) -> &Arc<KeyState> {
         &self.keys
     }
 
@@ -211,7 +226,11 @@ impl EventSigner {
     }
 
     /// Records the remembered voids (MAC'd), so verify does not take them for deletions.
+    /// Sealed, there are none: counter values are allocated only with the keys.
     pub async fn flush_voids(&self, db: &sqlx::PgPool) -> Result<usize, sqlx::Error> {
+        let Ok(keys) = self.keys() else {
+            return Ok(0);
+        };
         let pending: Vec<(i64, i64)> = match self.voids.lock() {
             Ok(mut voids) => std::mem::take(&mut *voids),
             Err(_) => return Ok(0),
@@ -219,10 +238,10 @@ impl EventSigner {
         if pending.is_empty() {
             return Ok(0);
         }
-        let version = self.keys.current_version();
+        let version = keys.current_version();
         let mut macs = Vec::with_capacity(pending.len());
         for &(first, last) in &pending {
-            match void_mac(&self.keys, version, self.writer_id, first, last) {
+            match void_mac(keys, version, self.writer_id, first, last) {
                 Ok(mac) => macs.push(mac.to_vec()),
                 Err(_) => return Ok(0),
             }

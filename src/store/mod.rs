@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod audit_checks;
+pub mod audit_held;
 pub mod audit_mac;
 pub mod charges;
 pub mod checkpoints;
@@ -11,6 +12,7 @@ pub mod credentials;
 pub mod keys;
 pub mod roles;
 pub mod seals;
+pub mod shares;
 pub mod vault;
 
 use std::time::Duration;

@@ -423,7 +423,8 @@ pub async fn purge_expired(
         })
         .collect();
     let refs: Vec<&AuditEvent> = events.iter().collect();
-    super::audit::insert_audit_events(&mut *tx, &AuditBatch::new(signer, &refs)).await?;
+    let batch = AuditBatch::new(signer, &refs).map_err(super::audit::sealed_error)?;
+    super::audit::insert_audit_events(&mut *tx, &batch).await?;
     tx.commit().await?;
     Ok(shredded.len() as u64)
 }

@@ -277,7 +277,7 @@ async fn counter_values_never_written_are_voided_not_reported() {
     {
         // A statement that chose not to write its events (a lost idempotency race, say).
         let event = AuditEvent::system("never", json!({}));
-        let _unwritten = AuditBatch::one(&log.signer, &event);
+        let _unwritten = AuditBatch::one(&log.signer, &event).unwrap();
     }
     log.write("third").await;
     let before = log.verify().await;

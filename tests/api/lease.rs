@@ -260,7 +260,7 @@ async fn a_heartbeat_renews_only_the_attempt_that_holds_the_charge() {
             .row
             .id;
     let key = new_txn();
-    let none = AuditBatch::new(&signer, &[]);
+    let none = AuditBatch::new(&signer, &[]).unwrap();
     let lease = Duration::from_secs(60);
     let claim = NewCharge {
         credential_id: who,

@@ -25,6 +25,8 @@ mod processor_cli;
 mod processors;
 mod roles;
 mod security;
+mod shares;
+mod shares_audit;
 mod startup;
 mod stored_credentials;
 mod tokenize;
