@@ -23,6 +23,7 @@ impl AuditEvent {
         Self {
             actor_id: Some(principal.id),
             actor_kind: principal.kind.as_str(),
+            tenant_id: Some(principal.tenant_id),
             ..Self::new(origin, "anonymous", action)
         }
     }
@@ -100,5 +101,6 @@ pub fn filter_json(f: &crate::store::audit::AuditFilter) -> serde_json::Value {
     serde_json::json!({
         "since": f.since, "until": f.until, "action": f.action, "actor": f.actor,
         "token": f.token, "transaction_id": f.transaction_id, "outcome": f.outcome,
+        "tenant": f.tenant,
     })
 }

@@ -77,6 +77,9 @@ pub struct AuditFilterArgs {
     /// success or failure.
     #[arg(long, value_parser = ["success", "failure"])]
     outcome: Option<String>,
+    /// Only this tenant's events (by name).
+    #[arg(long, value_name = "NAME")]
+    tenant: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -120,6 +123,10 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                 token: filter.token,
                 transaction_id: filter.transaction_id,
                 outcome: filter.outcome,
+                tenant: match &filter.tenant {
+                    Some(name) => Some(crate::auth::tenants::find_tenant(&pool, name).await?.id),
+                    None => None,
+                },
             };
             let reader = AuditEvent::operator("audit_read");
             let rows = log

@@ -35,6 +35,7 @@ pub struct EventRow<'a> {
     amount_minor: Option<i64>,
     currency: Option<&'a str>,
     details: &'a serde_json::Value,
+    tenant_id: Option<Uuid>,
 }
 
 impl<'a> From<&'a AuditEvent> for EventRow<'a> {
@@ -54,6 +55,7 @@ impl<'a> From<&'a AuditEvent> for EventRow<'a> {
             amount_minor: e.amount_minor,
             currency: e.currency.as_deref(),
             details: &e.details,
+            tenant_id: e.tenant_id,
         }
     }
 }
@@ -130,6 +132,8 @@ pub struct AuditFilter {
     pub token: Option<String>,
     pub transaction_id: Option<String>,
     pub outcome: Option<String>,
+    /// Only this tenant's events (the caller's, on the API without `audit:all`).
+    pub tenant: Option<Uuid>,
 }
 
 /// Events matching `filter` with id above `after`, in id order.
@@ -155,6 +159,7 @@ pub async fn list_audit_events(
           AND ($6::text IS NULL OR token = $6)
           AND ($7::text IS NULL OR transaction_id = $7)
           AND ($8::text IS NULL OR outcome = $8)
+          AND ($10::uuid IS NULL OR tenant_id = $10)
         ORDER BY id
         LIMIT $9
         "#,
@@ -167,6 +172,7 @@ pub async fn list_audit_events(
         filter.transaction_id,
         filter.outcome,
         limit,
+        filter.tenant,
     )
     .fetch_all(db)
     .await

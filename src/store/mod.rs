@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod keys;
 pub mod roles;
 pub mod seals;
+pub mod tenants;
 pub mod vault;
 
 use std::time::Duration;

@@ -400,6 +400,7 @@ fn principal(app: &TestApp) -> Principal {
     let row = &app.connector.row;
     Principal {
         id: row.id,
+        tenant_id: row.tenant_id,
         username: row.username.clone(),
         name: row.name.clone(),
         kind: CredentialKind::Connector,

@@ -86,7 +86,8 @@ const MAX_LIMIT: i64 = 1000;
     security(("basic" = []), ("bearer" = []))
 )]
 /// `GET /v1/audit/events`: audit events in id order, filtered, with cursor pagination. Requires
-/// `audit:read`. The read itself is audited (PCI DSS 10.2.1.3).
+/// `audit:read`, and returns only the caller's tenant's events unless the credential also has
+/// `audit:all`. The read itself is audited (PCI DSS 10.2.1.3).
 pub async fn audit_events(
     State(app): State<AppState>,
     caller: Caller,
@@ -94,7 +95,11 @@ pub async fn audit_events(
 ) -> Result<Json<AuditPage>, ApiError> {
     caller.require(&app, Scope::AuditRead, "audit_read").await?;
     let Query(q) = query.map_err(|_| invalid("the query string could not be read".into()))?;
-    let (filter, after, limit) = q.parse()?;
+    let (mut filter, after, limit) = q.parse()?;
+    // The caller's tenant only, in the query itself, unless an operator-level scope says all.
+    if !caller.principal.has_scope(Scope::AuditAll) {
+        filter.tenant = Some(caller.principal.tenant_id);
+    }
     let reader = AuditEvent::by(&caller.principal, &caller.origin, "audit_read");
     let rows = app
         .audit
@@ -149,6 +154,7 @@ impl AuditQuery {
             token: self.token,
             transaction_id: self.transaction_id,
             outcome,
+            tenant: None,
         };
         let limit = match self.limit.as_deref().map(str::parse::<i64>) {
             None => DEFAULT_LIMIT,

@@ -1,0 +1,70 @@
+//! `payvault tenants`: the tenants credentials, tokens, charges and audit events belong to.
+
+use clap::Subcommand;
+
+use super::credentials::{Format, FormatArg};
+use super::db::cli_pool;
+use crate::auth::tenants;
+use crate::store::tenants::TenantRow;
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Create a tenant (then `credentials create --tenant NAME` gives it credentials).
+    Create {
+        /// 1 to 64 letters, digits, '-', '_' or '.'.
+        name: String,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// List tenants.
+    List {
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Disable a tenant: its credentials are refused from now on, on every running instance.
+    /// Its tokens, charges and audit events stay. The default tenant cannot be disabled.
+    Disable { name: String },
+}
+
+fn json(row: &TenantRow) -> serde_json::Value {
+    serde_json::json!({
+        "id": row.id, "name": row.name, "status": row.status,
+        "created_at": row.created_at, "disabled_at": row.disabled_at,
+    })
+}
+
+pub async fn run(cmd: TenantsCommand) -> anyhow::Result<()> {
+    let pool = cli_pool().await?;
+    match cmd {
+        TenantsCommand::Create { name, format } => {
+            let row = tenants::create_tenant(&pool, &name).await?;
+            match format.format {
+                Format::Json => println!("{}", json(&row)),
+                Format::Text => println!("Created tenant `{}` ({})", row.name, row.id),
+            }
+        }
+        TenantsCommand::List { format } => {
+            let rows = tenants::list_tenants(&pool).await?;
+            match format.format {
+                Format::Json => rows.iter().for_each(|row| println!("{}", json(row))),
+                Format::Text => {
+                    println!("{:<36} {:<24} {:<9} CREATED", "ID", "NAME", "STATUS");
+                    for row in rows {
+                        println!(
+                            "{:<36} {:<24} {:<9} {}",
+                            row.id,
+                            row.name,
+                            row.status,
+                            row.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+                        );
+                    }
+                }
+            }
+        }
+        TenantsCommand::Disable { name } => {
+            let row = tenants::disable_tenant(&pool, &name).await?;
+            println!("Disabled tenant `{}` ({})", row.name, row.id);
+        }
+    }
+    Ok(())
+}
