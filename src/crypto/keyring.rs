@@ -559,7 +559,10 @@ mod tests {
         let (one, two) = (Uuid::from_u128(7), Uuid::from_u128(8));
         let default = ring.fingerprint(DEFAULT_TENANT, &[b"card", pan]);
         // The default tenant keeps the key fingerprints had before tenants.
-        assert_eq!(default, mac_parts(&ring.current().fingerprint, &[b"card", pan]));
+        assert_eq!(
+            default,
+            mac_parts(&ring.current().fingerprint, &[b"card", pan])
+        );
         assert_eq!(
             ring.fingerprint(one, &[b"card", pan]),
             ring.fingerprint(one, &[b"card", pan])

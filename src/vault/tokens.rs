@@ -93,7 +93,9 @@ impl Vault {
     ) -> Result<TokenInfo, TokenError> {
         let event = AuditEvent::by(who, origin, "token_read");
         let found = match Token::parse(token) {
-            Some(t) => store::vault::find_token_metadata(&self.pool, who.tenant_id, t.as_str()).await?,
+            Some(t) => {
+                store::vault::find_token_metadata(&self.pool, who.tenant_id, t.as_str()).await?
+            }
             None => None,
         };
         let Some(metadata) = found else {
@@ -121,7 +123,8 @@ impl Vault {
         // The shredding and its audit event commit together.
         let mut tx = self.pool.begin().await?;
         let shredded = store::vault::shred_entry(&mut *tx, who.tenant_id, token.as_str()).await?;
-        let Some(metadata) = store::vault::find_token_metadata(&mut *tx, who.tenant_id, token.as_str()).await?
+        let Some(metadata) =
+            store::vault::find_token_metadata(&mut *tx, who.tenant_id, token.as_str()).await?
         else {
             drop(tx);
             return self.refuse(event, TokenError::Unknown).await;
@@ -150,7 +153,8 @@ impl Vault {
             Ok(c) => c,
             Err(invalid) => return self.refuse(event, invalid.into()).await,
         };
-        let Some(metadata) = store::vault::find_token_metadata(&self.pool, who.tenant_id, token.as_str()).await?
+        let Some(metadata) =
+            store::vault::find_token_metadata(&self.pool, who.tenant_id, token.as_str()).await?
         else {
             return self.refuse(event, TokenError::Unknown).await;
         };

@@ -25,5 +25,6 @@ mod roles;
 mod security;
 mod startup;
 mod stored_credentials;
+mod tenants;
 mod tokenize;
 mod tokens;
