@@ -147,9 +147,12 @@ impl Vault {
 
         // The transaction id is taken: an identical retry gets the original token, anything
         // else is a conflicting reuse.
-        let earlier =
-            store::vault::find_idempotency_record(&self.pool, who.id, req.transaction_id.as_str())
-                .await?;
+        let earlier = store::idempotency::find_idempotency_record(
+            &self.pool,
+            who.id,
+            req.transaction_id.as_str(),
+        )
+        .await?;
         let purged = earlier.as_ref().is_some_and(|rec| rec.purged);
         let replay = match earlier {
             Some(rec) if rec.operation == "tokenize" && rec.state == ChargeState::Succeeded => {
@@ -217,7 +220,7 @@ impl Vault {
             tx.commit().await?;
             return Ok(inserted.then(|| prepared.token.as_str().to_owned()));
         };
-        if !store::vault::insert_idempotency_record(&mut *tx, idem, &existing).await? {
+        if !store::idempotency::insert_idempotency_record(&mut *tx, idem, &existing).await? {
             return Ok(None);
         }
         let updated = self.update_expiry(&mut tx, &existing, prepared).await?;
@@ -351,7 +354,7 @@ impl Vault {
         let keys = &self.keys;
         let mut tx = self.pool.begin().await?;
         let rows =
-            store::vault::claim_for_rotation(&mut *tx, keys.current_version(), AAD_V3, limit)
+            store::rotation::claim_for_rotation(&mut *tx, keys.current_version(), AAD_V3, limit)
                 .await?;
         for row in &rows {
             let binding = row.entry.binding();
@@ -360,7 +363,7 @@ impl Vault {
                 .ok_or(TokenizeError::Crypto(CryptoError::Malformed))?;
             let fingerprint = keys.fingerprint(row.entry.tenant, &parts);
             let resealed = keys.seal(&row.token, &binding, &plain);
-            store::vault::update_rotated(&mut *tx, &row.token, &resealed, &fingerprint).await?;
+            store::rotation::update_rotated(&mut *tx, &row.token, &resealed, &fingerprint).await?;
         }
         tx.commit().await?;
         Ok(rows.len() as u64)
@@ -392,7 +395,7 @@ pub async fn run_expiry_purge(pool: PgPool, every: std::time::Duration) {
 }
 
 /// Purges the answers of finished idempotency records older than `retention`, every `every`,
-/// until the process ends (see [`store::vault::purge_idempotency_answers`]).
+/// until the process ends (see [`store::idempotency::purge_idempotency_answers`]).
 pub async fn run_idempotency_purge(
     pool: PgPool,
     retention: std::time::Duration,
@@ -420,7 +423,7 @@ pub async fn purge_idempotency_answers(
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let mut total = 0;
     loop {
-        match store::vault::purge_idempotency_answers(pool, before, 500).await? {
+        match store::idempotency::purge_idempotency_answers(pool, before, 500).await? {
             0 => return Ok(total),
             n => total += n,
         }

@@ -101,38 +101,6 @@ pub async fn insert_tokenized_entry(
     Ok(inserted == 1)
 }
 
-/// What an earlier request with the same idempotency key did.
-#[derive(Debug, Clone)]
-pub struct IdempotencyRecord {
-    pub operation: String,
-    pub request_mac: Vec<u8>,
-    pub mac_key_version: i32,
-    pub state: ChargeState,
-    pub token: Option<String>,
-    /// The answer was purged after the retention period ([`purge_idempotency_answers`]).
-    pub purged: bool,
-}
-
-pub async fn find_idempotency_record(
-    db: impl PgExecutor<'_>,
-    credential_id: Uuid,
-    key: &str,
-) -> Result<Option<IdempotencyRecord>, sqlx::Error> {
-    sqlx::query_as!(
-        IdempotencyRecord,
-        r#"
-        SELECT operation, request_mac, mac_key_version, state AS "state: ChargeState", token,
-               purged_at IS NOT NULL AS "purged!"
-        FROM idempotency_records
-        WHERE credential_id = $1 AND idempotency_key = $2
-        "#,
-        credential_id,
-        key,
-    )
-    .fetch_optional(db)
-    .await
-}
-
 /// Inserts a vault entry on its own (the charge flow vaults a card inside its own transaction).
 pub async fn insert_entry(
     db: impl PgExecutor<'_>,
@@ -440,100 +408,6 @@ pub async fn purge_expired(db: impl PgExecutor<'_>, limit: i64) -> Result<u64, s
     Ok(n as u64)
 }
 
-/// A live entry waiting to be re-encrypted under a newer master key version (or AAD format).
-#[derive(Debug, Clone)]
-pub struct RotationRow {
-    pub token: String,
-    pub entry: BoundEntry,
-}
-
-/// Locks up to `limit` live entries under a key version below `current`, or sealed in an AAD
-/// format older than `aad_version` (skipping rows another rotator holds), for re-encryption in
-/// the caller's transaction.
-pub async fn claim_for_rotation(
-    db: impl PgExecutor<'_>,
-    current: i32,
-    aad_version: i16,
-    limit: i64,
-) -> Result<Vec<RotationRow>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"
-        SELECT token, key_version, aad_version, wrapped_key AS "wrapped_key!",
-               ciphertext AS "ciphertext!", kind, exp_month, exp_year, tenant_id
-        FROM vault_entries
-        WHERE (key_version < $1 OR aad_version < $3) AND deleted_at IS NULL
-        ORDER BY token
-        LIMIT $2
-        FOR UPDATE SKIP LOCKED
-        "#,
-        current,
-        limit,
-        aad_version,
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| RotationRow {
-            token: r.token,
-            entry: BoundEntry {
-                sealed: SealedEntry {
-                    key_version: r.key_version,
-                    aad_version: r.aad_version,
-                    wrapped_key: r.wrapped_key,
-                    ciphertext: r.ciphertext,
-                },
-                tenant: r.tenant_id,
-                kind: r.kind,
-                exp_month: r.exp_month,
-                exp_year: r.exp_year,
-            },
-        })
-        .collect())
-}
-
-/// How many live entries [`claim_for_rotation`] has left to claim.
-pub async fn count_for_rotation(
-    db: impl PgExecutor<'_>,
-    current: i32,
-    aad_version: i16,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"
-        SELECT count(*) AS "n!" FROM vault_entries
-        WHERE (key_version < $1 OR aad_version < $2) AND deleted_at IS NULL
-        "#,
-        current,
-        aad_version,
-    )
-    .fetch_one(db)
-    .await
-}
-
-pub async fn update_rotated(
-    db: impl PgExecutor<'_>,
-    token: &str,
-    sealed: &SealedEntry,
-    fingerprint: &[u8],
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        r#"
-        UPDATE vault_entries
-        SET key_version = $2, wrapped_key = $3, ciphertext = $4, fingerprint = $5, aad_version = $6
-        WHERE token = $1
-        "#,
-        token,
-        sealed.key_version,
-        sealed.wrapped_key,
-        sealed.ciphertext,
-        fingerprint,
-        sealed.aad_version,
-    )
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
 /// How many live entries each master key version protects.
 pub async fn count_by_key_version(db: impl PgExecutor<'_>) -> Result<Vec<(i32, i64)>, sqlx::Error> {
     let rows = sqlx::query!(
@@ -586,33 +460,6 @@ pub async fn find_live_by_fingerprint(
     .await
 }
 
-/// Claims the idempotency key for a tokenize answered with an existing token.
-pub async fn insert_idempotency_record(
-    db: impl PgExecutor<'_>,
-    idem: &NewIdempotency<'_>,
-    token: &str,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query!(
-        r#"
-        INSERT INTO idempotency_records
-            (credential_id, idempotency_key, operation, request_mac, mac_key_version, state, token,
-             tenant_id)
-        VALUES ($1, $2, 'tokenize', $3, $4, $5, $6, $7)
-        ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO NOTHING
-        "#,
-        idem.credential_id,
-        idem.key,
-        idem.request_mac,
-        idem.mac_key_version,
-        ChargeState::Succeeded as ChargeState,
-        token,
-        idem.tenant_id,
-    )
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
 /// Sets a live card entry's expiry, with its wrapped key re-bound to it
 /// ([`crate::crypto::KeyRing::rebind`]); `true` if it changed.
 pub async fn update_card_expiry(
@@ -660,35 +507,4 @@ pub async fn set_expiry(
     .execute(db)
     .await?;
     Ok(())
-}
-
-/// Purges the answers of up to `limit` finished idempotency records last updated before
-/// `before`: the charge outcome and the token are cleared, while the key, request MAC and state
-/// stay, so a later retry is still recognised (and refused as a duplicate, never run again).
-/// Records whose outcome is unknown or still in flight are kept whole: reconciliation needs
-/// them. Several instances can run it at once (`SKIP LOCKED`). Returns how many were purged.
-pub async fn purge_idempotency_answers(
-    db: impl PgExecutor<'_>,
-    before: DateTime<Utc>,
-    limit: i64,
-) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query!(
-        r#"
-        UPDATE idempotency_records r SET outcome = NULL, token = NULL, purged_at = now()
-        FROM (
-            SELECT credential_id, idempotency_key FROM idempotency_records
-            WHERE purged_at IS NULL AND state IN ('succeeded', 'failed') AND updated_at < $1
-            ORDER BY updated_at
-            LIMIT $2
-            FOR UPDATE SKIP LOCKED
-        ) doomed
-        WHERE r.credential_id = doomed.credential_id
-          AND r.idempotency_key = doomed.idempotency_key
-        "#,
-        before,
-        limit,
-    )
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected())
 }

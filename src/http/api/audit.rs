@@ -81,7 +81,7 @@ const MAX_LIMIT: i64 = 1000;
 
 #[utoipa::path(
     get, path = "/v1/audit/events", tag = "audit", params(AuditQuery),
-    responses((status = 200, body = AuditPage), (status = 400, description = "`invalid_query` or `invalid_cursor`", body = ErrorBody),
+    responses((status = 200, description = "The caller's tenant's events (every tenant's with `audit:all`)", body = AuditPage), (status = 400, description = "`invalid_query` or `invalid_cursor`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 403, description = "`forbidden`: the `audit:read` scope is missing", body = ErrorBody)),
     security(("basic" = []), ("bearer" = []))
 )]
