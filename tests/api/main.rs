@@ -26,5 +26,6 @@ mod security;
 mod startup;
 mod stored_credentials;
 mod tenants;
+mod tenants_cli;
 mod tokenize;
 mod tokens;
