@@ -14,13 +14,21 @@ CREATE TABLE tenants (
     id                  uuid        NOT NULL,
     name                text        NOT NULL,
     status              text        NOT NULL DEFAULT 'active',
+    -- A processor of the tenant's own (`payvault tenants set-processor`): `none`, `sandbox` or a
+    -- built-in profile name, and the prefix of the environment variables holding its settings
+    -- and secrets (never the settings themselves). NULL: the deployment's processor.
+    processor           text,
+    processor_env       text,
     created_at          timestamptz NOT NULL DEFAULT now(),
     disabled_at         timestamptz,
     CONSTRAINT tenants_pkey PRIMARY KEY (id),
     CONSTRAINT tenants_name_key UNIQUE (name),
     CONSTRAINT tenants_name_check CHECK (name ~ '^[A-Za-z0-9._-]{1,64}$'),
     CONSTRAINT tenants_status_check CHECK (status IN ('active', 'disabled')),
-    CONSTRAINT tenants_disabled_check CHECK ((status = 'disabled') = (disabled_at IS NOT NULL))
+    CONSTRAINT tenants_disabled_check CHECK ((status = 'disabled') = (disabled_at IS NOT NULL)),
+    CONSTRAINT tenants_processor_check CHECK (
+        (processor IS NULL AND processor_env IS NULL)
+        OR (processor ~ '^[a-z0-9_-]{1,64}$' AND processor_env ~ '^PAYVAULT_TENANT_[A-Z0-9_]{1,64}$'))
 );
 
 INSERT INTO tenants (id, name) VALUES ('00000000-0000-0000-0000-000000000001', 'default');

@@ -21,6 +21,8 @@ pub enum TenantError {
     NotActive(String),
     #[error("the default tenant cannot be disabled")]
     DefaultTenant,
+    #[error("invalid processor setting: {0}")]
+    InvalidProcessor(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -82,6 +84,30 @@ pub async fn disable_tenant(pool: &PgPool, name: &str) -> Result<TenantRow, Tena
     }
     store::audit::insert_audit_event(&mut *tx, &event("tenant_disable", &row)).await?;
     store::credentials::notify_credentials_changed(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// Gives a tenant a processor of its own, its settings read from the environment variables
+/// under `env` (see [`crate::config::tenant_processor_config`]), or with `None` the
+/// deployment's processor again. Takes effect when payvault instances next start.
+pub async fn set_tenant_processor(
+    pool: &PgPool,
+    name: &str,
+    processor: Option<(&str, &str)>,
+) -> Result<TenantRow, TenantError> {
+    if let Some((processor, env)) = processor {
+        crate::config::check_tenant_processor(processor, env)
+            .map_err(TenantError::InvalidProcessor)?;
+    }
+    let mut tx = pool.begin().await?;
+    let row = store::tenants::set_tenant_processor(&mut *tx, name, processor)
+        .await?
+        .ok_or_else(|| TenantError::NotFound(name.to_owned()))?;
+    let mut event = event("tenant_set_processor", &row);
+    event.details["processor"] = row.processor.clone().into();
+    event.details["processor_env"] = row.processor_env.clone().into();
+    store::audit::insert_audit_event(&mut *tx, &event).await?;
     tx.commit().await?;
     Ok(row)
 }

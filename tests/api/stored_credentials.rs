@@ -389,6 +389,7 @@ fn charger_for(app: &TestApp, processor: Arc<Scripted>, lease: Duration) -> Char
         vault: Vault::new(app.pool().clone(), app.keys.clone()),
         pool: app.pool().clone(),
         processor,
+        tenant_processors: Default::default(),
         wait: Duration::from_secs(3),
         lease,
         heartbeat: lease / 5,
