@@ -26,6 +26,10 @@ pub enum AdminError {
     UsernameTaken(String),
     #[error("no tenant `{0}`")]
     NoSuchTenant(String),
+    #[error(
+        "audit:all (every tenant's audit events) is for the default tenant's credentials only"
+    )]
+    AuditAllOutsideDefaultTenant,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -85,6 +89,9 @@ pub async fn create_credential_in(
     scopes.dedup();
     if scopes.is_empty() {
         return Err(AdminError::NoScopes);
+    }
+    if tenant != DEFAULT_TENANT && scopes.contains(&Scope::AuditAll) {
+        return Err(AdminError::AuditAllOutsideDefaultTenant);
     }
     // Argon2 hashing is CPU-heavy; keep it off the async runtime.
     let generated = tokio::task::spawn_blocking(move || NewCredential::generate(kind))

@@ -230,6 +230,19 @@ async fn the_audit_log_shows_each_tenant_its_own_events_and_an_operator_scope_al
             Some(vec![Scope::AuditRead, Scope::AuditAll]),
         )
         .await;
+    // Only the default tenant's credentials may hold it.
+    let widened = admin::create_credential_in(
+        app.pool(),
+        b.id,
+        "b-auditor",
+        CredentialKind::Api,
+        Some(vec![Scope::AuditRead, Scope::AuditAll]),
+    )
+    .await;
+    assert!(matches!(
+        widened,
+        Err(admin::AdminError::AuditAllOutsideDefaultTenant)
+    ));
     let all = audit_page(&app, &operator, "").await;
     assert_eq!(ours(&all), 1);
     assert!(all.iter().any(|e| e["actor_id"] == json!(b.api.row.id)));

@@ -7,6 +7,7 @@ use axum::Json;
 use crate::audit::log::AuditFilter;
 use crate::audit::{AuditEvent, AuditEventView};
 use crate::auth::Scope;
+use crate::domain::DEFAULT_TENANT;
 use crate::http::error::{ApiError, ErrorBody, Kind};
 use crate::http::{AppState, Caller};
 
@@ -96,8 +97,11 @@ pub async fn audit_events(
     caller.require(&app, Scope::AuditRead, "audit_read").await?;
     let Query(q) = query.map_err(|_| invalid("the query string could not be read".into()))?;
     let (mut filter, after, limit) = q.parse()?;
-    // The caller's tenant only, in the query itself, unless an operator-level scope says all.
-    if !caller.principal.has_scope(Scope::AuditAll) {
+    // The caller's tenant only, in the query itself, unless the deployment operator's
+    // `audit:all` says all (only the default tenant's credentials can hold it).
+    let operator =
+        caller.principal.has_scope(Scope::AuditAll) && caller.principal.tenant_id == DEFAULT_TENANT;
+    if !operator {
         filter.tenant = Some(caller.principal.tenant_id);
     }
     let reader = AuditEvent::by(&caller.principal, &caller.origin, "audit_read");
