@@ -8,9 +8,12 @@ pub mod audit_mac;
 pub mod charges;
 pub mod checkpoints;
 pub mod credentials;
+pub mod idempotency;
 pub mod keys;
 pub mod roles;
+pub mod rotation;
 pub mod seals;
+pub mod tenants;
 pub mod vault;
 
 use std::time::Duration;

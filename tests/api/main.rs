@@ -27,5 +27,8 @@ mod roles;
 mod security;
 mod startup;
 mod stored_credentials;
+mod tenant_processor;
+mod tenants;
+mod tenants_cli;
 mod tokenize;
 mod tokens;
