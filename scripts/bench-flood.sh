@@ -44,7 +44,7 @@ psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATA
 DATABASE_URL=$URL $BIN migrate >/dev/null
 key=$($BIN keys generate | tail -1)
 # Credentials: one warm (verified before the flood) and 2 x PROBES cold ones, each used once.
-create() { DATABASE_URL=$URL $BIN credentials create --name "$1" --kind connector --format json; }
+create() { DATABASE_URL=$URL PAYVAULT_MASTER_KEY="$key" $BIN credentials create --name "$1" --kind connector --format json; }
 cred_auth() { local u s; u=$(sed -E 's/.*"username":"([^"]+)".*/\1/' "$1"); s=$(sed -E 's/.*"secret":"([^"]+)".*/\1/' "$1"); printf '%s:%s' "$u" "$s"; }
 create warm > "$work/warm.json"
 : > "$work/usernames"

@@ -69,10 +69,10 @@ flood_pid=$!
 
 PGOPTIONS=--client-min-messages=warning psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
 DATABASE_URL=$URL $BIN migrate >/dev/null
-DATABASE_URL=$URL $BIN credentials create --name rss --kind connector --format json > "$work/cred.json"
+key=$($BIN keys generate | tail -1)
+DATABASE_URL=$URL PAYVAULT_MASTER_KEY="$key" $BIN credentials create --name rss --kind connector --format json > "$work/cred.json"
 user=$(sed -E 's/.*"username":"([^"]+)".*/\1/' "$work/cred.json")
 secret=$(sed -E 's/.*"secret":"([^"]+)".*/\1/' "$work/cred.json")
-key=$($BIN keys generate | tail -1)
 
 DATABASE_URL=$URL PAYVAULT_ENV=development PAYVAULT_MASTER_KEY="$key" PAYVAULT_LISTEN=127.0.0.1:$PORT \
   PAYVAULT_PROCESSOR=generic PAYVAULT_PROCESSOR_URL=http://127.0.0.1:$FLOOD_PORT/charge \

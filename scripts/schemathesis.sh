@@ -62,7 +62,7 @@ export DATABASE_URL=$URL PAYVAULT_ENV=development
 "$BIN" migrate >/dev/null
 umask 077
 "$BIN" keys generate --development | tail -1 >"$work/master.key"
-"$BIN" credentials create --name schemathesis --kind connector \
+PAYVAULT_MASTER_KEY_FILE="$work/master.key" "$BIN" credentials create --name schemathesis --kind connector \
   --scopes connector,tokens:read,tokens:charge,tokens:delete,audit:read --format json >"$work/cred.json"
 user=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["username"])' "$work/cred.json")
 secret=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["secret"])' "$work/cred.json")

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
+use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::audit::{AuditEvent, Origin};
 use crate::auth::Principal;
-use crate::crypto::{CryptoError, EntryBinding, KeyRing, KeyState, Sealed, AAD_V2};
+use crate::crypto::{CryptoError, EntryBinding, KeyRing, KeyState, Sealed, AAD_V3};
 use crate::domain::{PaymentMethod, Token, TransactionId};
 use crate::store;
 use crate::store::audit::AuditBatch;
@@ -138,13 +139,14 @@ impl Vault {
         let mac_version = keys.current_version();
         let request_mac = keys.request_mac(mac_version, &[b"tokenize", &mac_input])?;
 
-        let prepared = self.prepare_entry(keys, &req.method);
+        let prepared = self.prepare_entry(keys, who.tenant_id, &req.method);
         let audit = self
             .tokenize_event(who, origin, req)
             .with_token(prepared.token.as_str());
 
         let idem = NewIdempotency {
             credential_id: who.id,
+            tenant_id: who.tenant_id,
             key: req.transaction_id.as_str(),
             request_mac: &request_mac,
             mac_key_version: mac_version,
@@ -172,9 +174,12 @@ impl Vault {
 
         // The transaction id is taken: an identical retry gets the original token, anything
         // else is a conflicting reuse.
-        let earlier =
-            store::vault::find_idempotency_record(&self.pool, who.id, req.transaction_id.as_str())
-                .await?;
+        let earlier = store::idempotency::find_idempotency_record(
+            &self.pool,
+            who.id,
+            req.transaction_id.as_str(),
+        )
+        .await?;
         let purged = earlier.as_ref().is_some_and(|rec| rec.purged);
         let replay = match earlier {
             Some(rec) if rec.operation == "tokenize" && rec.state == ChargeState::Succeeded => {
@@ -223,8 +228,13 @@ impl Vault {
         let mut tx = self.pool.begin().await?;
         // Concurrent tokenizes of one card by one credential take turns, so they agree on one token.
         store::vault::lock_fingerprint(&mut *tx, who.id, &prepared.fingerprint).await?;
-        let existing =
-            store::vault::find_live_by_fingerprint(&mut *tx, who.id, &prepared.fingerprint).await?;
+        let existing = store::vault::find_live_by_fingerprint(
+            &mut *tx,
+            who.tenant_id,
+            who.id,
+            &prepared.fingerprint,
+        )
+        .await?;
         let Some(existing) = existing else {
             let entry = prepared.as_new_entry(who, req.expires_at);
             let inserted = store::vault::insert_tokenized_entry(
@@ -237,7 +247,7 @@ impl Vault {
             tx.commit().await?;
             return Ok(inserted.then(|| prepared.token.as_str().to_owned()));
         };
-        if !store::vault::insert_idempotency_record(&mut *tx, idem, &existing).await? {
+        if !store::idempotency::insert_idempotency_record(&mut *tx, idem, &existing).await? {
             return Ok(None);
         }
         let updated = self.update_expiry(&mut tx, &existing, prepared).await?;
@@ -257,7 +267,8 @@ impl Vault {
         token: &str,
         prepared: &PreparedEntry,
     ) -> Result<bool, TokenizeError> {
-        let Some(entry) = store::vault::lock_sealed_entry(&mut *tx, token).await? else {
+        let tenant = prepared.tenant;
+        let Some(entry) = store::vault::lock_sealed_entry(&mut *tx, tenant, token).await? else {
             return Ok(false);
         };
         let new = prepared.binding();
@@ -269,6 +280,7 @@ impl Vault {
             .rebind(token, &entry.binding(), &new, &entry.sealed)?;
         Ok(store::vault::update_card_expiry(
             &mut *tx,
+            tenant,
             token,
             prepared.exp_month,
             prepared.exp_year,
@@ -290,10 +302,10 @@ impl Vault {
         event
     }
 
-    /// Encrypts a payment method under a fresh token, ready to insert.
-    fn prepare_entry(&self, keys: &KeyRing, method: &PaymentMethod) -> PreparedEntry {
+    /// Encrypts a payment method under a fresh token of `tenant`, ready to insert.
+    fn prepare_entry(&self, keys: &KeyRing, tenant: Uuid, method: &PaymentMethod) -> PreparedEntry {
         let token = Token::generate();
-        let fingerprint = keys.fingerprint(&method.fingerprint_parts());
+        let fingerprint = keys.fingerprint(tenant, &method.fingerprint_parts());
         let (brand, bin, exp_month, exp_year, last4) = match method {
             PaymentMethod::Card(c) => (
                 Some(c.number.brand().as_str()),
@@ -305,6 +317,7 @@ impl Vault {
             PaymentMethod::Bank(b) => (None, None, None, None, b.account.last4().to_owned()),
         };
         let binding = EntryBinding {
+            tenant,
             kind: method.kind(),
             exp_month,
             exp_year,
@@ -312,6 +325,7 @@ impl Vault {
         let sealed = keys.seal(token.as_str(), &binding, &method.secret_payload());
         PreparedEntry {
             token,
+            tenant,
             kind: method.kind(),
             sealed,
             fingerprint,
@@ -335,14 +349,15 @@ impl Vault {
         let keys = self
             .keys()
             .map_err(|e| sqlx::Error::Configuration(Box::new(e)))?;
-        let prepared = self.prepare_entry(keys, method);
+        let prepared = self.prepare_entry(keys, who.tenant_id, method);
         store::vault::insert_entry(conn, &prepared.as_new_entry(who, expires_at)).await?;
         Ok(prepared.token.into_string())
     }
 
-    /// Decrypts the entry behind `token`, in memory only. `Ok(None)` when no such entry exists;
-    /// an error when it does not authenticate (tampered, moved between rows, relabelled with
-    /// another key version, or its kind or expiry columns edited).
+    /// Decrypts the entry behind `token`, whichever tenant's row holds it, in memory only: for
+    /// operator tools and tests, never for a caller. `Ok(None)` when no such entry exists; an
+    /// error when it does not authenticate (tampered, moved between rows or tenants, relabelled
+    /// with another key version, or its kind or expiry columns edited).
     pub async fn open_entry(
         &self,
         token: &str,
@@ -358,7 +373,8 @@ impl Vault {
     }
 
     /// Re-encrypts up to `limit` entries that are under an older master key version, or sealed
-    /// in the AAD format older than v2 (which does not bind an entry's kind and expiry): each
+    /// in an AAD format older than v3 (v1 binds no kind and expiry, neither binds the tenant;
+    /// such an entry opens only in the default tenant's row): each
     /// gets a fresh data key wrapped by the current version, and its fingerprint is recomputed. Safe
     /// while the service runs (rows are locked one batch at a time, `SKIP LOCKED` lets several
     /// rotators share the work) and resumable (progress is the key version stored per row).
@@ -367,16 +383,16 @@ impl Vault {
         let keys = self.keys()?;
         let mut tx = self.pool.begin().await?;
         let rows =
-            store::vault::claim_for_rotation(&mut *tx, keys.current_version(), AAD_V2, limit)
+            store::rotation::claim_for_rotation(&mut *tx, keys.current_version(), AAD_V3, limit)
                 .await?;
         for row in &rows {
             let binding = row.entry.binding();
             let plain = keys.open(&row.token, &binding, &row.entry.sealed)?;
             let parts = PaymentMethod::fingerprint_parts_of_payload(&plain)
                 .ok_or(TokenizeError::Crypto(CryptoError::Malformed))?;
-            let fingerprint = keys.fingerprint(&parts);
+            let fingerprint = keys.fingerprint(row.entry.tenant, &parts);
             let resealed = keys.seal(&row.token, &binding, &plain);
-            store::vault::update_rotated(&mut *tx, &row.token, &resealed, &fingerprint).await?;
+            store::rotation::update_rotated(&mut *tx, &row.token, &resealed, &fingerprint).await?;
         }
         tx.commit().await?;
         Ok(rows.len() as u64)
@@ -411,7 +427,7 @@ pub async fn run_expiry_purge(pool: PgPool, signer: Arc<EventSigner>, every: std
 }
 
 /// Purges the answers of finished idempotency records older than `retention`, every `every`,
-/// until the process ends (see [`store::vault::purge_idempotency_answers`]).
+/// until the process ends (see [`store::idempotency::purge_idempotency_answers`]).
 pub async fn run_idempotency_purge(
     pool: PgPool,
     retention: std::time::Duration,
@@ -439,7 +455,7 @@ pub async fn purge_idempotency_answers(
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let mut total = 0;
     loop {
-        match store::vault::purge_idempotency_answers(pool, before, 500).await? {
+        match store::idempotency::purge_idempotency_answers(pool, before, 500).await? {
             0 => return Ok(total),
             n => total += n,
         }
@@ -449,6 +465,7 @@ pub async fn purge_idempotency_answers(
 /// A sealed entry and its display metadata, before insertion.
 struct PreparedEntry {
     token: Token,
+    tenant: Uuid,
     kind: &'static str,
     sealed: crate::crypto::SealedEntry,
     fingerprint: [u8; 32],
@@ -462,6 +479,7 @@ struct PreparedEntry {
 impl PreparedEntry {
     fn binding(&self) -> EntryBinding<'_> {
         EntryBinding {
+            tenant: self.tenant,
             kind: self.kind,
             exp_month: self.exp_month,
             exp_year: self.exp_year,
@@ -471,6 +489,7 @@ impl PreparedEntry {
     fn as_new_entry(&self, who: &Principal, expires_at: Option<DateTime<Utc>>) -> NewEntry<'_> {
         NewEntry {
             token: self.token.as_str(),
+            tenant_id: self.tenant,
             created_by: who.id,
             kind: self.kind,
             sealed: &self.sealed,

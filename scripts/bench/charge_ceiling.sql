@@ -9,17 +9,21 @@
 SELECT key_version, aad_version, wrapped_key, ciphertext, kind, exp_month, exp_year,
        network_transaction_id, network_transaction_issuer,
        deleted_at IS NOT NULL, coalesce(expires_at <= now(), false)
-FROM vault_entries WHERE token = 'tok_bench_' || :n;
+FROM vault_entries WHERE tenant_id = '00000000-0000-0000-0000-000000000001'::uuid AND token = 'tok_bench_' || :n;
 WITH claim AS (
     INSERT INTO idempotency_records
-        (credential_id, idempotency_key, operation, request_mac, mac_key_version, state,
+        (tenant_id, credential_id, idempotency_key, operation, request_mac, mac_key_version, state,
          attempts, lease_expires_at, processor_key)
-    VALUES (:cred::uuid, 'c-' || :client_id || '-' || :key || '-' || md5(random()::text), 'charge',
+    VALUES ('00000000-0000-0000-0000-000000000001'::uuid, :cred::uuid, 'c-' || :client_id || '-' || :key || '-' || md5(random()::text), 'charge',
             sha256(random()::text::bytea), 1, 'in_flight', 1, now() + interval '5 seconds', NULL)
     ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO NOTHING
     RETURNING idempotency_key
 ), audited AS (
     SELECT payvault_insert_audit_events(jsonb_build_array(jsonb_build_object(
+        'occurred_at', clock_timestamp(), 'writer_id', :cred::uuid,
+        'writer_seq', (random() * 9e18)::bigint, 'mac_key_version', 1,
+        'mac', encode(sha256(random()::text::bytea), 'hex'),
+        'tenant_id', '00000000-0000-0000-0000-000000000001',
         'request_id', gen_random_uuid()::text, 'actor_id', :cred::uuid,
         'actor_kind', 'connector', 'action', 'charge_attempt', 'outcome', 'success',
         'client_addr', '127.0.0.1', 'token', 'tok_bench_' || :n,
@@ -37,6 +41,10 @@ WITH finished AS (
     RETURNING attempts
 ), audited AS (
     SELECT payvault_insert_audit_events(jsonb_build_array(jsonb_build_object(
+        'occurred_at', clock_timestamp(), 'writer_id', :cred::uuid,
+        'writer_seq', (random() * 9e18)::bigint, 'mac_key_version', 1,
+        'mac', encode(sha256(random()::text::bytea), 'hex'),
+        'tenant_id', '00000000-0000-0000-0000-000000000001',
         'request_id', gen_random_uuid()::text, 'actor_id', :cred::uuid,
         'actor_kind', 'connector', 'action', 'charge', 'outcome', 'success',
         'client_addr', '127.0.0.1', 'token', 'tok_bench_' || :n,

@@ -189,10 +189,12 @@ pub async fn launch(
         crate::http::AUTH_FAILURE_AUDITS_PER_SECOND,
     ));
     let vault = Vault::with_signer(pool.clone(), signer.clone()).with_dedup(cfg.dedup);
+    let tenant_processors = Arc::new(load_tenant_processors(&pool, &cfg).await?);
     let charger = Charger {
         pool: pool.clone(),
         vault: vault.clone(),
         processor,
+        tenant_processors,
         wait: cfg.idempotency_wait,
         lease: cfg.charge_lease,
         heartbeat: cfg.charge_heartbeat,
@@ -357,6 +359,31 @@ async fn release_held_events(pool: PgPool, signer: Arc<EventSigner>) {
             }
         }
     }
+}
+
+/// The processors of tenants that have their own, built from the environment variables under
+/// each tenant's prefix. A setting the processor refuses, or (in production) a sandbox or a
+/// plain-HTTP profile, stops the start, naming the tenant.
+async fn load_tenant_processors(
+    pool: &PgPool,
+    cfg: &ServeConfig,
+) -> anyhow::Result<std::collections::HashMap<uuid::Uuid, Arc<dyn Processor>>> {
+    let mut processors = std::collections::HashMap::new();
+    let chosen = store::tenants::tenant_processors(pool)
+        .await
+        .context("cannot read the tenants' processors")?;
+    for (id, name, processor, prefix) in chosen {
+        let config = config::tenant_processor_config(&processor, &prefix)
+            .with_context(|| format!("tenant `{name}`'s processor `{processor}`"))?;
+        if cfg.environment == config::Environment::Production {
+            if let Some(why) = config::tenant_processor_production_refusal(&config) {
+                anyhow::bail!("PAYVAULT_ENV=production refuses tenant `{name}`'s processor: {why}");
+            }
+        }
+        tracing::info!(tenant = %name, processor = %processor, "tenant charges through its own processor");
+        processors.insert(id, build_processor(config, cfg)?);
+    }
+    Ok(processors)
 }
 
 fn build_processor(

@@ -24,6 +24,7 @@ impl AuditEvent {
         Self {
             actor_id: Some(principal.id),
             actor_kind: principal.kind.as_str(),
+            tenant_id: Some(principal.tenant_id),
             ..Self::new(origin, "anonymous", action)
         }
     }
@@ -52,6 +53,8 @@ pub struct AuditEventView {
     pub currency: Option<String>,
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
+    /// The tenant the event belongs to (the default tenant's for the deployment's own events).
+    pub tenant_id: Uuid,
 }
 
 impl From<&crate::store::audit::AuditRow> for AuditEventView {
@@ -75,6 +78,7 @@ impl From<&crate::store::audit::AuditRow> for AuditEventView {
             amount_minor: row.amount_minor,
             currency: row.currency.clone(),
             details: serde_json::from_str(&row.details).unwrap_or(serde_json::Value::Null),
+            tenant_id: row.tenant_id,
         }
     }
 }
@@ -101,5 +105,6 @@ pub fn filter_json(f: &crate::store::audit::AuditFilter) -> serde_json::Value {
     serde_json::json!({
         "since": f.since, "until": f.until, "action": f.action, "actor": f.actor,
         "token": f.token, "transaction_id": f.transaction_id, "outcome": f.outcome,
+        "tenant": f.tenant,
     })
 }

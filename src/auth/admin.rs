@@ -3,10 +3,12 @@
 
 use chrono::Utc;
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use super::credential::{CredentialKind, NewCredential, Scope};
 use crate::domain::AuditEvent;
 use crate::domain::SecretText;
+use crate::domain::DEFAULT_TENANT;
 use crate::store;
 use crate::store::audit_mac::EventSigner;
 use crate::store::credentials::CredentialRow;
@@ -23,6 +25,12 @@ pub enum AdminError {
     NotFound(String),
     #[error("credential username `{0}` is already taken by a credential with another secret or name; choose a new username")]
     UsernameTaken(String),
+    #[error("no tenant `{0}`")]
+    NoSuchTenant(String),
+    #[error(
+        "audit:all (every tenant's audit events) is for the default tenant's credentials only"
+    )]
+    AuditAllOutsideDefaultTenant,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -58,9 +66,22 @@ fn check_name(name: &str) -> Result<(), AdminError> {
     Ok(())
 }
 
+/// Creates a credential in the default tenant.
 pub async fn create_credential(
     pool: &PgPool,
     signer: &EventSigner,
+    name: &str,
+    kind: CredentialKind,
+    scopes: Option<Vec<Scope>>,
+) -> Result<CreatedCredential, AdminError> {
+    create_credential_in(pool, signer, DEFAULT_TENANT, name, kind, scopes).await
+}
+
+/// Creates a credential in `tenant` (an id; see `super::tenants::find_tenant` for a name).
+pub async fn create_credential_in(
+    pool: &PgPool,
+    signer: &EventSigner,
+    tenant: Uuid,
     name: &str,
     kind: CredentialKind,
     scopes: Option<Vec<Scope>>,
@@ -72,12 +93,16 @@ pub async fn create_credential(
     if scopes.is_empty() {
         return Err(AdminError::NoScopes);
     }
+    if tenant != DEFAULT_TENANT && scopes.contains(&Scope::AuditAll) {
+        return Err(AdminError::AuditAllOutsideDefaultTenant);
+    }
     // Argon2 hashing is CPU-heavy; keep it off the async runtime.
     let generated = tokio::task::spawn_blocking(move || NewCredential::generate(kind))
         .await
         .map_err(|e| AdminError::Database(sqlx::Error::Io(std::io::Error::other(e))))?;
     let row = CredentialRow {
         id: generated.id,
+        tenant_id: tenant,
         username: generated.username,
         name: name.to_owned(),
         kind: kind.as_str().to_owned(),
@@ -100,6 +125,7 @@ async fn insert_with_audit(
     row: &CredentialRow,
 ) -> Result<(), AdminError> {
     let mut event = operator_event("credential_create");
+    event.tenant_id = Some(row.tenant_id);
     event.details["credential_id"] = row.id.to_string().into();
     event.details["username"] = row.username.clone().into();
     event.details["name"] = row.name.clone().into();
@@ -115,6 +141,9 @@ async fn insert_with_audit(
             }
             sqlx::Error::Database(db) if db.constraint() == Some("credentials_username_key") => {
                 AdminError::UsernameTaken(row.username.clone())
+            }
+            sqlx::Error::Database(db) if db.constraint() == Some("credentials_tenant_fkey") => {
+                AdminError::NoSuchTenant(row.tenant_id.to_string())
             }
             _ => AdminError::Database(e),
         })?;
@@ -165,6 +194,7 @@ pub async fn ensure_credential(
         .map_err(|e| AdminError::Database(sqlx::Error::Io(std::io::Error::other(e))))?;
     let row = CredentialRow {
         id: uuid::Uuid::new_v4(),
+        tenant_id: DEFAULT_TENANT,
         username: username.to_owned(),
         name: name.to_owned(),
         kind: kind.as_str().to_owned(),
@@ -187,6 +217,7 @@ pub async fn revoke_credential(
         .await?
         .ok_or_else(|| AdminError::NotFound(username_or_name.to_owned()))?;
     let mut event = operator_event("credential_revoke");
+    event.tenant_id = Some(row.tenant_id);
     event.details["credential_id"] = row.id.to_string().into();
     event.details["username"] = row.username.clone().into();
     event.details["name"] = row.name.clone().into();

@@ -22,7 +22,8 @@ use crate::store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    /// Unknown user, wrong secret and revoked credential all look the same to the caller.
+    /// Unknown user, wrong secret, revoked credential and disabled tenant all look the same to
+    /// the caller.
     #[error("invalid credentials")]
     Invalid,
     /// Too many failed attempts from this source (or against this username from a source that
@@ -150,8 +151,8 @@ impl Authenticator {
         }
 
         let generation = self.generation.load(Ordering::SeqCst);
-        let row = store::credentials::find_credential_by_username(&self.pool, username).await?;
-        let Some(row) = row.filter(|r| r.revoked_at.is_none()) else {
+        let row = store::credentials::find_usable_credential(&self.pool, username).await?;
+        let Some(row) = row else {
             drop(one_at_a_time);
             self.throttle.record_failure(source, None);
             tokio::time::sleep(self.verifier.average()).await;
@@ -179,6 +180,7 @@ impl Authenticator {
 
         let principal = Arc::new(Principal {
             id: row.id,
+            tenant_id: row.tenant_id,
             username: row.username,
             name: row.name,
             kind: row.kind.parse().unwrap_or(CredentialKind::Api),

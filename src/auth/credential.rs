@@ -72,17 +72,20 @@ pub enum Scope {
     TokensCharge,
     /// Delete tokens.
     TokensDelete,
-    /// Read the audit log.
+    /// Read the audit log (the caller's tenant's events).
     AuditRead,
+    /// With `audit:read`, read every tenant's events: an operator-level scope.
+    AuditAll,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Scope::Connector,
         Scope::TokensRead,
         Scope::TokensCharge,
         Scope::TokensDelete,
         Scope::AuditRead,
+        Scope::AuditAll,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,13 +95,14 @@ impl Scope {
             Scope::TokensCharge => "tokens:charge",
             Scope::TokensDelete => "tokens:delete",
             Scope::AuditRead => "audit:read",
+            Scope::AuditAll => "audit:all",
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "unknown scope `{0}` (known: connector, tokens:read, tokens:charge, tokens:delete, audit:read)"
+    "unknown scope `{0}` (known: connector, tokens:read, tokens:charge, tokens:delete, audit:read, audit:all)"
 )]
 pub struct ScopeParseError(pub String);
 
@@ -122,6 +126,8 @@ impl fmt::Display for Scope {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub id: Uuid,
+    /// The credential's tenant: every token operation is confined to it.
+    pub tenant_id: Uuid,
     pub username: String,
     pub name: String,
     pub kind: CredentialKind,

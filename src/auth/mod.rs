@@ -9,6 +9,7 @@ pub mod admin;
 mod authenticator;
 mod credential;
 pub mod failures;
+pub mod tenants;
 pub mod throttle;
 mod verifier;
 

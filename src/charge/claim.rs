@@ -212,6 +212,7 @@ impl Charger {
         let events: Vec<&AuditEvent> = resolve.iter().chain([&attempt]).collect();
         let claim = NewCharge {
             credential_id: who.id,
+            tenant_id: who.tenant_id,
             key: &req.key,
             request_mac: &id.request_mac,
             mac_key_version: id.mac_version,

@@ -49,7 +49,7 @@ mod resolve;
 use claim::Claim;
 use resolve::{Resolved, StoredCredential};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
+use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::audit::{AuditEvent, Origin};
@@ -193,6 +194,9 @@ pub struct Charger {
     /// The database the charge bookkeeping lives in (the vault's).
     pub pool: PgPool,
     pub processor: Arc<dyn Processor>,
+    /// The processors of tenants that have their own (`payvault tenants set-processor`); every
+    /// other tenant charges through `processor`.
+    pub tenant_processors: Arc<HashMap<Uuid, Arc<dyn Processor>>>,
     /// How long a retry waits for an in-flight attempt before answering `transaction_in_progress`.
     pub wait: Duration,
     /// How long an in-flight attempt is presumed alive without a renewal: the attempt renews it
@@ -217,6 +221,26 @@ struct RequestIdentity {
 
 impl Charger {
     pub async fn charge(
+        &self,
+        who: &Principal,
+        origin: &Origin,
+        req: &ChargeRequest,
+        started: Instant,
+    ) -> Result<Charged, ChargeError> {
+        match self.tenant_processors.get(&who.tenant_id) {
+            Some(own) => {
+                let charger = Charger {
+                    processor: own.clone(),
+                    ..self.clone()
+                };
+                charger.charge_through(who, origin, req, started).await
+            }
+            None => self.charge_through(who, origin, req, started).await,
+        }
+    }
+
+    /// [`Charger::charge`] through `self.processor`.
+    async fn charge_through(
         &self,
         who: &Principal,
         origin: &Origin,

@@ -180,6 +180,7 @@ impl Charger {
                     let tx = tx.insert(self.pool.begin().await?);
                     ntid_saved = store::vault::set_network_transaction_id(
                         &mut **tx,
+                        who.tenant_id,
                         t.as_str(),
                         ntid,
                         self.processor.name(),
@@ -196,6 +197,7 @@ impl Charger {
                 if let Some(ntid) = &ntid {
                     ntid_saved = store::vault::set_network_transaction_id(
                         &mut **tx,
+                        who.tenant_id,
                         &token,
                         ntid,
                         self.processor.name(),

@@ -40,7 +40,7 @@ impl Charger {
         token: &Token,
         id: &RequestIdentity,
     ) -> Result<Resolved, ChargeError> {
-        match self.decrypt_token(db, token).await {
+        match self.decrypt_token(db, who, token).await {
             Ok((method, ntid)) => Ok(Resolved::Method(method, ntid)),
             Err(
                 e @ (ChargeError::UnknownToken
@@ -58,12 +58,14 @@ impl Charger {
     }
 
     /// Decrypts a stored token's card or bank account, in memory only.
+    /// Only the caller's tenant's token is found: another tenant's is unknown.
     async fn decrypt_token(
         &self,
         db: &mut PgConnection,
+        who: &Principal,
         token: &Token,
     ) -> Result<(PaymentMethod, Option<StoredCredential>), ChargeError> {
-        let entry = store::vault::find_entry(db, token.as_str())
+        let entry = store::vault::find_entry(db, who.tenant_id, token.as_str())
             .await?
             .ok_or(ChargeError::UnknownToken)?;
         let (entry, ntid) = match entry {

@@ -76,6 +76,9 @@ pub struct AuditFilterArgs {
     /// success or failure.
     #[arg(long, value_parser = ["success", "failure"])]
     outcome: Option<String>,
+    /// Only this tenant's events (by name).
+    #[arg(long, value_name = "NAME")]
+    tenant: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -120,6 +123,10 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                 token: filter.token,
                 transaction_id: filter.transaction_id,
                 outcome: filter.outcome,
+                tenant: match &filter.tenant {
+                    Some(name) => Some(crate::auth::tenants::find_tenant(&pool, name).await?.id),
+                    None => None,
+                },
             };
             let reader = AuditEvent::operator("audit_read");
             let rows = log
@@ -335,6 +342,7 @@ fn print_csv(rows: &[store::audit::AuditRow]) -> anyhow::Result<()> {
         "amount_minor",
         "currency",
         "details",
+        "tenant_id",
     ])?;
     for r in rows {
         let text = |v: Option<&str>| neutralise(v.unwrap_or_default());
@@ -357,6 +365,7 @@ fn print_csv(rows: &[store::audit::AuditRow]) -> anyhow::Result<()> {
             r.amount_minor.map(|a| a.to_string()).unwrap_or_default(),
             text(r.currency.as_deref()),
             text(Some(&r.details)),
+            r.tenant_id.to_string(),
         ])?;
     }
     out.flush()?;

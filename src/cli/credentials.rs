@@ -3,7 +3,8 @@
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::db::{cli_audit_log, cli_pool, seal_before_exit};
-use crate::auth::{admin, CredentialKind, Scope};
+use crate::auth::{admin, tenants, CredentialKind, Scope};
+use crate::domain::DEFAULT_TENANT_NAME;
 
 #[derive(Debug, Subcommand)]
 pub enum CredentialsCommand {
@@ -18,6 +19,9 @@ pub enum CredentialsCommand {
         /// Comma-separated scopes (default for connector: `connector`).
         #[arg(long, value_delimiter = ',', value_parser = parse_scope)]
         scopes: Option<Vec<Scope>>,
+        /// The tenant the credential belongs to, for good (default: the default tenant).
+        #[arg(long, value_name = "NAME")]
+        tenant: Option<String>,
         #[command(flatten)]
         format: FormatArg,
     },
@@ -37,7 +41,7 @@ pub enum CredentialsCommand {
 pub struct FormatArg {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
+    pub format: Format,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -65,9 +69,15 @@ pub async fn run(cmd: CredentialsCommand) -> anyhow::Result<()> {
             name,
             kind,
             scopes,
+            tenant,
             format,
         } => {
-            let created = admin::create_credential(&pool, signer, &name, kind, scopes).await?;
+            let tenant = match tenant {
+                Some(name) => tenants::find_active_tenant(&pool, &name).await?,
+                None => tenants::find_active_tenant(&pool, DEFAULT_TENANT_NAME).await?,
+            };
+            let created =
+                admin::create_credential_in(&pool, signer, tenant.id, &name, kind, scopes).await?;
             let row = &created.row;
             match format.format {
                 Format::Json => {
@@ -76,6 +86,7 @@ pub async fn run(cmd: CredentialsCommand) -> anyhow::Result<()> {
                         "name": row.name,
                         "kind": row.kind,
                         "username": row.username,
+                        "tenant": tenant.name,
                         // The one place a secret is ever printed: at creation, on request.
                         "secret": created.secret.expose(),
                         "scopes": row.scopes,
@@ -88,6 +99,7 @@ pub async fn run(cmd: CredentialsCommand) -> anyhow::Result<()> {
                         "Created {} credential `{}` ({})",
                         row.kind, row.name, row.id
                     );
+                    println!("  tenant:   {}", tenant.name);
                     println!("  username: {}", row.username);
                     println!("  secret:   {}", created.secret.expose());
                     if row.kind == "api" {
@@ -107,6 +119,7 @@ pub async fn run(cmd: CredentialsCommand) -> anyhow::Result<()> {
                         let out = serde_json::json!({
                             "id": row.id, "name": row.name, "kind": row.kind,
                             "username": row.username, "scopes": row.scopes,
+                            "tenant_id": row.tenant_id,
                             "created_at": row.created_at, "revoked_at": row.revoked_at,
                         });
                         println!("{out}");

@@ -187,7 +187,7 @@ async fn rotate_keys(batch: i64) -> anyhow::Result<()> {
     let keys = master_keys(&pool).await?;
     let current = keys.current_version();
     // Entries under an older key version, and those sealed before AAD v2 (re-sealed alike).
-    let total = store::vault::count_for_rotation(&pool, current, crate::crypto::AAD_V2).await?;
+    let total = store::rotation::count_for_rotation(&pool, current, crate::crypto::AAD_V3).await?;
     let log = AuditLog::new(pool.clone(), Arc::new(EventSigner::new(keys.clone())));
     let vault = crate::vault::Vault::with_signer(pool.clone(), log.signer().clone());
     let mut done = 0u64;

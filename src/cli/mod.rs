@@ -8,6 +8,7 @@ mod db;
 mod keys;
 mod processor;
 mod shares;
+mod tenants;
 mod wrap;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use audit::AuditCommand;
 use credentials::CredentialsCommand;
 use keys::KeysCommand;
 use processor::ProcessorCommand;
+use tenants::TenantsCommand;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +62,9 @@ enum Command {
     /// Manage the credentials callers use.
     #[command(subcommand)]
     Credentials(CredentialsCommand),
+    /// Manage tenants: the owners of credentials, tokens, charges and audit events.
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
     /// Master key operations.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -119,6 +124,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { no_migrate } => serve(no_migrate).await,
         Command::Migrate { runtime_role } => db::migrate(runtime_role).await,
         Command::Credentials(cmd) => credentials::run(cmd).await,
+        Command::Tenants(cmd) => tenants::run(cmd).await,
         Command::Dev(args) => crate::dev::run(args).await,
         Command::Healthcheck { url } => healthcheck(url).await,
         Command::Unseal { url, custodian } => shares::unseal(url, custodian).await,

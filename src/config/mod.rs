@@ -8,11 +8,16 @@ use std::time::Duration;
 use crate::domain::SecretText;
 
 mod processor;
+mod tenant_processor;
 
 use crate::processor::profile::ProfileError;
 use processor::{environment_names, processor_config, processor_settings_hint};
 pub use processor::{
     profile_config, selected_profile, unknown_processor_variables, ProcessorConfig,
+};
+pub use tenant_processor::{
+    check_tenant_processor, production_refusal as tenant_processor_production_refusal,
+    tenant_processor_config,
 };
 
 #[derive(Debug, thiserror::Error)]

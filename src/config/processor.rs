@@ -92,7 +92,14 @@ pub(super) fn environment_names() -> Vec<String> {
 
 /// Reads `PAYVAULT_PROCESSOR_<SETTING>` (and `_FILE` for a secret setting).
 fn profile_setting(name: &str, secret: bool) -> Result<Option<SecretText>, ConfigError> {
-    let variable = setting_variable(name);
+    setting_from(setting_variable(name), secret)
+}
+
+/// Reads the setting `variable` (and `<variable>_FILE` for a secret setting).
+pub(super) fn setting_from(
+    variable: String,
+    secret: bool,
+) -> Result<Option<SecretText>, ConfigError> {
     let read = |v: &str| match std::env::var(v) {
         Ok(value) if value.is_empty() => Ok(None),
         Ok(value) => Ok(Some(value)),

@@ -14,31 +14,39 @@
 use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::{Aead, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::{CryptoError, KeyRing};
+use crate::domain::DEFAULT_TENANT;
 
 const NONCE_LEN: usize = 12;
 
 /// The associated-data format of entries sealed before v2: token and key version only.
 pub const AAD_V1: i16 = 1;
-/// The wrapped key's associated data also binds the entry's [`EntryBinding`].
+/// The wrapped key's associated data also binds the entry's kind and expiry.
 pub const AAD_V2: i16 = 2;
+/// The wrapped key's associated data binds the whole [`EntryBinding`], its tenant included:
+/// the format of new entries.
+pub const AAD_V3: i16 = 3;
 
 /// What the database stores for one entry. None of it is readable without the master key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedEntry {
     pub key_version: i32,
-    /// [`AAD_V1`] or [`AAD_V2`] (`vault_entries.aad_version`). A v2 entry relabelled v1 fails
-    /// to open: its associated data names v2.
+    /// [`AAD_V1`], [`AAD_V2`] or [`AAD_V3`] (`vault_entries.aad_version`). An entry relabelled
+    /// with an older format fails to open: its associated data names its own.
     pub aad_version: i16,
     pub wrapped_key: Vec<u8>,
     pub ciphertext: Vec<u8>,
 }
 
-/// The clear columns of a vault entry that its use depends on, authenticated with it (v2).
+/// The clear columns of a vault entry that its use depends on, authenticated with it (v2: kind
+/// and expiry; v3: the tenant too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryBinding<'a> {
+    /// The tenant whose row holds the entry (`vault_entries.tenant_id`).
+    pub tenant: Uuid,
     /// `card` or `bank_account`.
     pub kind: &'a str,
     pub exp_month: Option<i16>,
@@ -55,13 +63,12 @@ fn dek_aad(aad_version: i16, token: &str, version: i32, b: &EntryBinding<'_>) ->
         return aad("dek", token, version);
     }
     let num = |n: Option<i16>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
-    format!(
-        "payvault/dek/v2|{token}|{version}|{}|{}|{}",
-        b.kind,
-        num(b.exp_month),
-        num(b.exp_year)
-    )
-    .into_bytes()
+    let (kind, month, year) = (b.kind, num(b.exp_month), num(b.exp_year));
+    if aad_version == AAD_V2 {
+        return format!("payvault/dek/v2|{token}|{version}|{kind}|{month}|{year}").into_bytes();
+    }
+    let tenant = b.tenant.hyphenated();
+    format!("payvault/dek/v3|{token}|{version}|{kind}|{month}|{year}|{tenant}").into_bytes()
 }
 
 fn encrypt(cipher: &Aes256Gcm, msg: &[u8], aad: &[u8]) -> Vec<u8> {
@@ -101,18 +108,20 @@ impl KeyRing {
         let cipher = Aes256Gcm::new(data_key.as_ref().into());
         SealedEntry {
             key_version: version,
-            aad_version: AAD_V2,
+            aad_version: AAD_V3,
             wrapped_key: encrypt(
                 &self.current().kek,
                 data_key.as_ref(),
-                &dek_aad(AAD_V2, token, version, binding),
+                &dek_aad(AAD_V3, token, version, binding),
             ),
             ciphertext: encrypt(&cipher, plaintext, &aad("entry", token, version)),
         }
     }
 
     /// Decrypts the entry `token`. Fails if any byte, the token, the key version or (for a v2
-    /// entry) any bound column differs from what was sealed.
+    /// or v3 entry) any bound column differs from what was sealed. An entry sealed before v3
+    /// binds no tenant, and only the default tenant can hold one: in any other tenant's row it
+    /// fails to open.
     pub fn open(
         &self,
         token: &str,
@@ -125,7 +134,7 @@ impl KeyRing {
         decrypt(&cipher, &entry.ciphertext, &aad("entry", token, version))
     }
 
-    /// The entry re-bound to `new` columns (v2), its payload untouched: the data key is
+    /// The entry re-bound to `new` columns (v3), its payload untouched: the data key is
     /// unwrapped under the `old` binding and wrapped again, under the same master key version.
     /// Fails, changing nothing, if the entry does not authenticate under `old`.
     pub fn rebind(
@@ -140,8 +149,8 @@ impl KeyRing {
         let kek = &self.get(version)?.kek;
         Ok(SealedEntry {
             key_version: version,
-            aad_version: AAD_V2,
-            wrapped_key: encrypt(kek, &data_key, &dek_aad(AAD_V2, token, version, new)),
+            aad_version: AAD_V3,
+            wrapped_key: encrypt(kek, &data_key, &dek_aad(AAD_V3, token, version, new)),
             ciphertext: entry.ciphertext.clone(),
         })
     }
@@ -152,8 +161,13 @@ impl KeyRing {
         binding: &EntryBinding<'_>,
         entry: &SealedEntry,
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        if !matches!(entry.aad_version, AAD_V1 | AAD_V2) {
+        if !matches!(entry.aad_version, AAD_V1 | AAD_V2 | AAD_V3) {
             return Err(CryptoError::Malformed);
+        }
+        // Pre-tenant entries were all written into the default tenant: one found in another
+        // tenant's row was moved there.
+        if entry.aad_version < AAD_V3 && binding.tenant != DEFAULT_TENANT {
+            return Err(CryptoError::Authentication);
         }
         let version = entry.key_version;
         let kek = &self.get(version)?.kek;
@@ -172,6 +186,7 @@ mod tests {
     use crate::crypto::MasterKey;
 
     const CARD: EntryBinding<'static> = EntryBinding {
+        tenant: DEFAULT_TENANT,
         kind: "card",
         exp_month: Some(8),
         exp_year: Some(2030),
@@ -297,7 +312,7 @@ mod tests {
     fn kind_and_expiry_are_bound_to_the_entry() {
         let ring = ring(&[1]);
         let sealed = ring.seal("tok_a", &CARD, b"4111111111111111");
-        assert_eq!(sealed.aad_version, AAD_V2);
+        assert_eq!(sealed.aad_version, AAD_V3);
         for edited in [
             EntryBinding {
                 exp_year: Some(2031),
@@ -315,6 +330,11 @@ mod tests {
                 kind: "bank_account",
                 exp_month: None,
                 exp_year: None,
+                ..CARD
+            },
+            EntryBinding {
+                tenant: Uuid::from_u128(2),
+                ..CARD
             },
         ] {
             assert!(
@@ -325,14 +345,16 @@ mod tests {
                 "{edited:?}"
             );
         }
-        // Relabelled as a v1 entry (whose AAD binds no column), it fails too.
-        let downgraded = SealedEntry {
-            aad_version: AAD_V1,
-            ..sealed.clone()
-        };
-        assert!(ring.open("tok_a", &CARD, &downgraded).is_err());
+        // Relabelled as a v1 or v2 entry (whose AAD binds fewer columns), it fails too.
+        for older in [AAD_V1, AAD_V2] {
+            let downgraded = SealedEntry {
+                aad_version: older,
+                ..sealed.clone()
+            };
+            assert!(ring.open("tok_a", &CARD, &downgraded).is_err());
+        }
         let unknown = SealedEntry {
-            aad_version: 3,
+            aad_version: 4,
             ..sealed
         };
         assert!(matches!(
@@ -350,9 +372,9 @@ mod tests {
             b"4111111111111111"
         );
         assert!(ring.open("tok_b", &CARD, &old).is_err());
-        // Re-binding upgrades it to v2, after which its columns are bound.
+        // Re-binding upgrades it to v3, after which its columns are bound.
         let upgraded = ring.rebind("tok_a", &CARD, &CARD, &old).unwrap();
-        assert_eq!(upgraded.aad_version, AAD_V2);
+        assert_eq!(upgraded.aad_version, AAD_V3);
         assert_eq!(
             ring.open("tok_a", &CARD, &upgraded).unwrap().as_slice(),
             b"4111111111111111"
@@ -381,5 +403,28 @@ mod tests {
         assert!(ring.open("tok_a", &CARD, &rebound).is_err());
         // Re-binding needs the entry to authenticate under the columns it claims to have.
         assert!(ring.rebind("tok_a", &reissued, &CARD, &sealed).is_err());
+    }
+
+    #[test]
+    fn the_tenant_is_bound_and_older_formats_open_only_in_the_default_tenant() {
+        let ring = ring(&[1]);
+        let other = EntryBinding {
+            tenant: Uuid::from_u128(0xabc),
+            ..CARD
+        };
+        let sealed = ring.seal("tok_a", &other, b"4111111111111111");
+        assert!(ring.open("tok_a", &other, &sealed).is_ok());
+        assert!(matches!(
+            ring.open("tok_a", &CARD, &sealed),
+            Err(CryptoError::Authentication)
+        ));
+        // A v1 entry (no tenant in its AAD) opens in the default tenant's row only.
+        let old = seal_v1(&ring, "tok_a", b"4111111111111111");
+        assert!(ring.open("tok_a", &CARD, &old).is_ok());
+        assert!(matches!(
+            ring.open("tok_a", &other, &old),
+            Err(CryptoError::Authentication)
+        ));
+        assert!(ring.rebind("tok_a", &other, &other, &old).is_err());
     }
 }

@@ -15,9 +15,11 @@ use base64::Engine;
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use uuid::Uuid;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::CryptoError;
+use crate::domain::DEFAULT_TENANT;
 
 pub type HmacSha256 = Hmac<Sha256>;
 
@@ -214,8 +216,10 @@ pub enum KeyRingError {
 pub(crate) struct DerivedKeys {
     /// Wraps per-entry data keys.
     pub(crate) kek: Aes256Gcm,
-    /// Keyed fingerprint of card and account numbers, for dedup and lookup.
+    /// Keyed fingerprint of card and account numbers, for dedup and lookup (the default
+    /// tenant's; other tenants' keys are derived from `fingerprint_key`).
     pub(crate) fingerprint: HmacSha256,
+    fingerprint_key: Zeroizing<[u8; 32]>,
     /// MAC over normalised requests, to recognise an idempotent retry.
     pub(crate) request_mac: HmacSha256,
     /// Keys the audit log's seal chain.
@@ -258,6 +262,7 @@ impl DerivedKeys {
             audit_seal_key: audit_seal,
             kek: Aes256Gcm::new(kek.as_ref().into()),
             fingerprint: new_hmac(fingerprint.as_ref()),
+            fingerprint_key: fingerprint,
             request_mac: new_hmac(request_mac.as_ref()),
         }
     }
@@ -352,9 +357,27 @@ impl KeyRing {
     }
 
     /// HMAC-SHA256 fingerprint of `parts` (length-prefixed, so field boundaries are unambiguous)
-    /// under the current version's fingerprint key.
-    pub fn fingerprint(&self, parts: &[&[u8]]) -> [u8; 32] {
-        mac_parts(&self.current().fingerprint, parts)
+    /// under `tenant`'s fingerprint key of the current version: the version's fingerprint key
+    /// for the default tenant (so fingerprints from before tenants still match), and for any
+    /// other tenant a key derived from it with HKDF-Expand and the tenant id, so the same card
+    /// has unrelated fingerprints in two tenants.
+    pub fn fingerprint(&self, tenant: Uuid, parts: &[&[u8]]) -> [u8; 32] {
+        let keys = self.current();
+        if tenant == DEFAULT_TENANT {
+            return mac_parts(&keys.fingerprint, parts);
+        }
+        let mut info = b"payvault/fingerprint/tenant/v1|".to_vec();
+        info.extend_from_slice(tenant.hyphenated().to_string().as_bytes());
+        let mut key = Zeroizing::new([0u8; 32]);
+        // The fingerprint key is a full-length HKDF output, a valid PRK; 32 bytes of output
+        // is far below the limit.
+        let Ok(hk) = Hkdf::<Sha256>::from_prk(keys.fingerprint_key.as_ref()) else {
+            unreachable!("a 32-byte PRK is long enough for HKDF-SHA256");
+        };
+        if hk.expand(&info, key.as_mut()).is_err() {
+            unreachable!("HKDF output length is valid");
+        }
+        mac_parts(&new_hmac(key.as_ref()), parts)
     }
 
     /// MAC in the audit seal chain under the given version's seal key.
@@ -523,6 +546,7 @@ mod tests {
     fn an_audit_key_verifies_its_versions_seals_and_opens_nothing() {
         let v1 = KeyRing::from_keys(vec![MasterKey::generate(1)]).unwrap();
         let card = crate::crypto::EntryBinding {
+            tenant: DEFAULT_TENANT,
             kind: "card",
             exp_month: Some(8),
             exp_year: Some(2030),
@@ -577,17 +601,40 @@ mod tests {
         let a = KeyRing::from_keys(vec![MasterKey::generate(1)]).unwrap();
         let b = KeyRing::from_keys(vec![MasterKey::generate(1)]).unwrap();
         let pan: &[u8] = b"4111111111111111";
+        let t = DEFAULT_TENANT;
         assert_eq!(
-            a.fingerprint(&[b"card", pan]),
-            a.fingerprint(&[b"card", pan])
+            a.fingerprint(t, &[b"card", pan]),
+            a.fingerprint(t, &[b"card", pan])
         );
         assert_ne!(
-            a.fingerprint(&[b"card", pan]),
-            b.fingerprint(&[b"card", pan])
+            a.fingerprint(t, &[b"card", pan]),
+            b.fingerprint(t, &[b"card", pan])
         );
         assert_ne!(
-            a.fingerprint(&[b"ca", b"rd4111111111111111"]),
-            a.fingerprint(&[b"card", pan])
+            a.fingerprint(t, &[b"ca", b"rd4111111111111111"]),
+            a.fingerprint(t, &[b"card", pan])
+        );
+    }
+
+    #[test]
+    fn fingerprints_are_keyed_per_tenant() {
+        let ring = KeyRing::from_keys(vec![MasterKey::generate(1)]).unwrap();
+        let pan: &[u8] = b"4111111111111111";
+        let (one, two) = (Uuid::from_u128(7), Uuid::from_u128(8));
+        let default = ring.fingerprint(DEFAULT_TENANT, &[b"card", pan]);
+        // The default tenant keeps the key fingerprints had before tenants.
+        assert_eq!(
+            default,
+            mac_parts(&ring.current().fingerprint, &[b"card", pan])
+        );
+        assert_eq!(
+            ring.fingerprint(one, &[b"card", pan]),
+            ring.fingerprint(one, &[b"card", pan])
+        );
+        assert_ne!(ring.fingerprint(one, &[b"card", pan]), default);
+        assert_ne!(
+            ring.fingerprint(one, &[b"card", pan]),
+            ring.fingerprint(two, &[b"card", pan])
         );
     }
 }

@@ -53,6 +53,9 @@ pub struct AuditEvent {
     pub actor_id: Option<Uuid>,
     /// `connector`, `api`, `operator` (the CLI) or `anonymous` (failed authentication).
     pub actor_kind: &'static str,
+    /// The tenant the event belongs to; `None`: the default tenant (the deployment's own
+    /// events: start and stop, failed logins, operator actions not about one tenant).
+    pub tenant_id: Option<Uuid>,
     pub action: &'static str,
     pub error_code: Option<String>,
     pub client_addr: Option<String>,
@@ -71,6 +74,7 @@ impl AuditEvent {
             request_id: origin.request_id.clone(),
             actor_id: None,
             actor_kind,
+            tenant_id: None,
             action,
             error_code: None,
             client_addr: origin.client_addr.clone(),

@@ -9,6 +9,7 @@ pub mod expiry;
 pub mod invalid;
 pub mod payment;
 pub mod secret;
+pub mod tenant;
 pub mod token;
 
 pub use amount::Amount;
@@ -19,4 +20,5 @@ pub use expiry::{ExpiryPolicy, TokenExpiry};
 pub use invalid::InvalidInput;
 pub use payment::{PaymentMethod, TransactionId};
 pub use secret::SecretText;
+pub use tenant::{check_tenant_name, DEFAULT_TENANT, DEFAULT_TENANT_NAME};
 pub use token::Token;

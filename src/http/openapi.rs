@@ -16,8 +16,8 @@ use crate::domain::amount::{payable_currencies, MAX_AMOUNT};
     modifiers(&SecuritySchemes),
     tags(
         (name = "connector", description = "Twilio Generic Pay Connector (`connector` scope). Every answer Twilio should pass on to the `<Pay>` action URL, refusals and declines included, is HTTP 200 with `error_code` set: Twilio reads only a 200's body."),
-        (name = "merchant", description = "Merchant API: stored tokens (scoped API keys)"),
-        (name = "audit", description = "The audit log (`audit:read`)"),
+        (name = "merchant", description = "Merchant API: stored tokens of the caller's tenant (scoped API keys); another tenant's token answers exactly as an unknown one, 404 `unknown_token`"),
+        (name = "audit", description = "The audit log (`audit:read`): the caller's tenant's events, every tenant's with `audit:all`"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
 )]

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::audit_mac::{EventSigner, MacFields};
 use crate::crypto::{KeyRing, Sealed};
-use crate::domain::AuditEvent;
+use crate::domain::{AuditEvent, DEFAULT_TENANT};
 
 /// Audit events ready for `payvault_insert_audit_events(jsonb)`, the one SQL function that
 /// writes `audit_events` (see its migration). Every statement that records events takes one of
@@ -53,6 +53,7 @@ pub struct EventRow<'a> {
     mac_key_version: i32,
     /// Hex (the function decodes it).
     mac: String,
+    tenant_id: Uuid,
 }
 
 fn sign<'a>(
@@ -81,6 +82,8 @@ fn sign<'a>(
         amount_minor: e.amount_minor,
         currency: e.currency.as_deref(),
         details: &e.details,
+        // What the column holds for an event of no tenant of its own, so the MAC covers it.
+        tenant_id: e.tenant_id.unwrap_or(DEFAULT_TENANT),
     };
     // The current version is always loaded, so this cannot fail; an empty MAC would only make
     // verify report the event.
@@ -105,6 +108,7 @@ fn sign<'a>(
         writer_seq: seq,
         mac_key_version: fields.key_version,
         mac,
+        tenant_id: fields.tenant_id,
     }
 }
 
@@ -227,6 +231,8 @@ pub struct AuditRow {
     pub writer_seq: Option<i64>,
     pub mac_key_version: Option<i32>,
     pub mac: Option<Vec<u8>>,
+    /// The tenant the event belongs to (the default tenant for the deployment's own events).
+    pub tenant_id: Uuid,
 }
 
 impl AuditRow {
@@ -264,6 +270,7 @@ impl AuditRow {
             amount_minor: self.amount_minor,
             currency: self.currency.as_deref(),
             details: &details,
+            tenant_id: self.tenant_id,
         };
         let expected = fields.mac(keys)?;
         Ok(subtle::ConstantTimeEq::ct_eq(&expected[..], mac.as_slice()).into())
@@ -281,6 +288,8 @@ pub struct AuditFilter {
     pub token: Option<String>,
     pub transaction_id: Option<String>,
     pub outcome: Option<String>,
+    /// Only this tenant's events (the caller's, on the API without `audit:all`).
+    pub tenant: Option<Uuid>,
 }
 
 /// Events matching `filter` with id above `after`, in id order.
@@ -295,7 +304,8 @@ pub async fn list_audit_events(
         r#"
         SELECT id, occurred_at, request_id, actor_id, actor_kind, action, outcome, error_code,
                client_addr, forwarded_for, token, transaction_id, masked_data, amount_minor,
-               currency, details::text AS "details!", writer_id, writer_seq, mac_key_version, mac
+               currency, details::text AS "details!", writer_id, writer_seq, mac_key_version, mac,
+               tenant_id
         FROM audit_events
         WHERE id > $1
           AND ($2::timestamptz IS NULL OR occurred_at >= $2)
@@ -306,6 +316,7 @@ pub async fn list_audit_events(
           AND ($6::text IS NULL OR token = $6)
           AND ($7::text IS NULL OR transaction_id = $7)
           AND ($8::text IS NULL OR outcome = $8)
+          AND ($10::uuid IS NULL OR tenant_id = $10)
         ORDER BY id
         LIMIT $9
         "#,
@@ -318,6 +329,7 @@ pub async fn list_audit_events(
         filter.transaction_id,
         filter.outcome,
         limit,
+        filter.tenant,
     )
     .fetch_all(db)
     .await

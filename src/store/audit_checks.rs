@@ -26,7 +26,8 @@ pub async fn events_after(
         r#"
         SELECT id, occurred_at, request_id, actor_id, actor_kind, action, outcome, error_code,
                client_addr, forwarded_for, token, transaction_id, masked_data, amount_minor,
-               currency, details::text AS "details!", writer_id, writer_seq, mac_key_version, mac
+               currency, details::text AS "details!", writer_id, writer_seq, mac_key_version, mac,
+               tenant_id
         FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2
         "#,
         after,

@@ -5,8 +5,9 @@
 //! verifies, and a missing counter value reveals an event deleted before it was sealed.
 //!
 //! ```text
-//! mac = HMAC-SHA256(E_v, "payvault-audit-event-v1" | writer_id | writer_seq | v | occurred_at
-//!                        | every other column, each length-prefixed, NULL distinct from any value)
+//! mac = HMAC-SHA256(E_v, "payvault-audit-event-v2" | writer_id | writer_seq | v | occurred_at
+//!                        | tenant_id | every other column, each length-prefixed, NULL distinct
+//!                        from any value)
 //! ```
 //!
 //! `E_v` is derived from master key version `v`'s audit seal key ([`KeyRing::event_mac`]).
@@ -21,7 +22,7 @@ use uuid::Uuid;
 
 use crate::crypto::{CryptoError, KeyRing, KeyState, Sealed};
 
-const DOMAIN: &[u8] = b"payvault-audit-event-v1";
+const DOMAIN: &[u8] = b"payvault-audit-event-v2";
 const VOID_DOMAIN: &[u8] = b"payvault-audit-void-v1";
 
 /// The columns an event MAC covers, borrowed from an event being written or a row read back.
@@ -45,6 +46,8 @@ pub struct MacFields<'a> {
     pub amount_minor: Option<i64>,
     pub currency: Option<&'a str>,
     pub details: &'a serde_json::Value,
+    /// Stored for every event (the default tenant's when the event names none).
+    pub tenant_id: Uuid,
 }
 
 impl MacFields<'_> {
@@ -57,7 +60,8 @@ impl MacFields<'_> {
         let actor = self.actor_id.map(Uuid::into_bytes);
         let amount = self.amount_minor.map(i64::to_be_bytes);
         let details = canonical_json(self.details);
-        let mut parts: Vec<&[u8]> = vec![DOMAIN, &writer, &seq, &version, &at];
+        let tenant = self.tenant_id.into_bytes();
+        let mut parts: Vec<&[u8]> = vec![DOMAIN, &writer, &seq, &version, &at, &tenant];
         // Each optional column is a presence marker and then its value, so NULL and "" differ.
         let optional: [Option<&[u8]>; 10] = [
             self.request_id.map(str::as_bytes),
@@ -284,6 +288,7 @@ mod tests {
             amount_minor: None,
             currency: None,
             details,
+            tenant_id: Uuid::from_u128(11),
         }
     }
 
@@ -316,6 +321,10 @@ mod tests {
         shifted.client_addr = None;
         shifted.forwarded_for = Some("203.0.113.9");
         assert_ne!(shifted.mac(&keys).unwrap(), base);
+        // The tenant counts: moving an event to another tenant breaks its MAC.
+        let mut moved = fields(&details);
+        moved.tenant_id = Uuid::from_u128(12);
+        assert_ne!(moved.mac(&keys).unwrap(), base);
         assert!(fields(&details).mac(&keys).is_ok_and(|m| m == base));
     }
 

@@ -37,6 +37,8 @@ impl ChargeState {
 #[derive(Debug)]
 pub struct NewCharge<'a> {
     pub credential_id: Uuid,
+    /// The credential's tenant.
+    pub tenant_id: Uuid,
     pub key: &'a str,
     pub request_mac: &'a [u8],
     pub mac_key_version: i32,
@@ -57,8 +59,8 @@ pub async fn claim_new_charge(
         WITH claim AS (
             INSERT INTO idempotency_records
                 (credential_id, idempotency_key, operation, request_mac, mac_key_version, state,
-                 attempts, lease_expires_at, processor_key)
-            VALUES ($1, $2, 'charge', $3, $4, $5, 1, now() + make_interval(secs => $6), $7)
+                 attempts, lease_expires_at, processor_key, tenant_id)
+            VALUES ($1, $2, 'charge', $3, $4, $5, 1, now() + make_interval(secs => $6), $7, $9)
             ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO NOTHING
             RETURNING attempts
         ), audited AS (
@@ -74,6 +76,7 @@ pub async fn claim_new_charge(
         c.lease.as_secs_f64(),
         c.processor_key,
         events.json() as _,
+        c.tenant_id,
     )
     .fetch_optional(db)
     .await?;

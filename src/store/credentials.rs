@@ -8,6 +8,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct CredentialRow {
     pub id: Uuid,
+    /// The tenant the credential belongs to, for good.
+    pub tenant_id: Uuid,
     pub username: String,
     pub name: String,
     pub kind: String,
@@ -27,8 +29,8 @@ pub async fn insert_credential(
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"
-        INSERT INTO credentials (id, username, name, kind, scopes, secret_hash, created_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        INSERT INTO credentials (id, username, name, kind, scopes, secret_hash, created_at, tenant_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
         "#,
         row.id,
         row.username,
@@ -37,6 +39,7 @@ pub async fn insert_credential(
         &row.scopes,
         row.secret_hash,
         row.created_at,
+        row.tenant_id,
     )
     .execute(db)
     .await?;
@@ -50,8 +53,28 @@ pub async fn find_credential_by_username(
     sqlx::query_as!(
         CredentialRow,
         r#"
-        SELECT id, username, name, kind, scopes, secret_hash, created_at, revoked_at
+        SELECT id, tenant_id, username, name, kind, scopes, secret_hash, created_at, revoked_at
         FROM credentials WHERE username = $1
+        "#,
+        username,
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// The active credential with this username whose tenant is active too: what authentication
+/// accepts. A disabled tenant's credentials are refused like revoked ones.
+pub async fn find_usable_credential(
+    db: impl PgExecutor<'_>,
+    username: &str,
+) -> Result<Option<CredentialRow>, sqlx::Error> {
+    sqlx::query_as!(
+        CredentialRow,
+        r#"
+        SELECT c.id, c.tenant_id, c.username, c.name, c.kind, c.scopes, c.secret_hash,
+               c.created_at, c.revoked_at
+        FROM credentials c JOIN tenants t ON t.id = c.tenant_id
+        WHERE c.username = $1 AND c.revoked_at IS NULL AND t.status = 'active'
         "#,
         username,
     )
@@ -66,7 +89,7 @@ pub async fn list_credentials(
     sqlx::query_as!(
         CredentialRow,
         r#"
-        SELECT id, username, name, kind, scopes, secret_hash, created_at, revoked_at
+        SELECT id, tenant_id, username, name, kind, scopes, secret_hash, created_at, revoked_at
         FROM credentials
         WHERE $1 OR revoked_at IS NULL
         ORDER BY created_at, username
@@ -88,7 +111,7 @@ pub async fn revoke_credential(
         r#"
         UPDATE credentials SET revoked_at = now()
         WHERE (username = $1 OR name = $1) AND revoked_at IS NULL
-        RETURNING id, username, name, kind, scopes, secret_hash, created_at, revoked_at
+        RETURNING id, tenant_id, username, name, kind, scopes, secret_hash, created_at, revoked_at
         "#,
         username_or_name,
     )

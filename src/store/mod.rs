@@ -9,10 +9,13 @@ pub mod audit_mac;
 pub mod charges;
 pub mod checkpoints;
 pub mod credentials;
+pub mod idempotency;
 pub mod keys;
 pub mod roles;
+pub mod rotation;
 pub mod seals;
 pub mod shares;
+pub mod tenants;
 pub mod vault;
 
 use std::time::Duration;

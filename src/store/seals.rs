@@ -63,7 +63,8 @@ pub async fn dequeue_unsealed(
         r#"
         SELECT id, occurred_at, request_id, actor_id, actor_kind, action, outcome, error_code,
                client_addr, forwarded_for, token, transaction_id, masked_data, amount_minor,
-               currency, details::text AS "details!", writer_id, writer_seq, mac_key_version, mac
+               currency, details::text AS "details!", writer_id, writer_seq, mac_key_version, mac,
+               tenant_id
         FROM audit_events WHERE id = ANY($1) ORDER BY id
         "#,
         &ids,
@@ -165,7 +166,8 @@ pub async fn seals_after(
                e.actor_kind AS "actor_kind?", e.action AS "action?", e.outcome AS "outcome?",
                e.error_code, e.client_addr, e.forwarded_for, e.token, e.transaction_id,
                e.masked_data, e.amount_minor, e.currency, e.details::text AS "details?",
-               e.writer_id, e.writer_seq, e.mac_key_version, e.mac AS "event_mac?"
+               e.writer_id, e.writer_seq, e.mac_key_version, e.mac AS "event_mac?",
+               e.tenant_id AS "tenant_id?"
         FROM audit_seals s LEFT JOIN audit_events e ON e.id = s.event_id
         WHERE s.seq > $1
         ORDER BY s.seq
@@ -191,6 +193,7 @@ pub async fn seals_after(
                 r.action,
                 r.outcome,
                 r.details,
+                r.tenant_id,
             ) {
                 (
                     Some(id),
@@ -199,6 +202,7 @@ pub async fn seals_after(
                     Some(action),
                     Some(outcome),
                     Some(details),
+                    Some(tenant_id),
                 ) => Some(AuditRow {
                     id,
                     occurred_at,
@@ -220,6 +224,7 @@ pub async fn seals_after(
                     writer_seq: r.writer_seq,
                     mac_key_version: r.mac_key_version,
                     mac: r.event_mac,
+                    tenant_id,
                 }),
                 _ => None,
             },

@@ -13,6 +13,7 @@ use crate::domain::AuditEvent;
 #[derive(Debug)]
 pub struct NewEntry<'a> {
     pub token: &'a str,
+    pub tenant_id: Uuid,
     pub created_by: Uuid,
     pub kind: &'a str,
     pub sealed: &'a SealedEntry,
@@ -29,6 +30,8 @@ pub struct NewEntry<'a> {
 #[derive(Debug)]
 pub struct NewIdempotency<'a> {
     pub credential_id: Uuid,
+    /// The credential's tenant.
+    pub tenant_id: Uuid,
     pub key: &'a str,
     pub request_mac: &'a [u8],
     pub mac_key_version: i32,
@@ -42,7 +45,7 @@ pub struct NewIdempotency<'a> {
 /// One statement rather than a transaction of three saves four round trips per tokenize. Its
 /// parameters follow the column lists: the entry's ($1-$13 and $20, in the order of
 /// [`insert_entry`]), the idempotency record's ($14-$18, the token is the entry's), then the
-/// events ($19).
+/// events ($19), then the tenant of both ($21).
 pub async fn insert_tokenized_entry(
     db: impl PgExecutor<'_>,
     idem: &NewIdempotency<'_>,
@@ -53,17 +56,18 @@ pub async fn insert_tokenized_entry(
         r#"
         WITH idem AS (
             INSERT INTO idempotency_records
-                (credential_id, idempotency_key, operation, request_mac, mac_key_version, state, token)
-            VALUES ($14, $15, 'tokenize', $16, $17, $18, $1)
+                (credential_id, idempotency_key, operation, request_mac, mac_key_version, state,
+                 token, tenant_id)
+            VALUES ($14, $15, 'tokenize', $16, $17, $18, $1, $21)
             ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO NOTHING
             RETURNING token
         ), entry AS (
             INSERT INTO vault_entries
                 (token, created_by, kind, key_version, wrapped_key, ciphertext, fingerprint,
-                 brand, bin, last4, exp_month, exp_year, expires_at, aad_version)
+                 brand, bin, last4, exp_month, exp_year, expires_at, aad_version, tenant_id)
             SELECT idem.token, $2::uuid, $3::text, $4::integer, $5::bytea, $6::bytea, $7::bytea,
                    $8::text, $9::text, $10::text, $11::smallint, $12::smallint, $13::timestamptz,
-                   $20::smallint
+                   $20::smallint, $21::uuid
             FROM idem
             RETURNING token
         ), audited AS (
@@ -91,6 +95,7 @@ pub async fn insert_tokenized_entry(
         ChargeState::Succeeded as ChargeState,
         events.json() as _,
         entry.sealed.aad_version,
+        entry.tenant_id,
     )
     .fetch_one(db)
     .await?;
@@ -98,38 +103,6 @@ pub async fn insert_tokenized_entry(
         events.mark_written();
     }
     Ok(inserted == 1)
-}
-
-/// What an earlier request with the same idempotency key did.
-#[derive(Debug, Clone)]
-pub struct IdempotencyRecord {
-    pub operation: String,
-    pub request_mac: Vec<u8>,
-    pub mac_key_version: i32,
-    pub state: ChargeState,
-    pub token: Option<String>,
-    /// The answer was purged after the retention period ([`purge_idempotency_answers`]).
-    pub purged: bool,
-}
-
-pub async fn find_idempotency_record(
-    db: impl PgExecutor<'_>,
-    credential_id: Uuid,
-    key: &str,
-) -> Result<Option<IdempotencyRecord>, sqlx::Error> {
-    sqlx::query_as!(
-        IdempotencyRecord,
-        r#"
-        SELECT operation, request_mac, mac_key_version, state AS "state: ChargeState", token,
-               purged_at IS NOT NULL AS "purged!"
-        FROM idempotency_records
-        WHERE credential_id = $1 AND idempotency_key = $2
-        "#,
-        credential_id,
-        key,
-    )
-    .fetch_optional(db)
-    .await
 }
 
 /// Inserts a vault entry on its own (the charge flow vaults a card inside its own transaction).
@@ -141,8 +114,8 @@ pub async fn insert_entry(
         r#"
         INSERT INTO vault_entries
             (token, created_by, kind, key_version, wrapped_key, ciphertext, fingerprint,
-             brand, bin, last4, exp_month, exp_year, expires_at, aad_version)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+             brand, bin, last4, exp_month, exp_year, expires_at, aad_version, tenant_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
         "#,
         entry.token,
         entry.created_by,
@@ -158,6 +131,7 @@ pub async fn insert_entry(
         entry.exp_year,
         entry.expires_at,
         entry.sealed.aad_version,
+        entry.tenant_id,
     )
     .execute(db)
     .await?;
@@ -168,6 +142,8 @@ pub async fn insert_entry(
 #[derive(Debug, Clone)]
 pub struct BoundEntry {
     pub sealed: SealedEntry,
+    /// The row's tenant, bound into AAD v3.
+    pub tenant: Uuid,
     pub kind: String,
     pub exp_month: Option<i16>,
     pub exp_year: Option<i16>,
@@ -177,6 +153,7 @@ impl BoundEntry {
     /// The columns as the associated data binds them.
     pub fn binding(&self) -> EntryBinding<'_> {
         EntryBinding {
+            tenant: self.tenant,
             kind: &self.kind,
             exp_month: self.exp_month,
             exp_year: self.exp_year,
@@ -201,19 +178,22 @@ pub enum StoredEntry {
     Expired,
 }
 
+/// `tenant`'s entry `token`: another tenant's is not found.
 pub async fn find_entry(
     db: impl PgExecutor<'_>,
+    tenant: Uuid,
     token: &str,
 ) -> Result<Option<StoredEntry>, sqlx::Error> {
     let row = sqlx::query!(
         r#"
         SELECT key_version, aad_version, wrapped_key, ciphertext, kind, exp_month, exp_year,
-               network_transaction_id, network_transaction_issuer,
+               network_transaction_id, network_transaction_issuer, tenant_id,
                deleted_at IS NOT NULL AS "deleted!",
                coalesce(expires_at <= now(), false) AS "expired!"
-        FROM vault_entries WHERE token = $1
+        FROM vault_entries WHERE token = $1 AND tenant_id = $2
         "#,
         token,
+        tenant,
     )
     .fetch_optional(db)
     .await?;
@@ -227,6 +207,7 @@ pub async fn find_entry(
                         wrapped_key,
                         ciphertext,
                     },
+                    tenant: r.tenant_id,
                     kind: r.kind,
                     exp_month: r.exp_month,
                     exp_year: r.exp_year,
@@ -240,14 +221,17 @@ pub async fn find_entry(
     ))
 }
 
-/// Loads a live entry's ciphertexts and bound columns.
+/// Loads a live entry's ciphertexts and bound columns, whichever tenant's it is: for the
+/// operator (the master key check at start, `keys` commands), never for a caller, whose
+/// lookups take its tenant ([`find_entry`], [`lock_sealed_entry`]).
 pub async fn find_sealed_entry(
     db: impl PgExecutor<'_>,
     token: &str,
 ) -> Result<Option<BoundEntry>, sqlx::Error> {
     let row = sqlx::query!(
         r#"
-        SELECT key_version, aad_version, wrapped_key, ciphertext, kind, exp_month, exp_year
+        SELECT key_version, aad_version, wrapped_key, ciphertext, kind, exp_month, exp_year,
+               tenant_id
         FROM vault_entries WHERE token = $1 AND deleted_at IS NULL
         "#,
         token,
@@ -262,6 +246,7 @@ pub async fn find_sealed_entry(
                 wrapped_key: r.wrapped_key?,
                 ciphertext: r.ciphertext?,
             },
+            tenant: r.tenant_id,
             kind: r.kind,
             exp_month: r.exp_month,
             exp_year: r.exp_year,
@@ -269,19 +254,23 @@ pub async fn find_sealed_entry(
     }))
 }
 
-/// Like [`find_sealed_entry`], locking the row until the caller's transaction ends, so that a
-/// concurrent `keys rotate` cannot replace the data key between reading and rewriting it.
+/// Like [`find_sealed_entry`] for `tenant`'s entry only, locking the row until the caller's
+/// transaction ends, so that a concurrent `keys rotate` cannot replace the data key between
+/// reading and rewriting it.
 pub async fn lock_sealed_entry(
     db: impl PgExecutor<'_>,
+    tenant: Uuid,
     token: &str,
 ) -> Result<Option<BoundEntry>, sqlx::Error> {
     let row = sqlx::query!(
         r#"
-        SELECT key_version, aad_version, wrapped_key, ciphertext, kind, exp_month, exp_year
-        FROM vault_entries WHERE token = $1 AND deleted_at IS NULL
+        SELECT key_version, aad_version, wrapped_key, ciphertext, kind, exp_month, exp_year,
+               tenant_id
+        FROM vault_entries WHERE token = $1 AND tenant_id = $2 AND deleted_at IS NULL
         FOR UPDATE
         "#,
         token,
+        tenant,
     )
     .fetch_optional(db)
     .await?;
@@ -293,6 +282,7 @@ pub async fn lock_sealed_entry(
                 wrapped_key: r.wrapped_key?,
                 ciphertext: r.ciphertext?,
             },
+            tenant: r.tenant_id,
             kind: r.kind,
             exp_month: r.exp_month,
             exp_year: r.exp_year,
@@ -318,8 +308,10 @@ pub struct TokenMetadata {
     pub has_network_transaction_id: bool,
 }
 
+/// `tenant`'s token `token`: another tenant's is not found.
 pub async fn find_token_metadata(
     db: impl PgExecutor<'_>,
+    tenant: Uuid,
     token: &str,
 ) -> Result<Option<TokenMetadata>, sqlx::Error> {
     sqlx::query_as!(
@@ -328,9 +320,10 @@ pub async fn find_token_metadata(
         SELECT token, kind, brand, bin, last4, exp_month, exp_year, fingerprint, created_at,
                expires_at, deleted_at,
                network_transaction_id IS NOT NULL AS "has_network_transaction_id!"
-        FROM vault_entries WHERE token = $1
+        FROM vault_entries WHERE token = $1 AND tenant_id = $2
         "#,
         token,
+        tenant,
     )
     .fetch_optional(db)
     .await
@@ -341,6 +334,7 @@ pub async fn find_token_metadata(
 /// already has one from `issuer` (or of unrecorded issuer, or is gone), and that one stands.
 pub async fn set_network_transaction_id(
     db: impl PgExecutor<'_>,
+    tenant: Uuid,
     token: &str,
     network_transaction_id: &str,
     issuer: &str,
@@ -351,12 +345,13 @@ pub async fn set_network_transaction_id(
         r#"
         UPDATE vault_entries
         SET network_transaction_id = $2, network_transaction_issuer = $3
-        WHERE token = $1 AND deleted_at IS NULL
+        WHERE token = $1 AND tenant_id = $4 AND deleted_at IS NULL
           AND (network_transaction_id IS NULL OR network_transaction_issuer <> $3)
         "#,
         token,
         network_transaction_id,
         issuer,
+        tenant,
     )
     .execute(db)
     .await?;
@@ -366,13 +361,18 @@ pub async fn set_network_transaction_id(
 /// Crypto-shreds a live entry: its wrapped data key and ciphertext are cleared (old row versions
 /// keep them until VACUUM, as the WAL and backups do; see the README). Returns
 /// `false` if it was already deleted or does not exist.
-pub async fn shred_entry(db: impl PgExecutor<'_>, token: &str) -> Result<bool, sqlx::Error> {
+pub async fn shred_entry(
+    db: impl PgExecutor<'_>,
+    tenant: Uuid,
+    token: &str,
+) -> Result<bool, sqlx::Error> {
     let done = sqlx::query!(
         r#"
         UPDATE vault_entries SET wrapped_key = NULL, ciphertext = NULL, deleted_at = now()
-        WHERE token = $1 AND deleted_at IS NULL
+        WHERE token = $1 AND tenant_id = $2 AND deleted_at IS NULL
         "#,
         token,
+        tenant,
     )
     .execute(db)
     .await?;
@@ -399,7 +399,7 @@ pub async fn purge_expired(
         )
         UPDATE vault_entries v SET wrapped_key = NULL, ciphertext = NULL, deleted_at = now()
         FROM doomed WHERE v.token = doomed.token
-        RETURNING v.token, v.expires_at
+        RETURNING v.token, v.expires_at, v.tenant_id
         "#,
         limit,
     )
@@ -415,11 +415,13 @@ pub async fn purge_expired(
             let expired_at = row
                 .expires_at
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-            AuditEvent::system(
+            let mut event = AuditEvent::system(
                 "token_expire",
                 serde_json::json!({ "expired_at": expired_at, "shredded": true }),
             )
-            .with_token(&row.token)
+            .with_token(&row.token);
+            event.tenant_id = Some(row.tenant_id);
+            event
         })
         .collect();
     let refs: Vec<&AuditEvent> = events.iter().collect();
@@ -427,99 +429,6 @@ pub async fn purge_expired(
     super::audit::insert_audit_events(&mut *tx, &batch).await?;
     tx.commit().await?;
     Ok(shredded.len() as u64)
-}
-
-/// A live entry waiting to be re-encrypted under a newer master key version (or AAD format).
-#[derive(Debug, Clone)]
-pub struct RotationRow {
-    pub token: String,
-    pub entry: BoundEntry,
-}
-
-/// Locks up to `limit` live entries under a key version below `current`, or sealed in an AAD
-/// format older than `aad_version` (skipping rows another rotator holds), for re-encryption in
-/// the caller's transaction.
-pub async fn claim_for_rotation(
-    db: impl PgExecutor<'_>,
-    current: i32,
-    aad_version: i16,
-    limit: i64,
-) -> Result<Vec<RotationRow>, sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"
-        SELECT token, key_version, aad_version, wrapped_key AS "wrapped_key!",
-               ciphertext AS "ciphertext!", kind, exp_month, exp_year
-        FROM vault_entries
-        WHERE (key_version < $1 OR aad_version < $3) AND deleted_at IS NULL
-        ORDER BY token
-        LIMIT $2
-        FOR UPDATE SKIP LOCKED
-        "#,
-        current,
-        limit,
-        aad_version,
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| RotationRow {
-            token: r.token,
-            entry: BoundEntry {
-                sealed: SealedEntry {
-                    key_version: r.key_version,
-                    aad_version: r.aad_version,
-                    wrapped_key: r.wrapped_key,
-                    ciphertext: r.ciphertext,
-                },
-                kind: r.kind,
-                exp_month: r.exp_month,
-                exp_year: r.exp_year,
-            },
-        })
-        .collect())
-}
-
-/// How many live entries [`claim_for_rotation`] has left to claim.
-pub async fn count_for_rotation(
-    db: impl PgExecutor<'_>,
-    current: i32,
-    aad_version: i16,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"
-        SELECT count(*) AS "n!" FROM vault_entries
-        WHERE (key_version < $1 OR aad_version < $2) AND deleted_at IS NULL
-        "#,
-        current,
-        aad_version,
-    )
-    .fetch_one(db)
-    .await
-}
-
-pub async fn update_rotated(
-    db: impl PgExecutor<'_>,
-    token: &str,
-    sealed: &SealedEntry,
-    fingerprint: &[u8],
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        r#"
-        UPDATE vault_entries
-        SET key_version = $2, wrapped_key = $3, ciphertext = $4, fingerprint = $5, aad_version = $6
-        WHERE token = $1
-        "#,
-        token,
-        sealed.key_version,
-        sealed.wrapped_key,
-        sealed.ciphertext,
-        fingerprint,
-        sealed.aad_version,
-    )
-    .execute(db)
-    .await?;
-    Ok(())
 }
 
 /// How many live entries each master key version protects.
@@ -535,7 +444,8 @@ pub async fn count_by_key_version(db: impl PgExecutor<'_>) -> Result<Vec<(i32, i
     Ok(rows.into_iter().map(|r| (r.key_version, r.n)).collect())
 }
 
-/// Serialises deduplicating tokenizes of one card by one credential (transaction-scoped).
+/// Serialises deduplicating tokenizes of one card by one credential (transaction-scoped; the
+/// fingerprint is keyed per tenant and the credential belongs to one).
 pub async fn lock_fingerprint(
     db: impl PgExecutor<'_>,
     credential_id: Uuid,
@@ -551,55 +461,33 @@ pub async fn lock_fingerprint(
     Ok(())
 }
 
-/// The oldest live, unexpired entry of this credential with this fingerprint.
+/// The oldest live, unexpired entry of this credential (in `tenant`) with this fingerprint.
 pub async fn find_live_by_fingerprint(
     db: impl PgExecutor<'_>,
+    tenant: Uuid,
     credential_id: Uuid,
     fingerprint: &[u8],
 ) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar!(
         r#"
         SELECT token FROM vault_entries
-        WHERE created_by = $1 AND fingerprint = $2 AND deleted_at IS NULL
+        WHERE created_by = $1 AND fingerprint = $2 AND tenant_id = $3 AND deleted_at IS NULL
           AND (expires_at IS NULL OR expires_at > now())
         ORDER BY created_at LIMIT 1
         "#,
         credential_id,
         fingerprint,
+        tenant,
     )
     .fetch_optional(db)
     .await
-}
-
-/// Claims the idempotency key for a tokenize answered with an existing token.
-pub async fn insert_idempotency_record(
-    db: impl PgExecutor<'_>,
-    idem: &NewIdempotency<'_>,
-    token: &str,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query!(
-        r#"
-        INSERT INTO idempotency_records
-            (credential_id, idempotency_key, operation, request_mac, mac_key_version, state, token)
-        VALUES ($1, $2, 'tokenize', $3, $4, $5, $6)
-        ON CONFLICT ON CONSTRAINT idempotency_records_pkey DO NOTHING
-        "#,
-        idem.credential_id,
-        idem.key,
-        idem.request_mac,
-        idem.mac_key_version,
-        ChargeState::Succeeded as ChargeState,
-        token,
-    )
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected() == 1)
 }
 
 /// Sets a live card entry's expiry, with its wrapped key re-bound to it
 /// ([`crate::crypto::KeyRing::rebind`]); `true` if it changed.
 pub async fn update_card_expiry(
     db: impl PgExecutor<'_>,
+    tenant: Uuid,
     token: &str,
     exp_month: Option<i16>,
     exp_year: Option<i16>,
@@ -608,7 +496,7 @@ pub async fn update_card_expiry(
     let done = sqlx::query!(
         r#"
         UPDATE vault_entries SET exp_month = $2, exp_year = $3, wrapped_key = $4, aad_version = $5
-        WHERE token = $1 AND kind = 'card' AND deleted_at IS NULL
+        WHERE token = $1 AND tenant_id = $6 AND kind = 'card' AND deleted_at IS NULL
           AND (exp_month, exp_year) IS DISTINCT FROM ($2, $3)
         "#,
         token,
@@ -616,6 +504,7 @@ pub async fn update_card_expiry(
         exp_year,
         rebound.wrapped_key,
         rebound.aad_version,
+        tenant,
     )
     .execute(db)
     .await?;
@@ -625,46 +514,20 @@ pub async fn update_card_expiry(
 /// Sets (or clears) a live entry's expiry.
 pub async fn set_expiry(
     db: impl PgExecutor<'_>,
+    tenant: Uuid,
     token: &str,
     expires_at: Option<DateTime<Utc>>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        "UPDATE vault_entries SET expires_at = $2 WHERE token = $1 AND deleted_at IS NULL",
+        r#"
+        UPDATE vault_entries SET expires_at = $2
+        WHERE token = $1 AND tenant_id = $3 AND deleted_at IS NULL
+        "#,
         token,
         expires_at,
+        tenant,
     )
     .execute(db)
     .await?;
     Ok(())
-}
-
-/// Purges the answers of up to `limit` finished idempotency records last updated before
-/// `before`: the charge outcome and the token are cleared, while the key, request MAC and state
-/// stay, so a later retry is still recognised (and refused as a duplicate, never run again).
-/// Records whose outcome is unknown or still in flight are kept whole: reconciliation needs
-/// them. Several instances can run it at once (`SKIP LOCKED`). Returns how many were purged.
-pub async fn purge_idempotency_answers(
-    db: impl PgExecutor<'_>,
-    before: DateTime<Utc>,
-    limit: i64,
-) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query!(
-        r#"
-        UPDATE idempotency_records r SET outcome = NULL, token = NULL, purged_at = now()
-        FROM (
-            SELECT credential_id, idempotency_key FROM idempotency_records
-            WHERE purged_at IS NULL AND state IN ('succeeded', 'failed') AND updated_at < $1
-            ORDER BY updated_at
-            LIMIT $2
-            FOR UPDATE SKIP LOCKED
-        ) doomed
-        WHERE r.credential_id = doomed.credential_id
-          AND r.idempotency_key = doomed.idempotency_key
-        "#,
-        before,
-        limit,
-    )
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected())
 }

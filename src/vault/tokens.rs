@@ -57,7 +57,7 @@ impl TokenInfo {
 /// Why a token operation was refused. Each has a stable code.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    /// No such token, or not this caller's to see: answered alike.
+    /// No such token, or another tenant's (never revealed): answered alike.
     #[error("no such token")]
     Unknown,
     #[error("the token was deleted")]
@@ -93,7 +93,9 @@ impl Vault {
     ) -> Result<TokenInfo, TokenError> {
         let event = AuditEvent::by(who, origin, "token_read");
         let found = match Token::parse(token) {
-            Some(t) => store::vault::find_token_metadata(&self.pool, t.as_str()).await?,
+            Some(t) => {
+                store::vault::find_token_metadata(&self.pool, who.tenant_id, t.as_str()).await?
+            }
             None => None,
         };
         let Some(metadata) = found else {
@@ -120,8 +122,9 @@ impl Vault {
         let mut event = event.with_token(token.as_str());
         // The shredding and its audit event commit together.
         let mut tx = self.pool.begin().await?;
-        let shredded = store::vault::shred_entry(&mut *tx, token.as_str()).await?;
-        let Some(metadata) = store::vault::find_token_metadata(&mut *tx, token.as_str()).await?
+        let shredded = store::vault::shred_entry(&mut *tx, who.tenant_id, token.as_str()).await?;
+        let Some(metadata) =
+            store::vault::find_token_metadata(&mut *tx, who.tenant_id, token.as_str()).await?
         else {
             drop(tx);
             return self.refuse(event, TokenError::Unknown).await;
@@ -150,7 +153,8 @@ impl Vault {
             Ok(c) => c,
             Err(invalid) => return self.refuse(event, invalid.into()).await,
         };
-        let Some(metadata) = store::vault::find_token_metadata(&self.pool, token.as_str()).await?
+        let Some(metadata) =
+            store::vault::find_token_metadata(&self.pool, who.tenant_id, token.as_str()).await?
         else {
             return self.refuse(event, TokenError::Unknown).await;
         };
@@ -165,9 +169,9 @@ impl Vault {
         event.details =
             serde_json::json!({ "expires_at": expires_at, "previous": info.metadata.expires_at });
         let mut tx = self.pool.begin().await?;
-        store::vault::set_expiry(&mut *tx, token.as_str(), expires_at).await?;
+        store::vault::set_expiry(&mut *tx, who.tenant_id, token.as_str(), expires_at).await?;
         store::audit::insert_audit_event(&mut *tx, &self.signer, &event).await?;
-        let metadata = store::vault::find_token_metadata(&mut *tx, token.as_str())
+        let metadata = store::vault::find_token_metadata(&mut *tx, who.tenant_id, token.as_str())
             .await?
             .ok_or(TokenError::Unknown)?;
         tx.commit().await?;

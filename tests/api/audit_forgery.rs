@@ -207,6 +207,8 @@ async fn an_edit_of_any_column_of_an_unsealed_event_is_named() {
         "amount_minor = 100200",
         "currency = 'EUR'",
         r#"details = details || '{"n": 2}'"#,
+        // Moved to another tenant (the tenant's own audit view would hide or show it).
+        "tenant_id = gen_random_uuid()",
         "writer_id = gen_random_uuid()",
         "writer_seq = writer_seq + 100000",
         "mac_key_version = mac_key_version - 1",
@@ -240,6 +242,25 @@ async fn an_edit_of_any_column_of_an_unsealed_event_is_named() {
     for (id, _) in &edited {
         names(&report, *id, "the sealer set event");
     }
+}
+
+#[tokio::test]
+async fn a_sealed_event_moved_to_another_tenant_is_named() {
+    let log = Log::new().await;
+    let id = log.write("moved").await;
+    assert_eq!(log.seal().await, 1);
+    let report = log.verify().await;
+    assert!(report.intact(), "{report}");
+    // The seal chain does not cover the tenant; the event's own MAC does, sealed or not.
+    log.as_dba(&format!(
+        "UPDATE audit_events SET tenant_id = gen_random_uuid() WHERE id = {id};"
+    ))
+    .await;
+    let report = log.verify().await;
+    assert!(
+        report.findings.iter().any(|f| f.event_id == Some(id)),
+        "a sealed event moved to another tenant went unnoticed:\n{report}"
+    );
 }
 
 #[tokio::test]

@@ -234,6 +234,7 @@ async fn a_deleted_entry_in_a_backup_cannot_be_opened_once_its_key_version_is_re
     .await
     .unwrap();
     let binding = EntryBinding {
+        tenant: payvault::domain::DEFAULT_TENANT,
         kind: &kind,
         exp_month,
         exp_year,

@@ -180,7 +180,7 @@ fn kek(master: &str) -> aes_gcm::Aes256Gcm {
     aes_gcm::Aes256Gcm::new(&okm.into())
 }
 
-/// Rewrites a v2 entry's wrapped key in the AAD v1 format (token and key version only), as
+/// Rewrites a v3 entry's wrapped key in the AAD v1 format (token and key version only), as
 /// payvault wrote every entry before AAD v2, and labels the row v1.
 async fn downgrade_to_v1(app: &TestApp, master: &str, token: &str) {
     use aes_gcm::aead::{Aead, Payload};
@@ -194,10 +194,11 @@ async fn downgrade_to_v1(app: &TestApp, master: &str, token: &str) {
     .unwrap();
     let num = |n: Option<i16>| n.map_or("-".to_owned(), |n| n.to_string());
     let kek = kek(master);
-    let v2 = format!(
-        "payvault/dek/v2|{token}|1|{kind}|{}|{}",
+    let v3 = format!(
+        "payvault/dek/v3|{token}|1|{kind}|{}|{}|{}",
         num(month),
-        num(year)
+        num(year),
+        payvault::domain::DEFAULT_TENANT
     );
     let (nonce, msg) = wrapped.split_at(12);
     let data_key = kek
@@ -205,7 +206,7 @@ async fn downgrade_to_v1(app: &TestApp, master: &str, token: &str) {
             Nonce::from_slice(nonce),
             Payload {
                 msg,
-                aad: v2.as_bytes(),
+                aad: v3.as_bytes(),
             },
         )
         .unwrap();
@@ -320,12 +321,12 @@ async fn an_edited_expiry_or_kind_column_fails_the_charge_and_old_entries_still_
     let (status, body) = charge_token(&app, &cred, &old).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["charge_id"].is_string(), "{body}");
-    // ...and `keys rotate` re-seals it as v2, after which its columns are bound too.
+    // ...and `keys rotate` re-seals it as v3, after which its columns are bound too.
     let vault = Vault::new(app.pool().clone(), keys.clone());
     assert_eq!(vault.rotate_batch(100).await.unwrap(), 1);
     assert_eq!(
         app.count(&format!(
-            "SELECT count(*) FROM vault_entries WHERE token = '{old}' AND aad_version = 2"
+            "SELECT count(*) FROM vault_entries WHERE token = '{old}' AND aad_version = 3"
         ))
         .await,
         1
@@ -609,7 +610,7 @@ async fn a_deduplicated_reissue_rebinds_the_new_expiry() {
     assert_eq!(
         app.count(&format!(
             "SELECT count(*) FROM vault_entries WHERE token = '{token}'
-             AND exp_month = 2 AND exp_year = 2039 AND aad_version = 2"
+             AND exp_month = 2 AND exp_year = 2039 AND aad_version = 3"
         ))
         .await,
         1

@@ -264,6 +264,7 @@ async fn a_heartbeat_renews_only_the_attempt_that_holds_the_charge() {
     let lease = Duration::from_secs(60);
     let claim = NewCharge {
         credential_id: who,
+        tenant_id: payvault::domain::DEFAULT_TENANT,
         key: &key,
         request_mac: &[0; 32],
         mac_key_version: 1,

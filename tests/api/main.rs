@@ -29,5 +29,8 @@ mod shares;
 mod shares_audit;
 mod startup;
 mod stored_credentials;
+mod tenant_processor;
+mod tenants;
+mod tenants_cli;
 mod tokenize;
 mod tokens;

@@ -389,6 +389,7 @@ fn charger_for(app: &TestApp, processor: Arc<Scripted>, lease: Duration) -> Char
         vault: Vault::new(app.pool().clone(), app.keys.clone()),
         pool: app.pool().clone(),
         processor,
+        tenant_processors: Default::default(),
         wait: Duration::from_secs(3),
         lease,
         heartbeat: lease / 5,
@@ -400,6 +401,7 @@ fn principal(app: &TestApp) -> Principal {
     let row = &app.connector.row;
     Principal {
         id: row.id,
+        tenant_id: row.tenant_id,
         username: row.username.clone(),
         name: row.name.clone(),
         kind: CredentialKind::Connector,

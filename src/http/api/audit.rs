@@ -7,6 +7,7 @@ use axum::Json;
 use crate::audit::log::AuditFilter;
 use crate::audit::{AuditEvent, AuditEventView};
 use crate::auth::Scope;
+use crate::domain::DEFAULT_TENANT;
 use crate::http::error::{ApiError, ErrorBody, Kind};
 use crate::http::{AppState, Caller};
 
@@ -81,12 +82,13 @@ const MAX_LIMIT: i64 = 1000;
 
 #[utoipa::path(
     get, path = "/v1/audit/events", tag = "audit", params(AuditQuery),
-    responses((status = 200, body = AuditPage), (status = 400, description = "`invalid_query` or `invalid_cursor`", body = ErrorBody),
+    responses((status = 200, description = "The caller's tenant's events (every tenant's with `audit:all`)", body = AuditPage), (status = 400, description = "`invalid_query` or `invalid_cursor`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 403, description = "`forbidden`: the `audit:read` scope is missing", body = ErrorBody)),
     security(("basic" = []), ("bearer" = []))
 )]
 /// `GET /v1/audit/events`: audit events in id order, filtered, with cursor pagination. Requires
-/// `audit:read`. The read itself is audited (PCI DSS 10.2.1.3).
+/// `audit:read`, and returns only the caller's tenant's events unless the credential also has
+/// `audit:all`. The read itself is audited (PCI DSS 10.2.1.3).
 pub async fn audit_events(
     State(app): State<AppState>,
     caller: Caller,
@@ -94,7 +96,14 @@ pub async fn audit_events(
 ) -> Result<Json<AuditPage>, ApiError> {
     caller.require(&app, Scope::AuditRead, "audit_read").await?;
     let Query(q) = query.map_err(|_| invalid("the query string could not be read".into()))?;
-    let (filter, after, limit) = q.parse()?;
+    let (mut filter, after, limit) = q.parse()?;
+    // The caller's tenant only, in the query itself, unless the deployment operator's
+    // `audit:all` says all (only the default tenant's credentials can hold it).
+    let operator =
+        caller.principal.has_scope(Scope::AuditAll) && caller.principal.tenant_id == DEFAULT_TENANT;
+    if !operator {
+        filter.tenant = Some(caller.principal.tenant_id);
+    }
     let reader = AuditEvent::by(&caller.principal, &caller.origin, "audit_read");
     let rows = app
         .audit
@@ -149,6 +158,7 @@ impl AuditQuery {
             token: self.token,
             transaction_id: self.transaction_id,
             outcome,
+            tenant: None,
         };
         let limit = match self.limit.as_deref().map(str::parse::<i64>) {
             None => DEFAULT_LIMIT,

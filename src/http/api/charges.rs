@@ -30,7 +30,7 @@ use crate::http::{AppState, Caller};
         (status = 400, description = "Invalid input: `missing_idempotency_key`, `invalid_idempotency_key`, `malformed_json`, `missing_field`, `invalid_field_type`, `invalid_amount`, `amount_not_positive`, `amount_too_precise`, `amount_too_large`, `unknown_currency`, `invalid_stored_credential`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 403, description = "`forbidden`: the `tokens:charge` scope is missing", body = ErrorBody),
-        (status = 404, description = "`unknown_token`", body = ErrorBody),
+        (status = 404, description = "`unknown_token`: no such token, or another tenant's (answered exactly alike, never revealing that it exists)", body = ErrorBody),
         (status = 409, description = "`duplicate_transaction` (the key was used for a different charge) or `transaction_in_progress`", body = ErrorBody),
         (status = 410, description = "`token_deleted` or `token_expired`", body = ErrorBody),
     ),

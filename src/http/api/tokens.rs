@@ -62,7 +62,7 @@ impl From<TokenInfo> for TokenView {
     responses((status = 200, description = "An active or expired token", body = TokenView),
         (status = 410, description = "A deleted (crypto-shredded) token: its remaining metadata, `status: deleted`", body = TokenView),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the scope is missing", body = ErrorBody), (status = 404, description = "`unknown_token`", body = ErrorBody)),
+        (status = 403, description = "`forbidden`: the scope is missing", body = ErrorBody), (status = 404, description = "`unknown_token`: no such token, or another tenant's (answered exactly alike, never revealing that it exists)", body = ErrorBody)),
     security(("basic" = []), ("bearer" = []))
 )]
 /// `GET /v1/tokens/{token}`: brand, BIN/last 4, expiry, fingerprint, lifecycle. Requires
@@ -90,7 +90,7 @@ pub async fn get_token(
 #[utoipa::path(
     delete, path = "/v1/tokens/{token}", tag = "merchant", params(("token" = String, Path, pattern = "^tok_[A-Za-z0-9_-]{22}$", description = "A token (`tok_` and 22 characters); any other string answers 404 `unknown_token`")),
     responses((status = 200, body = TokenView), (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 403, description = "`forbidden`: the scope is missing", body = ErrorBody), (status = 404, description = "`unknown_token`", body = ErrorBody)),
+        (status = 403, description = "`forbidden`: the scope is missing", body = ErrorBody), (status = 404, description = "`unknown_token`: no such token, or another tenant's (answered exactly alike, never revealing that it exists)", body = ErrorBody)),
     security(("basic" = []), ("bearer" = []))
 )]
 /// `DELETE /v1/tokens/{token}`: crypto-shreds the entry (its wrapped data key and ciphertext
@@ -171,7 +171,7 @@ impl ExpiryChange {
     request_body = ExpiryChange,
     responses((status = 200, body = TokenView), (status = 400, description = "`invalid_token_expiry`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 403, description = "`forbidden`: the scope is missing", body = ErrorBody),
-        (status = 404, description = "`unknown_token`", body = ErrorBody),
+        (status = 404, description = "`unknown_token`: no such token, or another tenant's (answered exactly alike, never revealing that it exists)", body = ErrorBody),
         (status = 409, description = "`invalid_token_expiry`: `expires_with_card` on a bank-account token", body = ErrorBody),
         (status = 410, description = "`token_deleted`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = []))

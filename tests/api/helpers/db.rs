@@ -81,6 +81,13 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> Self {
+        let db = Self::unmigrated().await;
+        payvault::store::migrate(&db.pool).await.unwrap();
+        db
+    }
+
+    /// A fresh, empty database: no migration applied yet.
+    pub async fn unmigrated() -> Self {
         let name = format!("payvault_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(&admin_url()).await.expect(
             "tests need PostgreSQL: set PAYVAULT_TEST_DATABASE_URL or run one on 127.0.0.1:5432",
@@ -94,7 +101,6 @@ impl TestDb {
             .connect(&url_for(&name))
             .await
             .unwrap();
-        payvault::store::migrate(&pool).await.unwrap();
         Self { name, pool }
     }
 
