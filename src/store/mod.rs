@@ -6,6 +6,7 @@ pub mod audit;
 pub mod charges;
 pub mod checkpoints;
 pub mod credentials;
+pub mod imports;
 pub mod keys;
 pub mod roles;
 pub mod seals;

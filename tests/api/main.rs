@@ -27,3 +27,4 @@ mod startup;
 mod stored_credentials;
 mod tokenize;
 mod tokens;
+mod transfer;

@@ -1,0 +1,64 @@
+-- Bulk import (`payvault import`): which token each imported record of a source system became.
+-- Written in the same statement as the vault entries of each batch, so an import interrupted
+-- at any point resumes without duplicates: a rerun finds the source ids already here and reports
+-- their tokens instead of vaulting them again. Holds no card data: `source_id` is the source
+-- system's own id (import refuses one that holds a card number), `token` is ours.
+CREATE TABLE import_sources (
+    -- The operator's name for the import source (`--source`), e.g. `stripe-acct_1AbC`.
+    source      text        NOT NULL,
+    source_id   text        NOT NULL,
+    token       text        NOT NULL,
+    imported_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT import_sources_pkey PRIMARY KEY (source, source_id),
+    CONSTRAINT import_sources_token_fkey FOREIGN KEY (token) REFERENCES vault_entries (token),
+    CONSTRAINT import_sources_source_check CHECK (length(source) BETWEEN 1 AND 100),
+    CONSTRAINT import_sources_source_id_check CHECK (length(source_id) BETWEEN 1 AND 255)
+);
+
+CREATE INDEX import_sources_token_idx ON import_sources (token);
+
+-- The runtime role may record and read imports, never rewrite or forget one (a deleted row
+-- would let a rerun vault the record a second time): SELECT and INSERT only on import_sources.
+-- Otherwise as before (20261212000001_least_privilege_roles.sql).
+CREATE OR REPLACE FUNCTION payvault_grant_runtime(runtime_role name) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    schema_name name := current_schema();
+    audit_owner oid := (SELECT relowner FROM pg_class WHERE oid = 'audit_events'::regclass);
+    t record;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = runtime_role) THEN
+        RAISE EXCEPTION 'role % does not exist', runtime_role;
+    END IF;
+    IF (SELECT rolsuper FROM pg_roles WHERE rolname = runtime_role) THEN
+        RAISE EXCEPTION 'the runtime role % is a superuser: it must be an ordinary role', runtime_role;
+    END IF;
+    IF pg_has_role(runtime_role, audit_owner, 'MEMBER') THEN
+        RAISE EXCEPTION 'the runtime role % owns the payvault tables (or is a member of their owner %): it must be a separate role',
+            runtime_role, pg_get_userbyid(audit_owner);
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', schema_name, runtime_role);
+    FOR t IN
+        SELECT c.relname, c.relkind FROM pg_class c
+        WHERE c.relnamespace = schema_name::regnamespace AND c.relkind IN ('r', 'p', 'S')
+    LOOP
+        IF t.relkind = 'S' THEN
+            EXECUTE format('GRANT USAGE, SELECT ON SEQUENCE %I.%I TO %I', schema_name, t.relname, runtime_role);
+        ELSIF t.relname LIKE 'audit\_%' OR t.relname = '_sqlx_migrations' THEN
+            EXECUTE format('REVOKE ALL ON TABLE %I.%I FROM %I', schema_name, t.relname, runtime_role);
+            EXECUTE format('GRANT SELECT ON TABLE %I.%I TO %I', schema_name, t.relname, runtime_role);
+        ELSIF t.relname = 'import_sources' THEN
+            EXECUTE format('REVOKE ALL ON TABLE %I.%I FROM %I', schema_name, t.relname, runtime_role);
+            EXECUTE format('GRANT SELECT, INSERT ON TABLE %I.%I TO %I', schema_name, t.relname, runtime_role);
+        ELSE
+            EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE %I.%I TO %I',
+                           schema_name, t.relname, runtime_role);
+        END IF;
+    END LOOP;
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %I.payvault_insert_audit_events(jsonb), '
+                   '%I.payvault_dequeue_unsealed(bigint), '
+                   '%I.payvault_insert_seals(bigint[], bigint[], integer, bytea[]), '
+                   '%I.payvault_prune_audit(bigint, bytea, integer, bytea) TO %I',
+                   schema_name, schema_name, schema_name, schema_name, runtime_role);
+END;
+$$;
