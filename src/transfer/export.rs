@@ -78,7 +78,15 @@ pub async fn export(
         Ok(())
     });
     let mut summary = ExportSummary::default();
-    let produced = produce(pool, &keys, &opts.selection, opts.batch_size.max(1), &tx, &mut summary).await;
+    let produced = produce(
+        pool,
+        &keys,
+        &opts.selection,
+        opts.batch_size.max(1),
+        &tx,
+        &mut summary,
+    )
+    .await;
     if produced.is_err() {
         let _ = tx.send(Err(()));
     }
@@ -143,7 +151,12 @@ fn send(
     let (a, b) = std::thread::scope(|s| {
         let other = s.spawn(|| lines(keys, &second));
         let first = lines(keys, &rows);
-        (first, other.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        (
+            first,
+            other
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        )
     });
     for chunk in [a?, b?] {
         tx.send(Ok(chunk))
@@ -183,14 +196,17 @@ fn lines(keys: &KeyRing, rows: &[ExportRow]) -> anyhow::Result<Zeroizing<Vec<u8>
             .open(&row.token, &entry.binding(), &entry.sealed)
             .map_err(|_| anyhow::anyhow!("token {} does not decrypt (altered in the database, or its master key version is not loaded)", row.token))?;
         let expiry = match (entry.exp_month, entry.exp_year) {
-            (Some(m), Some(y)) => Expiry::from_stored(
-                u8::try_from(m).unwrap_or(0),
-                u16::try_from(y).unwrap_or(0),
-            ),
+            (Some(m), Some(y)) => {
+                Expiry::from_stored(u8::try_from(m).unwrap_or(0), u16::try_from(y).unwrap_or(0))
+            }
             _ => None,
         };
-        let method = PaymentMethod::from_secret_payload(&plain, expiry)
-            .ok_or_else(|| anyhow::anyhow!("token {} holds a payload this version cannot read", row.token))?;
+        let method = PaymentMethod::from_secret_payload(&plain, expiry).ok_or_else(|| {
+            anyhow::anyhow!(
+                "token {} holds a payload this version cannot read",
+                row.token
+            )
+        })?;
         let line = match &method {
             PaymentMethod::Card(c) => Line {
                 source_id: &row.token,
@@ -265,5 +281,10 @@ fn create_new_private(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("cannot create {} (an existing file is never overwritten)", path.display()))
+        .with_context(|| {
+            format!(
+                "cannot create {} (an existing file is never overwritten)",
+                path.display()
+            )
+        })
 }

@@ -63,6 +63,12 @@ pub struct ImportSummary {
     pub refused: u64,
 }
 
+/// The input file, and the key it is encrypted to if it is.
+struct Input {
+    file: File,
+    decrypt: Option<DecryptKey>,
+}
+
 /// One row on its way from the reader thread to the database.
 struct Item {
     line: u64,
@@ -83,8 +89,8 @@ pub async fn import(
     keys: Arc<KeyRing>,
     mut opts: ImportOptions,
 ) -> anyhow::Result<ImportSummary> {
-    let input = File::open(&opts.input)
-        .with_context(|| format!("cannot open {}", opts.input.display()))?;
+    let input =
+        File::open(&opts.input).with_context(|| format!("cannot open {}", opts.input.display()))?;
     let size = input.metadata().map(|m| m.len()).unwrap_or(0);
     let result = create_private(&opts.result)?;
 
@@ -101,18 +107,11 @@ pub async fn import(
 
     let progress = Progress::new(size, opts.progress);
     let mut summary = ImportSummary::default();
-    let decrypt = opts.decrypt.take();
-    let outcome = run(
-        pool,
-        keys,
-        &opts,
-        decrypt,
-        input,
-        result,
-        &progress,
-        &mut summary,
-    )
-    .await;
+    let input = Input {
+        file: input,
+        decrypt: opts.decrypt.take(),
+    };
+    let outcome = run(pool, keys, &opts, input, result, &progress, &mut summary).await;
     progress.finish();
 
     let mut finished = AuditEvent::operator("import_finished");
@@ -131,15 +130,15 @@ async fn run(
     pool: &sqlx::PgPool,
     keys: Arc<KeyRing>,
     opts: &ImportOptions,
-    decrypt: Option<DecryptKey>,
-    input: File,
+    input: Input,
     result: File,
     progress: &Progress,
     summary: &mut ImportSummary,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Vec<Item>>(2);
     let vault = Vault::new(pool.clone(), keys);
-    let input = CountingReader::new(input, progress.counter());
+    let Input { file, decrypt } = input;
+    let input = CountingReader::new(file, progress.counter());
     let (format, preset, batch_size) = (opts.format, opts.preset, opts.batch_size.max(1));
     let stages = progress.clone();
     let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
@@ -229,7 +228,11 @@ fn seal_all(
     std::thread::scope(|s| {
         let other = s.spawn(|| second.into_iter().map(seal).collect::<Vec<_>>());
         let mut items: Vec<Item> = rows.into_iter().map(seal).collect();
-        items.extend(other.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        items.extend(
+            other
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        );
         items
     })
 }
@@ -408,7 +411,12 @@ async fn import_batch(
         .collect();
     valid.retain(|p| match known.get(&p.source_id) {
         Some(k) => {
-            lines.push(done(p.line, "already_imported", &p.source_id, EntryView::known(k)));
+            lines.push(done(
+                p.line,
+                "already_imported",
+                &p.source_id,
+                EntryView::known(k),
+            ));
             false
         }
         None => true,
@@ -466,10 +474,18 @@ async fn import_batch(
             .collect()
     };
     for p in &valid {
-        let token = p.existing.as_deref().unwrap_or(p.sealed.entry.token.as_str());
+        let token = p
+            .existing
+            .as_deref()
+            .unwrap_or(p.sealed.entry.token.as_str());
         if let Some(k) = raced.get(&p.source_id) {
             summary.already_imported += 1;
-            lines.push(done(p.line, "already_imported", &p.source_id, EntryView::known(k)));
+            lines.push(done(
+                p.line,
+                "already_imported",
+                &p.source_id,
+                EntryView::known(k),
+            ));
         } else if p.existing.is_some() {
             summary.deduplicated += 1;
             let view = EntryView::of(&p.sealed.entry, token);
@@ -516,7 +532,10 @@ fn row_events(source: &str, valid: &[Planned<'_>]) -> Vec<AuditEvent> {
     valid
         .iter()
         .map(|p| {
-            let token = p.existing.as_deref().unwrap_or(p.sealed.entry.token.as_str());
+            let token = p
+                .existing
+                .as_deref()
+                .unwrap_or(p.sealed.entry.token.as_str());
             let mut event = AuditEvent::operator("import_row").with_token(token);
             event.masked_data = Some(p.sealed.masked.clone());
             event.details["source"] = source.into();

@@ -216,7 +216,11 @@ impl<R: BufRead> Iterator for CsvRows<R> {
                 self.columns = Some(
                     self.record
                         .iter()
-                        .map(|h| std::str::from_utf8(h).ok().and_then(|h| preset.field_of(h.trim())))
+                        .map(|h| {
+                            std::str::from_utf8(h)
+                                .ok()
+                                .and_then(|h| preset.field_of(h.trim()))
+                        })
                         .collect(),
                 );
                 continue;
@@ -273,8 +277,7 @@ impl<R: BufRead> Iterator for JsonRows<R> {
                 fields: HashMap::new(),
             };
             for (key, value) in object {
-                if let (Some(field), JsonValue(Some(value))) = (self.preset.field_of(&key), value)
-                {
+                if let (Some(field), JsonValue(Some(value))) = (self.preset.field_of(&key), value) {
                     if !value.expose().trim().is_empty() {
                         row.fields
                             .insert(field, SecretText::from(value.expose().trim()));

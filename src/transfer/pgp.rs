@@ -9,13 +9,12 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use pgp::composed::{
-    Deserializable, DecryptionOptions, Message, MessageBuilder, SignedPublicKey,
-    SignedSecretKey, TheRing,
+    DecryptionOptions, Deserializable, Message, MessageBuilder, SignedPublicKey, SignedSecretKey,
+    TheRing,
 };
 use pgp::crypto::sym::SymmetricKeyAlgorithm;
 use pgp::types::{
-    EcdhPublicParams, EddsaLegacyPublicParams, KeyDetails, Password, PublicParams,
-    Seipdv1ReadMode,
+    EcdhPublicParams, EddsaLegacyPublicParams, KeyDetails, Password, PublicParams, Seipdv1ReadMode,
 };
 use rsa::traits::PublicKeyParts;
 
@@ -43,8 +42,9 @@ impl DecryptKey {
             .with_context(|| format!("cannot open the decryption key {}", path.display()))?;
         let (key, _) = SignedSecretKey::from_reader_single(BufReader::new(file))
             .map_err(|e| anyhow::anyhow!("{} is not an OpenPGP secret key: {e}", path.display()))?;
-        key.verify_bindings()
-            .map_err(|e| anyhow::anyhow!("the decryption key's self-signatures do not verify: {e}"))?;
+        key.verify_bindings().map_err(|e| {
+            anyhow::anyhow!("the decryption key's self-signatures do not verify: {e}")
+        })?;
         let passphrase = passphrase.map_or_else(Password::empty, |p| Password::from(p.expose()));
         Ok(Self { key, passphrase })
     }
@@ -113,8 +113,9 @@ impl Recipient {
     }
 
     pub fn new(key: SignedPublicKey) -> anyhow::Result<Self> {
-        key.verify_bindings()
-            .map_err(|e| anyhow::anyhow!("the recipient key's self-signatures do not verify: {e}"))?;
+        key.verify_bindings().map_err(|e| {
+            anyhow::anyhow!("the recipient key's self-signatures do not verify: {e}")
+        })?;
         check_params(key.primary_key.public_params())
             .map_err(|why| anyhow::anyhow!("refusing the recipient key: its primary key {why}"))?;
         for sub in &key.public_subkeys {

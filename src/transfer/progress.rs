@@ -50,7 +50,8 @@ impl Progress {
         let count = Arc::new(AtomicU64::new(0));
         let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let bar = (enabled && terminal).then(|| {
-            let bar = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
+            let bar =
+                ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
             if let Ok(style) = ProgressStyle::with_template(
                 "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
             ) {

@@ -6,8 +6,8 @@ use chrono::NaiveDate;
 use super::layout::{Field, Preset, RawRow};
 use crate::domain::card::contains_card_number;
 use crate::domain::{
-    AccountNumber, BankAccount, Card, CardNumber, Expiry, InvalidInput, PaymentMethod,
-    PostalCode, RoutingNumber,
+    AccountNumber, BankAccount, Card, CardNumber, Expiry, InvalidInput, PaymentMethod, PostalCode,
+    RoutingNumber,
 };
 
 /// A valid row, ready to vault.
@@ -28,7 +28,11 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    pub fn new(code: &'static str, column: Option<&'static str>, message: impl Into<String>) -> Self {
+    pub fn new(
+        code: &'static str,
+        column: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             code,
             column,
@@ -174,13 +178,7 @@ fn expiry(row: &RawRow, preset: Preset, today: NaiveDate) -> Result<Expiry, Refu
             (m.trim(), y.trim(), col(Field::Expiry))
         }
     };
-    // Exports often write single-digit months ("8"), which Twilio never sends.
-    let month = if month.len() == 1 {
-        format!("0{month}")
-    } else {
-        month.to_owned()
-    };
-    Expiry::parse(&month, year, today).map_err(|e| Refusal::invalid(column, e))
+    Expiry::parse(month, year, today).map_err(|e| Refusal::invalid(column, e))
 }
 
 #[cfg(test)]
@@ -213,11 +211,17 @@ mod tests {
         assert_eq!(bank.method.kind(), "bank_account");
 
         let refusals = [
-            ("c2,4111111111111112,08,2030", "invalid_card_number_checksum"),
+            (
+                "c2,4111111111111112,08,2030",
+                "invalid_card_number_checksum",
+            ),
             ("c3,4111111111111111,08,2020", "card_expired"),
             ("c4,4111111111111111,13,2030", "invalid_expiry_month"),
             ("c5,,08,2030", "missing_payment_method"),
-            ("4111111111111111,4111111111111111,08,2030", "card_number_in_source_id"),
+            (
+                "4111111111111111,4111111111111111,08,2030",
+                "card_number_in_source_id",
+            ),
         ];
         for (line, code) in refusals {
             let e = one(

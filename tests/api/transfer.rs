@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use crate::helpers::{assert_no_leaks, captured_logs, contains_word, test_keys, RuntimeRole, TestDb};
+use crate::helpers::{
+    assert_no_leaks, captured_logs, contains_word, test_keys, RuntimeRole, TestDb,
+};
 use payvault::auth::{admin, CredentialKind};
 use payvault::crypto::KeyRing;
 use payvault::transfer::export::{export, ExportOptions, Selection};
@@ -41,7 +43,9 @@ impl TempDir {
     fn all_text(&self) -> String {
         let mut all = String::new();
         for entry in std::fs::read_dir(&self.0).unwrap() {
-            all.push_str(&String::from_utf8_lossy(&std::fs::read(entry.unwrap().path()).unwrap()));
+            all.push_str(&String::from_utf8_lossy(
+                &std::fs::read(entry.unwrap().path()).unwrap(),
+            ));
         }
         all
     }
@@ -97,7 +101,11 @@ fn cards(preset: Preset, format: Format, n: u64, bad: Option<u64>, seed: u64) ->
         let mut number = pan(seed + i);
         if bad == Some(i) {
             let last = number.pop().unwrap();
-            number.push(if last == '9' { '0' } else { (last as u8 + 1) as char });
+            number.push(if last == '9' {
+                '0'
+            } else {
+                (last as u8 + 1) as char
+            });
         }
         let id = format!("src_{seed}_{i}");
         match format {
@@ -122,7 +130,13 @@ fn read_result(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn options(input: PathBuf, result: PathBuf, preset: Preset, format: Format, created_by: Uuid) -> ImportOptions {
+fn options(
+    input: PathBuf,
+    result: PathBuf,
+    preset: Preset,
+    format: Format,
+    created_by: Uuid,
+) -> ImportOptions {
     ImportOptions {
         input,
         format,
@@ -144,12 +158,16 @@ async fn credential(db: &TestDb) -> Uuid {
     admin::create_credential(&db.pool, "importer", CredentialKind::Connector, None)
         .await
         .unwrap()
-        .row.id
+        .row
+        .id
 }
 
 /// An Ed25519 primary key with an X25519 (ECDH Curve25519) encryption subkey.
 fn curve25519_key() -> SignedSecretKey {
-    key_with(KeyType::Ed25519Legacy, KeyType::ECDH(ECCCurve::Curve25519Legacy))
+    key_with(
+        KeyType::Ed25519Legacy,
+        KeyType::ECDH(ECCCurve::Curve25519Legacy),
+    )
 }
 
 fn key_with(primary: KeyType, encryption: KeyType) -> SignedSecretKey {
@@ -190,13 +208,17 @@ fn save_secret_key(key: &SignedSecretKey, path: &Path) {
 }
 
 /// Every live entry's payload and expiry, by token.
-async fn decrypted(pool: &sqlx::PgPool, keys: &Arc<KeyRing>) -> HashMap<String, (Vec<u8>, Option<i16>, Option<i16>)> {
+async fn decrypted(
+    pool: &sqlx::PgPool,
+    keys: &Arc<KeyRing>,
+) -> HashMap<String, (Vec<u8>, Option<i16>, Option<i16>)> {
     let vault = Vault::new(pool.clone(), keys.clone());
-    let rows: Vec<(String, Option<i16>, Option<i16>)> =
-        sqlx::query_as("SELECT token, exp_month, exp_year FROM vault_entries WHERE deleted_at IS NULL")
-            .fetch_all(pool)
-            .await
-            .unwrap();
+    let rows: Vec<(String, Option<i16>, Option<i16>)> = sqlx::query_as(
+        "SELECT token, exp_month, exp_year FROM vault_entries WHERE deleted_at IS NULL",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
     let mut out = HashMap::new();
     for (token, m, y) in rows {
         let plain = vault.open_entry(&token).await.unwrap().unwrap();
@@ -234,8 +256,7 @@ async fn every_preset_imports_plain_and_pgp_files_and_reports_a_bad_row_by_line(
                 let mut opts = options(input, result.clone(), preset, format, who);
                 opts.source = format!("src-{seed}");
                 if encrypted {
-                    opts.decrypt =
-                        Some(DecryptKey::load(&dir.path("operator.key"), None).unwrap());
+                    opts.decrypt = Some(DecryptKey::load(&dir.path("operator.key"), None).unwrap());
                 }
                 let summary = import(&db.pool, keys.clone(), opts).await.unwrap();
                 let case = format!("{preset:?} {format:?} encrypted={encrypted}");
@@ -257,7 +278,10 @@ async fn every_preset_imports_plain_and_pgp_files_and_reports_a_bad_row_by_line(
                 // Row 9 is line 11 of a CSV (after the header), line 10 of JSON lines.
                 let line = if format == Format::Csv { 11 } else { 10 };
                 assert_eq!(refused[0]["line"], line, "{case}");
-                assert_eq!(refused[0]["error_code"], "invalid_card_number_checksum", "{case}");
+                assert_eq!(
+                    refused[0]["error_code"], "invalid_card_number_checksum",
+                    "{case}"
+                );
                 assert_eq!(refused[0]["source_id"], format!("src_{seed}_9"), "{case}");
                 let ok = lines.iter().find(|l| l["status"] == "imported").unwrap();
                 assert_eq!(ok["brand"], "visa", "{case}");
@@ -267,7 +291,10 @@ async fn every_preset_imports_plain_and_pgp_files_and_reports_a_bad_row_by_line(
             }
         }
     }
-    assert_eq!(count(&db.pool, "SELECT count(*) FROM vault_entries").await, expected);
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM vault_entries").await,
+        expected
+    );
     // The stored card is the one in the file, sealed as tokenize seals it.
     let all = decrypted(&db.pool, &keys).await;
     let token: String = sqlx::query_scalar(
@@ -282,7 +309,11 @@ async fn every_preset_imports_plain_and_pgp_files_and_reports_a_bad_row_by_line(
 
     // The whole import is audited, not each row.
     assert_eq!(
-        count(&db.pool, "SELECT count(*) FROM audit_events WHERE action = 'import_started'").await,
+        count(
+            &db.pool,
+            "SELECT count(*) FROM audit_events WHERE action = 'import_started'"
+        )
+        .await,
         12
     );
     let finished: Value = sqlx::query_scalar(
@@ -293,7 +324,11 @@ async fn every_preset_imports_plain_and_pgp_files_and_reports_a_bad_row_by_line(
     .unwrap();
     assert_eq!(finished["counts"]["imported"], 19, "{finished}");
     assert_eq!(
-        count(&db.pool, "SELECT count(*) FROM audit_events WHERE action = 'import_row'").await,
+        count(
+            &db.pool,
+            "SELECT count(*) FROM audit_events WHERE action = 'import_row'"
+        )
+        .await,
         0
     );
 
@@ -341,11 +376,18 @@ async fn malformed_rows_are_refused_by_line_without_their_values_and_the_rest_im
     )
     .unwrap();
     let result = dir.path("out");
-    let summary = import(&db.pool, keys, options(input, result.clone(), Preset::Generic, Format::Csv, who))
-        .await
-        .unwrap();
+    let summary = import(
+        &db.pool,
+        keys,
+        options(input, result.clone(), Preset::Generic, Format::Csv, who),
+    )
+    .await
+    .unwrap();
     let lines = read_result(&result);
-    let by_line: HashMap<u64, &Value> = lines.iter().map(|l| (l["line"].as_u64().unwrap(), l)).collect();
+    let by_line: HashMap<u64, &Value> = lines
+        .iter()
+        .map(|l| (l["line"].as_u64().unwrap(), l))
+        .collect();
     assert_eq!(by_line[&2]["status"], "imported");
     assert_eq!(by_line[&3]["error_code"], "card_expired");
     let broken = lines
@@ -353,17 +395,25 @@ async fn malformed_rows_are_refused_by_line_without_their_values_and_the_rest_im
         .find(|l| l["error_code"] == "malformed_csv")
         .expect("the broken row is reported");
     assert!(broken["line"].as_u64().unwrap() >= 4, "{broken}");
-    assert!(lines.iter().any(|l| l["error_code"] == "card_number_in_source_id"));
     assert!(lines
         .iter()
-        .any(|l| l["source_id"] == "d" && l["status"] == "imported" && l["kind"] == "bank_account"));
-    let dup = lines.iter().find(|l| l["error_code"] == "duplicate_source_id").unwrap();
+        .any(|l| l["error_code"] == "card_number_in_source_id"));
+    assert!(lines.iter().any(|l| l["source_id"] == "d"
+        && l["status"] == "imported"
+        && l["kind"] == "bank_account"));
+    let dup = lines
+        .iter()
+        .find(|l| l["error_code"] == "duplicate_source_id")
+        .unwrap();
     assert!(dup["error"].as_str().unwrap().contains("line 2"), "{dup}");
     let text = std::fs::read_to_string(&result).unwrap();
     for n in 1..=6 {
         assert!(!text.contains(&pan(n)), "a PAN is in the result file");
     }
-    assert!(!text.contains("123456789"), "the account number is in the result file");
+    assert!(
+        !text.contains("123456789"),
+        "the account number is in the result file"
+    );
     assert_eq!(summary.imported, 3, "{summary:?} {text}");
 }
 
@@ -381,20 +431,37 @@ async fn an_interrupted_import_resumes_without_duplicates() {
     let first = import(
         &db.pool,
         keys.clone(),
-        options(dir.path("part.jsonl"), dir.path("r1"), Preset::Generic, Format::Jsonl, who),
+        options(
+            dir.path("part.jsonl"),
+            dir.path("r1"),
+            Preset::Generic,
+            Format::Jsonl,
+            who,
+        ),
     )
     .await
     .unwrap();
     assert_eq!(first.imported, 30);
     let first_tokens: HashMap<String, String> = read_result(&dir.path("r1"))
         .into_iter()
-        .map(|l| (l["source_id"].as_str().unwrap().to_owned(), l["token"].as_str().unwrap().to_owned()))
+        .map(|l| {
+            (
+                l["source_id"].as_str().unwrap().to_owned(),
+                l["token"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
 
     let second = import(
         &db.pool,
         keys.clone(),
-        options(dir.path("all.jsonl"), dir.path("r2"), Preset::Generic, Format::Jsonl, who),
+        options(
+            dir.path("all.jsonl"),
+            dir.path("r2"),
+            Preset::Generic,
+            Format::Jsonl,
+            who,
+        ),
     )
     .await
     .unwrap();
@@ -408,11 +475,21 @@ async fn an_interrupted_import_resumes_without_duplicates() {
     );
     for l in read_result(&dir.path("r2")) {
         if l["status"] == "already_imported" {
-            assert_eq!(first_tokens[l["source_id"].as_str().unwrap()], l["token"], "{l}");
+            assert_eq!(
+                first_tokens[l["source_id"].as_str().unwrap()],
+                l["token"],
+                "{l}"
+            );
         }
     }
-    assert_eq!(count(&db.pool, "SELECT count(*) FROM vault_entries").await, 50);
-    assert_eq!(count(&db.pool, "SELECT count(DISTINCT token) FROM import_sources").await, 50);
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM vault_entries").await,
+        50
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(DISTINCT token) FROM import_sources").await,
+        50
+    );
 }
 
 #[tokio::test]
@@ -421,18 +498,32 @@ async fn a_killed_import_process_resumes_without_duplicates() {
     credential(&db).await;
     let dir = TempDir::new();
     let n = 30_000;
-    std::fs::write(dir.path("big.csv"), cards(Preset::Generic, Format::Csv, n, None, 100_000)).unwrap();
+    std::fs::write(
+        dir.path("big.csv"),
+        cards(Preset::Generic, Format::Csv, n, None, 100_000),
+    )
+    .unwrap();
     let key = payvault::crypto::MasterKey::generate(1).encode();
     let run = |result: &str| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_payvault"));
-        cmd.args(["--operator", "test-op", "import", "--source", "big", "--credential", "importer", "--batch", "500"])
-            .arg(dir.path("big.csv"))
-            .arg("--result")
-            .arg(dir.path(result))
-            .env("DATABASE_URL", db.url())
-            .env("PAYVAULT_MASTER_KEY", key.as_str())
-            .env_remove("PAYVAULT_MASTER_KEY_FILE")
-            .env_remove("PAYVAULT_DEDUP");
+        cmd.args([
+            "--operator",
+            "test-op",
+            "import",
+            "--source",
+            "big",
+            "--credential",
+            "importer",
+            "--batch",
+            "500",
+        ])
+        .arg(dir.path("big.csv"))
+        .arg("--result")
+        .arg(dir.path(result))
+        .env("DATABASE_URL", db.url())
+        .env("PAYVAULT_MASTER_KEY", key.as_str())
+        .env_remove("PAYVAULT_MASTER_KEY_FILE")
+        .env_remove("PAYVAULT_DEDUP");
         cmd
     };
     let mut child = run("r1").spawn().unwrap();
@@ -443,22 +534,44 @@ async fn a_killed_import_process_resumes_without_duplicates() {
         if done >= 1_000 {
             break;
         }
-        assert!(child.try_wait().unwrap().is_none(), "the import ended before it was killed");
-        assert!(std::time::Instant::now() < deadline, "the import made no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the import ended before it was killed"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import made no progress"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     child.kill().unwrap();
     child.wait().unwrap();
     let committed = count(&db.pool, "SELECT count(*) FROM import_sources").await;
     assert!(committed < n as i64, "killed before the end ({committed})");
-    assert_eq!(count(&db.pool, "SELECT count(*) FROM vault_entries").await, committed);
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM vault_entries").await,
+        committed
+    );
 
     let out = run("r2").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(count(&db.pool, "SELECT count(*) FROM vault_entries").await, n as i64);
-    assert_eq!(count(&db.pool, "SELECT count(*) FROM import_sources").await, n as i64);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM vault_entries").await,
+        n as i64
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM import_sources").await,
+        n as i64
+    );
     let lines = read_result(&dir.path("r2"));
-    let already = lines.iter().filter(|l| l["status"] == "already_imported").count() as i64;
+    let already = lines
+        .iter()
+        .filter(|l| l["status"] == "already_imported")
+        .count() as i64;
     assert_eq!(already, committed);
 }
 
@@ -468,16 +581,28 @@ async fn export_then_import_into_a_fresh_vault_gives_the_same_cards() {
     let (keys_a, keys_b) = (test_keys(), test_keys());
     let (who_a, who_b) = (credential(&a).await, credential(&b).await);
     let dir = TempDir::new();
-    let mut text = String::from("source_id,number,exp_month,exp_year,routing_number,account_number\n");
+    let mut text =
+        String::from("source_id,number,exp_month,exp_year,routing_number,account_number\n");
     for i in 0..40 {
         text.push_str(&format!("c{i},{},8,2031,,\n", pan(50_000 + i)));
     }
     text.push_str("bank_1,,,,121000358,000123456789\n");
     std::fs::write(dir.path("in.csv"), text).unwrap();
-    let mut opts = options(dir.path("in.csv"), dir.path("r-a"), Preset::Generic, Format::Csv, who_a);
+    let mut opts = options(
+        dir.path("in.csv"),
+        dir.path("r-a"),
+        Preset::Generic,
+        Format::Csv,
+        who_a,
+    );
     opts.network_transaction_issuer = Some("stripe".into());
     let summary = import(&a.pool, keys_a.clone(), opts).await.unwrap();
-    assert_eq!(summary.imported, 41, "{summary:?} {}", std::fs::read_to_string(dir.path("r-a")).unwrap());
+    assert_eq!(
+        summary.imported,
+        41,
+        "{summary:?} {}",
+        std::fs::read_to_string(dir.path("r-a")).unwrap()
+    );
     sqlx::query("UPDATE vault_entries SET network_transaction_id = 'NTID-7' WHERE token = (SELECT min(token) FROM vault_entries WHERE kind = 'card')")
         .execute(&a.pool)
         .await
@@ -507,7 +632,9 @@ async fn export_then_import_into_a_fresh_vault_gives_the_same_cards() {
     .unwrap();
     assert_eq!(actions, ["export_started", "export_finished"]);
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(dir.path("export.pgp")).unwrap().permissions(),
+        &std::fs::metadata(dir.path("export.pgp"))
+            .unwrap()
+            .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
     // An existing file is never overwritten.
@@ -524,21 +651,35 @@ async fn export_then_import_into_a_fresh_vault_gives_the_same_cards() {
     .await;
     assert!(again.is_err());
 
-    let mut opts = options(dir.path("export.pgp"), dir.path("r-b"), Preset::Generic, Format::Jsonl, who_b);
+    let mut opts = options(
+        dir.path("export.pgp"),
+        dir.path("r-b"),
+        Preset::Generic,
+        Format::Jsonl,
+        who_b,
+    );
     opts.decrypt = Some(DecryptKey::load(&dir.path("b.key"), None).unwrap());
     let summary = import(&b.pool, keys_b.clone(), opts).await.unwrap();
     assert_eq!(summary.imported, 41, "{summary:?}");
 
-    let (old, new) = (decrypted(&a.pool, &keys_a).await, decrypted(&b.pool, &keys_b).await);
-    let mapping: Vec<(String, String)> = sqlx::query_as("SELECT source_id, token FROM import_sources")
-        .fetch_all(&b.pool)
-        .await
-        .unwrap();
+    let (old, new) = (
+        decrypted(&a.pool, &keys_a).await,
+        decrypted(&b.pool, &keys_b).await,
+    );
+    let mapping: Vec<(String, String)> =
+        sqlx::query_as("SELECT source_id, token FROM import_sources")
+            .fetch_all(&b.pool)
+            .await
+            .unwrap();
     assert_eq!(mapping.len(), 41);
     for (old_token, new_token) in &mapping {
         assert_eq!(old[old_token], new[new_token], "{old_token}");
     }
-    let ntids: i64 = count(&b.pool, "SELECT count(*) FROM vault_entries WHERE network_transaction_id = 'NTID-7'").await;
+    let ntids: i64 = count(
+        &b.pool,
+        "SELECT count(*) FROM vault_entries WHERE network_transaction_id = 'NTID-7'",
+    )
+    .await;
     assert_eq!(ntids, 1);
 
     let pans: Vec<String> = (0..40).map(|i| pan(50_000 + i)).collect();
@@ -559,8 +700,14 @@ async fn export_then_import_into_a_fresh_vault_gives_the_same_cards() {
 async fn weak_or_obsolete_recipient_keys_are_refused_with_the_reason() {
     let rsa_2048 = key_with(KeyType::Rsa(2048), KeyType::Rsa(2048));
     let err = Recipient::new(public(&rsa_2048)).unwrap_err().to_string();
-    assert!(err.contains("RSA of 2048 bits") && err.contains("3072"), "{err}");
-    let nist = key_with(KeyType::ECDSA(ECCCurve::P256), KeyType::ECDH(ECCCurve::P256));
+    assert!(
+        err.contains("RSA of 2048 bits") && err.contains("3072"),
+        "{err}"
+    );
+    let nist = key_with(
+        KeyType::ECDSA(ECCCurve::P256),
+        KeyType::ECDH(ECCCurve::P256),
+    );
     let err = Recipient::new(public(&nist)).unwrap_err().to_string();
     assert!(err.contains("Curve25519"), "{err}");
     let no_encryption = {
@@ -570,9 +717,15 @@ async fn weak_or_obsolete_recipient_keys_are_refused_with_the_reason() {
             .can_certify(true)
             .can_sign(true)
             .primary_user_id("Sign Only <s@example.com>".into());
-        params.build().unwrap().generate(aes_gcm::aead::OsRng).unwrap()
+        params
+            .build()
+            .unwrap()
+            .generate(aes_gcm::aead::OsRng)
+            .unwrap()
     };
-    let err = Recipient::new(public(&no_encryption)).unwrap_err().to_string();
+    let err = Recipient::new(public(&no_encryption))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no encryption key"), "{err}");
     assert!(Recipient::new(public(&curve25519_key())).is_ok());
 }
@@ -589,7 +742,13 @@ async fn with_dedup_a_card_already_vaulted_maps_to_its_token() {
         format!("source_id,number,exp_month,exp_year\nx1,{same},1,2031\nx2,{same},2,2032\n"),
     )
     .unwrap();
-    let mut opts = options(dir.path("in.csv"), dir.path("r1"), Preset::Generic, Format::Csv, who);
+    let mut opts = options(
+        dir.path("in.csv"),
+        dir.path("r1"),
+        Preset::Generic,
+        Format::Csv,
+        who,
+    );
     opts.dedup = true;
     let first = import(&db.pool, keys.clone(), opts).await.unwrap();
     assert_eq!((first.imported, first.deduplicated), (1, 1));
@@ -598,13 +757,25 @@ async fn with_dedup_a_card_already_vaulted_maps_to_its_token() {
         format!("source_id,number,exp_month,exp_year\ny1,{same},1,2031\n"),
     )
     .unwrap();
-    let mut opts = options(dir.path("in2.csv"), dir.path("r2"), Preset::Generic, Format::Csv, who);
+    let mut opts = options(
+        dir.path("in2.csv"),
+        dir.path("r2"),
+        Preset::Generic,
+        Format::Csv,
+        who,
+    );
     opts.dedup = true;
     opts.source = "other".into();
     let second = import(&db.pool, keys, opts).await.unwrap();
     assert_eq!(second.deduplicated, 1);
-    assert_eq!(count(&db.pool, "SELECT count(*) FROM vault_entries").await, 1);
-    assert_eq!(count(&db.pool, "SELECT count(DISTINCT token) FROM import_sources").await, 1);
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM vault_entries").await,
+        1
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(DISTINCT token) FROM import_sources").await,
+        1
+    );
 }
 
 #[tokio::test]
@@ -642,11 +813,34 @@ fn export_refuses_without_confirmation_or_operator() {
     };
     let out = dir.path("x.pgp");
     let out = out.to_str().unwrap();
-    let no_confirm = run(&["--operator", "op", "export", "--all", "--recipient-key", "k", "--out", out]);
+    let no_confirm = run(&[
+        "--operator",
+        "op",
+        "export",
+        "--all",
+        "--recipient-key",
+        "k",
+        "--out",
+        out,
+    ]);
     let err = String::from_utf8_lossy(&no_confirm.stderr);
-    assert!(!no_confirm.status.success() && err.contains("--i-understand-this-exports-card-data"), "{err}");
-    let no_operator = run(&["export", "--all", "--recipient-key", "k", "--out", out, "--i-understand-this-exports-card-data"]);
+    assert!(
+        !no_confirm.status.success() && err.contains("--i-understand-this-exports-card-data"),
+        "{err}"
+    );
+    let no_operator = run(&[
+        "export",
+        "--all",
+        "--recipient-key",
+        "k",
+        "--out",
+        out,
+        "--i-understand-this-exports-card-data",
+    ]);
     let err = String::from_utf8_lossy(&no_operator.stderr);
-    assert!(!no_operator.status.success() && err.contains("--operator"), "{err}");
+    assert!(
+        !no_operator.status.success() && err.contains("--operator"),
+        "{err}"
+    );
     assert!(!dir.path("x.pgp").exists());
 }
