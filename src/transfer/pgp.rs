@@ -162,7 +162,7 @@ impl Recipient {
             builder.encrypt_to_key(&mut rng, &self.key)?;
         }
         builder
-            .to_writer(&mut rng, out)
+            .to_writer(rng, out)
             .map_err(|e| anyhow::anyhow!("encryption failed: {e}"))
     }
 }
