@@ -15,8 +15,6 @@ CREATE TABLE import_sources (
     CONSTRAINT import_sources_source_id_check CHECK (length(source_id) BETWEEN 1 AND 255)
 );
 
-CREATE INDEX import_sources_token_idx ON import_sources (token);
-
 -- The runtime role may record and read imports, never rewrite or forget one (a deleted row
 -- would let a rerun vault the record a second time): SELECT and INSERT only on import_sources.
 -- Otherwise as before (20261212000001_least_privilege_roles.sql).

@@ -185,35 +185,77 @@ pub async fn find_live_by_fingerprints(
     Ok(rows.into_iter().map(|r| (r.fingerprint, r.token)).collect())
 }
 
-/// A live entry as export reads it.
+/// An entry as export reads it; `entry` is `None` for one deleted or expired.
 #[derive(Debug, Clone)]
 pub struct ExportRow {
     pub token: String,
-    pub entry: BoundEntry,
+    pub entry: Option<BoundEntry>,
     pub network_transaction_id: Option<String>,
 }
 
-/// Up to `limit` live, unexpired entries after `after` in token order (all entries), or those
-/// among `tokens` (a list).
-pub async fn export_batch(
+/// The next `limit` entries after `after` in token order, live or not (so that the page is
+/// read down the primary key whatever the planner believes about liveness; the caller skips
+/// the rest and continues after the last token).
+pub async fn export_page(
     db: impl PgExecutor<'_>,
     after: &str,
-    tokens: Option<&[String]>,
     limit: i64,
+) -> Result<Vec<ExportRow>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"
+        SELECT token, key_version, aad_version, wrapped_key, ciphertext, kind, exp_month,
+               exp_year, network_transaction_id,
+               deleted_at IS NULL AND (expires_at IS NULL OR expires_at > now()) AS "live!"
+        FROM vault_entries
+        WHERE token > $1
+        ORDER BY token
+        LIMIT $2
+        "#,
+        after,
+        limit,
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let entry = match (r.live, r.wrapped_key, r.ciphertext) {
+                (true, Some(wrapped_key), Some(ciphertext)) => Some(BoundEntry {
+                    sealed: SealedEntry {
+                        key_version: r.key_version,
+                        aad_version: r.aad_version,
+                        wrapped_key,
+                        ciphertext,
+                    },
+                    kind: r.kind,
+                    exp_month: r.exp_month,
+                    exp_year: r.exp_year,
+                }),
+                _ => None,
+            };
+            ExportRow {
+                token: r.token,
+                entry,
+                network_transaction_id: r.network_transaction_id,
+            }
+        })
+        .collect())
+}
+
+/// The live, unexpired entries among `tokens`.
+pub async fn export_listed(
+    db: impl PgExecutor<'_>,
+    tokens: &[String],
 ) -> Result<Vec<ExportRow>, sqlx::Error> {
     let rows = sqlx::query!(
         r#"
         SELECT token, key_version, aad_version, wrapped_key AS "wrapped_key!",
                ciphertext AS "ciphertext!", kind, exp_month, exp_year, network_transaction_id
         FROM vault_entries
-        WHERE deleted_at IS NULL AND (expires_at IS NULL OR expires_at > now())
-          AND token > $1 AND ($2::text[] IS NULL OR token = ANY($2))
+        WHERE token = ANY($1) AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > now())
         ORDER BY token
-        LIMIT $3
         "#,
-        after,
         tokens,
-        limit,
     )
     .fetch_all(db)
     .await?;
@@ -221,7 +263,7 @@ pub async fn export_batch(
         .into_iter()
         .map(|r| ExportRow {
             token: r.token,
-            entry: BoundEntry {
+            entry: Some(BoundEntry {
                 sealed: SealedEntry {
                     key_version: r.key_version,
                     aad_version: r.aad_version,
@@ -231,7 +273,7 @@ pub async fn export_batch(
                 kind: r.kind,
                 exp_month: r.exp_month,
                 exp_year: r.exp_year,
-            },
+            }),
             network_transaction_id: r.network_transaction_id,
         })
         .collect())

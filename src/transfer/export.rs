@@ -119,9 +119,10 @@ async fn produce(
         Selection::All => {
             let mut after = String::new();
             loop {
-                let rows = store::imports::export_batch(pool, &after, None, limit).await?;
+                let mut rows = store::imports::export_page(pool, &after, limit).await?;
                 let Some(last) = rows.last() else { break };
                 after = last.token.clone();
+                rows.retain(|r| r.entry.is_some());
                 send(keys, rows, tx, summary)?;
             }
         }
@@ -130,7 +131,7 @@ async fn produce(
             tokens.sort();
             tokens.dedup();
             for chunk in tokens.chunks(batch_size) {
-                let rows = store::imports::export_batch(pool, "", Some(chunk), limit).await?;
+                let rows = store::imports::export_listed(pool, chunk).await?;
                 summary.missing += (chunk.len() - rows.len()) as u64;
                 send(keys, rows, tx, summary)?;
             }
@@ -191,7 +192,7 @@ const MAX_LINE: usize = 512;
 fn lines(keys: &KeyRing, rows: &[ExportRow]) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     let mut out = Zeroizing::new(Vec::with_capacity(rows.len() * MAX_LINE));
     for row in rows {
-        let entry = &row.entry;
+        let Some(entry) = &row.entry else { continue };
         let plain = keys
             .open(&row.token, &entry.binding(), &entry.sealed)
             .map_err(|_| anyhow::anyhow!("token {} does not decrypt (altered in the database, or its master key version is not loaded)", row.token))?;

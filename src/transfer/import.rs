@@ -402,28 +402,30 @@ async fn import_batch(
     }
     summary.refused += lines.len() as u64;
 
-    // Resuming: rows an earlier run already imported are reported with their token.
-    let ids: Vec<&str> = valid.iter().map(|p| p.source_id.as_str()).collect();
-    let known: HashMap<String, KnownRecord> = store::imports::find_known(pool, scope.source, &ids)
-        .await?
-        .into_iter()
-        .map(|k| (k.source_id.clone(), k))
-        .collect();
-    valid.retain(|p| match known.get(&p.source_id) {
-        Some(k) => {
-            lines.push(done(
-                p.line,
-                "already_imported",
-                &p.source_id,
-                EntryView::known(k),
-            ));
-            false
-        }
-        None => true,
-    });
-    summary.already_imported += known.len() as u64;
-
+    // Resuming: rows an earlier run already imported are skipped by the insert and reported
+    // with their token. Deduplication looks them up first: a later row of the batch must not
+    // be mapped to the token of a row that is not inserted.
     if opts.dedup {
+        let ids: Vec<&str> = valid.iter().map(|p| p.source_id.as_str()).collect();
+        let known: HashMap<String, KnownRecord> =
+            store::imports::find_known(pool, scope.source, &ids)
+                .await?
+                .into_iter()
+                .map(|k| (k.source_id.clone(), k))
+                .collect();
+        valid.retain(|p| match known.get(&p.source_id) {
+            Some(k) => {
+                lines.push(done(
+                    p.line,
+                    "already_imported",
+                    &p.source_id,
+                    EntryView::known(k),
+                ));
+                false
+            }
+            None => true,
+        });
+        summary.already_imported += known.len() as u64;
         deduplicate(pool, scope, &mut valid).await?;
     }
 
@@ -457,7 +459,7 @@ async fn import_batch(
     }
     tx.commit().await?;
 
-    // A concurrent import of the same source may have taken some ids in the meantime.
+    // Rows imported before (by an earlier run, or a concurrent one) were not inserted.
     let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
     let raced: Vec<&str> = valid
         .iter()
