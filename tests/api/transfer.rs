@@ -546,6 +546,22 @@ async fn a_killed_import_process_resumes_without_duplicates() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+    // The server finishes (or rolls back) what the dead process had in flight: wait for that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while count(
+        &db.pool,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid() AND xact_start IS NOT NULL",
+    )
+    .await
+        > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed import's transaction never ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let committed = count(&db.pool, "SELECT count(*) FROM import_sources").await;
     assert!(committed < n as i64, "killed before the end ({committed})");
     assert_eq!(
