@@ -22,4 +22,5 @@ pub mod http;
 pub mod processor;
 pub mod store;
 pub mod telemetry;
+pub mod transfer;
 pub mod vault;

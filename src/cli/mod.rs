@@ -7,6 +7,7 @@ mod credentials;
 mod db;
 mod keys;
 mod processor;
+mod transfer;
 mod wrap;
 
 use std::sync::Arc;
@@ -71,6 +72,12 @@ enum Command {
     /// Charges that need an operator: `unknown` lists those whose outcome is unknown.
     #[command(subcommand)]
     Charges(charges::ChargesCommand),
+    /// Import cards and bank accounts from a CSV or JSON-lines file (plain or OpenPGP-encrypted),
+    /// resumably; writes a result file mapping each source id to its token.
+    Import(transfer::ImportArgs),
+    /// Export tokens' card data as JSON lines encrypted to a recipient's OpenPGP key (audited;
+    /// needs --operator and --i-understand-this-exports-card-data).
+    Export(transfer::ExportArgs),
     /// Zero-configuration local mode: a private PostgreSQL cluster, development keys and
     /// credentials, and the sandbox processor, all kept in one directory. Never for real cards.
     Dev(crate::dev::DevArgs),
@@ -111,6 +118,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Healthcheck { url } => healthcheck(url).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Charges(cmd) => charges::run(cmd).await,
+        Command::Import(args) => transfer::import(args).await,
+        Command::Export(args) => transfer::export(args).await,
         Command::Sandbox { listen, slow_ms } => {
             let sandbox = Arc::new(Sandbox::new(Duration::from_millis(slow_ms)));
             let listener = tokio::net::TcpListener::bind(listen)

@@ -8,6 +8,7 @@ pub mod audit_mac;
 pub mod charges;
 pub mod checkpoints;
 pub mod credentials;
+pub mod imports;
 pub mod keys;
 pub mod roles;
 pub mod seals;

@@ -29,3 +29,4 @@ mod startup;
 mod stored_credentials;
 mod tokenize;
 mod tokens;
+mod transfer;
