@@ -21,6 +21,7 @@ use uuid::Uuid;
 use super::layout::{self, Format, Preset, RawRow};
 use super::pgp::DecryptKey;
 use super::progress::{CountingReader, Progress};
+use super::result::{done, refused, EntryView, ResultLine};
 use super::row::{self, ImportRow, Refusal};
 use crate::audit::{AuditEvent, AuditLog};
 use crate::crypto::KeyRing;
@@ -298,93 +299,6 @@ async fn consume(
         .sync_all()
         .context("cannot write the result file")?;
     Ok(())
-}
-
-/// One line of the result file.
-#[derive(Debug, Serialize)]
-struct ResultLine {
-    line: u64,
-    /// `imported`, `already_imported`, `deduplicated` or `refused`.
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    source_id: Option<String>,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    entry: Option<EntryView>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error_code: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    column: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-/// What the result file shows of a vault entry: never more than the merchant API does.
-#[derive(Debug, Clone, Serialize)]
-struct EntryView {
-    token: String,
-    kind: String,
-    brand: Option<String>,
-    bin: Option<String>,
-    last4: String,
-    exp_month: Option<i16>,
-    exp_year: Option<i16>,
-    fingerprint: String,
-}
-
-impl EntryView {
-    fn of(entry: &PreparedEntry, token: &str) -> Self {
-        Self {
-            token: token.to_owned(),
-            kind: entry.kind.to_owned(),
-            brand: entry.brand.map(str::to_owned),
-            bin: entry.bin.clone(),
-            last4: entry.last4.clone(),
-            exp_month: entry.exp_month,
-            exp_year: entry.exp_year,
-            fingerprint: hex(&entry.fingerprint),
-        }
-    }
-
-    fn known(k: &KnownRecord) -> Self {
-        Self {
-            token: k.token.clone(),
-            kind: k.kind.clone(),
-            brand: k.brand.clone(),
-            bin: k.bin.clone(),
-            last4: k.last4.clone(),
-            exp_month: k.exp_month,
-            exp_year: k.exp_year,
-            fingerprint: hex(&k.fingerprint),
-        }
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn refused(line: u64, source_id: Option<String>, why: Refusal) -> ResultLine {
-    ResultLine {
-        line,
-        status: "refused",
-        source_id,
-        entry: None,
-        error_code: Some(why.code),
-        column: why.column,
-        error: Some(why.message),
-    }
-}
-
-fn done(line: u64, status: &'static str, source_id: &str, entry: EntryView) -> ResultLine {
-    ResultLine {
-        line,
-        status,
-        source_id: Some(source_id.to_owned()),
-        entry: Some(entry),
-        error_code: None,
-        column: None,
-        error: None,
-    }
 }
 
 /// A valid row of the batch and the token it will map to.

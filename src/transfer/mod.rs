@@ -7,6 +7,7 @@ pub mod import;
 pub mod layout;
 pub mod pgp;
 mod progress;
+mod result;
 pub mod row;
 
 pub use import::{import, ImportOptions, ImportSummary};
