@@ -23,4 +23,5 @@ pub mod processor;
 pub mod shares;
 pub mod store;
 pub mod telemetry;
+pub mod transfer;
 pub mod vault;

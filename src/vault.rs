@@ -302,8 +302,14 @@ impl Vault {
         event
     }
 
-    /// Encrypts a payment method under a fresh token of `tenant`, ready to insert.
-    fn prepare_entry(&self, keys: &KeyRing, tenant: Uuid, method: &PaymentMethod) -> PreparedEntry {
+    /// Encrypts a payment method under a fresh token of `tenant`, ready to insert (tokenize,
+    /// charge with `save_card`, and `payvault import` all vault through here).
+    pub(crate) fn prepare_entry(
+        &self,
+        keys: &KeyRing,
+        tenant: Uuid,
+        method: &PaymentMethod,
+    ) -> PreparedEntry {
         let token = Token::generate();
         let fingerprint = keys.fingerprint(tenant, &method.fingerprint_parts());
         let (brand, bin, exp_month, exp_year, last4) = match method {
@@ -463,17 +469,17 @@ pub async fn purge_idempotency_answers(
 }
 
 /// A sealed entry and its display metadata, before insertion.
-struct PreparedEntry {
-    token: Token,
-    tenant: Uuid,
-    kind: &'static str,
-    sealed: crate::crypto::SealedEntry,
-    fingerprint: [u8; 32],
-    brand: Option<&'static str>,
-    bin: Option<String>,
-    last4: String,
-    exp_month: Option<i16>,
-    exp_year: Option<i16>,
+pub(crate) struct PreparedEntry {
+    pub(crate) token: Token,
+    pub(crate) tenant: Uuid,
+    pub(crate) kind: &'static str,
+    pub(crate) sealed: crate::crypto::SealedEntry,
+    pub(crate) fingerprint: [u8; 32],
+    pub(crate) brand: Option<&'static str>,
+    pub(crate) bin: Option<String>,
+    pub(crate) last4: String,
+    pub(crate) exp_month: Option<i16>,
+    pub(crate) exp_year: Option<i16>,
 }
 
 impl PreparedEntry {

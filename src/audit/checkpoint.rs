@@ -406,7 +406,7 @@ pub async fn check(
         }
         let same = at
             .iter()
-            .any(|p| hex(&p.mac) == cp.mac && p.event_id.map_or(true, |id| id == cp.event_id));
+            .any(|p| hex(&p.mac) == cp.mac && p.event_id.is_none_or(|id| id == cp.event_id));
         if !same {
             let now = at.iter().find_map(|p| p.event_id);
             return Ok(Some(Problem {

@@ -333,7 +333,7 @@ impl Charger {
     fn citable(&self, stored: Option<StoredCredential>) -> Result<Option<String>, ChargeError> {
         let processor = self.processor.name();
         let other = match stored {
-            Some(s) if s.issuer.as_deref().map_or(true, |i| i == processor) => {
+            Some(s) if s.issuer.as_deref().is_none_or(|i| i == processor) => {
                 return Ok(Some(s.network_transaction_id))
             }
             Some(s) => s.issuer,

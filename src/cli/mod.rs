@@ -9,6 +9,7 @@ mod keys;
 mod processor;
 mod shares;
 mod tenants;
+mod transfer;
 mod wrap;
 
 use std::sync::Arc;
@@ -77,6 +78,12 @@ enum Command {
     /// Charges that need an operator: `unknown` lists those whose outcome is unknown.
     #[command(subcommand)]
     Charges(charges::ChargesCommand),
+    /// Import cards and bank accounts from a CSV or JSON-lines file (plain or OpenPGP-encrypted),
+    /// resumably; writes a result file mapping each source id to its token.
+    Import(transfer::ImportArgs),
+    /// Export tokens' card data as JSON lines encrypted to a recipient's OpenPGP key (audited;
+    /// needs --operator and --i-understand-this-exports-card-data).
+    Export(transfer::ExportArgs),
     /// Zero-configuration local mode: a private PostgreSQL cluster, development keys and
     /// credentials, and the sandbox processor, all kept in one directory. Never for real cards.
     Dev(crate::dev::DevArgs),
@@ -130,6 +137,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unseal { url, custodian } => shares::unseal(url, custodian).await,
         Command::Audit(cmd) => audit::run(cmd).await,
         Command::Charges(cmd) => charges::run(cmd).await,
+        Command::Import(args) => transfer::import(args).await,
+        Command::Export(args) => transfer::export(args).await,
         Command::Sandbox { listen, slow_ms } => {
             let sandbox = Arc::new(Sandbox::new(Duration::from_millis(slow_ms)));
             let listener = tokio::net::TcpListener::bind(listen)

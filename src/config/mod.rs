@@ -35,6 +35,27 @@ pub enum ConfigError {
     Setting { name: String, reason: String },
 }
 
+/// `PAYVAULT_DEDUP`: whether tokenizing (or importing) a card the credential already vaulted
+/// returns the existing token.
+pub fn dedup() -> Result<bool, ConfigError> {
+    match var("PAYVAULT_DEDUP")?.as_deref() {
+        None | Some("off") | Some("false") => Ok(false),
+        Some("on") | Some("true") => Ok(true),
+        Some(other) => Err(ConfigError::Invalid {
+            name: "PAYVAULT_DEDUP",
+            reason: format!("`{other}` is not on or off"),
+        }),
+    }
+}
+
+/// `PAYVAULT_TOKEN_TTL_DAYS`: the default lifetime of new tokens, if they have one.
+pub fn default_token_ttl_days() -> Result<Option<u32>, ConfigError> {
+    Ok(match parsed::<u32>("PAYVAULT_TOKEN_TTL_DAYS", 0)? {
+        0 => None,
+        days => Some(days),
+    })
+}
+
 /// Reads a plain variable; unset and empty are the same.
 pub fn var(name: &'static str) -> Result<Option<String>, ConfigError> {
     match std::env::var(name) {
@@ -445,16 +466,7 @@ impl ServeConfig {
                 millis(d.seal_interval),
             )?),
             audit_max_unsealed: audit_max_unsealed()?,
-            dedup: match var("PAYVAULT_DEDUP")?.as_deref() {
-                None | Some("off") | Some("false") => false,
-                Some("on") | Some("true") => true,
-                Some(other) => {
-                    return Err(ConfigError::Invalid {
-                        name: "PAYVAULT_DEDUP",
-                        reason: format!("`{other}` is not on or off"),
-                    })
-                }
-            },
+            dedup: dedup()?,
             shutdown_grace: Duration::from_secs(parsed(
                 "PAYVAULT_SHUTDOWN_GRACE_SECS",
                 d.shutdown_grace.as_secs(),
@@ -482,10 +494,7 @@ impl ServeConfig {
                 None => None,
                 Some(_) => Some(parsed("PAYVAULT_ADMIN_LISTEN", d.listen)?),
             },
-            default_token_ttl_days: match parsed::<u32>("PAYVAULT_TOKEN_TTL_DAYS", 0)? {
-                0 => None,
-                days => Some(days),
-            },
+            default_token_ttl_days: default_token_ttl_days()?,
             checkpoint_interval: Duration::from_secs(
                 parsed(
                     "PAYVAULT_AUDIT_CHECKPOINT_SECS",

@@ -17,6 +17,11 @@ pub fn declare_operator(name: String) {
     let _ = DECLARED_OPERATOR.set(name);
 }
 
+/// The operator declared for this process, if any (`payvault export` requires one).
+pub fn declared_operator() -> Option<&'static str> {
+    DECLARED_OPERATOR.get().map(String::as_str)
+}
+
 /// Checks an operator name for [`declare_operator`]: 1 to 64 printable characters, and no run
 /// of 12 or more digits (it is written to the audit log, where a card number must never go).
 pub fn check_operator_name(name: &str) -> Result<(), &'static str> {

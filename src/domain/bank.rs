@@ -21,7 +21,7 @@ impl RoutingNumber {
             .enumerate()
             .map(|(i, b)| u32::from(b - b'0') * [3, 7, 1][i % 3])
             .sum();
-        if sum % 10 != 0 {
+        if !sum.is_multiple_of(10) {
             return Err(InvalidInput::RoutingNumberChecksum);
         }
         Ok(Self(raw.to_owned()))

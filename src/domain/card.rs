@@ -190,7 +190,7 @@ fn luhn_valid(digits: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Card security code. Forwarded to the processor for one request and dropped: never stored,

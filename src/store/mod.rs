@@ -10,6 +10,7 @@ pub mod charges;
 pub mod checkpoints;
 pub mod credentials;
 pub mod idempotency;
+pub mod imports;
 pub mod keys;
 pub mod roles;
 pub mod rotation;

@@ -34,3 +34,4 @@ mod tenants;
 mod tenants_cli;
 mod tokenize;
 mod tokens;
+mod transfer;

@@ -13,6 +13,7 @@ use crate::helpers::{
 use payvault::audit::{seal, AuditEvent};
 use payvault::config::{Environment, ProcessorConfig};
 use payvault::crypto::MasterKey;
+use payvault::store::audit::AuditBatch;
 use sqlx::{Connection, PgConnection, PgPool};
 
 /// Runs `sql` as the runtime role and asserts that PostgreSQL refused it for lack of privilege,
@@ -112,6 +113,62 @@ async fn the_runtime_role_cannot_update_delete_truncate_or_disable_triggers_on_a
         .await
         .unwrap();
     assert!(report.intact(), "{report}");
+    rt.close().await;
+}
+
+/// `payvault_grant_runtime` as restated last (20261225000001): the union of every migration's
+/// grants, including the rules for tables of migrations that may land after it (`tenants`,
+/// `key_share_sets`), applied when those tables exist. Every other test runs without them.
+#[tokio::test]
+async fn the_runtime_grants_are_the_union_of_every_migration() {
+    let db = TestDb::new().await;
+    // As those migrations create them, as far as the grants can tell.
+    sqlx::raw_sql(
+        "CREATE TABLE tenants (id uuid PRIMARY KEY); CREATE TABLE key_share_sets (set_id text PRIMARY KEY)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let role = RuntimeRole::new(&db).await;
+    for (table, allowed) in [
+        (
+            "vault_entries",
+            &["SELECT", "INSERT", "UPDATE", "DELETE"][..],
+        ),
+        ("import_sources", &["SELECT", "INSERT"]),
+        ("tenants", &["SELECT", "INSERT", "UPDATE"]),
+        ("master_key_wraps", &["SELECT"]),
+        ("key_share_sets", &["SELECT"]),
+        ("audit_events", &["SELECT"]),
+        ("audit_mac_epoch", &["SELECT"]),
+        ("_sqlx_migrations", &["SELECT"]),
+    ] {
+        for privilege in ["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE"] {
+            let has: bool = sqlx::query_scalar("SELECT has_table_privilege($1, $2, $3)")
+                .bind(&role.name)
+                .bind(table)
+                .bind(privilege)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+            assert_eq!(has, allowed.contains(&privilege), "{privilege} on {table}");
+        }
+    }
+
+    // The audit MAC migration's two functions (which 20261220000001's restatement left out)
+    // work as the runtime role: voided counter values, and the sealer's anomaly record.
+    let keys = test_keys();
+    let signer = helpers::signer_for(&keys);
+    let never_written = AuditEvent::operator("never_written");
+    drop(AuditBatch::one(&signer, &never_written));
+    let rt = role.pool().await;
+    assert_eq!(signer.flush_voids(&rt).await.unwrap(), 1);
+    sqlx::query("SELECT payvault_record_audit_anomalies('{}'::bigint[], '{}'::text[])")
+        .execute(&rt)
+        .await
+        .unwrap();
+    // Only the owner grants.
+    assert_refused(&rt, "SELECT payvault_grant_runtime(current_user)").await;
     rt.close().await;
 }
 

@@ -19,7 +19,8 @@ async fn events(db: &TestDb) -> Vec<AuditRow> {
     sqlx::query_as(
         r#"SELECT id, occurred_at, request_id, actor_id, actor_kind, action, outcome, error_code,
                   client_addr, forwarded_for, token, transaction_id, masked_data, amount_minor,
-                  currency, details::text AS details, writer_id, writer_seq, mac_key_version, mac
+                  currency, details::text AS details, writer_id, writer_seq, mac_key_version, mac,
+                  tenant_id
            FROM audit_events ORDER BY id"#,
     )
     .fetch_all(&db.pool)

@@ -721,7 +721,7 @@ pub fn luhn_ok(pan: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// A US ABA routing number: nine digits with the 3-7-1 checksum.
@@ -734,7 +734,7 @@ pub fn aba_ok(routing: &str) -> bool {
         .zip([3, 7, 1].iter().cycle())
         .map(|(b, w)| u32::from(b - b'0') * w)
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The number of minor-unit digits of an ISO 4217 currency (`USD` 2, `JPY` 0, `BHD` 3).

@@ -177,8 +177,8 @@ impl Nmi {
         let txns = self.txns.lock().unwrap();
         let found: String = txns
             .iter()
-            .filter(|t| order_id.map_or(true, |o| *o == t.order_id))
-            .filter(|t| transaction_id.map_or(true, |i| *i == t.id))
+            .filter(|t| order_id.is_none_or(|o| *o == t.order_id))
+            .filter(|t| transaction_id.is_none_or(|i| *i == t.id))
             .map(|t| {
                 let (condition, success, text, code) = if t.approved {
                     ("pendingsettlement", "1", "SUCCESS", "100")
