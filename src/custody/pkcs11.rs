@@ -239,7 +239,11 @@ impl Pkcs11Provider {
             .get_slots_with_initialized_token()
             .map_err(unreachable)?
         {
-            let info = ctx.get_token_info(candidate).map_err(unreachable)?;
+            // A slot whose token cannot describe itself (another token being initialised, a
+            // faulty one) is not ours to fail on: look on; none labelled so is NotFound below.
+            let Ok(info) = ctx.get_token_info(candidate) else {
+                continue;
+            };
             if info.label().trim_end() == self.config.token_label {
                 slot = Some(candidate);
                 break;

@@ -117,18 +117,10 @@ async fn the_runtime_role_cannot_update_delete_truncate_or_disable_triggers_on_a
 }
 
 /// `payvault_grant_runtime` as restated last (20261225000001): the union of every migration's
-/// grants, including the rules for tables of migrations that may land after it (`tenants`,
-/// `key_share_sets`), applied when those tables exist. Every other test runs without them.
+/// grants (the tables of `tenants` and `key_share_sets` included).
 #[tokio::test]
 async fn the_runtime_grants_are_the_union_of_every_migration() {
     let db = TestDb::new().await;
-    // As those migrations create them, as far as the grants can tell.
-    sqlx::raw_sql(
-        "CREATE TABLE tenants (id uuid PRIMARY KEY); CREATE TABLE key_share_sets (set_id text PRIMARY KEY)",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
     let role = RuntimeRole::new(&db).await;
     for (table, allowed) in [
         (
