@@ -3,7 +3,8 @@
 -- between: read the vault entry, claim the idempotency key (commit 1, with its two audit events:
 -- the token's resolution and the attempt, as payvault's claim writes them), record the outcome
 -- (commit 2, with its audit event). Three events per charge, as payvault writes (counted in a
--- payvault database after a load: token_resolve, charge_attempt and charge, one each per charge);
+-- payvault database after a load: token_resolve, charge_attempt and charge, one each per charge;
+-- tests/api/audit.rs asserts these three actions: change this file if that test changes);
 -- the JSON values (event details, the stored outcome) have the shapes and sizes payvault's have.
 -- Run by pgbench with -D cred=<credential uuid> and -D tokens=<number of seeded entries>, on a
 -- database seeded by scripts/bench/charge_seed.sql. One pgbench "transaction" here is one
