@@ -17,6 +17,7 @@
 #   scripts/bench.sh                           # 3 rounds + 1 synchronous_commit=off round, 10 s each
 #   ROUNDS=5 DURATION=15 CONNECTIONS=64 scripts/bench.sh
 #   SYNC_OFF_ROUND=0 SEALING_PAUSED=1 scripts/bench.sh   # no sync-off round; add sealing paused
+#   DB_POOL=32 scripts/bench.sh                # payvault's database pool (default: its own default, 16)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ADMIN_URL=${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -27,6 +28,8 @@ ROUNDS=${ROUNDS:-3}
 SYNC_OFF_ROUND=${SYNC_OFF_ROUND:-1}
 SEALING_PAUSED=${SEALING_PAUSED:-0}
 CHARGE_TOKENS=${CHARGE_TOKENS:-200}
+# payvault's database connections (PAYVAULT_DB_MAX_CONNECTIONS); pgbench opens CONNECTIONS.
+DB_POOL=${DB_POOL:-16}
 PORT=${PORT:-18080}
 DB=payvault_bench
 URL="${ADMIN_URL%/*}/$DB"
@@ -62,7 +65,8 @@ fresh_db() {
 start_server() {
   local start=$(date +%s%N)
   DATABASE_URL=$URL PAYVAULT_MASTER_KEY="$key" PAYVAULT_LISTEN=127.0.0.1:$PORT PAYVAULT_PROCESSOR=sandbox \
-    PAYVAULT_ENV=development PAYVAULT_LOG=warn PAYVAULT_NO_MIGRATE=true "$@" $BIN serve >/dev/null 2>"$work/server.log" &
+    PAYVAULT_ENV=development PAYVAULT_LOG=warn PAYVAULT_NO_MIGRATE=true \
+    PAYVAULT_DB_MAX_CONNECTIONS=$DB_POOL "$@" $BIN serve >/dev/null 2>"$work/server.log" &
   server_pid=$!
   for _ in $(seq 1 500); do
     curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
@@ -162,7 +166,7 @@ for r in $(seq 1 "$ROUNDS"); do one_round "$r" on; done
 [ "$SYNC_OFF_ROUND" = 1 ] && one_round "$((ROUNDS + 1))" off
 
 echo
-echo "== payvault benchmark: $(nproc) cores, $CONNECTIONS connections, ${DURATION}s per run, $ROUNDS rounds"
+echo "== payvault benchmark: $(nproc) cores, $CONNECTIONS connections (payvault's database pool: $DB_POOL), ${DURATION}s per run, $ROUNDS rounds"
 echo "| round | synchronous_commit | workload | payvault req/s | p99 ms | ceiling/s | ceiling p99 ms | x ceiling | p99 / ceiling p99 | checkpoints (ceiling/payvault) | errors |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 while read -r round sync wl rps p99 ceil cp99 cps errs; do
