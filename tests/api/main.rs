@@ -10,6 +10,7 @@ mod helpers;
 mod abuse;
 mod audit;
 mod audit_checkpoint;
+mod audit_list;
 mod audit_forgery;
 mod charge;
 mod cli;
