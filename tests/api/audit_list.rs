@@ -93,8 +93,7 @@ async fn every_filter_shape_returns_exactly_the_matching_events_in_id_order() {
                 .await
                 .unwrap();
         }
-        let batch =
-            AuditBatch::at(&app.signer, chunk.iter().map(|(e, at)| (e, *at))).unwrap();
+        let batch = AuditBatch::at(&app.signer, chunk.iter().map(|(e, at)| (e, *at))).unwrap();
         insert_audit_events(app.pool(), &batch).await.unwrap();
     }
     let seen: Vec<Seen> = sqlx::query_as(
@@ -104,7 +103,10 @@ async fn every_filter_shape_returns_exactly_the_matching_events_in_id_order() {
     .await
     .unwrap();
     assert!(seen.len() >= 150);
-    assert!(seen.last().unwrap().id > 10_000, "the ids span several probe widths");
+    assert!(
+        seen.last().unwrap().id > 10_000,
+        "the ids span several probe widths"
+    );
 
     let t = |s: i64| Some(base + Duration::seconds(s));
     let filters = [
@@ -181,7 +183,11 @@ async fn every_filter_shape_returns_exactly_the_matching_events_in_id_order() {
                 .await
                 .unwrap();
             let rest: Vec<i64> = rest.iter().map(|r| r.id).collect();
-            assert_eq!(rest, expected[expected.len() / 2 + 1..], "filter {filter:?}");
+            assert_eq!(
+                rest,
+                expected[expected.len() / 2 + 1..],
+                "filter {filter:?}"
+            );
         }
     }
     // The test means something: the filters select different, non-empty sets.
