@@ -27,7 +27,11 @@
 #      database against a fresh empty one, interleaved over ROUNDS rounds (empty, loaded, ...);
 #   6. `payvault audit verify` over the whole chain: events/s;
 #   7. `payvault keys rotate` of every entry to a new master key version 2: entries/s.
-# Then drops its databases (KEEP_DB=1 keeps the loaded one, payvault_scale).
+# Then drops its databases (KEEP_DB=1 keeps the loaded one, payvault_scale; its master key is
+# not kept, so only key-less measurements, such as the plans of step 3, can be repeated on it).
+# The load is limited by sealing (one sealer at a time, under the sealing lock): 2,000 events/s
+# on the 2-core development machine under other builds (2026-11-30), i.e. over an hour for the
+# full 10 million; see docs/benchmarks.md, "at scale".
 #
 #   scripts/bench.sh --scale                                   # 1,000,000 entries, 10,000,000 events
 #   SCALE_ENTRIES=50000 SCALE_EVENTS=500000 scripts/scale-bench.sh   # a small run to try it out
