@@ -61,7 +61,11 @@ async fn every_filter_shape_returns_exactly_the_matching_events_in_id_order() {
         .id;
     // 150 events in 10 batches; a third of them stamped minutes before their neighbours, as
     // events held while sealed are (their id comes later than their time says).
-    let base = Utc::now() - Duration::hours(1);
+    // In microseconds, as stored (and as a bound is sent): a bound in nanoseconds would be
+    // compared here more finely than PostgreSQL compares it.
+    let base =
+        DateTime::from_timestamp_micros((Utc::now() - Duration::hours(1)).timestamp_micros())
+            .unwrap();
     let mut events = Vec::new();
     for i in 0..150i64 {
         let mut e = AuditEvent::operator("list_test");
