@@ -18,7 +18,12 @@
 #   ROUNDS=5 DURATION=15 CONNECTIONS=64 scripts/bench.sh
 #   SYNC_OFF_ROUND=0 SEALING_PAUSED=1 scripts/bench.sh   # no sync-off round; add sealing paused
 #   DB_POOL=32 scripts/bench.sh                # payvault's database pool (default: its own default, 16)
+#   scripts/bench.sh --scale                   # at scale (1M entries, 10M events): scripts/scale-bench.sh
 set -euo pipefail
+if [ "${1:-}" = --scale ]; then
+  shift
+  exec "$(dirname "$0")/scale-bench.sh" "$@"
+fi
 cd "$(dirname "$0")/.."
 ADMIN_URL=${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 DURATION=${DURATION:-10}

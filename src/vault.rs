@@ -386,22 +386,45 @@ impl Vault {
     /// rotators share the work) and resumable (progress is the key version stored per row).
     /// Returns how many entries it re-encrypted.
     pub async fn rotate_batch(&self, limit: i64) -> Result<u64, TokenizeError> {
+        Ok(self.rotate_batch_after(limit, "").await?.0)
+    }
+
+    /// [`Self::rotate_batch`] of the entries with a token above `after`, in token order; also
+    /// returns the last token it claimed (where the next batch starts).
+    pub async fn rotate_batch_after(
+        &self,
+        limit: i64,
+        after: &str,
+    ) -> Result<(u64, Option<String>), TokenizeError> {
         let keys = self.keys()?;
         let mut tx = self.pool.begin().await?;
-        let rows =
-            store::rotation::claim_for_rotation(&mut *tx, keys.current_version(), AAD_V3, limit)
-                .await?;
+        let rows = store::rotation::claim_for_rotation(
+            &mut *tx,
+            keys.current_version(),
+            AAD_V3,
+            limit,
+            after,
+        )
+        .await?;
+        let mut rotated = Vec::with_capacity(rows.len());
         for row in &rows {
             let binding = row.entry.binding();
             let plain = keys.open(&row.token, &binding, &row.entry.sealed)?;
             let parts = PaymentMethod::fingerprint_parts_of_payload(&plain)
                 .ok_or(TokenizeError::Crypto(CryptoError::Malformed))?;
             let fingerprint = keys.fingerprint(row.entry.tenant, &parts);
-            let resealed = keys.seal(&row.token, &binding, &plain);
-            store::rotation::update_rotated(&mut *tx, &row.token, &resealed, &fingerprint).await?;
+            let sealed = keys.seal(&row.token, &binding, &plain);
+            rotated.push(store::rotation::Rotated {
+                token: &row.token,
+                sealed,
+                fingerprint: fingerprint.to_vec(),
+            });
+        }
+        if !rotated.is_empty() {
+            store::rotation::update_rotated(&mut *tx, &rotated).await?;
         }
         tx.commit().await?;
-        Ok(rows.len() as u64)
+        Ok((rows.len() as u64, rows.last().map(|r| r.token.clone())))
     }
 
     /// Records an audit event on its own: a request that failed before reaching the vault

@@ -201,13 +201,18 @@ async fn rotate_keys(batch: i64) -> anyhow::Result<()> {
         .await
         .context("cannot write the audit log")?;
     let mut progress = Progress::new(total.max(0).unsigned_abs());
+    // In token order from where the last batch ended; at the end, once more from the start for
+    // entries another rotator held (skipped, locked) and then gave up.
+    let mut after = String::new();
     loop {
-        let n = vault
-            .rotate_batch(batch)
+        let (n, last) = vault
+            .rotate_batch_after(batch, &after)
             .await
             .context("rotation batch failed; run again to resume")?;
-        if n == 0 {
-            break;
+        match last {
+            Some(last) => after = last,
+            None if after.is_empty() => break,
+            None => after.clear(),
         }
         done += n;
         progress.update(done);

@@ -13,21 +13,24 @@ pub struct RotationRow {
     pub entry: BoundEntry,
 }
 
-/// Locks up to `limit` live entries under a key version below `current`, or sealed in an AAD
-/// format older than `aad_version` (skipping rows another rotator holds), for re-encryption in
-/// the caller's transaction.
+/// Locks up to `limit` live entries with a token above `after` (in token order), under a key
+/// version below `current`, or sealed in an AAD format older than `aad_version` (skipping rows
+/// another rotator holds), for re-encryption in the caller's transaction. `after` is the last
+/// token of the previous batch (`""` to start): without it every batch walked the primary key
+/// from the first token through all the entries already rotated (quadratic in the vault's size).
 pub async fn claim_for_rotation(
     db: impl PgExecutor<'_>,
     current: i32,
     aad_version: i16,
     limit: i64,
+    after: &str,
 ) -> Result<Vec<RotationRow>, sqlx::Error> {
     let rows = sqlx::query!(
         r#"
         SELECT token, key_version, aad_version, wrapped_key AS "wrapped_key!",
                ciphertext AS "ciphertext!", kind, exp_month, exp_year, tenant_id
         FROM vault_entries
-        WHERE (key_version < $1 OR aad_version < $3) AND deleted_at IS NULL
+        WHERE token > $4 AND (key_version < $1 OR aad_version < $3) AND deleted_at IS NULL
         ORDER BY token
         LIMIT $2
         FOR UPDATE SKIP LOCKED
@@ -35,6 +38,7 @@ pub async fn claim_for_rotation(
         current,
         limit,
         aad_version,
+        after,
     )
     .fetch_all(db)
     .await?;
@@ -76,24 +80,46 @@ pub async fn count_for_rotation(
     .await
 }
 
+/// One re-encrypted entry for [`update_rotated`].
+pub struct Rotated<'a> {
+    pub token: &'a str,
+    pub sealed: SealedEntry,
+    pub fingerprint: Vec<u8>,
+}
+
+/// Stores a batch of re-encrypted entries in one statement (one round trip per batch, not one
+/// per entry).
 pub async fn update_rotated(
     db: impl PgExecutor<'_>,
-    token: &str,
-    sealed: &SealedEntry,
-    fingerprint: &[u8],
+    rows: &[Rotated<'_>],
 ) -> Result<(), sqlx::Error> {
+    let tokens: Vec<&str> = rows.iter().map(|r| r.token).collect();
+    let versions: Vec<i32> = rows.iter().map(|r| r.sealed.key_version).collect();
+    let wrapped: Vec<&[u8]> = rows
+        .iter()
+        .map(|r| r.sealed.wrapped_key.as_slice())
+        .collect();
+    let ciphertexts: Vec<&[u8]> = rows
+        .iter()
+        .map(|r| r.sealed.ciphertext.as_slice())
+        .collect();
+    let fingerprints: Vec<&[u8]> = rows.iter().map(|r| r.fingerprint.as_slice()).collect();
+    let aad: Vec<i16> = rows.iter().map(|r| r.sealed.aad_version).collect();
     sqlx::query!(
         r#"
-        UPDATE vault_entries
-        SET key_version = $2, wrapped_key = $3, ciphertext = $4, fingerprint = $5, aad_version = $6
-        WHERE token = $1
+        UPDATE vault_entries v
+        SET key_version = u.key_version, wrapped_key = u.wrapped_key, ciphertext = u.ciphertext,
+            fingerprint = u.fingerprint, aad_version = u.aad_version
+        FROM unnest($1::text[], $2::int[], $3::bytea[], $4::bytea[], $5::bytea[], $6::smallint[])
+             AS u(token, key_version, wrapped_key, ciphertext, fingerprint, aad_version)
+        WHERE v.token = u.token
         "#,
-        token,
-        sealed.key_version,
-        sealed.wrapped_key,
-        sealed.ciphertext,
-        fingerprint,
-        sealed.aad_version,
+        &tokens as _,
+        &versions,
+        &wrapped as _,
+        &ciphertexts as _,
+        &fingerprints as _,
+        &aad,
     )
     .execute(db)
     .await?;

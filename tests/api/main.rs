@@ -11,6 +11,7 @@ mod abuse;
 mod audit;
 mod audit_checkpoint;
 mod audit_forgery;
+mod audit_list;
 mod charge;
 mod cli;
 mod custody;
