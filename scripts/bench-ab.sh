@@ -44,8 +44,9 @@ run_one() {
   [ "$SYNC" = off ] && psql "$ADMIN_URL" -qc "ALTER DATABASE $DB SET synchronous_commit = off" >/dev/null
   DATABASE_URL=$URL "$bin" migrate >/dev/null
   DATABASE_URL=$URL PAYVAULT_MASTER_KEY="$key" "$bin" credentials create --name bench --kind connector \
-    --scopes connector --format json > "$work/cred.json"
-  auth="Basic $(sed -E 's/.*"username":"([^"]+)".*"secret":"([^"]+)".*/\1:\2/' "$work/cred.json" | base64 -w0)"
+    --scopes connector --format json > "$work/cred.json" 2>/dev/null
+  auth="Basic $(printf '%s:%s' "$(sed -E 's/.*"username":"([^"]+)".*/\1/' "$work/cred.json")" \
+    "$(sed -E 's/.*"secret":"([^"]+)".*/\1/' "$work/cred.json")" | base64 -w0)"
   DATABASE_URL=$URL PAYVAULT_MASTER_KEY="$key" PAYVAULT_LISTEN=127.0.0.1:$PORT PAYVAULT_PROCESSOR=sandbox \
     PAYVAULT_ENV=development PAYVAULT_LOG=warn PAYVAULT_NO_MIGRATE=true "$bin" serve >/dev/null 2>"$work/server.log" &
   server_pid=$!

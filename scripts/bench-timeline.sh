@@ -46,9 +46,10 @@ fresh_db() {
   psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
   DATABASE_URL=$URL $BIN migrate >/dev/null
   DATABASE_URL=$URL PAYVAULT_MASTER_KEY="$key" $BIN credentials create --name bench --kind connector \
-    --scopes connector,tokens:charge --format json > "$work/cred.json"
+    --scopes connector,tokens:charge --format json > "$work/cred.json" 2>/dev/null
   cred_id=$(sed -E 's/.*"id":"([^"]+)".*/\1/' "$work/cred.json")
-  auth="Basic $(sed -E 's/.*"username":"([^"]+)".*"secret":"([^"]+)".*/\1:\2/' "$work/cred.json" | base64 -w0)"
+  auth="Basic $(printf '%s:%s' "$(sed -E 's/.*"username":"([^"]+)".*/\1/' "$work/cred.json")" \
+    "$(sed -E 's/.*"secret":"([^"]+)".*/\1/' "$work/cred.json")" | base64 -w0)"
 }
 
 # One sample line a second until killed: epoch checkpoints buffers_checkpoint wal_bytes
