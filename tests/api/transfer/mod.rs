@@ -17,6 +17,7 @@ use serde_json::Value;
 mod audited;
 mod process;
 mod support;
+mod tenants;
 
 use support::*;
 
