@@ -6,7 +6,8 @@
 #     payvault_http_request_duration_seconds histogram; buckets 1, 2.5, 5, 10, 25, 50, 100 ms ...);
 #   - pgbench: transactions and p99 of that second (from its per-transaction --log);
 #   - PostgreSQL: checkpoints started, buffers a checkpoint wrote, WAL bytes, backends waiting on
-#     WAL (WALWrite/WALSync/WalSync/WALInsert), on a lock, or on the client (idle in transaction);
+#     WAL (WALWrite/WALSync/WalSync/WALInsert), on a lock, or on the client (idle in transaction),
+#     and autovacuum workers at work;
 #   - payvault's sealer: events sealed that second and events waiting (audit_unsealed);
 #   - payvault's pool: idle connections.
 # Then the seconds whose p99 is at least twice the run's median are listed with what they share.
@@ -53,7 +54,8 @@ fresh_db() {
 }
 
 # One sample line a second until killed: epoch checkpoints buffers_checkpoint wal_bytes
-# wal_waiters lock_waiters client_waiters sealed_total unsealed [metrics file written aside].
+# wal_waiters lock_waiters client_waiters sealed_total unsealed autovacuum_workers [metrics file
+# written aside].
 sampler() { # with_metrics (1|0)
   local i=0
   while :; do
@@ -66,13 +68,15 @@ sampler() { # with_metrics (1|0)
              (SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'),
              (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'),
              coalesce((SELECT max(seq) FROM audit_seals), 0),
-             (SELECT count(*) FROM audit_unsealed)" | sed "s/^/$t /"
+             (SELECT count(*) FROM audit_unsealed),
+             (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker')" | sed "s/^/$t /"
     if [ "$1" = 1 ]; then
       curl -fs "http://127.0.0.1:$PORT/metrics" > "$work/metrics.$i" 2>/dev/null || true
       echo "$t" > "$work/metrics.$i.t"
     fi
     i=$((i + 1))
-    sleep 1
+    # Wake on the next whole second, so that samples are one second apart.
+    sleep "$(awk -v n="$(date +%N)" 'BEGIN { printf "%.3f", 1 - n / 1e9 }')"
   done
 }
 
@@ -147,7 +151,7 @@ while [ -e "$work/metrics.$i" ]; do
 done
 
 # Deltas of the cumulative PostgreSQL counters, joined to each side's per-second figures.
-deltas() { awk 'NR > 1 { printf "%s %d %d %.1f %d %d %d %d %d\n", $1, $2 - c, $3 - b, ($4 - w) / 1048576, $5, $6, $7, $8 - s, $9 }
+deltas() { awk 'NR > 1 { printf "%s %d %d %.1f %d %d %d %d %d %d\n", $1, $2 - c, $3 - b, ($4 - w) / 1048576, $5, $6, $7, $8 - s, $9, $10 }
                 { c = $2; b = $3; w = $4; s = $8 }' "$1"; }
 deltas "$work/pv.samples" > "$work/pv.deltas"
 deltas "$work/pg.samples" > "$work/pg.deltas"
@@ -155,17 +159,17 @@ deltas "$work/pg.samples" > "$work/pg.deltas"
 report() { # side name, per-second file (epoch n p99), deltas file
   echo
   echo "### $1: second by second"
-  echo "| s | done | p99 ms | checkpoints | ckpt buffers | WAL MiB | WAL waiters | lock waiters | idle in tx | sealed | unsealed |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| s | done | p99 ms | checkpoints | ckpt buffers | WAL MiB | WAL waiters | lock waiters | idle in tx | sealed | unsealed | autovacuum |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
   join <(sort -k1,1 "$2") <(sort -k1,1 "$3") | sort -n \
-    | awk 'NR == 1 { t0 = $1 } { printf "| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1 - t0, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 }' \
+    | awk 'NR == 1 { t0 = $1 } { printf "| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1 - t0, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 }' \
     | tee "$work/table"
   local med
   med=$(awk -F'|' '$4 + 0 > 0 { print $4 + 0 }' "$work/table" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
   echo
   echo "median per-second p99: ${med:-n/a} ms; seconds at >= 2x that:"
   awk -F'|' -v m="${med:-0}" 'm > 0 && ($4 == " inf " || $4 + 0 >= 2 * m) {
-      printf "  s=%d p99=%s ms checkpoints=%d ckpt_buffers=%d WAL_waiters=%d sealed=%d unsealed=%d\n", $2, $4 + 0, $5, $6, $8, $11, $12 }' "$work/table"
+      printf "  s=%d p99=%s ms checkpoints=%d ckpt_buffers=%d WAL_waiters=%d sealed=%d unsealed=%d autovacuum=%d\n", $2, $4 + 0, $5, $6, $8, $11, $12, $13 }' "$work/table"
 }
 report "payvault ($WORKLOAD)" "$work/pv.seconds" "$work/pv.deltas"
 report "ceiling (pgbench)" "$work/pg.seconds" "$work/pg.deltas"
