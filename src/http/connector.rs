@@ -125,7 +125,11 @@ async fn connector(
 async fn read_body(mut body: Body, limit: usize) -> Result<Zeroizing<Vec<u8>>, InvalidInput> {
     let mut buf = Zeroizing::new(Vec::with_capacity(limit));
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| InvalidInput::BodyUnreadable)?;
+        // The transport's error (a reset or timed-out connection) names no body content.
+        let frame = frame.map_err(|e| {
+            tracing::debug!(error = %e, "the request body could not be read");
+            InvalidInput::BodyUnreadable
+        })?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > limit {
                 return Err(InvalidInput::BodyTooLarge { limit });
