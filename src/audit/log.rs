@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 use super::AuditEvent;
 use crate::store;
-pub use crate::store::audit::{AuditFilter, AuditRow};
+pub use crate::store::audit::{AuditFilter, AuditRow, ListError};
 use crate::store::audit_mac::EventSigner;
 
 /// Handle on the audit log.
@@ -49,16 +49,18 @@ impl AuditLog {
         crate::audit::seal::seal_pending(&self.pool, keys).await
     }
 
-    /// Events matching `filter` with id above `after`, oldest first, at most `limit`. The read
-    /// is recorded as `reader` (an `audit_read` event of whoever asked), with the filter and
-    /// how many events it returned.
+    /// Events matching `filter` after the cursor event `after`, at most `limit`, in time order
+    /// for a time range and id order otherwise (see [`store::audit::list_audit_events`]). The
+    /// read is recorded as `reader` (an `audit_read` event of whoever asked), with the filter
+    /// and how many events it returned; a refused cursor reads nothing and records nothing,
+    /// as a cursor that does not parse.
     pub async fn read(
         &self,
         reader: AuditEvent,
         filter: &AuditFilter,
         after: i64,
         limit: i64,
-    ) -> Result<Vec<AuditRow>, sqlx::Error> {
+    ) -> Result<Vec<AuditRow>, ListError> {
         let rows = store::audit::list_audit_events(&self.pool, filter, after, limit).await?;
         let mut event = reader;
         let read = serde_json::json!({

@@ -11,11 +11,13 @@ use crate::store;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// List audit events (oldest first), filtered.
+    /// List audit events, filtered: in id order, or, with --since/--until and neither --token
+    /// nor --transaction-id, in time order (occurred_at, then id).
     List {
         #[command(flatten)]
         filter: AuditFilterArgs,
-        /// Show events after this cursor (the id printed as the next cursor).
+        /// Show events after this cursor (the event id printed as the next cursor; with a time
+        /// range it must be an event of the listing's tenant).
         #[arg(long, default_value_t = 0)]
         cursor: i64,
         /// At most this many events.
@@ -129,10 +131,16 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
                 },
             };
             let reader = AuditEvent::operator("audit_read");
-            let rows = log
+            let rows = match log
                 .read(reader, &filter, cursor, limit.clamp(1, 100_000))
                 .await
-                .context("cannot read the audit log")?;
+            {
+                Ok(rows) => rows,
+                Err(crate::audit::log::ListError::UnknownCursor) => anyhow::bail!(
+                    "--cursor {cursor} is no event of this listing: pass the cursor printed by the previous page"
+                ),
+                Err(e) => return Err(anyhow::Error::new(e).context("cannot read the audit log")),
+            };
             print_events(&rows, format)?;
             if let (true, Some(last)) = (rows.len() as i64 == limit, rows.last()) {
                 eprintln!("more events: continue with --cursor {}", last.id);

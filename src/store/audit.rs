@@ -292,90 +292,121 @@ pub struct AuditFilter {
     pub tenant: Option<Uuid>,
 }
 
-/// How many ids right after the cursor a time-range query first reads in the primary key
-/// (see [`list_audit_events`]).
-const RANGE_PROBE_IDS: i64 = 5_000;
+impl AuditFilter {
+    /// Whether this listing pages in time order: a time range (`since` or `until`) without a
+    /// token or transaction id. Every other listing pages in id order.
+    pub fn time_ordered(&self) -> bool {
+        (self.since.is_some() || self.until.is_some())
+            && self.token.is_none()
+            && self.transaction_id.is_none()
+    }
+}
 
-/// Events matching `filter` with id above `after`, in id order.
+/// Why a page of the audit log could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// The cursor of a time-ordered page is no event the listing can see: unknown (never
+    /// returned, or pruned since), or another tenant's. Both answer alike, so a cursor tells
+    /// nothing about another tenant's events.
+    #[error("the cursor is not an event of this listing")]
+    UnknownCursor,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// The events matching `filter` after the cursor event `after` (0: from the start), at most
+/// `limit`, in one of two orders:
+/// - **time order** (`(occurred_at, id)`) for a time range without a token or transaction id
+///   ([`AuditFilter::time_ordered`]): the cursor's `occurred_at` is looked up (with the tenant
+///   filter, see [`ListError::UnknownCursor`]) and the page is the next `limit` matches after
+///   `(occurred_at, id)` of the cursor, read in order from the index
+///   `audit_events_occurred_at_id_idx (occurred_at, id) INCLUDE (tenant_id)`: one index range
+///   scan of the page, whatever the size of the window or the table (docs/benchmarks.md,
+///   "audit list by time range"). Time order, not id order, because occurred_at (set by the
+///   writer before the insert) only roughly follows id: events held while sealed are written
+///   later with their original time, and instances' clocks differ, so no page of a window in
+///   id order can be read without reading the whole window;
+/// - **id order** for everything else, with `id > after`: by token or transaction id the
+///   `(col, id)` index, already in cursor order, gives one page; without any of these filters,
+///   the primary key from the cursor.
 ///
-/// Each statement names only the filters given (built with [`sqlx::QueryBuilder`]) and is sent
-/// unnamed, so PostgreSQL plans each call for its own values. The fixed statement this replaced,
-/// with `($n IS NULL OR col = $n)` for every filter and prepared once per pooled connection,
-/// went to a generic plan after five calls, and that plan cannot use an index for a filter that
-/// may be absent. The plans, as measured on 10 million events (docs/benchmarks.md, "at scale"):
-/// - by token or transaction id: the `(col, id)` index, already in cursor order, one page read;
-/// - by time range (without a token or transaction id): `ORDER BY id LIMIT` over a range of
-///   `occurred_at` may be planned as a walk of the primary key that passes millions of earlier
-///   events before the range starts, and a range is not in id order (occurred_at is set by the
-///   writer and only roughly follows id). So, in one snapshot: first the `RANGE_PROBE_IDS` ids
-///   right after the cursor, in the primary key (a later page, or a range that starts at the
-///   cursor, is found there); if that does not fill the page, the rest comes from the ids of the
-///   whole range, read from the `(occurred_at, id) INCLUDE (tenant_id)` index alone and sorted
-///   (cost: the number of events in the range, never the table's).
-///
-/// Both ways return exactly every matching event above `after`, in id order.
+/// Either way the pages, concatenated, are exactly the matching events, each once. Each
+/// statement names only the filters given (built with [`sqlx::QueryBuilder`]) and is sent
+/// unnamed, so PostgreSQL plans each call for its own values: a statement with
+/// `($n IS NULL OR col = $n)` for every filter, prepared once per pooled connection, went to a
+/// generic plan after five calls, and that plan cannot use an index for a filter that may be
+/// absent.
 pub async fn list_audit_events(
     pool: &sqlx::PgPool,
     filter: &AuditFilter,
     after: i64,
     limit: i64,
-) -> Result<Vec<AuditRow>, sqlx::Error> {
-    let by_key = filter.token.is_some() || filter.transaction_id.is_some();
-    let by_time = filter.since.is_some() || filter.until.is_some();
-    if by_key || !by_time {
-        return list_query(filter, after, None, limit, false)
-            .build_query_as::<AuditRow>()
-            .persistent(false)
-            .fetch_all(pool)
-            .await;
-    }
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
-    let probe_end = after.saturating_add(RANGE_PROBE_IDS);
-    let mut rows = list_query(filter, after, Some(probe_end), limit, false)
+) -> Result<Vec<AuditRow>, ListError> {
+    let start = if !filter.time_ordered() {
+        Start::Id(after)
+    } else if after <= 0 {
+        Start::Time(None)
+    } else {
+        let at = sqlx::query_scalar!(
+            "SELECT occurred_at FROM audit_events WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)",
+            after,
+            filter.tenant,
+        )
+        .fetch_optional(pool)
+        .await?
+        .ok_or(ListError::UnknownCursor)?;
+        Start::Time(Some((at, after)))
+    };
+    Ok(list_query(filter, start, limit)
         .build_query_as::<AuditRow>()
         .persistent(false)
-        .fetch_all(&mut *tx)
-        .await?;
-    let missing = limit - rows.len() as i64;
-    if missing > 0 && probe_end < i64::MAX {
-        rows.extend(
-            list_query(filter, probe_end, None, missing, true)
-                .build_query_as::<AuditRow>()
-                .persistent(false)
-                .fetch_all(&mut *tx)
-                .await?,
-        );
-    }
-    tx.commit().await?;
-    Ok(rows)
+        .fetch_all(pool)
+        .await?)
 }
 
-/// The events matching `filter` with `after < id <= up_to`, in id order, at most `limit`.
-/// `sorted_range`: pick the ids first among the time range's (see [`list_audit_events`]).
-fn list_query<'a>(
-    filter: &'a AuditFilter,
-    after: i64,
-    up_to: Option<i64>,
+/// Where a page starts.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// Id order, after this id.
+    Id(i64),
+    /// Time order, after this `(occurred_at, id)` (from `since` when `None`).
+    Time(Option<(DateTime<Utc>, i64)>),
+}
+
+/// The statement of one page (see [`list_audit_events`]).
+fn list_query(
+    filter: &AuditFilter,
+    start: Start,
     limit: i64,
-    sorted_range: bool,
-) -> sqlx::QueryBuilder<'a, sqlx::Postgres> {
+) -> sqlx::QueryBuilder<'_, sqlx::Postgres> {
     let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
         "SELECT id, occurred_at, request_id, actor_id, actor_kind, action, outcome, error_code, \
          client_addr, forwarded_for, token, transaction_id, masked_data, amount_minor, currency, \
          details::text AS details, writer_id, writer_seq, mac_key_version, mac, tenant_id \
-         FROM audit_events WHERE ",
+         FROM audit_events WHERE TRUE",
     );
-    if sorted_range {
-        q.push("id IN (SELECT id FROM audit_events WHERE ");
+    let mut since = filter.since;
+    match start {
+        Start::Id(after) => {
+            q.push(" AND id > ").push_bind(after);
+        }
+        Start::Time(Some((at, id))) => {
+            // One lower bound on occurred_at, the tighter, so where the index scan starts does
+            // not rest on how PostgreSQL ranks a row comparison against a plain bound on the
+            // same column (15 starts at the row comparison; starting at `since` would pass
+            // every event of the window before the cursor).
+            if since.is_none_or(|s| s <= at) {
+                q.push(" AND (occurred_at, id) > (")
+                    .push_bind(at)
+                    .push(", ")
+                    .push_bind(id)
+                    .push(")");
+                since = None;
+            }
+        }
+        Start::Time(None) => {}
     }
-    q.push("id > ").push_bind(after);
-    if let Some(up_to) = up_to {
-        q.push(" AND id <= ").push_bind(up_to);
-    }
-    if let Some(since) = filter.since {
+    if let Some(since) = since {
         q.push(" AND occurred_at >= ").push_bind(since);
     }
     if let Some(until) = filter.until {
@@ -405,13 +436,11 @@ fn list_query<'a>(
     if let Some(tenant) = filter.tenant {
         q.push(" AND tenant_id = ").push_bind(tenant);
     }
-    if sorted_range {
-        // `id + 0`: sorted, not read in primary key order (which would walk the whole table).
-        q.push(" ORDER BY id + 0 LIMIT ").push_bind(limit).push(")");
-        q.push(" ORDER BY id");
-    } else {
-        q.push(" ORDER BY id LIMIT ").push_bind(limit);
-    }
+    match start {
+        Start::Id(_) => q.push(" ORDER BY id LIMIT "),
+        Start::Time(_) => q.push(" ORDER BY occurred_at, id LIMIT "),
+    };
+    q.push_bind(limit);
     q
 }
 

@@ -4,7 +4,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
 
-use crate::audit::log::AuditFilter;
+use crate::audit::log::{AuditFilter, ListError};
 use crate::audit::{AuditEvent, AuditEventView};
 use crate::auth::Scope;
 use crate::domain::DEFAULT_TENANT;
@@ -47,7 +47,8 @@ pub struct AuditQuery {
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     #[serde(default, deserialize_with = "empty_as_none")]
     limit: Option<String>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (an event id). With a time range, a cursor that
+    /// is not one of the caller's events is refused (`invalid_cursor`).
     #[param(value_type = Option<i64>, minimum = 0)]
     #[serde(default, deserialize_with = "empty_as_none")]
     cursor: Option<String>,
@@ -68,7 +69,8 @@ pub enum AuditOutcome {
     Failure,
 }
 
-/// A page of audit events, oldest first.
+/// A page of audit events: in time order (`occurred_at`, then `id`) for a time range (`since`
+/// or `until`) without `token` or `transaction_id`, in `id` order otherwise.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct AuditPage {
     events: Vec<AuditEventView>,
@@ -86,9 +88,12 @@ const MAX_LIMIT: i64 = 1000;
         (status = 401, description = "`unauthorized`", body = ErrorBody), (status = 403, description = "`forbidden`: the `audit:read` scope is missing", body = ErrorBody)),
     security(("basic" = []), ("bearer" = []))
 )]
-/// `GET /v1/audit/events`: audit events in id order, filtered, with cursor pagination. Requires
-/// `audit:read`, and returns only the caller's tenant's events unless the credential also has
-/// `audit:all`. The read itself is audited (PCI DSS 10.2.1.3).
+/// `GET /v1/audit/events`: audit events, filtered, with cursor pagination: in id order, or, for a
+/// time range (`since` or `until`) without `token` or `transaction_id`, in time order
+/// (`occurred_at`, then `id`; events written late with an earlier time, such as those held
+/// while an instance was sealed, appear at their time). Requires `audit:read`, and returns only
+/// the caller's tenant's events unless the credential also has `audit:all`. The read itself is
+/// audited (PCI DSS 10.2.1.3).
 pub async fn audit_events(
     State(app): State<AppState>,
     caller: Caller,
@@ -109,7 +114,11 @@ pub async fn audit_events(
         .audit
         .read(reader, &filter, after, limit)
         .await
-        .map_err(|e| ApiError::internal(&e))?;
+        .map_err(|e| match e {
+            // Unknown, pruned or another tenant's: answered as a cursor that does not parse.
+            ListError::UnknownCursor => bad_cursor(),
+            ListError::Db(e) => ApiError::internal(&e),
+        })?;
     let next_cursor = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.id.to_string()))
         .flatten();
@@ -117,6 +126,14 @@ pub async fn audit_events(
         events: rows.iter().map(AuditEventView::from).collect(),
         next_cursor,
     }))
+}
+
+fn bad_cursor() -> ApiError {
+    ApiError::new(
+        Kind::BadRequest,
+        "invalid_cursor",
+        "cursor must be a next_cursor from an earlier page",
+    )
 }
 
 fn invalid(message: String) -> ApiError {
@@ -168,13 +185,7 @@ impl AuditQuery {
         let after = match self.cursor.as_deref().map(str::parse::<i64>) {
             None => 0,
             Some(Ok(n)) if n >= 0 => n,
-            Some(_) => {
-                return Err(ApiError::new(
-                    Kind::BadRequest,
-                    "invalid_cursor",
-                    "cursor must be a next_cursor from an earlier page",
-                ))
-            }
+            Some(_) => return Err(bad_cursor()),
         };
         Ok((filter, after, limit))
     }
