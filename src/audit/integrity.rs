@@ -3,15 +3,17 @@
 //! void; what the sealer set aside; queue rows naming missing or already-sealed events; and
 //! events left unsealed longer than the bound.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use crate::crypto::KeyRing;
+use crate::store::audit::AuditRow;
 use crate::store::audit_checks::{self as checks, Gap, Void};
 use crate::store::audit_mac::void_mac;
 
-const BATCH: i64 = 1000;
 /// At most this many findings of one kind are listed (the count is always given).
 const LIST: usize = 20;
 
@@ -26,15 +28,26 @@ fn finding(event_id: Option<i64>, what: String) -> Finding {
     Finding { event_id, what }
 }
 
-/// Runs every check; an empty list means nothing was found.
+/// What the single pass over the events of `super::verify` found: events failing their own
+/// MAC and each writer's counter values seen (see [`EventChecks`]), and the oldest event left
+/// without a seal that the sealer did not set aside.
+pub struct Scanned {
+    pub events: EventChecks,
+    pub oldest_unsealed: Option<(i64, DateTime<Utc>)>,
+}
+
+/// Runs every check on what the pass found and on the small tables (voids, anomalies, the
+/// sealing queue); an empty list means nothing was found.
 pub async fn check(
     pool: &sqlx::PgPool,
     keys: &KeyRing,
+    anomalies: &[checks::Anomaly],
+    scanned: Scanned,
     max_unsealed: Duration,
 ) -> Result<Vec<Finding>, sqlx::Error> {
-    let mut found = bad_macs(pool, keys).await?;
-    found.extend(gaps(pool, keys).await?);
-    for a in checks::anomalies(pool).await?.into_iter().take(LIST) {
+    let (mut found, gaps_seen) = scanned.events.finish();
+    found.extend(gaps(pool, keys, gaps_seen).await?);
+    for a in anomalies.iter().take(LIST) {
         found.push(finding(
             Some(a.event_id),
             format!(
@@ -52,7 +65,7 @@ pub async fn check(
         };
         found.push(finding(Some(id), what));
     }
-    if let Some((id, at)) = checks::oldest_unsealed(pool).await? {
+    if let Some((id, at)) = scanned.oldest_unsealed {
         let age = (Utc::now() - at).to_std().unwrap_or_default();
         if age > max_unsealed {
             found.push(finding(
@@ -79,50 +92,120 @@ fn anomaly_text(kind: &str) -> &str {
     }
 }
 
-/// Events (from the MAC epoch on) whose MAC is missing or does not verify, sealed or not.
-async fn bad_macs(pool: &sqlx::PgPool, keys: &KeyRing) -> Result<Vec<Finding>, sqlx::Error> {
-    let epoch = checks::mac_epoch(pool).await?;
-    let mut after = epoch - 1;
-    let (mut bad, mut listed) = (0u64, Vec::new());
-    loop {
-        let rows = checks::events_after(pool, after, BATCH).await?;
-        let Some(last) = rows.last() else { break };
-        after = last.id;
-        for row in &rows {
-            let problem = match row.mac_valid(keys) {
-                Ok(true) => continue,
-                Ok(false) if row.mac.is_none() => "has no MAC: inserted behind payvault's back",
-                Ok(false) => {
-                    "has a MAC that does not verify: forged, or modified after it was written"
-                }
-                Err(_) => "is MAC'd under a master key version that is not loaded",
-            };
-            bad += 1;
-            if listed.len() < LIST {
-                let writer = row
-                    .writer_id
-                    .map(|w| format!(" (writer {w}, #{})", row.writer_seq.unwrap_or(0)))
-                    .unwrap_or_default();
-                listed.push(finding(
-                    Some(row.id),
-                    format!("event {}{writer} {problem}", row.id),
-                ));
-            }
+/// The per-event checks, fed every event once (in any order): its own MAC (from the MAC epoch
+/// on; missing or not verifying, sealed or not), and its writer counter value, kept as runs of
+/// consecutive values per writer so that memory grows with the gaps, not with the log.
+pub struct EventChecks {
+    epoch: i64,
+    bad: u64,
+    listed: Vec<Finding>,
+    /// Per writer: first value of each run of consecutive values -> last value of the run.
+    runs: BTreeMap<Uuid, BTreeMap<i64, i64>>,
+}
+
+impl EventChecks {
+    pub fn new(epoch: i64) -> Self {
+        Self {
+            epoch,
+            bad: 0,
+            listed: Vec::new(),
+            runs: BTreeMap::new(),
         }
     }
-    if bad as usize > listed.len() {
-        listed.push(finding(
-            None,
-            format!("{bad} events in all fail their MAC check"),
-        ));
+
+    pub fn observe(&mut self, keys: &KeyRing, row: &AuditRow) {
+        if let (Some(writer), Some(value)) = (row.writer_id, row.writer_seq) {
+            add_value(self.runs.entry(writer).or_default(), value);
+        }
+        if row.id < self.epoch {
+            return;
+        }
+        let problem = match row.mac_valid(keys) {
+            Ok(true) => return,
+            Ok(false) if row.mac.is_none() => "has no MAC: inserted behind payvault's back",
+            Ok(false) => "has a MAC that does not verify: forged, or modified after it was written",
+            Err(_) => "is MAC'd under a master key version that is not loaded",
+        };
+        self.bad += 1;
+        if self.listed.len() < LIST {
+            let writer = row
+                .writer_id
+                .map(|w| format!(" (writer {w}, #{})", row.writer_seq.unwrap_or(0)))
+                .unwrap_or_default();
+            self.listed.push(finding(
+                Some(row.id),
+                format!("event {}{writer} {problem}", row.id),
+            ));
+        }
     }
-    Ok(listed)
+
+    /// The MAC findings (at most [`LIST`], then the count), and the gaps in writer counters, by
+    /// writer and position.
+    fn finish(self) -> (Vec<Finding>, Vec<Gap>) {
+        let mut listed = self.listed;
+        if self.bad as usize > listed.len() {
+            listed.push(finding(
+                None,
+                format!("{} events in all fail their MAC check", self.bad),
+            ));
+        }
+        let mut gaps = Vec::new();
+        for (writer_id, runs) in self.runs {
+            let mut after = 0;
+            for (first, last) in runs {
+                if first > after + 1 {
+                    gaps.push(Gap {
+                        writer_id,
+                        after,
+                        next: first,
+                    });
+                }
+                after = last;
+            }
+        }
+        (listed, gaps)
+    }
+}
+
+/// Adds `value` to the runs of consecutive values, merging runs it joins.
+fn add_value(runs: &mut BTreeMap<i64, i64>, value: i64) {
+    // The usual case: the next value of the newest run.
+    if let Some(mut last) = runs.last_entry() {
+        if *last.get() + 1 == value {
+            *last.get_mut() = value;
+            return;
+        }
+    }
+    let below = runs.range(..=value).next_back().map(|(f, l)| (*f, *l));
+    if let Some((_, last)) = below {
+        if last >= value {
+            return; // already seen (the counter is unique, so only a re-read)
+        }
+    }
+    let above = value
+        .checked_add(1)
+        .and_then(|next| runs.get(&next).map(|l| (next, *l)));
+    let first = match below {
+        Some((first, last)) if last + 1 == value => first,
+        _ => value,
+    };
+    let last = match above {
+        Some((next, last)) => {
+            runs.remove(&next);
+            last
+        }
+        None => value,
+    };
+    runs.insert(first, last);
 }
 
 /// Gaps in a writer's counter that no valid void covers: events deleted before they were
 /// sealed (or written in a transaction that failed after inserting them; see README).
-async fn gaps(pool: &sqlx::PgPool, keys: &KeyRing) -> Result<Vec<Finding>, sqlx::Error> {
-    let gaps = checks::writer_gaps(pool).await?;
+async fn gaps(
+    pool: &sqlx::PgPool,
+    keys: &KeyRing,
+    gaps: Vec<Gap>,
+) -> Result<Vec<Finding>, sqlx::Error> {
     if gaps.is_empty() {
         return Ok(Vec::new());
     }
@@ -194,7 +277,6 @@ fn unexplained(gap: &Gap, voids: &[Void]) -> Vec<(i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
 
     fn void(first: i64, last: i64) -> Void {
         Void {
@@ -224,5 +306,31 @@ mod tests {
             ..void(3, 9)
         };
         assert_eq!(unexplained(&gap, &[other]), vec![(3, 9)]);
+    }
+
+    fn gaps_of(values: &[i64]) -> Vec<(i64, i64)> {
+        let mut runs = BTreeMap::new();
+        for v in values {
+            add_value(&mut runs, *v);
+        }
+        let mut checks = EventChecks::new(i64::MAX);
+        checks.runs.insert(Uuid::nil(), runs);
+        checks
+            .finish()
+            .1
+            .into_iter()
+            .map(|g| (g.after, g.next))
+            .collect()
+    }
+
+    #[test]
+    fn gaps_are_found_whatever_order_the_values_come_in() {
+        assert_eq!(gaps_of(&[1, 2, 3, 4]), vec![]);
+        assert_eq!(gaps_of(&[4, 2, 1, 3]), vec![]);
+        assert_eq!(gaps_of(&[2, 3]), vec![(0, 2)]);
+        assert_eq!(gaps_of(&[1, 2, 5, 6, 9]), vec![(2, 5), (6, 9)]);
+        assert_eq!(gaps_of(&[9, 1, 6, 2, 5]), vec![(2, 5), (6, 9)]);
+        // A value that closes a gap merges the runs on both sides; a repeat changes nothing.
+        assert_eq!(gaps_of(&[1, 3, 2, 2, 5, 4]), vec![]);
     }
 }

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod integrity;
 pub mod log;
 pub mod seal;
+mod verify;
 
 pub use log::AuditLog;
 

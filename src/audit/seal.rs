@@ -233,7 +233,7 @@ pub struct Checkpoint {
     pub mac: String,
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -298,131 +298,9 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// Walks the whole chain and reports the first place it was altered, deleted, inserted or
-/// reordered. With `checkpoint`, also checks the chain still reaches it unchanged. Then runs
-/// the event checks of [`super::integrity`], with `max_unsealed` as the sealing lag bound.
-pub async fn verify(
-    pool: &PgPool,
-    keys: &KeyRing,
-    checkpoint: Option<&Checkpoint>,
-    max_unsealed: Duration,
-) -> Result<Report, SealError> {
-    let mut report = Report {
-        verified: 0,
-        last: None,
-        pending: 0,
-        problem: None,
-        findings: Vec::new(),
-    };
-    let fail = |report: &mut Report, seq: Option<i64>, event_id: Option<i64>, what: String| {
-        report.problem = Some(Problem {
-            seq,
-            event_id,
-            what,
-        });
-    };
-    let mut expected_seq: Option<i64> = None;
-    let mut prev: Vec<u8> = Vec::new();
-    let mut after = 0;
-    let mut checkpoint_seen = false;
-    'outer: loop {
-        let batch = store::seals::seals_after(pool, after, BATCH).await?;
-        if batch.is_empty() {
-            break;
-        }
-        for row in batch {
-            after = row.seq;
-            if expected_seq.is_none() {
-                // The chain starts at 1, or right after a valid prune anchor.
-                if row.seq == 1 {
-                    prev = vec![0u8; 32];
-                } else {
-                    match store::seals::anchor_before(pool, row.seq).await? {
-                        Some(a) if a.seq == row.seq - 1 && anchor_valid(keys, &a)? => prev = a.mac,
-                        _ => {
-                            fail(
-                                &mut report,
-                                Some(row.seq),
-                                Some(row.event_id),
-                                "the start of the chain was deleted without a valid prune anchor"
-                                    .into(),
-                            );
-                            break 'outer;
-                        }
-                    }
-                }
-            } else if Some(row.seq) != expected_seq {
-                let missing = expected_seq.unwrap_or(0);
-                fail(
-                    &mut report,
-                    Some(missing),
-                    None,
-                    format!("sealed events {missing} to {} were deleted", row.seq - 1),
-                );
-                break 'outer;
-            }
-            if let Some(problem) = check_row(keys, &row, &prev)? {
-                fail(&mut report, Some(row.seq), Some(row.event_id), problem);
-                break 'outer;
-            }
-            if let Some(cp) = checkpoint {
-                if cp.seq == row.seq {
-                    checkpoint_seen = true;
-                    if cp.mac != hex(&row.mac) || cp.event_id != row.event_id {
-                        fail(
-                            &mut report,
-                            Some(row.seq),
-                            Some(row.event_id),
-                            "the chain differs from the checkpoint".into(),
-                        );
-                        break 'outer;
-                    }
-                }
-            }
-            prev = row.mac.clone();
-            expected_seq = Some(row.seq + 1);
-            report.verified += 1;
-            report.last = Some(Checkpoint {
-                seq: row.seq,
-                event_id: row.event_id,
-                sealed_at: row.sealed_at,
-                mac: hex(&row.mac),
-            });
-        }
-    }
-    if report.problem.is_none() {
-        if let Some(cp) = checkpoint {
-            if !checkpoint_seen {
-                let reached = report.last.as_ref().map_or(0, |l| l.seq);
-                fail(&mut report, Some(cp.seq), Some(cp.event_id), format!(
-                    "the newest events were deleted: the checkpoint vouches for chain position {} but the chain ends at {reached}",
-                    cp.seq
-                ));
-            }
-        }
-    }
-    if report.problem.is_none() {
-        // An event without a seal that is older than the newest seal (beyond the grace period)
-        // was inserted behind the sealer's back.
-        if let Some(last) = &report.last {
-            let cutoff =
-                last.sealed_at - chrono::Duration::from_std(SEAL_GRACE).unwrap_or_default();
-            if let Some(id) = store::seals::unsealed_before(pool, cutoff).await?.first() {
-                fail(
-                    &mut report,
-                    None,
-                    Some(*id),
-                    format!("event {id} was inserted into the sealed history without a seal"),
-                );
-            }
-        }
-    }
-    report.pending = store::seals::pending(pool).await?.0;
-    report.findings = super::integrity::check(pool, keys, max_unsealed).await?;
-    Ok(report)
-}
+pub use super::verify::verify;
 
-fn anchor_valid(keys: &KeyRing, a: &Anchor) -> Result<bool, CryptoError> {
+pub(super) fn anchor_valid(keys: &KeyRing, a: &Anchor) -> Result<bool, CryptoError> {
     let expected = match anchor_signature(keys, a.key_version, a.seq, &a.mac) {
         Ok(sig) => sig,
         Err(CryptoError::UnknownKeyVersion(_)) => return Ok(false),
@@ -432,7 +310,11 @@ fn anchor_valid(keys: &KeyRing, a: &Anchor) -> Result<bool, CryptoError> {
 }
 
 /// `None` if the seal matches its event and predecessor, else what is wrong.
-fn check_row(keys: &KeyRing, row: &SealedRow, prev: &[u8]) -> Result<Option<String>, CryptoError> {
+pub(super) fn check_row(
+    keys: &KeyRing,
+    row: &SealedRow,
+    prev: &[u8],
+) -> Result<Option<String>, CryptoError> {
     let Some(event) = &row.event else {
         return Ok(Some(format!("event {} was deleted", row.event_id)));
     };

@@ -1,5 +1,5 @@
-//! What `audit verify` reads besides the seal chain: every event (for its own MAC), gaps in the
-//! writer counters, voids, anomalies the sealer set aside, the sealing queue and its lag.
+//! What `audit verify` reads: the seal links and every event (each in its own key order, a page
+//! at a time), voids, anomalies the sealer set aside, and the sealing queue.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
@@ -46,20 +46,50 @@ pub struct Gap {
     pub next: i64,
 }
 
-pub async fn writer_gaps(db: impl PgExecutor<'_>) -> Result<Vec<Gap>, sqlx::Error> {
+/// One link of the seal chain, without its event (`audit verify` reads the events on their own,
+/// in id order, and joins them to the links itself).
+#[derive(Debug, Clone)]
+pub struct SealLink {
+    pub seq: i64,
+    pub event_id: i64,
+    pub key_version: i32,
+    pub mac: Vec<u8>,
+    pub sealed_at: DateTime<Utc>,
+}
+
+/// Seals with seq above `after`, in chain order.
+pub async fn links_after(
+    db: impl PgExecutor<'_>,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<SealLink>, sqlx::Error> {
     sqlx::query_as!(
-        Gap,
-        r#"
-        SELECT writer_id AS "writer_id!", prev AS "after!", writer_seq AS "next!" FROM (
-            SELECT writer_id, writer_seq,
-                   lag(writer_seq, 1, 0::bigint) OVER (PARTITION BY writer_id ORDER BY writer_seq) AS prev
-            FROM audit_events WHERE writer_id IS NOT NULL AND writer_seq IS NOT NULL
-        ) t
-        WHERE writer_seq > prev + 1
-        ORDER BY writer_id, prev
-        "#
+        SealLink,
+        "SELECT seq, event_id, key_version, mac, sealed_at FROM audit_seals WHERE seq > $1 ORDER BY seq LIMIT $2",
+        after,
+        limit,
     )
     .fetch_all(db)
+    .await
+}
+
+/// One event by id, if it exists.
+pub async fn event_by_id(
+    db: impl PgExecutor<'_>,
+    id: i64,
+) -> Result<Option<AuditRow>, sqlx::Error> {
+    sqlx::query_as!(
+        AuditRow,
+        r#"
+        SELECT id, occurred_at, request_id, actor_id, actor_kind, action, outcome, error_code,
+               client_addr, forwarded_for, token, transaction_id, masked_data, amount_minor,
+               currency, details::text AS "details!", writer_id, writer_seq, mac_key_version, mac,
+               tenant_id
+        FROM audit_events WHERE id = $1
+        "#,
+        id,
+    )
+    .fetch_optional(db)
     .await
 }
 
@@ -119,23 +149,6 @@ pub async fn bad_queue_rows(
         .into_iter()
         .map(|r| (r.event_id, if r.missing { "missing" } else { "sealed" }))
         .collect())
-}
-
-/// The oldest event without a seal that the sealer did not set aside, with its time.
-pub async fn oldest_unsealed(
-    db: impl PgExecutor<'_>,
-) -> Result<Option<(i64, DateTime<Utc>)>, sqlx::Error> {
-    let row = sqlx::query!(
-        r#"
-        SELECT e.id, e.occurred_at FROM audit_events e
-        WHERE NOT EXISTS (SELECT 1 FROM audit_seals s WHERE s.event_id = e.id)
-          AND NOT EXISTS (SELECT 1 FROM audit_anomalies a WHERE a.event_id = e.id)
-        ORDER BY e.occurred_at LIMIT 1
-        "#
-    )
-    .fetch_optional(db)
-    .await?;
-    Ok(row.map(|r| (r.id, r.occurred_at)))
 }
 
 /// Whether any retention prune happened (its anchor explains writer counters that start late).

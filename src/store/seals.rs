@@ -271,23 +271,6 @@ pub async fn prune_prefix(db: impl PgExecutor<'_>, anchor: &Anchor) -> Result<u6
     Ok(deleted.max(0).unsigned_abs())
 }
 
-/// Events that have no seal and occurred before `before`: they should have been sealed by now.
-pub async fn unsealed_before(
-    db: impl PgExecutor<'_>,
-    before: DateTime<Utc>,
-) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"
-        SELECT e.id FROM audit_events e
-        WHERE e.occurred_at < $1 AND NOT EXISTS (SELECT 1 FROM audit_seals s WHERE s.event_id = e.id)
-        ORDER BY e.id LIMIT 100
-        "#,
-        before,
-    )
-    .fetch_all(db)
-    .await
-}
-
 /// How many events await sealing, and since when.
 pub async fn pending(db: impl PgExecutor<'_>) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
     let row = sqlx::query!(
