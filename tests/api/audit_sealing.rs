@@ -19,8 +19,14 @@ async fn chained_ids(db: &TestDb) -> Vec<i64> {
 }
 
 /// Writes `n` events in one statement; returns their ids, ascending.
-async fn write(db: &TestDb, signer: &payvault::store::audit_mac::EventSigner, n: usize) -> Vec<i64> {
-    let events: Vec<AuditEvent> = (0..n).map(|_| AuditEvent::operator("sealing_test")).collect();
+async fn write(
+    db: &TestDb,
+    signer: &payvault::store::audit_mac::EventSigner,
+    n: usize,
+) -> Vec<i64> {
+    let events: Vec<AuditEvent> = (0..n)
+        .map(|_| AuditEvent::operator("sealing_test"))
+        .collect();
     let refs: Vec<&AuditEvent> = events.iter().collect();
     insert_audit_events(&db.pool, &AuditBatch::new(signer, &refs).unwrap())
         .await
@@ -41,7 +47,9 @@ async fn a_drain_in_many_batches_seals_every_event_once_in_id_order() {
     // One INSERT statement of 25 events: its statement trigger queued every one of them.
     assert_eq!(count(&db, "SELECT count(*) FROM audit_unsealed").await, 25);
     assert_eq!(
-        seal::seal_pending_in_batches(&db.pool, &keys, 4).await.unwrap(),
+        seal::seal_pending_in_batches(&db.pool, &keys, 4)
+            .await
+            .unwrap(),
         25
     );
     assert_eq!(count(&db, "SELECT count(*) FROM audit_unsealed").await, 0);
@@ -68,7 +76,9 @@ async fn events_queued_below_the_last_sealed_id_are_sealed_after_it() {
         .await
         .unwrap();
     assert_eq!(
-        seal::seal_pending_in_batches(&db.pool, &keys, 2).await.unwrap(),
+        seal::seal_pending_in_batches(&db.pool, &keys, 2)
+            .await
+            .unwrap(),
         4
     );
     sqlx::query("INSERT INTO audit_unsealed (event_id) VALUES ($1), ($2)")
@@ -78,7 +88,9 @@ async fn events_queued_below_the_last_sealed_id_are_sealed_after_it() {
         .await
         .unwrap();
     assert_eq!(
-        seal::seal_pending_in_batches(&db.pool, &keys, 2).await.unwrap(),
+        seal::seal_pending_in_batches(&db.pool, &keys, 2)
+            .await
+            .unwrap(),
         2,
         "the bound starts again from the beginning of the queue"
     );
