@@ -10,7 +10,11 @@
 #      of its entry, no new entry is made, and each row writes one more `import_row` event for
 #      the existing token (the last pass imports only the rows still needed). So each token has
 #      about SCALE_EVENTS/SCALE_ENTRIES events, written, MAC'd and sealed by payvault's own
-#      writer and sealer (each import seals before it exits); nothing is written by hand.
+#      writer; nothing is written by hand. Sealing is paused during the imports (PAUSE_SEALING=1,
+#      the default: a psql session holds the sealing advisory lock, so each import's seal before
+#      it exits finds the lock taken and leaves its events queued), then `payvault audit seal`
+#      seals everything queued in one drain, timed (events/s). PAUSE_SEALING=0: each import seals
+#      before it exits, as before. LOAD_JOBS (default 2) deduplicating passes run at once.
 #      Waits (with a deadline) until nothing is left unsealed, then VACUUM ANALYZE (what
 #      autovacuum does on its own some time after a bulk load; done here so the plans are
 #      those of a settled table);
@@ -30,9 +34,8 @@
 #   7. `payvault keys rotate` of every entry to a new master key version 2: entries/s.
 # Then drops its databases (KEEP_DB=1 keeps the loaded one, payvault_scale; its master key is
 # not kept, so only key-less measurements, such as the plans of step 3, can be repeated on it).
-# The load is limited by sealing (one sealer at a time, under the sealing lock): 2,000 events/s
-# on the 2-core development machine under other builds (2026-11-30), i.e. over an hour for the
-# full 10 million; see docs/benchmarks.md, "at scale".
+# Load and sealing rates on the 2-core development machine: docs/benchmarks.md, "at scale" and
+# "sealing throughput".
 #
 #   scripts/bench.sh --scale                                   # 1,000,000 entries, 10,000,000 events
 #   SCALE_ENTRIES=50000 SCALE_EVENTS=500000 scripts/scale-bench.sh   # a small run to try it out
@@ -75,7 +78,9 @@ fi
 work=$(mktemp -d)
 server_pid=""
 quiet_held=""
+pause_pid=""
 cleanup() {
+  rm -f "$work/pause"
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
   wait 2>/dev/null
   [ -n "$quiet_held" ] && rm -f "$quiet_held"
@@ -130,6 +135,27 @@ wait_sealed() { # database url
   done
 }
 
+# The sealing advisory lock (src/store/seals.rs SEAL_LOCK), held by a psql session while
+# $work/pause exists: every payvault sealer (each import's, before it exits) then finds it taken
+# and seals nothing; the events stay queued, in the same tables, until `payvault audit seal`.
+SEAL_LOCK=8097887154337049716
+pause_sealing() { # database url
+  touch "$work/pause"
+  { echo "SELECT pg_advisory_lock($SEAL_LOCK);"; while [ -e "$work/pause" ]; do sleep 0.2; done; } \
+    | psql "$1" -XAtq >/dev/null &
+  pause_pid=$!
+  local deadline=$(( $(date +%s) + 60 ))
+  until [ "$(q "$1" "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = $SEAL_LOCK")" = 1 ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "scale-bench: could not take the sealing lock" >&2; exit 1; }
+    sleep 0.1
+  done
+}
+resume_sealing() {
+  rm -f "$work/pause"
+  wait "$pause_pid" 2>/dev/null || true
+  pause_pid=""
+}
+
 # ---------------------------------------------------------------------------------------------
 echo "== 1. load: $SCALE_ENTRIES entries, $SCALE_EVENTS events ($(date -u +%FT%TZ))"
 setup_db "$DB"
@@ -152,6 +178,7 @@ with open(path, "w") as f:
         f.write(f"c{i},{luhn('4%014d' % i)},{i % 12 + 1},{2030 + i % 5},94111\n")
 EOF
 load_start=$(now)
+[ "${PAUSE_SEALING:-1}" = 1 ] && pause_sealing "$URL"
 # One import pass: $1 = pass number, $2 = rows. Pass 1 makes the entries (deduplication off:
 # two batches in flight); later passes deduplicate, LOAD_JOBS of them at once.
 import_pass() {
@@ -166,7 +193,9 @@ import_pass() {
     --credential bench --audit-each-row --result "$work/result$pass.jsonl" >"$work/import$pass.out" 2>"$work/import$pass.log" \
     || { echo "import pass $pass failed:" >&2; tail -5 "$work/import$pass.log" >&2; return 1; }
   s=$(since_s "$t0")
-  report "import pass $pass: $rows rows in ${s} s = $(per_s "$rows" "$s") rows/s (events written and sealed; $(tail -1 "$work/import$pass.out" | cut -d';' -f1))"
+  local what="events written and sealed"
+  [ -n "$pause_pid" ] && what="events written, sealing paused"
+  report "import pass $pass: $rows rows in ${s} s = $(per_s "$rows" "$s") rows/s ($what; $(tail -1 "$work/import$pass.out" | cut -d';' -f1))"
   rm -f "$work/result$pass.jsonl" "$work/part$pass.csv"
 }
 import_pass 1 "$SCALE_ENTRIES"
@@ -183,6 +212,13 @@ while [ "$left" -gt 0 ]; do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 rm -f "$work/cards.csv"
+report "imports: $(since_s "$load_start") s"
+if [ -n "$pause_pid" ]; then
+  resume_sealing
+  report "queued for sealing: $(q "$URL" "SELECT count(*) FROM audit_unsealed") events"
+  out=$(DATABASE_URL=$URL PAYVAULT_MASTER_KEY="$key" $BIN audit seal)
+  report "seal after the load: $out"
+fi
 wait_sealed "$URL"
 report "load: $(since_s "$load_start") s in all"
 t0=$(now)

@@ -31,6 +31,10 @@ use crate::store::seals::{Anchor, SealedRow};
 
 const DOMAIN: &[u8] = b"payvault-audit-v1";
 const BATCH: i64 = 1000;
+/// Events sealed per transaction: a batch costs a handful of statements whatever its size, so
+/// bigger batches amortise them; 10,000 keeps a batch's transaction well under a second
+/// (docs/benchmarks.md, "sealing throughput").
+pub const SEAL_BATCH: i64 = 10_000;
 /// How long an event may stay unsealed before verify treats it as inserted behind our back.
 pub const SEAL_GRACE: Duration = Duration::from_secs(60);
 
@@ -91,39 +95,60 @@ pub enum SealError {
     Crypto(#[from] CryptoError),
 }
 
-/// Seals every queued event, in batches. Returns how many were sealed (0 if another instance
-/// holds the sealing lock). A queued event whose own MAC does not verify (or is missing), and a
-/// queue row naming a missing or already-sealed event, are never chained: each is recorded in
-/// `audit_anomalies` (which `verify` reports) and the rest of the batch is sealed.
+/// Seals every queued event, in batches of [`SEAL_BATCH`]. Returns how many were sealed (0 if
+/// another instance holds the sealing lock). A queued event whose own MAC does not verify (or
+/// is missing), and a queue row naming a missing or already-sealed event, are never chained:
+/// each is recorded in `audit_anomalies` (which `verify` reports) and the rest of the batch is
+/// sealed.
 pub async fn seal_pending(pool: &PgPool, keys: &KeyRing) -> Result<u64, SealError> {
+    seal_pending_in_batches(pool, keys, SEAL_BATCH).await
+}
+
+/// [`seal_pending`] with `batch` events per transaction (`payvault audit seal --batch`).
+pub async fn seal_pending_in_batches(
+    pool: &PgPool,
+    keys: &KeyRing,
+    batch: i64,
+) -> Result<u64, SealError> {
+    let batch = batch.max(1);
     let mut total = 0;
     let epoch = store::audit_checks::mac_epoch(pool).await?;
+    let version = keys.current_version();
+    // Each batch starts above the last one's highest id, so it does not pass over the queue
+    // entries the batches before it deleted; once that finds nothing, one more look from the
+    // start takes events committed late with lower ids.
+    let mut after = 0;
     loop {
         let mut tx = pool.begin().await?;
         if !store::seals::try_lock_sealing(&mut *tx).await? {
             return Ok(total);
         }
-        let (ids, events) = store::seals::dequeue_unsealed(&mut tx, BATCH).await?;
-        if ids.is_empty() {
+        let queued = store::seals::dequeue_for_sealing(&mut tx, batch, after).await?;
+        let Some(last) = queued.last() else {
             tx.commit().await?;
-            return Ok(total);
-        }
-        let sealed = store::seals::sealed_among(&mut *tx, &ids).await?;
+            if after == 0 {
+                return Ok(total);
+            }
+            after = 0;
+            continue;
+        };
+        after = last.event_id;
         let (mut set_aside, mut kinds) = (Vec::new(), Vec::new());
-        for id in &ids {
-            if sealed.contains(id) {
-                set_aside.push(*id);
+        // Bad queue rows first, then the events whose own MAC fails, in id order each.
+        for q in &queued {
+            if q.already_sealed {
+                set_aside.push(q.event_id);
                 kinds.push("already_sealed".to_owned());
-            } else if events.binary_search_by_key(id, |e| e.id).is_err() {
-                set_aside.push(*id);
+            } else if q.event.is_none() {
+                set_aside.push(q.event_id);
                 kinds.push("missing_event".to_owned());
             }
         }
-        let mut chain = Vec::with_capacity(events.len());
-        for e in &events {
-            if sealed.contains(&e.id) {
+        let mut chain = Vec::with_capacity(queued.len());
+        for q in &queued {
+            let Some(e) = q.event.as_ref().filter(|_| !q.already_sealed) else {
                 continue;
-            }
+            };
             // Events written before event MACs existed are covered by the chain alone.
             if e.id < epoch {
                 chain.push(e);
@@ -167,23 +192,28 @@ pub async fn seal_pending(pool: &PgPool, keys: &KeyRing) -> Result<u64, SealErro
             metrics::counter!("payvault_audit_anomalies_total").increment(set_aside.len() as u64);
             store::seals::record_anomalies(&mut *tx, &set_aside, &kinds).await?;
         }
-        let tip = store::seals::chain_tip(&mut *tx).await?;
-        let (mut seq, mut prev) = tip.map_or((0, vec![0u8; 32]), |t| (t.seq, t.mac));
-        let version = keys.current_version();
-        let (mut seqs, mut chained, mut macs) = (Vec::new(), Vec::new(), Vec::new());
-        for e in chain {
-            seq += 1;
-            let mac = seal_of(keys, version, seq, &prev, e)?.to_vec();
-            seqs.push(seq);
-            chained.push(e.id);
-            macs.push(mac.clone());
-            prev = mac;
-        }
-        if !seqs.is_empty() {
+        if !chain.is_empty() {
+            let tip = store::seals::chain_tip(&mut *tx).await?;
+            let (mut seq, mut prev) = match tip {
+                Some(t) => (t.seq, t.mac),
+                None => (0, vec![0u8; 32]),
+            };
+            let mut seqs = Vec::with_capacity(chain.len());
+            let mut chained = Vec::with_capacity(chain.len());
+            let mut macs: Vec<Vec<u8>> = Vec::with_capacity(chain.len());
+            for e in &chain {
+                seq += 1;
+                let mac = seal_of(keys, version, seq, &prev, e)?;
+                seqs.push(seq);
+                chained.push(e.id);
+                prev.clear();
+                prev.extend_from_slice(&mac);
+                macs.push(mac.to_vec());
+            }
             store::seals::insert_seals(&mut *tx, &seqs, &chained, version, &macs).await?;
         }
         tx.commit().await?;
-        total += chained.len() as u64;
+        total += chain.len() as u64;
     }
 }
 

@@ -41,6 +41,14 @@ pub enum AuditCommand {
     },
     /// Print the newest seal as a checkpoint (JSON) to keep off-box.
     Checkpoint,
+    /// Seal every queued event now (what `payvault serve` does in the background) and print
+    /// how many, how fast, and how many are still queued (0 sealed while another instance holds
+    /// the sealing lock). Needs PAYVAULT_MASTER_KEY.
+    Seal {
+        /// Events sealed per transaction.
+        #[arg(long, default_value_t = crate::audit::seal::SEAL_BATCH)]
+        batch: i64,
+    },
     /// Export sealed events as JSON lines, in chain order, resumable from a cursor.
     Export {
         /// Export events after this chain position (the `seq` of the last line already exported).
@@ -199,6 +207,21 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             if !report.intact() {
                 std::process::exit(1);
             }
+        }
+        AuditCommand::Seal { batch } => {
+            let started = std::time::Instant::now();
+            let sealed = seal::seal_pending_in_batches(&pool, &keys, batch).await?;
+            let secs = started.elapsed().as_secs_f64();
+            let (queued, _) = store::seals::pending(&pool).await?;
+            record(
+                "audit_seal",
+                serde_json::json!({ "sealed": sealed, "batch": batch }),
+            )
+            .await?;
+            println!(
+                "sealed {sealed} audit events in {secs:.2} s ({:.0} events/s, batches of {batch}); {queued} queued",
+                sealed as f64 / secs.max(1e-6)
+            );
         }
         AuditCommand::Checkpoint => {
             let checkpoint = seal::checkpoint(&pool).await?;

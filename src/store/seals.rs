@@ -41,47 +41,106 @@ pub async fn chain_tip(db: impl PgExecutor<'_>) -> Result<Option<ChainTip>, sqlx
     .await
 }
 
-/// Takes up to `limit` queued event ids off the queue, in id order, with the events that
-/// exist among them. The runtime role cannot DELETE from the queue:
-/// `payvault_dequeue_unsealed` (SECURITY DEFINER, see its migration) does it.
-pub async fn dequeue_unsealed(
+/// A queued event id taken off the queue, with what the sealer needs to know about it.
+#[derive(Debug)]
+pub struct Queued {
+    pub event_id: i64,
+    /// The event already has a seal (a bad queue row).
+    pub already_sealed: bool,
+    /// The event, `None` if no such event exists (a bad queue row).
+    pub event: Option<AuditRow>,
+}
+
+/// Takes up to `limit` queued event ids above `after` off the queue, in id order, each with its
+/// event (if it exists) and whether it already has a seal: two statements for the whole batch.
+/// The runtime role cannot DELETE from the queue: `payvault_dequeue_unsealed` (SECURITY
+/// DEFINER, see its migration, 20261227000001, for why `after`) does it; the rest is a plain
+/// read (the runtime role may SELECT the audit tables).
+pub async fn dequeue_for_sealing(
     db: &mut sqlx::PgConnection,
     limit: i64,
-) -> Result<(Vec<i64>, Vec<AuditRow>), sqlx::Error> {
+    after: i64,
+) -> Result<Vec<Queued>, sqlx::Error> {
     let mut ids: Vec<i64> = sqlx::query_scalar!(
-        r#"SELECT payvault_dequeue_unsealed($1) AS "event_id!""#,
+        r#"SELECT payvault_dequeue_unsealed($1, $2) AS "event_id!""#,
         limit,
+        after,
     )
     .fetch_all(&mut *db)
     .await?;
-    ids.sort_unstable();
     if ids.is_empty() {
-        return Ok((ids, Vec::new()));
+        return Ok(Vec::new());
     }
-    let rows = sqlx::query_as!(
-        AuditRow,
+    ids.sort_unstable();
+    // unnest($1) is planned as a few rows: one primary key probe per id, whatever the table's
+    // size or statistics (a join planned on stale statistics may scan the whole table).
+    let rows = sqlx::query!(
         r#"
-        SELECT id, occurred_at, request_id, actor_id, actor_kind, action, outcome, error_code,
-               client_addr, forwarded_for, token, transaction_id, masked_data, amount_minor,
-               currency, details::text AS "details!", writer_id, writer_seq, mac_key_version, mac,
-               tenant_id
-        FROM audit_events WHERE id = ANY($1) ORDER BY id
+        SELECT q.event_id AS "event_id!",
+               EXISTS (SELECT 1 FROM audit_seals s WHERE s.event_id = q.event_id) AS "already_sealed!",
+               e.id AS "id?", e.occurred_at AS "occurred_at?", e.request_id, e.actor_id,
+               e.actor_kind AS "actor_kind?", e.action AS "action?", e.outcome AS "outcome?",
+               e.error_code, e.client_addr, e.forwarded_for, e.token, e.transaction_id,
+               e.masked_data, e.amount_minor, e.currency, e.details::text AS "details?",
+               e.writer_id, e.writer_seq, e.mac_key_version, e.mac AS "event_mac?",
+               e.tenant_id AS "tenant_id?"
+        FROM unnest($1::bigint[]) AS q(event_id)
+        LEFT JOIN audit_events e ON e.id = q.event_id
+        ORDER BY q.event_id
         "#,
         &ids,
     )
     .fetch_all(&mut *db)
     .await?;
-    Ok((ids, rows))
-}
-
-/// Which of `ids` already have a seal.
-pub async fn sealed_among(db: impl PgExecutor<'_>, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar!(
-        "SELECT event_id FROM audit_seals WHERE event_id = ANY($1)",
-        ids
-    )
-    .fetch_all(db)
-    .await
+    Ok(rows
+        .into_iter()
+        .map(|r| Queued {
+            event_id: r.event_id,
+            already_sealed: r.already_sealed,
+            event: match (
+                r.id,
+                r.occurred_at,
+                r.actor_kind,
+                r.action,
+                r.outcome,
+                r.details,
+                r.tenant_id,
+            ) {
+                (
+                    Some(id),
+                    Some(occurred_at),
+                    Some(actor_kind),
+                    Some(action),
+                    Some(outcome),
+                    Some(details),
+                    Some(tenant_id),
+                ) => Some(AuditRow {
+                    id,
+                    occurred_at,
+                    request_id: r.request_id,
+                    actor_id: r.actor_id,
+                    actor_kind,
+                    action,
+                    outcome,
+                    error_code: r.error_code,
+                    client_addr: r.client_addr,
+                    forwarded_for: r.forwarded_for,
+                    token: r.token,
+                    transaction_id: r.transaction_id,
+                    masked_data: r.masked_data,
+                    amount_minor: r.amount_minor,
+                    currency: r.currency,
+                    details,
+                    writer_id: r.writer_id,
+                    writer_seq: r.writer_seq,
+                    mac_key_version: r.mac_key_version,
+                    mac: r.event_mac,
+                    tenant_id,
+                }),
+                _ => None,
+            },
+        })
+        .collect())
 }
 
 /// Records what the sealer set aside, through `payvault_record_audit_anomalies`.

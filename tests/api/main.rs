@@ -12,6 +12,7 @@ mod audit;
 mod audit_checkpoint;
 mod audit_forgery;
 mod audit_list;
+mod audit_sealing;
 mod charge;
 mod cli;
 mod custody;
