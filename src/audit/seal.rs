@@ -30,7 +30,6 @@ use crate::store::audit::AuditRow;
 use crate::store::seals::{Anchor, SealedRow};
 
 const DOMAIN: &[u8] = b"payvault-audit-v1";
-const BATCH: i64 = 1000;
 /// Events sealed per transaction: a batch costs a handful of statements whatever its size, so
 /// bigger batches amortise them; 10,000 keeps a batch's transaction well under a second
 /// (docs/benchmarks.md, "sealing throughput").

@@ -51,6 +51,16 @@ pub struct Queued {
     pub event: Option<AuditRow>,
 }
 
+/// Which of `ids` already have a seal.
+pub async fn sealed_among(db: impl PgExecutor<'_>, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT event_id FROM audit_seals WHERE event_id = ANY($1)",
+        ids
+    )
+    .fetch_all(db)
+    .await
+}
+
 /// Takes up to `limit` queued event ids above `after` off the queue, in id order, each with its
 /// event (if it exists) and whether it already has a seal: two statements for the whole batch.
 /// The runtime role cannot DELETE from the queue: `payvault_dequeue_unsealed` (SECURITY
