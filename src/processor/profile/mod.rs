@@ -4,6 +4,7 @@
 //! profiles are the files under `src/processor/profiles/`.
 
 mod format;
+mod recovery;
 mod reply;
 mod signature;
 mod template;
@@ -351,28 +352,6 @@ impl ProfileProcessor {
         self.build_op(req, mode, &sale)
     }
 
-    /// The lookup or reversal request for the earlier attempt of `req` (`req.idempotency_key`
-    /// is that attempt's reference).
-    fn build_recovery<R>(
-        &self,
-        req: &ProcessorRequest<'_>,
-        mode: Mode,
-        op: &RecoveryOp<R>,
-    ) -> Result<BuiltRequest, String> {
-        let body = format!("operations.{}.body", op.name);
-        let name = op.name;
-        let recovery = OpRef {
-            body: &body,
-            method: &op.method,
-            path: &op.path,
-            encoding: op.encoding,
-            headers: &op.headers,
-            header_template: &|header| op_header_template(name, header),
-            idempotency_header: None,
-        };
-        self.build_op(req, mode, &recovery)
-    }
-
     fn build_op(
         &self,
         req: &ProcessorRequest<'_>,
@@ -597,78 +576,6 @@ impl ProfileProcessor {
             body.push(&chunk);
         }
         Ok((status.as_u16(), body.into_inner()))
-    }
-
-    /// Builds and sends a lookup or reversal; the status and the parsed answer.
-    async fn recover<R>(
-        &self,
-        req: &ProcessorRequest<'_>,
-        op: &RecoveryOp<R>,
-        format: ReplyFormat,
-    ) -> Result<(u16, serde_json::Value), ProcessorError> {
-        let built = self.build_recovery(req, Mode::Send, op).map_err(|reason| {
-            tracing::error!(profile = %self.cfg.profile.name, operation = op.name, %reason,
-                "the processor profile could not build the request");
-            ProcessorError::RecoveryUnavailable
-        })?;
-        let (status, body) = self.send(built, req.timeout).await?;
-        Ok((status, reply::parse_body(format, &body)?))
-    }
-
-    /// Asks what became of the earlier attempt (`[operations.lookup]`).
-    async fn lookup_attempt(&self, req: &ProcessorRequest<'_>) -> Result<Lookup, ProcessorError> {
-        let profile = &self.cfg.profile;
-        let Some(op) = &profile.lookup else {
-            return Ok(Lookup::Unsupported);
-        };
-        let spec = &op.reply;
-        let (status, answer) = self.recover(req, op, spec.format).await?;
-        let env = &profile.reply_env;
-        let ctx = reply::reply_context(status, &answer);
-        let holds = |source: &str| -> Result<bool, ProcessorError> {
-            env.compile_expression(source)
-                .and_then(|e| e.eval(ctx.clone()))
-                .map(|v| v.is_true())
-                .map_err(|_| ProcessorError::BadResponse("a reply expression failed"))
-        };
-        match (holds(&spec.found)?, holds(&spec.not_found)?) {
-            (true, false) => {
-                let record = match &spec.record {
-                    Some(path) => reply::at_path(&answer, path)
-                        .ok_or(ProcessorError::BadResponse("the lookup record is missing"))?,
-                    None => &answer,
-                };
-                let (pan, cvv, account) = known_values(req.method);
-                let known: Vec<&str> = [pan, cvv, account].into_iter().flatten().collect();
-                reply::read_value(&spec.attempt, env, status, record, &known).map(Lookup::Found)
-            }
-            (false, true) => Ok(Lookup::NotFound),
-            // An error answer, several matches, or both at once: nothing is known.
-            _ => Err(ProcessorError::RecoveryUnavailable),
-        }
-    }
-
-    /// Undoes the earlier attempt (`[operations.reversal]`).
-    async fn reverse_attempt(
-        &self,
-        req: &ProcessorRequest<'_>,
-    ) -> Result<Reversal, ProcessorError> {
-        let profile = &self.cfg.profile;
-        let Some(op) = &profile.reversal else {
-            return Ok(Reversal::Unsupported);
-        };
-        let (status, answer) = self.recover(req, op, op.reply.format).await?;
-        let ctx = reply::reply_context(status, &answer);
-        let reversed = profile
-            .reply_env
-            .compile_expression(&op.reply.reversed)
-            .and_then(|e| e.eval(ctx))
-            .map_err(|_| ProcessorError::BadResponse("a reply expression failed"))?;
-        if reversed.is_true() {
-            Ok(Reversal::Reversed)
-        } else {
-            Err(ProcessorError::RecoveryUnavailable)
-        }
     }
 
     /// Sends `req` and returns the HTTP status beside the reply (`payvault processor check`).
