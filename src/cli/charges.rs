@@ -23,6 +23,9 @@ pub enum ChargesCommand {
         /// At most this many charges.
         #[arg(long, default_value_t = 1000)]
         limit: i64,
+        /// Only this tenant's charges (by name).
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 
@@ -36,13 +39,25 @@ pub enum Format {
 pub async fn run(cmd: ChargesCommand) -> anyhow::Result<()> {
     let pool = cli_pool().await?;
     match cmd {
-        ChargesCommand::Unknown { format, limit } => {
-            let rows = store::charges::list_unknown_charges(&pool, limit.clamp(1, 100_000))
-                .await
-                .context("cannot read the charges")?;
+        ChargesCommand::Unknown {
+            format,
+            limit,
+            tenant,
+        } => {
+            let tenant_id = match &tenant {
+                Some(name) => Some(crate::auth::tenants::find_tenant(&pool, name).await?.id),
+                None => None,
+            };
+            let rows =
+                store::charges::list_unknown_charges(&pool, tenant_id, limit.clamp(1, 100_000))
+                    .await
+                    .context("cannot read the charges")?;
             let mut event = AuditEvent::operator("charges_unknown_list");
             if let Some(details) = event.details.as_object_mut() {
                 details.insert("count".into(), rows.len().into());
+                if let Some(name) = &tenant {
+                    details.insert("tenant".into(), name.as_str().into());
+                }
             }
             let log = super::db::cli_audit_log(&pool).await?;
             log.record(&event)
@@ -75,8 +90,9 @@ fn print(rows: &[UnknownCharge], format: Format) {
         }
         Format::Table => {
             println!(
-                "{:<36}  {:<20}  {:<9}  {:<26}  {:<24}  {:>14}  {:<20}  ERROR",
+                "{:<36}  {:<16}  {:<20}  {:<9}  {:<26}  {:<24}  {:>14}  {:<20}  ERROR",
                 "TRANSACTION",
+                "TENANT",
                 "CREDENTIAL",
                 "STATE",
                 "TOKEN",
@@ -86,8 +102,9 @@ fn print(rows: &[UnknownCharge], format: Format) {
             );
             for r in rows {
                 println!(
-                    "{:<36}  {:<20}  {:<9}  {:<26}  {:<24}  {:>14}  {:<20}  {}",
+                    "{:<36}  {:<16}  {:<20}  {:<9}  {:<26}  {:<24}  {:>14}  {:<20}  {}",
                     r.transaction_id,
+                    r.tenant,
                     r.credential,
                     r.state,
                     r.token.as_deref().unwrap_or("-"),

@@ -304,6 +304,8 @@ pub async fn abandon_charge(
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct UnknownCharge {
     pub transaction_id: String,
+    /// The tenant the charge belongs to (its name).
+    pub tenant: String,
     pub credential: String,
     /// `unknown`, or `in_flight` past its lease (its instance died).
     pub state: String,
@@ -317,21 +319,24 @@ pub struct UnknownCharge {
     pub processor_error: Option<String>,
 }
 
-/// Charges whose outcome is unknown (or whose in-flight attempt was abandoned), oldest first.
+/// Charges whose outcome is unknown (or whose in-flight attempt was abandoned), oldest first;
+/// with `tenant`, that tenant's only.
 pub async fn list_unknown_charges(
     db: impl PgExecutor<'_>,
+    tenant: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<UnknownCharge>, sqlx::Error> {
     sqlx::query_as!(
         UnknownCharge,
         r#"
-        SELECT r.idempotency_key AS transaction_id, c.name AS credential, r.state,
+        SELECT r.idempotency_key AS transaction_id, t.name AS tenant, c.name AS credential, r.state,
                r.attempts, a.token AS "token?", a.masked_data AS "masked_card?",
                a.amount_minor AS "amount_minor?", a.currency AS "currency?",
                a.occurred_at AS "first_attempt_at?", r.updated_at,
                r.outcome ->> 'error_code' AS processor_error
         FROM idempotency_records r
         JOIN credentials c ON c.id = r.credential_id
+        JOIN tenants t ON t.id = r.tenant_id
         LEFT JOIN LATERAL (
             SELECT e.token, e.masked_data, e.amount_minor, e.currency, e.occurred_at
             FROM audit_events e
@@ -342,12 +347,14 @@ pub async fn list_unknown_charges(
         ) a ON true
         WHERE r.operation = 'charge'
           AND (r.state = $1 OR (r.state = $2 AND r.lease_expires_at < now()))
+          AND ($4::uuid IS NULL OR r.tenant_id = $4)
         ORDER BY r.created_at, r.idempotency_key
         LIMIT $3
         "#,
         ChargeState::Unknown as ChargeState,
         ChargeState::InFlight as ChargeState,
         limit,
+        tenant,
     )
     .fetch_all(db)
     .await

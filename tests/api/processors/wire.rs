@@ -420,8 +420,14 @@ pub async fn lost_answer_is_held_for_reconciliation(wire: &Wire, pan: &str, amou
 
 /// `payvault charges unknown --format json` against the app's database: one JSON object a line.
 pub fn charges_unknown(app: &TestApp) -> String {
+    charges_unknown_with(app, &[])
+}
+
+/// The same with more arguments (`--tenant NAME`).
+pub fn charges_unknown_with(app: &TestApp, args: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_payvault"))
         .args(["charges", "unknown", "--format", "json"])
+        .args(args)
         .env_remove("DATABASE_URL_FILE")
         .env_remove("PAYVAULT_MASTER_KEY_FILE")
         .env("DATABASE_URL", app.db.url())
@@ -498,6 +504,31 @@ pub fn assert_listed_unknown(app: &TestApp, txn: &str) {
     assert_eq!(rows.len(), 1, "{listed}");
     assert_eq!(rows[0]["transaction_id"], txn, "{listed}");
     assert_eq!(rows[0]["state"], "unknown", "{listed}");
+    assert_eq!(rows[0]["tenant"], "default", "{listed}");
+    // By tenant: the charge's own lists it, another tenant's does not.
+    assert_eq!(
+        charges_unknown_with(app, &["--tenant", "default"]),
+        listed,
+        "the default tenant's charges"
+    );
+    let created = std::process::Command::new(env!("CARGO_BIN_EXE_payvault"))
+        .args(["tenants", "create", "other-merchant"])
+        .env_remove("DATABASE_URL_FILE")
+        .env_remove("PAYVAULT_MASTER_KEY_FILE")
+        .env("DATABASE_URL", app.db.url())
+        .env("PAYVAULT_MASTER_KEY", crate::helpers::key_text(&app.keys))
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert_eq!(
+        charges_unknown_with(app, &["--tenant", "other-merchant"]),
+        "",
+        "another tenant has no charge to reconcile"
+    );
 }
 
 /// A charge the processor refuses as a whole is a definite failure with payvault's own code:
