@@ -47,6 +47,10 @@ run_one() {
     --scopes connector --format json > "$work/cred.json" 2>/dev/null
   auth="Basic $(printf '%s:%s' "$(sed -E 's/.*"username":"([^"]+)".*/\1/' "$work/cred.json")" \
     "$(sed -E 's/.*"secret":"([^"]+)".*/\1/' "$work/cred.json")" | base64 -w0)"
+  if curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then
+    echo "bench: something already answers on 127.0.0.1:$PORT; stop it or set PORT" >&2
+    exit 1
+  fi
   DATABASE_URL=$URL PAYVAULT_MASTER_KEY="$key" PAYVAULT_LISTEN=127.0.0.1:$PORT PAYVAULT_PROCESSOR=sandbox \
     PAYVAULT_ENV=development PAYVAULT_LOG=warn PAYVAULT_NO_MIGRATE=true "$bin" serve >/dev/null 2>"$work/server.log" &
   server_pid=$!

@@ -68,6 +68,12 @@ fresh_db() {
 
 # Starts payvault; sets startup_ms, the milliseconds from spawn to a ready /healthz.
 start_server() {
+  # Another server still on the port (a run that did not clean up) would answer the health
+  # check below, and the figures would be its own.
+  if curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then
+    echo "bench: something already answers on 127.0.0.1:$PORT; stop it or set PORT" >&2
+    exit 1
+  fi
   local start=$(date +%s%N)
   DATABASE_URL=$URL PAYVAULT_MASTER_KEY="$key" PAYVAULT_LISTEN=127.0.0.1:$PORT PAYVAULT_PROCESSOR=sandbox \
     PAYVAULT_ENV=development PAYVAULT_LOG=warn PAYVAULT_NO_MIGRATE=true \

@@ -116,6 +116,10 @@ setup_db() { # name
 }
 
 start_server() { # database url
+  if curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then
+    echo "bench: something already answers on 127.0.0.1:$PORT; stop it or set PORT" >&2
+    exit 1
+  fi
   DATABASE_URL=$1 PAYVAULT_MASTER_KEY="$key" PAYVAULT_LISTEN=127.0.0.1:$PORT PAYVAULT_PROCESSOR=sandbox \
     PAYVAULT_ENV=development PAYVAULT_LOG=warn PAYVAULT_NO_MIGRATE=true $BIN serve >/dev/null 2>"$work/server.log" &
   server_pid=$!
