@@ -8,6 +8,55 @@ use super::audit::AuditRow;
 /// Arbitrary constant naming the sealing advisory lock.
 const SEAL_LOCK: i64 = 0x7061_7976_6175_6c74; // "payvault"
 
+/// The event of a row that LEFT JOINs `audit_events` (its columns as `id?`, `occurred_at?`,
+/// ..., `event_mac?`, `tenant_id?`): `None` when the join found no event.
+macro_rules! joined_event {
+    ($r:ident) => {
+        match (
+            $r.id,
+            $r.occurred_at,
+            $r.actor_kind,
+            $r.action,
+            $r.outcome,
+            $r.details,
+            $r.tenant_id,
+        ) {
+            (
+                Some(id),
+                Some(occurred_at),
+                Some(actor_kind),
+                Some(action),
+                Some(outcome),
+                Some(details),
+                Some(tenant_id),
+            ) => Some(AuditRow {
+                id,
+                occurred_at,
+                request_id: $r.request_id,
+                actor_id: $r.actor_id,
+                actor_kind,
+                action,
+                outcome,
+                error_code: $r.error_code,
+                client_addr: $r.client_addr,
+                forwarded_for: $r.forwarded_for,
+                token: $r.token,
+                transaction_id: $r.transaction_id,
+                masked_data: $r.masked_data,
+                amount_minor: $r.amount_minor,
+                currency: $r.currency,
+                details,
+                writer_id: $r.writer_id,
+                writer_seq: $r.writer_seq,
+                mac_key_version: $r.mac_key_version,
+                mac: $r.event_mac,
+                tenant_id,
+            }),
+            _ => None,
+        }
+    };
+}
+
 /// Takes the sealing lock for this transaction, or returns `false` if another instance holds it.
 pub async fn try_lock_sealing(db: impl PgExecutor<'_>) -> Result<bool, sqlx::Error> {
     let locked = sqlx::query_scalar!(
@@ -107,48 +156,7 @@ pub async fn dequeue_for_sealing(
         .map(|r| Queued {
             event_id: r.event_id,
             already_sealed: r.already_sealed,
-            event: match (
-                r.id,
-                r.occurred_at,
-                r.actor_kind,
-                r.action,
-                r.outcome,
-                r.details,
-                r.tenant_id,
-            ) {
-                (
-                    Some(id),
-                    Some(occurred_at),
-                    Some(actor_kind),
-                    Some(action),
-                    Some(outcome),
-                    Some(details),
-                    Some(tenant_id),
-                ) => Some(AuditRow {
-                    id,
-                    occurred_at,
-                    request_id: r.request_id,
-                    actor_id: r.actor_id,
-                    actor_kind,
-                    action,
-                    outcome,
-                    error_code: r.error_code,
-                    client_addr: r.client_addr,
-                    forwarded_for: r.forwarded_for,
-                    token: r.token,
-                    transaction_id: r.transaction_id,
-                    masked_data: r.masked_data,
-                    amount_minor: r.amount_minor,
-                    currency: r.currency,
-                    details,
-                    writer_id: r.writer_id,
-                    writer_seq: r.writer_seq,
-                    mac_key_version: r.mac_key_version,
-                    mac: r.event_mac,
-                    tenant_id,
-                }),
-                _ => None,
-            },
+            event: joined_event!(r),
         })
         .collect())
 }
@@ -255,48 +263,7 @@ pub async fn seals_after(
             key_version: r.key_version,
             mac: r.mac,
             sealed_at: r.sealed_at,
-            event: match (
-                r.id,
-                r.occurred_at,
-                r.actor_kind,
-                r.action,
-                r.outcome,
-                r.details,
-                r.tenant_id,
-            ) {
-                (
-                    Some(id),
-                    Some(occurred_at),
-                    Some(actor_kind),
-                    Some(action),
-                    Some(outcome),
-                    Some(details),
-                    Some(tenant_id),
-                ) => Some(AuditRow {
-                    id,
-                    occurred_at,
-                    request_id: r.request_id,
-                    actor_id: r.actor_id,
-                    actor_kind,
-                    action,
-                    outcome,
-                    error_code: r.error_code,
-                    client_addr: r.client_addr,
-                    forwarded_for: r.forwarded_for,
-                    token: r.token,
-                    transaction_id: r.transaction_id,
-                    masked_data: r.masked_data,
-                    amount_minor: r.amount_minor,
-                    currency: r.currency,
-                    details,
-                    writer_id: r.writer_id,
-                    writer_seq: r.writer_seq,
-                    mac_key_version: r.mac_key_version,
-                    mac: r.event_mac,
-                    tenant_id,
-                }),
-                _ => None,
-            },
+            event: joined_event!(r),
         })
         .collect())
 }
