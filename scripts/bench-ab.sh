@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Before/after tokenize benchmark of two payvault builds on this machine, interleaved: every
+# Before/after benchmark of two payvault builds on this machine, interleaved: every
 # round runs BEFORE then AFTER (the order swaps each round, so neither always runs first), each
 # against a fresh database that its own binary migrated, with the same wrk load as
 # scripts/bench.sh. Storage that changes speed within minutes then moves both sides together,
 # and the per-round ratio AFTER/BEFORE is what to read: its median and spread are printed.
 #   BEFORE=/tmp/payvault-old AFTER=target/release/payvault scripts/bench-ab.sh
 #   ROUNDS=8 DURATION=10 SYNC=off BEFORE=... AFTER=... scripts/bench-ab.sh
+#   WORKLOAD=charge BEFORE=... AFTER=... scripts/bench-ab.sh   # charge-by-token (sandbox processor)
+# WORKLOAD=tokenize (the default) or charge: charge-by-token first tokenizes CHARGE_TOKENS cards
+# through the same server, then charges them in turn, as scripts/bench.sh does.
 # SYNC=off sets synchronous_commit=off on the benchmark database (both sides), which takes the
 # storage's fsync noise out and leaves each build's CPU cost per request.
 # Needs PostgreSQL (ADMIN_URL), wrk, psql and curl. Traffic stays on loopback.
@@ -17,6 +20,9 @@ CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-6}
 SYNC=${SYNC:-on}
+WORKLOAD=${WORKLOAD:-tokenize}
+CHARGE_TOKENS=${CHARGE_TOKENS:-200}
+case "$WORKLOAD" in tokenize|charge) ;; *) echo "bench-ab: WORKLOAD must be tokenize or charge" >&2; exit 2 ;; esac
 PORT=${PORT:-18081}
 DB=payvault_bench_ab
 URL="${ADMIN_URL%/*}/$DB"
@@ -35,8 +41,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# One tokenize run of binary $1: fresh database, migrated and given a connector credential by
-# that binary, the service started, wrk for DURATION seconds. Prints wrk's RESULT fields.
+# One run of binary $1: fresh database, migrated and given a connector credential by that
+# binary, the service started, wrk for DURATION seconds. Prints wrk's RESULT fields.
 run_one() {
   local bin=$1 key auth
   key=$("$bin" keys generate | tail -1)
@@ -44,7 +50,7 @@ run_one() {
   [ "$SYNC" = off ] && psql "$ADMIN_URL" -qc "ALTER DATABASE $DB SET synchronous_commit = off" >/dev/null
   DATABASE_URL=$URL "$bin" migrate >/dev/null
   DATABASE_URL=$URL PAYVAULT_MASTER_KEY="$key" "$bin" credentials create --name bench --kind connector \
-    --scopes connector --format json > "$work/cred.json" 2>/dev/null
+    --scopes connector,tokens:charge --format json > "$work/cred.json" 2>/dev/null
   auth="Basic $(printf '%s:%s' "$(sed -E 's/.*"username":"([^"]+)".*/\1/' "$work/cred.json")" \
     "$(sed -E 's/.*"secret":"([^"]+)".*/\1/' "$work/cred.json")" | base64 -w0)"
   if curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then
@@ -59,8 +65,18 @@ run_one() {
     [ $SECONDS -lt $deadline ] || { cat "$work/server.log" >&2; exit 1; }
     sleep 0.01
   done
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s -s scripts/bench/tokenize.lua \
-    "http://127.0.0.1:$PORT" -- "$auth" | sed -n 's/^RESULT //p'
+  local script=tokenize.lua
+  if [ "$WORKLOAD" = charge ]; then
+    script=charge_token.lua
+    : > "$work/tokens"
+    for i in $(seq 1 "$CHARGE_TOKENS"); do
+      answer=$(curl -fs -H "Authorization: $auth" "http://127.0.0.1:$PORT/" \
+        -d "{\"method\":\"tokenize\",\"transaction_id\":\"seed-$i\",\"cardnumber\":\"4111111111111111\",\"expiry_month\":\"08\",\"expiry_year\":\"35\"}")
+      printf '%s\n' "$answer" | sed -E 's/.*"token_id":"([^"]+)".*/\1/' >> "$work/tokens"
+    done
+  fi
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s -s "scripts/bench/$script" \
+    "http://127.0.0.1:$PORT" -- "$auth" "$work/tokens" | sed -n 's/^RESULT //p'
   kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
 }
 
@@ -77,7 +93,7 @@ for r in $(seq 1 "$ROUNDS"); do
   echo "| $r | $(field "$b" rps) | $(field "$b" p99) | $(field "$a" rps) | $(field "$a" p99) | $(awk -v a="$(field "$a" rps)" -v b="$(field "$b" rps)" 'BEGIN { printf "%.2f", a / b }') | $(field "$b" errors)/$(field "$a" errors) |"
 done
 echo
-echo "synchronous_commit=$SYNC, $ROUNDS rounds of ${DURATION}s, $CONNECTIONS connections, $(nproc) cores"
+echo "$WORKLOAD, synchronous_commit=$SYNC, $ROUNDS rounds of ${DURATION}s, $CONNECTIONS connections, $(nproc) cores"
 echo "median after/before req/s (min-max): $(awk '{ printf "%.4f\n", $3 / $1 }' "$work/rows" | median_spread)"
 echo "median before req/s: $(awk '{ print $1 }' "$work/rows" | median_spread); after: $(awk '{ print $3 }' "$work/rows" | median_spread)"
 echo "median p99 after/before (min-max): $(awk '{ printf "%.4f\n", $4 / $2 }' "$work/rows" | median_spread)"
