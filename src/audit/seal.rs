@@ -109,13 +109,40 @@ pub async fn seal_pending_in_batches(
     keys: &KeyRing,
     batch: i64,
 ) -> Result<u64, SealError> {
+    seal(pool, keys, batch, Drain::UntilEmpty).await
+}
+
+/// One pass of the background sealer: seals in batches of `batch` ([`SEAL_BATCH`] there) and
+/// stops after the
+/// first batch that is not full, so what was queued when the pass began is sealed (a long
+/// backlog in full batches) and what writers queue meanwhile waits for the next pass. Under a
+/// steady load the sealer then seals a few large batches per tick instead of chasing the
+/// writers in small ones: each batch is a transaction with its own commit and half a dozen
+/// statements, and chasing cost a charge by token about a fifth of its throughput
+/// (docs/benchmarks.md, "sealing passes").
+pub async fn seal_one_pass(pool: &PgPool, keys: &KeyRing, batch: i64) -> Result<u64, SealError> {
+    seal(pool, keys, batch, Drain::OnePass).await
+}
+
+/// Where a call to [`seal`] stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// When the queue is found empty: everything queued before the call, and whatever is
+    /// queued while it runs (commands before they exit, an instance that stops).
+    UntilEmpty,
+    /// After the first batch that is not full ([`seal_one_pass`]).
+    OnePass,
+}
+
+async fn seal(pool: &PgPool, keys: &KeyRing, batch: i64, drain: Drain) -> Result<u64, SealError> {
     let batch = batch.max(1);
     let mut total = 0;
     let epoch = store::audit_checks::mac_epoch(pool).await?;
     let version = keys.current_version();
     // Each batch starts above the last one's highest id, so it does not pass over the queue
     // entries the batches before it deleted; once that finds nothing, one more look from the
-    // start takes events committed late with lower ids.
+    // start takes events committed late with lower ids (a pass leaves those to the next pass,
+    // which starts from the start).
     let mut after = 0;
     loop {
         let mut tx = pool.begin().await?;
@@ -125,13 +152,14 @@ pub async fn seal_pending_in_batches(
         let queued = store::seals::dequeue_for_sealing(&mut tx, batch, after).await?;
         let Some(last) = queued.last() else {
             tx.commit().await?;
-            if after == 0 {
+            if after == 0 || drain == Drain::OnePass {
                 return Ok(total);
             }
             after = 0;
             continue;
         };
         after = last.event_id;
+        let caught_up = (queued.len() as i64) < batch;
         let (mut set_aside, mut kinds) = (Vec::new(), Vec::new());
         // Bad queue rows first, then the events whose own MAC fails, in id order each.
         for q in &queued {
@@ -213,6 +241,9 @@ pub async fn seal_pending_in_batches(
         }
         tx.commit().await?;
         total += chain.len() as u64;
+        if caught_up && drain == Drain::OnePass {
+            return Ok(total);
+        }
     }
 }
 
@@ -235,7 +266,7 @@ pub async fn run_sealer(
         if let Err(e) = signer.flush_voids(&pool).await {
             tracing::warn!(error = %e, "could not record voided audit counter values; will retry");
         }
-        match seal_pending(&pool, &keys).await {
+        match seal_one_pass(&pool, &keys, SEAL_BATCH).await {
             Ok(n) if n > 0 => tracing::debug!(sealed = n, "audit events sealed"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "audit sealing failed; will retry"),
