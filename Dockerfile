@@ -21,12 +21,14 @@ ENV SQLX_OFFLINE=true \
     CARGO_TERM_COLOR=never
 
 # Only what the build reads: the manifest and lock file, the cargo config, the sqlx query
-# metadata, the migrations (embedded into the binary by `sqlx::migrate!`) and the sources.
+# metadata, the migrations (embedded into the binary by `sqlx::migrate!`), the sources and the
+# vendored crates that Cargo.toml patches in (vendor/README.md).
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo/ .cargo/
 COPY .sqlx/ .sqlx/
 COPY migrations/ migrations/
 COPY src/ src/
+COPY vendor/ vendor/
 
 # The cargo registry, git checkouts and target directory live in BuildKit cache mounts, so a
 # source change recompiles payvault only, not its 300-odd dependencies. A cache mount is not

@@ -90,7 +90,7 @@ def main():
     offline = any("SQLX_OFFLINE=true" in v for v in values(build, "ENV"))
     if not offline:
         errors.append("the build stage does not set SQLX_OFFLINE=true: it would need a database")
-    for needed in (".sqlx", "migrations", "src", "Cargo.lock"):
+    for needed in (".sqlx", "migrations", "src", "Cargo.lock", "vendor"):
         if not any(needed in v for v in values(build, "COPY")):
             errors.append("the build stage does not copy {}".format(needed))
 

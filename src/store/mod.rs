@@ -80,9 +80,9 @@ fn pool_options(max_connections: u32, acquire_timeout: Duration) -> PgPoolOption
         .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
         // By default sqlx pings every connection it hands out: one more round trip per query.
-        // A connection in steady use is known to work (sqlx also pings each one on release and
-        // drops it if broken); only one idle long enough for a server or proxy to have dropped
-        // it is pinged first.
+        // A connection in steady use is known to work; only one idle long enough for a server
+        // or proxy to have dropped it is pinged first. (On release, upstream sqlx pings too; our
+        // patched sqlx-core only finishes what is pending on it: vendor/README.md.)
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {

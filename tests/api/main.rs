@@ -23,6 +23,7 @@ mod lease;
 mod merchant_api;
 mod operator_audit;
 mod ops;
+mod pool_release;
 mod processor_cli;
 mod processors;
 mod roles;
