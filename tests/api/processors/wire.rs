@@ -529,6 +529,33 @@ pub fn assert_listed_unknown(app: &TestApp, txn: &str) {
         "",
         "another tenant has no charge to reconcile"
     );
+    // A tenant that does not exist is an error that names it, not an empty list.
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_payvault"))
+        .args([
+            "charges",
+            "unknown",
+            "--format",
+            "json",
+            "--tenant",
+            "no-such-merchant",
+        ])
+        .env_remove("DATABASE_URL_FILE")
+        .env_remove("PAYVAULT_MASTER_KEY_FILE")
+        .env("DATABASE_URL", app.db.url())
+        .env("PAYVAULT_MASTER_KEY", crate::helpers::key_text(&app.keys))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success(), "an unknown tenant was accepted");
+    assert!(
+        missing.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&missing.stdout)
+    );
+    assert!(
+        stderr.contains("no tenant named `no-such-merchant`"),
+        "{stderr}"
+    );
 }
 
 /// A charge the processor refuses as a whole is a definite failure with payvault's own code:
