@@ -20,10 +20,10 @@ WORKDIR /build
 ENV SQLX_OFFLINE=true \
     CARGO_TERM_COLOR=never
 
-# Only what the build reads: the manifest and lock file, the cargo config, the sqlx query
-# metadata, the migrations (embedded into the binary by `sqlx::migrate!`), the sources and the
+# Only what the build reads: the manifest, lock file and build script, the cargo config, the sqlx
+# query metadata, the migrations (embedded into the binary by `sqlx::migrate!`), the sources and the
 # vendored crates that Cargo.toml patches in (vendor/README.md).
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY .cargo/ .cargo/
 COPY .sqlx/ .sqlx/
 COPY migrations/ migrations/

@@ -358,14 +358,23 @@ awk '{print "since=" $1 "&until=" $2}' "$work/windows1000" > "$work/u_w1"
 awk '{print "since=" $1 "&until=" $2 "&cursor=" $3}' "$work/windows1000" > "$work/u_w2"
 awk '{print "since=" $1 "&until=" $2}' "$work/windows100000" > "$work/u_W1"
 awk '{print "since=" $1 "&until=" $2 "&cursor=" $3}' "$work/windows100000" > "$work/u_W2"
+# PostgreSQL's checkpoints so far and the milliseconds they spent writing and syncing files:
+# the difference over a shape says whether a checkpoint fell inside it (each API read commits
+# its audit_read event, and a commit's WAL flush can wait behind a checkpoint's file syncs).
+checkpoint_state() { q "$ADMIN_URL" "SELECT checkpoints_timed + checkpoints_req, round(checkpoint_write_time), round(checkpoint_sync_time) FROM pg_stat_bgwriter"; }
+checkpoint_delta() { # before, after ("n|write ms|sync ms")
+  awk -F'|' -v a="$1" -v b="$2" 'BEGIN { split(a, x, "|"); split(b, y, "|");
+    printf "checkpoints %d (write %d ms, sync %d ms)", y[1] - x[1], y[2] - x[2], y[3] - x[3] }'
+}
 start_server "$URL"
 for spec in "u_tok1:by token, first page" "u_tok2:by token, later page" "u_w1:by time range ~1,000 events, first page" \
             "u_w2:by time range ~1,000 events, later page" "u_W1:by time range ~100,000 events, first page" \
             "u_W2:by time range ~100,000 events, later page"; do
   file=${spec%%:*}
+  cp0=$(checkpoint_state)
   res=$(wrk -t"$LIST_CONNECTIONS" -c"$LIST_CONNECTIONS" -d"${DURATION}s" --timeout 10s -s scripts/bench/audit_list.lua \
     "http://127.0.0.1:$PORT" -- "$audit_auth" "$work/$file" | grep '^RESULT' | sed 's/^RESULT //')
-  report "API ${spec#*:}: $res"
+  report "API ${spec#*:}: $res; $(checkpoint_delta "$cp0" "$(checkpoint_state)")"
 done
 wait_sealed "$URL"
 stop_server

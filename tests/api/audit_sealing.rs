@@ -198,3 +198,26 @@ async fn a_pass_ends_once_caught_up_while_events_keep_arriving() {
     assert!(report.intact(), "{report}");
     assert_eq!(report.verified, 60);
 }
+
+/// The queue is vacuumed after every 10,000 dead rows, unthrottled: a drained bulk load leaves
+/// millions, which every sealing pass would otherwise walk over until autovacuum's default
+/// trigger (a fraction of the few live rows' estimate) and pace got to them
+/// (migrations/20261228000001_sealing_queue_autovacuum.sql).
+#[tokio::test]
+async fn the_sealing_queue_is_vacuumed_after_every_ten_thousand_dead_rows() {
+    let db = TestDb::new().await;
+    let options: Vec<String> = sqlx::query_scalar(
+        "SELECT unnest(reloptions) FROM pg_class WHERE oid = 'audit_unsealed'::regclass ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        options,
+        [
+            "autovacuum_vacuum_cost_delay=0",
+            "autovacuum_vacuum_scale_factor=0",
+            "autovacuum_vacuum_threshold=10000",
+        ]
+    );
+}
