@@ -425,7 +425,18 @@ pub fn charges_unknown(app: &TestApp) -> String {
 
 /// The same with more arguments (`--tenant NAME`).
 pub fn charges_unknown_with(app: &TestApp, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_payvault"))
+    let out = run_charges_unknown(app, args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `payvault charges unknown --format json ARGS` against the app's database, as it exits.
+fn run_charges_unknown(app: &TestApp, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_payvault"))
         .args(["charges", "unknown", "--format", "json"])
         .args(args)
         .env_remove("DATABASE_URL_FILE")
@@ -433,13 +444,7 @@ pub fn charges_unknown_with(app: &TestApp, args: &[&str]) -> String {
         .env("DATABASE_URL", app.db.url())
         .env("PAYVAULT_MASTER_KEY", crate::helpers::key_text(&app.keys))
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+        .unwrap()
 }
 
 /// The first attempt's answer is lost in one of two ways.
@@ -530,21 +535,7 @@ pub fn assert_listed_unknown(app: &TestApp, txn: &str) {
         "another tenant has no charge to reconcile"
     );
     // A tenant that does not exist is an error that names it, not an empty list.
-    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_payvault"))
-        .args([
-            "charges",
-            "unknown",
-            "--format",
-            "json",
-            "--tenant",
-            "no-such-merchant",
-        ])
-        .env_remove("DATABASE_URL_FILE")
-        .env_remove("PAYVAULT_MASTER_KEY_FILE")
-        .env("DATABASE_URL", app.db.url())
-        .env("PAYVAULT_MASTER_KEY", crate::helpers::key_text(&app.keys))
-        .output()
-        .unwrap();
+    let missing = run_charges_unknown(app, &["--tenant", "no-such-merchant"]);
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(!missing.status.success(), "an unknown tenant was accepted");
     assert!(
